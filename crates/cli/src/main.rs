@@ -1,1 +1,338 @@
-fn main() {}
+//! `switchyard`: the gateway's command line. Commands only parse arguments and call
+//! the library; nothing here is gateway logic.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::ledger::{render_spend_table, spend_report, SpendGroup};
+use switchyard::{shutdown_signal, Config, Gateway};
+use switchyard_sim::{SimOptions, Simulator};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: one OpenAI-compatible API in front of every AI provider",
+    long_about = "Switchyard is a multi-cloud AI gateway. Applications point an OpenAI SDK at it; \
+                  it routes each request to a provider deployment, falls over when one fails, \
+                  and records every request's tokens and cost in its ledger."
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "switchyard.toml",
+        env = "SWITCHYARD_CONFIG"
+    )]
+    config: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with the configuration file (--config).
+    ///
+    /// Stops on SIGTERM or SIGINT: stops accepting, drains in-flight requests up to
+    /// server.drain_timeout_ms, flushes the ledger, exits 0.
+    Serve,
+    /// Run the gateway wired to the built-in provider simulator: no account, no
+    /// network and no configuration file needed. Prints the base URL, the key and a
+    /// curl line that works as printed.
+    Demo {
+        /// Address for the gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The API key the demo accepts; a random one is generated when omitted.
+        #[arg(long)]
+        key: Option<String>,
+        /// Ledger file; by default a fresh file in the system's temporary directory.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
+    /// Run the provider simulator alone (OpenAI and Azure OpenAI wire APIs, with
+    /// latency and fault injection through its control endpoint under /_sim/).
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9099")]
+        listen: SocketAddr,
+        /// Accept only this API key (default: any non-empty key).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// A JSON scenario file with faults and latencies to apply at start
+        /// (the same shapes as the control endpoint takes).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print spend from the ledger: totals by model and by key (or --by one grouping).
+    Spend {
+        /// Group by one dimension only.
+        #[arg(long, value_enum)]
+        by: Option<SpendBy>,
+        /// Only requests since this UTC date (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// The ledger file; by default the one the configuration names.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; prints each problem with its field and line and
+    /// exits non-zero when there is one.
+    Check {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SpendBy {
+    Model,
+    Key,
+    Deployment,
+    Day,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let config = load(&cli.config)?;
+            let gateway = Gateway::start(config).await?;
+            eprintln!("switchyard listening on {}", gateway.base_url());
+            shutdown_signal().await;
+            let report = gateway.shutdown().await?;
+            eprintln!(
+                "switchyard stopped: drained={}, ledger rows written={}, dropped={}",
+                report.drained, report.ledger.written, report.ledger.dropped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            listen,
+            key,
+            ledger,
+        } => demo(listen, key, ledger).await,
+        Command::Sim {
+            listen,
+            api_key,
+            scenario,
+        } => {
+            let scenario = match scenario {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json_from(&text)
+                        .with_context(|| format!("{}: invalid scenario", path.display()))?
+                }
+                None => Default::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let handle = Simulator::new(SimOptions { api_key, scenario })
+                .spawn(listener)
+                .await?;
+            eprintln!("switchyard simulator listening on {}", handle.base_url());
+            eprintln!("  OpenAI base URL:  {}/v1", handle.base_url());
+            eprintln!("  Azure endpoint:   {}", handle.base_url());
+            eprintln!("  control endpoint: {}/_sim/", handle.base_url());
+            shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let path = file.unwrap_or(cli.config);
+            match Config::load(&path) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} providers, {} deployments, {} models, {} keys)",
+                        path.display(),
+                        c.providers.len(),
+                        c.deployments.len(),
+                        c.models.len(),
+                        c.keys.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Spend { by, since, ledger } => {
+            let path = match ledger {
+                Some(p) => p,
+                None => load(&cli.config)?
+                    .ledger
+                    .path
+                    .context("the configuration keeps no ledger (ledger.enabled = false)")?,
+            };
+            if !path.exists() {
+                anyhow::bail!("no ledger at {}", path.display());
+            }
+            let since_ms = since.as_deref().map(parse_date).transpose()?;
+            let groups: Vec<(SpendGroup, &str)> = match by {
+                None => vec![(SpendGroup::Model, "model"), (SpendGroup::Key, "key")],
+                Some(SpendBy::Model) => vec![(SpendGroup::Model, "model")],
+                Some(SpendBy::Key) => vec![(SpendGroup::Key, "key")],
+                Some(SpendBy::Deployment) => vec![(SpendGroup::Deployment, "deployment")],
+                Some(SpendBy::Day) => vec![(SpendGroup::Day, "day")],
+            };
+            for (group, title) in groups {
+                let rows = spend_report(&path, group, since_ms).await?;
+                println!("{}", render_spend_table(title, &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn serde_json_from(text: &str) -> Result<switchyard_sim::Scenario> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// `YYYY-MM-DD` (UTC) → unix milliseconds at 00:00.
+fn parse_date(s: &str) -> Result<i64> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        anyhow::bail!("--since: `{s}` is not a date like 2026-11-01");
+    };
+    let (y, m, d): (i64, i64, i64) = (
+        y.parse().context("--since: bad year")?,
+        m.parse().context("--since: bad month")?,
+        d.parse().context("--since: bad day")?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        anyhow::bail!("--since: `{s}` is not a valid date");
+    }
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days * 86_400_000)
+}
+
+async fn demo(
+    listen: SocketAddr,
+    key: Option<String>,
+    ledger: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let key = key.unwrap_or_else(|| format!("sy-demo-{:032x}", rand::random::<u128>()));
+    let ledger = ledger.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("switchyard-demo-{}.db", std::process::id()))
+    });
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the simulator")?;
+    let sim = Simulator::new(SimOptions::default())
+        .spawn(sim_listener)
+        .await?;
+    let config = switchyard::demo::config(listen, sim.addr, &key, &ledger)
+        .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    let models: Vec<String> = config.models.keys().cloned().collect();
+    let gateway = Gateway::start(config).await?;
+    let base = gateway.base_url();
+    println!(
+        "Switchyard demo is running (provider simulator at {}).",
+        sim.base_url()
+    );
+    println!();
+    println!("  Base URL: {base}/v1");
+    println!("  API key:  {key}");
+    println!("  Models:   {}", models.join(", "));
+    println!("  Ledger:   {}", ledger.display());
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+    );
+    println!();
+    println!("Or with the OpenAI SDK: OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\")");
+    println!(
+        "Spend so far: switchyard spend --ledger {}",
+        ledger.display()
+    );
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await;
+    let report = gateway.shutdown().await?;
+    eprintln!(
+        "demo stopped: ledger rows written={}, dropped={}",
+        report.ledger.written, report.ledger.dropped
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_date;
+
+    #[test]
+    fn dates_to_unix_ms() {
+        assert_eq!(parse_date("1970-01-01").expect("date"), 0);
+        assert_eq!(parse_date("2026-11-26").expect("date"), 1_795_651_200_000);
+        assert_eq!(parse_date("2000-03-01").expect("date"), 951_868_800_000);
+        assert!(parse_date("2026-13-01").is_err());
+        assert!(parse_date("yesterday").is_err());
+    }
+}

@@ -1,1 +1,15 @@
-pub fn placeholder() {}
+//! Switchyard: a multi-cloud AI gateway. One OpenAI-compatible API in front of many
+//! providers, with a usage ledger behind it.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of this crate.
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod ledger;
+pub mod providers;
+pub mod server;
+
+pub use config::{Config, ConfigError};
+pub use server::{shutdown_signal, Gateway, ShutdownReport, StartError};

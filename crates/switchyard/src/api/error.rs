@@ -1,0 +1,239 @@
+//! Errors as the OpenAI ingress renders them: `{"error":{"message","type","param","code"}}`.
+//!
+//! Every failure a client can see becomes an [`ApiError`] exactly once; its status
+//! mapping lives here and nowhere else.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::providers::ProviderError;
+
+/// An error as the client will see it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, `rate_limit_error`…
+    pub kind: &'static str,
+    /// OpenAI's `code`, and the low-cardinality label used in the ledger and metrics.
+    pub code: &'static str,
+    pub param: Option<String>,
+    pub message: String,
+    /// Seconds, passed on from an upstream 429.
+    pub retry_after: Option<HeaderValue>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            param: None,
+            message,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_request(param: Option<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            param,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                message.into(),
+            )
+        }
+    }
+
+    pub fn invalid_json(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            message.into(),
+        )
+    }
+
+    pub fn missing_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing_api_key",
+            "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.".into(),
+        )
+    }
+
+    pub fn invalid_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided.".into(),
+        )
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+        }
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body exceeds the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn route_not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown request URL: {path}."),
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "This method is not allowed on this URL.".into(),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            message.into(),
+        )
+    }
+
+    /// The one mapping from an upstream failure to what the client sees.
+    pub fn from_provider(e: &ProviderError, deployment: &str) -> Self {
+        use ProviderError as P;
+        match e {
+            P::Timeout { .. } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "upstream_timeout",
+                format!("The upstream deployment `{deployment}` did not answer in time."),
+            ),
+            P::Connect(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_unreachable",
+                format!("The upstream deployment `{deployment}` could not be reached."),
+            ),
+            P::Protocol(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_bad_response",
+                format!("The upstream deployment `{deployment}` sent a response that could not be read."),
+            ),
+            P::Status {
+                status,
+                retry_after,
+                message,
+                param,
+                ..
+            } => match status.as_u16() {
+                429 => ApiError {
+                    retry_after: retry_after.clone(),
+                    ..Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        format!("The upstream deployment `{deployment}` is rate limited; retry later."),
+                    )
+                },
+                401 | 403 => Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_auth_failed",
+                    format!(
+                        "The gateway's credential for deployment `{deployment}` was refused by the provider."
+                    ),
+                ),
+                503 | 529 => Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "upstream_overloaded",
+                    format!("The upstream deployment `{deployment}` is overloaded; retry later."),
+                ),
+                s if s >= 500 => Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_error",
+                    format!("The upstream deployment `{deployment}` failed (status {s})."),
+                ),
+                // A 4xx the client caused: pass the provider's own explanation on, since
+                // it names what to fix.
+                s => ApiError {
+                    param: param.clone(),
+                    ..Self::new(
+                        StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+                        "invalid_request_error",
+                        "upstream_rejected",
+                        message
+                            .clone()
+                            .unwrap_or_else(|| format!("The upstream rejected the request (status {s}).")),
+                    )
+                },
+            },
+        }
+    }
+
+    /// The body, as bytes; also used for the error event of a failed stream.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: &'a str,
+        }
+        serde_json::to_vec(&Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, self.to_json()).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(v) = &self.retry_after {
+            headers.insert(header::RETRY_AFTER, v.clone());
+        }
+        res
+    }
+}

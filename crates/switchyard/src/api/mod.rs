@@ -1,0 +1,185 @@
+//! Ingress: the HTTP API applications call.
+//!
+//! Handlers stay thin: authenticate, read and validate the body, hand over to
+//! [`crate::dispatch`], render the answer. Each request carries a
+//! [`tracker::RequestTracker`] that becomes its ledger row.
+
+pub mod chat;
+pub mod error;
+mod relay;
+pub mod tracker;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::ledger::LedgerSink;
+use error::ApiError;
+
+/// Everything a request handler needs, shared by all of them.
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// SHA-256 of each accepted key → the key's name.
+    keys: HashMap<[u8; 32], Arc<str>>,
+    pub client: reqwest::Client,
+    pub ledger: LedgerSink,
+    /// Set on shutdown: `/readyz` fails so load balancers stop sending.
+    pub draining: AtomicBool,
+    /// Unix seconds when the gateway started; the `created` of listed models.
+    started_at: i64,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, client: reqwest::Client, ledger: LedgerSink) -> Self {
+        let keys = config
+            .keys
+            .iter()
+            .map(|k| (hash_key(k.key.expose()), Arc::from(k.name.as_str())))
+            .collect();
+        AppState {
+            config,
+            keys,
+            client,
+            ledger,
+            draining: AtomicBool::new(false),
+            started_at: tracker::unix_ms() / 1000,
+        }
+    }
+
+    /// The name of the key presented in `Authorization: Bearer …`.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::missing_key());
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(ApiError::missing_key)?;
+        self.keys
+            .get(&hash_key(token))
+            .cloned()
+            .ok_or_else(ApiError::invalid_key)
+    }
+}
+
+fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(chat::embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Reads the body up to the configured limit.
+async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid_request(
+            None,
+            format!("The request body could not be read: {e}."),
+        )),
+    }
+}
+
+fn new_request_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    format!("req_{}", hex::encode(bytes))
+}
+
+fn model_object(id: &str, created: i64) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": "switchyard"})
+}
+
+async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.authenticate(&headers) {
+        return e.into_response();
+    }
+    let data: Vec<_> = state
+        .config
+        .models
+        .keys()
+        .map(|name| model_object(name, state.started_at))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = state.authenticate(&headers) {
+        return e.into_response();
+    }
+    match state.config.model(&id) {
+        Some(_) => Json(model_object(&id, state.started_at)).into_response(),
+        None => ApiError::model_not_found(&id).into_response(),
+    }
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        let mut res = Json(json!({"status": "draining"})).into_response();
+        *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return res;
+    }
+    Json(json!({"status": "ready"})).into_response()
+}
+
+async fn route_not_found(uri: Uri) -> Response {
+    ApiError::route_not_found(uri.path()).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::method_not_allowed().into_response()
+}
+
+/// Adds the request id to any response.
+fn with_request_id(mut res: Response, request_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}

@@ -1,0 +1,193 @@
+//! The stream relay: upstream SSE events in, OpenAI SSE frames out, one by one as
+//! they arrive. Nothing is buffered beyond the event being read.
+//!
+//! The upstream is always asked for usage; the usage chunk is passed on only when the
+//! client asked for it, and chunks without choices (Azure's prompt-filter results)
+//! are dropped, since OpenAI clients do not expect them.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use http::{header, HeaderValue, StatusCode};
+
+use super::chat::{estimate, served_headers};
+use super::error::ApiError;
+use super::tracker::RequestTracker;
+use crate::config::Deployment;
+use crate::dispatch::UpstreamStream;
+use crate::ledger::Usage;
+use crate::providers::openai::{classify_chunk, ChunkKind};
+use crate::providers::sse::SseEvent;
+
+/// A stream that is ready to be relayed, waiting for its request's tracker.
+pub struct Relay {
+    pub deployment: Arc<Deployment>,
+    pub attempt_started: Instant,
+    pub attempts: usize,
+    pub upstream: UpstreamStream,
+    /// The first event, read during dispatch.
+    pub first: SseEvent,
+    pub client_wants_usage: bool,
+    pub prompt_estimate: u64,
+}
+
+impl Relay {
+    pub fn into_response(self, mut tracker: RequestTracker) -> Response {
+        tracker.set_status(StatusCode::OK.as_u16());
+        let mut res = Response::new(Body::empty());
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        served_headers(h, &self.deployment, self.attempts);
+        let state = RelayState {
+            pending: Some(self.first),
+            upstream: self.upstream,
+            deployment: self.deployment,
+            attempt_started: self.attempt_started,
+            client_wants_usage: self.client_wants_usage,
+            prompt_estimate: self.prompt_estimate,
+            usage: None,
+            choice_chunks: 0,
+            tracker: Some(tracker),
+        };
+        *res.body_mut() = Body::from_stream(frames(state));
+        res
+    }
+}
+
+struct RelayState {
+    pending: Option<SseEvent>,
+    upstream: UpstreamStream,
+    deployment: Arc<Deployment>,
+    attempt_started: Instant,
+    client_wants_usage: bool,
+    prompt_estimate: u64,
+    usage: Option<Usage>,
+    /// Chunks with choices sent so far; about one token each, the estimate of last resort.
+    choice_chunks: u64,
+    /// Present until the stream's outcome is recorded.
+    tracker: Option<RequestTracker>,
+}
+
+fn frame(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+impl RelayState {
+    fn settle(&mut self) {
+        let usage = self
+            .usage
+            .unwrap_or_else(|| estimate_from(self.prompt_estimate, self.choice_chunks));
+        if let Some(t) = self.tracker.as_mut() {
+            t.settle(&self.deployment, usage, self.attempt_started);
+        }
+    }
+
+    /// Ends the stream: settles usage and hands the record to the ledger.
+    fn finish(&mut self, error: Option<&str>) {
+        self.settle();
+        if let Some(t) = self.tracker.take() {
+            t.finish(StatusCode::OK.as_u16(), error);
+        }
+    }
+
+    /// The next frame for the client, or None when the stream is over.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        self.tracker.as_ref()?;
+        loop {
+            let event = match self.pending.take() {
+                Some(e) => Ok(Some(e)),
+                None => self.upstream.next_event().await,
+            };
+            let event = match event {
+                Ok(Some(event)) => event,
+                Ok(None) => return Some(self.cut("the upstream stream ended without [DONE]")),
+                Err(e) => return Some(self.cut(&e.to_string())),
+            };
+            let (kind, usage) = match classify_chunk(&event.data) {
+                Ok(c) => c,
+                Err(e) => return Some(self.cut(&e.to_string())),
+            };
+            if usage.is_some() {
+                self.usage = usage;
+            }
+            match kind {
+                ChunkKind::Choices => {
+                    self.choice_chunks += 1;
+                    if let Some(t) = self.tracker.as_mut() {
+                        t.first_token();
+                    }
+                    return Some(frame(&event.data));
+                }
+                ChunkKind::NoChoices { usage: Some(_) } if self.client_wants_usage => {
+                    return Some(frame(&event.data));
+                }
+                ChunkKind::NoChoices { .. } => continue,
+                ChunkKind::Error => {
+                    // The upstream's own error event, passed on as it is; no [DONE] after it.
+                    self.finish(Some("upstream_stream_error"));
+                    return Some(frame(&event.data));
+                }
+                ChunkKind::Done => {
+                    self.finish(None);
+                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+            }
+        }
+    }
+
+    /// The upstream broke off after the client got the first bytes: one error event,
+    /// then the end (no `[DONE]`).
+    fn cut(&mut self, why: &str) -> Bytes {
+        tracing::warn!(deployment = %self.deployment.name, reason = why, "stream cut");
+        self.finish(Some("stream_cut"));
+        let error = ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "server_error",
+            code: "stream_cut",
+            param: None,
+            message: format!(
+                "The stream from deployment `{}` broke off before it was complete.",
+                self.deployment.name
+            ),
+            retry_after: None,
+        };
+        frame(&error.to_json())
+    }
+}
+
+fn estimate_from(prompt_estimate: u64, completion: u64) -> Usage {
+    Usage {
+        prompt_tokens: prompt_estimate,
+        ..estimate(0, completion)
+    }
+}
+
+impl Drop for RelayState {
+    fn drop(&mut self) {
+        // Dropped with the outcome unknown: the client went away. Record what was
+        // probably billed; the tracker marks the disconnect.
+        if self.tracker.is_some() {
+            self.settle();
+        }
+    }
+}
+
+fn frames(state: RelayState) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(state, |mut state| async move {
+        let frame = state.next_frame().await?;
+        Some((Ok(frame), state))
+    })
+}

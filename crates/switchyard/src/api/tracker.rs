@@ -1,0 +1,169 @@
+//! One request's ledger row, built up as the request runs and handed to the ledger
+//! exactly once: when the request finishes, or when it is dropped half-way (the client
+//! went away, or the server gave up on it at shutdown).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Deployment;
+use crate::ledger::{AttemptRecord, LedgerSink, RequestRecord, Usage};
+use crate::providers::ProviderError;
+
+/// HTTP has no status for "the client closed the connection"; 499 is the common label.
+pub const CLIENT_CLOSED: u16 = 499;
+
+pub struct RequestTracker {
+    record: RequestRecord,
+    sink: LedgerSink,
+    started: Instant,
+    /// Set once the outcome is known; a tracker dropped without it was abandoned.
+    finished: bool,
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn micros(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_micros()).unwrap_or(i64::MAX)
+}
+
+impl RequestTracker {
+    pub fn new(sink: LedgerSink, request_id: String, endpoint: &'static str) -> Self {
+        RequestTracker {
+            record: RequestRecord {
+                request_id,
+                started_at_ms: unix_ms(),
+                endpoint,
+                ..RequestRecord::default()
+            },
+            sink,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    pub fn set_key(&mut self, key_id: &str) {
+        self.record.key_id = Some(key_id.to_owned());
+    }
+
+    pub fn set_model(&mut self, model: &str, streamed: bool) {
+        self.record.logical_model = Some(model.to_owned());
+        self.record.streamed = streamed;
+    }
+
+    /// The status the client was sent, before the body is known (streams).
+    pub fn set_status(&mut self, status: u16) {
+        self.record.status = status;
+    }
+
+    /// Notes the start of an upstream call; returns its 1-based number.
+    pub fn begin_attempt(&mut self, deployment: &Deployment) -> u32 {
+        let n = u32::try_from(self.record.attempts.len() + 1).unwrap_or(u32::MAX);
+        self.record.attempts.push(AttemptRecord {
+            attempt: n,
+            started_at_ms: unix_ms(),
+            deployment: deployment.name.clone(),
+            provider: deployment.provider.name.clone(),
+            upstream_model: deployment.upstream_model.clone(),
+            ..AttemptRecord::default()
+        });
+        self.record.deployment = Some(deployment.name.clone());
+        self.record.provider = Some(deployment.provider.name.clone());
+        self.record.upstream_model = Some(deployment.upstream_model.clone());
+        n
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.record.attempts.len()
+    }
+
+    /// Closes the current attempt as failed.
+    pub fn fail_attempt(&mut self, error: &ProviderError, started: Instant) {
+        if let Some(a) = self.record.attempts.last_mut() {
+            a.status = match error {
+                ProviderError::Status { status, .. } => Some(status.as_u16()),
+                _ => None,
+            };
+            a.error_class = Some(error.class().to_owned());
+            a.latency_us = micros(started);
+        }
+    }
+
+    /// Records the current attempt's upstream status once its headers arrived.
+    pub fn attempt_status(&mut self, status: u16) {
+        if let Some(a) = self.record.attempts.last_mut() {
+            a.status = Some(status);
+        }
+    }
+
+    /// Closes the current attempt with its usage and cost; the request totals follow it.
+    pub fn settle(&mut self, deployment: &Deployment, usage: Usage, attempt_started: Instant) {
+        let cost = deployment.price.cost(&usage);
+        if let Some(a) = self.record.attempts.last_mut() {
+            a.usage = usage;
+            a.cost_nano_usd = cost;
+            a.latency_us = micros(attempt_started);
+        }
+        self.record.usage = usage;
+        self.record.cost_nano_usd = cost;
+    }
+
+    pub fn first_token(&mut self) {
+        if self.record.ttft_us.is_none() {
+            self.record.ttft_us = Some(micros(self.started));
+        }
+    }
+
+    /// The request is over: `status` is what the client got.
+    pub fn finish(mut self, status: u16, error_code: Option<&str>) {
+        self.record.status = status;
+        if let Some(code) = error_code {
+            self.record.error_code = Some(code.to_owned());
+            // An error after the response started (a cut stream) belongs to the attempt
+            // that was serving; failed attempts carry their own class already.
+            if let Some(a) = self.record.attempts.last_mut() {
+                if a.error_class.is_none() {
+                    a.error_class = Some(code.to_owned());
+                }
+            }
+        }
+        self.submit();
+    }
+
+    fn submit(&mut self) {
+        self.finished = true;
+        self.record.latency_us = micros(self.started);
+        self.sink.record(std::mem::take(&mut self.record));
+    }
+}
+
+impl Drop for RequestTracker {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Abandoned half-way: the client disconnected (or shutdown cut it off). A
+        // streamed request keeps the 200 it was sent; others never got a status.
+        self.record.client_disconnected = true;
+        if self.record.status == 0 {
+            self.record.status = CLIENT_CLOSED;
+        }
+        if let Some(a) = self.record.attempts.last_mut() {
+            if a.error_class.is_none() && a.latency_us == 0 {
+                a.error_class = Some("client_disconnected".into());
+                a.latency_us = micros(self.started);
+            }
+        }
+        if self.record.error_code.is_none() {
+            self.record.error_code = Some("client_disconnected".into());
+        }
+        self.submit();
+    }
+}

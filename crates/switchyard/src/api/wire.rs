@@ -1,0 +1,385 @@
+//! OpenAI Chat Completions and Embeddings request types, as clients send them.
+//!
+//! They are typed deep enough to validate what the gateway relies on and to name the
+//! offending `param`, and every level keeps the fields it does not know in `extra`,
+//! so a request forwarded to an OpenAI-style upstream loses nothing.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Everything else (temperature, seed, logprobs, metadata…), forwarded as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<MessageContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<ImageUrl>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON document encoded as a string, as OpenAI sends it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDef>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Value,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Parses a JSON body into `T`, naming the offending field on failure.
+pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    match parsed {
+        Ok(v) => {
+            de.end().map_err(|e| {
+                ApiError::invalid_json(format!("The request body is not valid JSON: {e}."))
+            })?;
+            Ok(v)
+        }
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(ApiError::invalid_json(format!(
+                    "The request body is not valid JSON: {inner}."
+                )));
+            }
+            let path = e.path().to_string();
+            let raw = inner.to_string();
+            // serde reports a missing field at the parent's path; name the field itself.
+            if let Some(field) = raw
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
+                let param = if path == "." {
+                    field.to_owned()
+                } else {
+                    format!("{path}.{field}")
+                };
+                return Err(ApiError::invalid_request(
+                    Some(param.clone()),
+                    format!("Missing required parameter: '{param}'."),
+                ));
+            }
+            let param = if path == "." { None } else { Some(path) };
+            let detail = if raw.contains("untagged enum MessageContent") {
+                "expected a string or an array of content parts".to_owned()
+            } else if raw.contains("untagged enum Stop") {
+                "expected a string or an array of strings".to_owned()
+            } else {
+                strip_position(&raw).to_owned()
+            };
+            let message = match &param {
+                Some(p) => format!("Invalid value for '{p}': {detail}."),
+                None => format!("Invalid request body: {detail}."),
+            };
+            Err(ApiError::invalid_request(param, message))
+        }
+    }
+}
+
+fn strip_position(msg: &str) -> &str {
+    msg.find(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+impl ChatRequest {
+    /// Checks what types alone cannot, naming the param like OpenAI does.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.model.is_empty() {
+            return Err(ApiError::invalid_request(
+                Some("model".into()),
+                "'model' must not be empty.",
+            ));
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid_request(
+                Some("messages".into()),
+                "'messages' must contain at least one message.",
+            ));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            match m.role {
+                Role::Tool if m.tool_call_id.is_none() => {
+                    return Err(ApiError::invalid_request(
+                        Some(format!("messages[{i}].tool_call_id")),
+                        format!("Missing required parameter: 'messages[{i}].tool_call_id'."),
+                    ))
+                }
+                Role::Assistant
+                    if m.content.is_none()
+                        && m.tool_calls.is_none()
+                        && !m.extra.contains_key("function_call") =>
+                {
+                    return Err(ApiError::invalid_request(
+                        Some(format!("messages[{i}].content")),
+                        format!("Missing required parameter: 'messages[{i}].content'."),
+                    ))
+                }
+                Role::Assistant => {}
+                _ if m.content.is_none() => {
+                    return Err(ApiError::invalid_request(
+                        Some(format!("messages[{i}].content")),
+                        format!("Missing required parameter: 'messages[{i}].content'."),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(MessageContent::Parts(parts)) = &m.content {
+                for (j, part) in parts.iter().enumerate() {
+                    let at = format!("messages[{i}].content[{j}]");
+                    match part.kind.as_str() {
+                        "text" if part.text.is_none() => {
+                            return Err(ApiError::invalid_request(
+                                Some(format!("{at}.text")),
+                                format!("Missing required parameter: '{at}.text'."),
+                            ))
+                        }
+                        "image_url" if part.image_url.is_none() => {
+                            return Err(ApiError::invalid_request(
+                                Some(format!("{at}.image_url")),
+                                format!("Missing required parameter: '{at}.image_url'."),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(n) = self.n {
+            if !(1..=128).contains(&n) {
+                return Err(ApiError::invalid_request(
+                    Some("n".into()),
+                    "'n' must be between 1 and 128.",
+                ));
+            }
+        }
+        if let Some(tools) = &self.tools {
+            for (i, t) in tools.iter().enumerate() {
+                if t.kind == "function" && t.function.is_none() {
+                    return Err(ApiError::invalid_request(
+                        Some(format!("tools[{i}].function")),
+                        format!("Missing required parameter: 'tools[{i}].function'."),
+                    ));
+                }
+            }
+        }
+        if let Some(choice) = &self.tool_choice {
+            let ok = match choice {
+                Value::String(s) => matches!(s.as_str(), "none" | "auto" | "required"),
+                Value::Object(o) => o.contains_key("type"),
+                _ => false,
+            };
+            if !ok {
+                return Err(ApiError::invalid_request(
+                    Some("tool_choice".into()),
+                    "'tool_choice' must be \"none\", \"auto\", \"required\" or an object naming a tool.",
+                ));
+            }
+            let needs_tools = !matches!(choice, Value::String(s) if s == "none");
+            if needs_tools && self.tools.as_ref().is_none_or(Vec::is_empty) {
+                return Err(ApiError::invalid_request(
+                    Some("tool_choice".into()),
+                    "'tool_choice' is only allowed when 'tools' are specified.",
+                ));
+            }
+        }
+        if let Some(rf) = &self.response_format {
+            match rf.kind.as_str() {
+                "text" | "json_object" => {}
+                "json_schema" if rf.json_schema.is_none() => {
+                    return Err(ApiError::invalid_request(
+                        Some("response_format.json_schema".into()),
+                        "Missing required parameter: 'response_format.json_schema'.",
+                    ))
+                }
+                "json_schema" => {}
+                other => {
+                    return Err(ApiError::invalid_request(
+                        Some("response_format.type".into()),
+                        format!("Invalid value for 'response_format.type': `{other}`; expected text, json_object or json_schema."),
+                    ))
+                }
+            }
+        }
+        if let Some(Stop::Many(stops)) = &self.stop {
+            if stops.len() > 4 {
+                return Err(ApiError::invalid_request(
+                    Some("stop".into()),
+                    "'stop' accepts at most 4 sequences.",
+                ));
+            }
+        }
+        if self.stream_options.is_some() && self.stream != Some(true) {
+            return Err(ApiError::invalid_request(
+                Some("stream_options".into()),
+                "'stream_options' is only allowed when 'stream' is true.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A rough prompt-size estimate (about four bytes a token), used only when the
+    /// provider reports no usage.
+    pub fn estimate_prompt_tokens(body_len: usize) -> u64 {
+        (body_len as u64).div_ceil(4)
+    }
+}
+
+impl EmbeddingsRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.model.is_empty() {
+            return Err(ApiError::invalid_request(
+                Some("model".into()),
+                "'model' must not be empty.",
+            ));
+        }
+        let ok = match &self.input {
+            Value::String(_) => true,
+            Value::Array(items) => !items.is_empty(),
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::invalid_request(
+                Some("input".into()),
+                "'input' must be a string, an array of strings or an array of token arrays, and not empty.",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-test-openai".into()),
+        "AZURE_KEY" => Some("azure-secret".into()),
+        "APP_KEY" => Some("sy-app-key-123456".into()),
+        _ => None,
+    }
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+max_body_bytes = 1000
+
+[[keys]]
+name = "app"
+key = "${APP_KEY}"
+
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key = "${OPENAI_API_KEY}"
+
+[providers.azure-eu]
+kind = "azure"
+endpoint = "https://res.openai.azure.com"
+api_version = "2024-10-21"
+api_key = "${AZURE_KEY}"
+
+[providers.azure-v1]
+kind = "azure"
+endpoint = "https://res2.openai.azure.com"
+api_key = "${AZURE_KEY}"
+
+[deployments.oa-mini]
+provider = "openai"
+model = "gpt-4o-mini"
+price = { input = 0.15, output = 0.60, cached_input = 0.075 }
+
+[deployments.az-mini]
+provider = "azure-eu"
+model = "mini-prod"
+region = "eu-west"
+price = { input = 0.165, output = 0.66 }
+timeouts = { first_byte_ms = 1500 }
+
+[models.support-chat]
+deployments = ["az-mini", "oa-mini"]
+"#;
+
+#[test]
+fn parses_a_full_config() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.max_body_bytes, 1000);
+    assert_eq!(c.keys[0].key.expose(), "sy-app-key-123456");
+    let m = c.model("support-chat").expect("model");
+    let names: Vec<&str> = m.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["az-mini", "oa-mini"]);
+    let az = &m.deployments[0];
+    assert_eq!(
+        az.provider.kind,
+        ProviderKind::Azure {
+            endpoint: "https://res.openai.azure.com".into(),
+            api: AzureApi::Deployments {
+                api_version: "2024-10-21".into()
+            }
+        }
+    );
+    assert_eq!(az.timeouts.first_byte, Duration::from_millis(1500));
+    assert_eq!(az.timeouts.total, Duration::from_millis(DEFAULT_TOTAL_MS));
+    // Cached input defaults to the input price.
+    assert_eq!(az.price.cached_input_per_mtok, 165_000_000);
+    let oa = &m.deployments[1];
+    assert_eq!(
+        oa.provider.kind,
+        ProviderKind::OpenAi {
+            base_url: "https://api.openai.com/v1".into()
+        }
+    );
+    assert_eq!(oa.price.input_per_mtok, 150_000_000);
+    assert_eq!(oa.price.cached_input_per_mtok, 75_000_000);
+    let v1 = c
+        .providers
+        .iter()
+        .find(|p| p.name == "azure-v1")
+        .expect("provider");
+    assert!(matches!(
+        v1.kind,
+        ProviderKind::Azure {
+            api: AzureApi::V1,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("sk-test-openai"));
+    assert!(!dump.contains("azure-secret"));
+    assert!(dump.contains("Secret(***)"));
+}
+
+fn error_of(src: &str) -> ConfigError {
+    Config::parse(src, env).expect_err("must be rejected")
+}
+
+#[test]
+fn unknown_deployment_names_path_and_line() {
+    let src = GOOD.replace(r#"["az-mini", "oa-mini"]"#, r#"["az-mini", "nope"]"#);
+    let e = error_of(&src);
+    assert_eq!(e.path, "models.support-chat.deployments[1]");
+    let expected_line = src
+        .lines()
+        .position(|l| l.contains("\"nope\""))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, Some(expected_line));
+    assert!(e.message.contains("unknown deployment `nope`"), "{e}");
+    assert!(e.to_string().contains(&format!("line {expected_line}")));
+}
+
+#[test]
+fn missing_env_var_names_the_field() {
+    let src = GOOD.replace("${OPENAI_API_KEY}", "${NOT_SET_ANYWHERE}");
+    let e = error_of(&src);
+    assert_eq!(e.path, "providers.openai.api_key");
+    assert!(e.message.contains("NOT_SET_ANYWHERE is not set"), "{e}");
+    let expected_line = src
+        .lines()
+        .position(|l| l.contains("NOT_SET_ANYWHERE"))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, Some(expected_line));
+}
+
+#[test]
+fn unknown_field_is_rejected_with_line() {
+    let src = GOOD.replace(
+        "max_body_bytes = 1000",
+        "max_body_bytes = 1000\nlisten_port = 3",
+    );
+    let e = error_of(&src);
+    assert!(e.message.contains("listen_port"), "{e}");
+    let expected_line = src
+        .lines()
+        .position(|l| l.contains("listen_port"))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, Some(expected_line));
+}
+
+#[test]
+fn wrong_type_is_rejected_with_line() {
+    let src = GOOD.replace("max_body_bytes = 1000", "max_body_bytes = \"big\"");
+    let e = error_of(&src);
+    assert!(e.message.contains("invalid type"), "{e}");
+    assert!(e.line.is_some());
+}
+
+#[test]
+fn field_level_checks() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"listen = "127.0.0.1:9090""#,
+            r#"listen = "nowhere""#,
+            "server.listen",
+        ),
+        (
+            r#"kind = "openai""#,
+            r#"kind = "bedrock-x""#,
+            "providers.openai.kind",
+        ),
+        (
+            r#"base_url = "https://api.openai.com/v1/""#,
+            r#"base_url = "ftp://x""#,
+            "providers.openai.base_url",
+        ),
+        (
+            r#"provider = "openai""#,
+            r#"provider = "missing""#,
+            "deployments.oa-mini.provider",
+        ),
+        (
+            "input = 0.15,",
+            "input = -1.0,",
+            "deployments.oa-mini.price.input",
+        ),
+        (
+            "first_byte_ms = 1500",
+            "first_byte_ms = 0",
+            "deployments.az-mini.timeouts.first_byte_ms",
+        ),
+        (
+            r#"api_version = "2024-10-21""#,
+            r#"api = "classic""#,
+            "providers.azure-eu.api",
+        ),
+    ];
+    for (from, to, path) in cases {
+        assert!(GOOD.contains(from), "fixture lacks {from}");
+        let e = error_of(&GOOD.replacen(from, to, 1));
+        assert_eq!(e.path, *path, "{from} -> {to}: {e}");
+        assert!(e.line.is_some(), "{path} has no line");
+    }
+}
+
+#[test]
+fn duplicate_key_names_and_short_keys_are_rejected() {
+    let dup = GOOD.replace(
+        "[providers.openai]",
+        "[[keys]]\nname = \"app\"\nkey = \"another-long-key\"\n\n[providers.openai]",
+    );
+    assert_eq!(error_of(&dup).path, "keys[1].name");
+    let short = GOOD.replace("${APP_KEY}", "abc");
+    assert_eq!(error_of(&short).path, "keys[0].key");
+}
+
+#[test]
+fn cost_is_exact_integer_arithmetic() {
+    let price = Price {
+        input_per_mtok: 150_000_000,
+        output_per_mtok: 600_000_000,
+        cached_input_per_mtok: 75_000_000,
+    };
+    // 1000 prompt (400 cached) + 500 completion:
+    // 600*150 + 400*75 + 500*600 = 90_000 + 30_000 + 300_000 nano-USD.
+    let usage = Usage {
+        prompt_tokens: 1000,
+        completion_tokens: 500,
+        cached_tokens: 400,
+        estimated: false,
+    };
+    assert_eq!(price.cost(&usage), 420_000);
+    // Rounds half up once: 1 token at 0.0375 USD/M = 37.5 nano -> 38.
+    let odd = Price {
+        input_per_mtok: 37_500_000,
+        ..Price::default()
+    };
+    let one = Usage {
+        prompt_tokens: 1,
+        ..Usage::default()
+    };
+    assert_eq!(odd.cost(&one), 38);
+}
+
+#[test]
+fn defaults_apply_to_an_empty_file() {
+    let c = Config::parse("", env).expect("empty config is valid");
+    assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.ledger.path.as_deref(), Some(Path::new("switchyard.db")));
+    assert!(c.models.is_empty());
+}

@@ -1,0 +1,84 @@
+//! The configuration `switchyard demo` runs: a few logical models served by the
+//! built-in simulator, so a newcomer needs no provider account.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
+
+/// The demo's configuration, against a simulator listening at `sim`.
+pub fn config(
+    listen: SocketAddr,
+    sim: SocketAddr,
+    key: &str,
+    ledger: &Path,
+) -> Result<Config, ConfigError> {
+    let toml = format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[ledger]
+path = {ledger:?}
+
+[[keys]]
+name = "demo"
+key = "${{SWITCHYARD_DEMO_KEY}}"
+
+[providers.sim-openai]
+kind = "openai"
+base_url = "http://{sim}/v1"
+api_key = "sk-sim-openai"
+
+[providers.sim-openai-primary]
+kind = "openai"
+base_url = "http://{sim}/primary/v1"
+api_key = "sk-sim-openai"
+
+[providers.sim-azure]
+kind = "azure"
+endpoint = "http://{sim}"
+api_version = "2024-10-21"
+api_key = "sim-azure-key"
+
+[deployments.openai-gpt-4o-mini]
+provider = "sim-openai"
+model = "gpt-4o-mini"
+region = "us"
+price = {{ input = 0.15, output = 0.60, cached_input = 0.075 }}
+
+[deployments.openai-primary-gpt-4o-mini]
+provider = "sim-openai-primary"
+model = "gpt-4o-mini"
+region = "us"
+price = {{ input = 0.15, output = 0.60, cached_input = 0.075 }}
+
+[deployments.azure-gpt-4o-mini]
+provider = "sim-azure"
+model = "gpt-4o-mini-prod"
+region = "eu-west"
+price = {{ input = 0.165, output = 0.66, cached_input = 0.0825 }}
+
+[deployments.openai-embed-small]
+provider = "sim-openai"
+model = "text-embedding-3-small"
+price = {{ input = 0.02 }}
+
+[models.gpt-4o-mini]
+deployments = ["openai-gpt-4o-mini"]
+
+[models.azure-gpt-4o-mini]
+deployments = ["azure-gpt-4o-mini"]
+
+[models.support-chat]
+deployments = ["openai-primary-gpt-4o-mini", "azure-gpt-4o-mini"]
+
+[models.text-embedding-3-small]
+deployments = ["openai-embed-small"]
+"#
+    );
+    let key = key.to_owned();
+    Config::parse(&toml, move |name| {
+        (name == "SWITCHYARD_DEMO_KEY").then(|| key.clone())
+    })
+}

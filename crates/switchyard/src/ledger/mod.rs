@@ -1,0 +1,539 @@
+//! Usage ledger: one SQLite row per client request and one per upstream attempt.
+//!
+//! The request path never touches the database. It hands a [`RequestRecord`] to a
+//! [`LedgerSink`], which does a non-blocking `try_send` into a bounded channel; a
+//! background writer task owned by [`Ledger`] drains that channel in batches and
+//! inserts each batch in one transaction. When the channel is full the record is
+//! dropped and counted rather than slowing a client down: the ledger is
+//! accounting, not a correctness dependency of serving traffic.
+//!
+//! Money is integer nano-USD (1e-9 USD) everywhere, never a float, so sums are
+//! exact. Times are UTC.
+//!
+//! [`spend_report`] and [`render_spend_table`] back the `switchyard spend` CLI.
+
+mod spend;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use spend::{format_usd, render_spend_table, spend_report, SpendGroup, SpendRow};
+
+/// Token counts for a request or an attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens billed by the provider (includes cached ones).
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Portion of `prompt_tokens` served from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// True when the counts were estimated by the gateway because the provider
+    /// reported none (e.g. a stream cut before its usage chunk).
+    pub estimated: bool,
+}
+
+/// One client request, as the gateway saw it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord {
+    /// `req_…`, unique per request; the `requests` primary key.
+    pub request_id: String,
+    /// When the request arrived, unix milliseconds (UTC).
+    pub started_at_ms: i64,
+    /// The caller's key name/id; `None` when authentication failed.
+    pub key_id: Option<String>,
+    /// `"chat.completions"` or `"embeddings"`.
+    pub endpoint: &'static str,
+    /// The model name the client asked for.
+    pub logical_model: Option<String>,
+    /// The deployment that finally served (or was tried last).
+    pub deployment: Option<String>,
+    /// Provider of `deployment`.
+    pub provider: Option<String>,
+    /// Provider-side model name of `deployment`.
+    pub upstream_model: Option<String>,
+    /// HTTP status sent to the client (200 even if the stream later failed).
+    pub status: u16,
+    /// Low-cardinality error label, e.g. `"upstream_timeout"`, `"stream_cut"`.
+    pub error_code: Option<String>,
+    /// Whether the response was streamed (SSE).
+    pub streamed: bool,
+    /// Whether the client went away before the response was complete.
+    pub client_disconnected: bool,
+    /// Usage billed for the request (normally that of the serving attempt).
+    pub usage: Usage,
+    /// Cost of the request in nano-USD.
+    pub cost_nano_usd: i64,
+    /// Microseconds until the last byte was sent (or the error).
+    pub latency_us: i64,
+    /// Microseconds to the first content chunk for streams; `None` otherwise.
+    pub ttft_us: Option<i64>,
+    /// Upstream calls made for this request, in order; empty when refused
+    /// before dispatch.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One upstream call made on behalf of a request.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptRecord {
+    /// 1-based attempt number within the request.
+    pub attempt: u32,
+    /// When the upstream call started, unix milliseconds (UTC).
+    pub started_at_ms: i64,
+    /// Deployment called.
+    pub deployment: String,
+    /// Provider of the deployment.
+    pub provider: String,
+    /// Provider-side model name.
+    pub upstream_model: String,
+    /// Upstream HTTP status; `None` when no response arrived (connect error, timeout).
+    pub status: Option<u16>,
+    /// Failure class: `"timeout"`, `"connect"`, `"rate_limited"`, `"upstream_5xx"`, …
+    pub error_class: Option<String>,
+    /// Usage reported (or estimated) for this call.
+    pub usage: Usage,
+    /// Cost of this call in nano-USD.
+    pub cost_nano_usd: i64,
+    /// Duration of this call in microseconds.
+    pub latency_us: i64,
+}
+
+/// Errors opening, migrating or querying the ledger. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// Filesystem error (creating the parent directory, missing file for reports).
+    #[error("ledger {}: {source}", path.display())]
+    Io {
+        /// The ledger file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite could not open the file.
+    #[error("ledger {}: cannot open database: {source}", path.display())]
+    Open {
+        /// The ledger file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying a schema migration failed.
+    #[error("ledger {}: migrating schema to version {version} failed: {source}", path.display())]
+    Migrate {
+        /// The ledger file.
+        path: PathBuf,
+        /// Schema version being applied.
+        version: i64,
+        /// Underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The file's schema version is not one this build understands.
+    #[error(
+        "ledger {}: schema version {found} is not supported (this build knows 1..={supported}); \
+         not a Switchyard ledger, or written by a newer Switchyard",
+        path.display()
+    )]
+    Schema {
+        /// The ledger file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A query failed.
+    #[error("ledger {}: {source}", path.display())]
+    Sql {
+        /// The ledger file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The writer task died (panicked) instead of shutting down cleanly.
+    #[error("ledger {}: writer task failed: {reason}", path.display())]
+    Writer {
+        /// The ledger file.
+        path: PathBuf,
+        /// What happened to the task.
+        reason: String,
+    },
+}
+
+/// Default bound of the record queue between request handlers and the writer.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// Default maximum number of requests inserted per transaction.
+pub const DEFAULT_BATCH_MAX: usize = 512;
+
+/// How to open a [`Ledger`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerOptions {
+    /// SQLite file; created (with its parent directory) if missing.
+    pub path: PathBuf,
+    /// Records that may wait for the writer before new ones are dropped
+    /// (values below 1 are treated as 1).
+    pub queue_capacity: usize,
+    /// Maximum requests per insert transaction (values below 1 are treated as 1).
+    pub batch_max: usize,
+}
+
+impl LedgerOptions {
+    /// Options for `path` with the default queue capacity and batch size.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            batch_max: DEFAULT_BATCH_MAX,
+        }
+    }
+}
+
+/// Counters reported by [`Ledger::shutdown`] and [`Ledger::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Request rows committed to the database.
+    pub written: u64,
+    /// Request records lost: queue full, submitted after shutdown began, a
+    /// duplicate `request_id`, or a batch that failed to commit after retries.
+    pub dropped: u64,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the last
+/// one applied. Append only.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_ledger.sql"))];
+
+/// Highest schema version this build writes and reads.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's write lock (e.g. a
+/// second gateway process or a `sqlite3` shell) before failing with BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Minimum spacing between "records dropped" warnings, so a saturated queue
+/// does not turn into a log flood on top of the overload.
+const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a record was lost; only used to word the (rate-limited) warning.
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    QueueFull,
+    ShuttingDown,
+    WriterGone,
+    WriteFailed,
+}
+
+/// State shared by every sink clone and the writer task.
+#[derive(Debug)]
+struct Shared {
+    /// Set when shutdown begins; later records are dropped without queueing.
+    closing: AtomicBool,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    /// Reference point for `last_warn_ms` (Instant is not atomic).
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last drop warning; `u64::MAX` = never.
+    last_warn_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            closing: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_warn_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether a rate-limited warning may be logged now; at most one caller
+    /// wins per interval, across threads.
+    fn warn_allowed(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let interval = u64::try_from(DROP_WARN_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < interval {
+            return false;
+        }
+        self.last_warn_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn note_dropped(&self, n: u64, reason: DropReason) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        if self.warn_allowed() {
+            let why = match reason {
+                DropReason::QueueFull => "queue full (writer cannot keep up)",
+                DropReason::ShuttingDown => "ledger is shutting down",
+                DropReason::WriterGone => "writer task has stopped",
+                DropReason::WriteFailed => "database write failed or duplicate request id",
+            };
+            tracing::warn!(dropped_total = total, "usage ledger dropped records: {why}");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SinkInner {
+    tx: mpsc::Sender<RequestRecord>,
+    shared: Arc<Shared>,
+}
+
+/// Handle used by request handlers to submit records. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct LedgerSink {
+    /// `None` for [`LedgerSink::disabled`].
+    inner: Option<SinkInner>,
+}
+
+impl std::fmt::Debug for LedgerSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerSink")
+            .field("enabled", &self.inner.is_some())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl LedgerSink {
+    /// Queues `rec` for the writer without waiting. If the queue is full, or
+    /// shutdown has begun, the record is dropped and counted instead.
+    pub fn record(&self, rec: RequestRecord) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if inner.shared.closing.load(Ordering::Acquire) {
+            inner.shared.note_dropped(1, DropReason::ShuttingDown);
+            return;
+        }
+        match inner.tx.try_send(rec) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                inner.shared.note_dropped(1, DropReason::QueueFull);
+            }
+            // The writer closes the receiver when shutdown begins, so this is
+            // also how a record racing with shutdown ends up counted.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let reason = if inner.shared.closing.load(Ordering::Acquire) {
+                    DropReason::ShuttingDown
+                } else {
+                    DropReason::WriterGone
+                };
+                inner.shared.note_dropped(1, reason);
+            }
+        }
+    }
+
+    /// A sink that discards every record and counts nothing ("ledger off").
+    pub fn disabled() -> LedgerSink {
+        LedgerSink { inner: None }
+    }
+
+    /// Whether records go anywhere (false for [`LedgerSink::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Records dropped so far by this ledger (shared by all clones).
+    pub fn dropped(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.shared.dropped.load(Ordering::Relaxed))
+    }
+}
+
+/// An open ledger: owns the SQLite connection (through its writer task).
+///
+/// Call [`Ledger::shutdown`] on graceful shutdown so queued records are
+/// committed. Dropping a `Ledger` without it still tells the writer to drain
+/// and stop, but nobody waits for that to finish.
+pub struct Ledger {
+    path: PathBuf,
+    sink: LedgerSink,
+    shared: Arc<Shared>,
+    /// Cancels the writer if the `Ledger` is dropped without `shutdown`.
+    stop: DropGuard,
+    task: JoinHandle<u64>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the SQLite file, applies pending migrations
+    /// and starts the writer task. Must be called inside a Tokio runtime.
+    pub async fn open(opts: LedgerOptions) -> Result<Ledger, LedgerError> {
+        let path = opts.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| LedgerError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let mut conn = connect(&path, true).await?;
+        migrate(&mut conn, &path).await?;
+
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(writer::run(writer::WriterCtx {
+            conn,
+            rx,
+            cancel: cancel.clone(),
+            shared: shared.clone(),
+            batch_max: opts.batch_max.max(1),
+            path: path.clone(),
+        }));
+        Ok(Ledger {
+            path,
+            sink: LedgerSink {
+                inner: Some(SinkInner {
+                    tx,
+                    shared: shared.clone(),
+                }),
+            },
+            shared,
+            stop: cancel.drop_guard(),
+            task,
+        })
+    }
+
+    /// A handle for request handlers.
+    pub fn sink(&self) -> LedgerSink {
+        self.sink.clone()
+    }
+
+    /// The SQLite file this ledger writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counters so far (for metrics); `written` lags until batches commit.
+    pub fn stats(&self) -> LedgerStats {
+        LedgerStats {
+            written: self.shared.written.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting records, waits for the writer to commit everything
+    /// already queued, and closes the database. Records submitted from now on
+    /// (by surviving sink clones) are counted as dropped.
+    pub async fn shutdown(self) -> Result<LedgerStats, LedgerError> {
+        let Ledger {
+            path,
+            sink,
+            shared,
+            stop,
+            task,
+        } = self;
+        shared.closing.store(true, Ordering::Release);
+        drop(sink);
+        stop.disarm().cancel();
+        let written = task.await.map_err(|e| LedgerError::Writer {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(LedgerStats {
+            written,
+            dropped: shared.dropped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Opens one connection. The writer needs exactly one (SQLite has a single
+/// writer anyway), and reports open their own short-lived one.
+async fn connect(path: &Path, create: bool) -> Result<SqliteConnection, LedgerError> {
+    let mut opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(create)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    if create {
+        // WAL lets `switchyard spend` read while the gateway writes; NORMAL
+        // sync is durable against process crashes (power loss may lose the
+        // last commits), which is the right trade for usage accounting.
+        // Readers leave the persistent journal mode alone.
+        opts = opts
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+    }
+    opts.connect().await.map_err(|source| LedgerError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+async fn user_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>("PRAGMA user_version")
+        .fetch_one(conn)
+        .await
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]. Each migration and its
+/// `user_version` bump commit together, so a crash leaves either the old or
+/// the new version; `BEGIN IMMEDIATE` plus re-reading the version inside the
+/// transaction makes two processes opening the same new file safe.
+async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), LedgerError> {
+    for &(version, sql) in MIGRATIONS {
+        let mig_err = |source| LedgerError::Migrate {
+            path: path.to_owned(),
+            version,
+            source,
+        };
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(mig_err)?;
+        let current = user_version(&mut tx).await.map_err(mig_err)?;
+        if current > SCHEMA_VERSION {
+            return Err(LedgerError::Schema {
+                path: path.to_owned(),
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if current >= version {
+            continue; // `tx` rolls back on drop; nothing was written.
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(mig_err)?;
+        // PRAGMA takes no bind parameters; `version` is our own constant.
+        sqlx::raw_sql(&format!("PRAGMA user_version = {version}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(mig_err)?;
+        tx.commit().await.map_err(mig_err)?;
+        tracing::info!(path = %path.display(), version, "ledger schema migrated");
+    }
+    Ok(())
+}
+
+/// Saturating u64 → i64 for SQLite's signed INTEGER.
+fn to_sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

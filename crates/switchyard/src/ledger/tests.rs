@@ -1,0 +1,529 @@
+//! Lifecycle tests: open/migrate, round trip, drain on shutdown, dropping.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+
+use super::*;
+
+pub(super) async fn open_ledger(path: &Path, capacity: usize) -> Ledger {
+    Ledger::open(LedgerOptions {
+        path: path.to_owned(),
+        queue_capacity: capacity,
+        batch_max: DEFAULT_BATCH_MAX,
+    })
+    .await
+    .expect("open ledger")
+}
+
+/// A served request `id` with `n_attempts` attempts (all but the last failed).
+pub(super) fn rec(id: &str, n_attempts: u32) -> RequestRecord {
+    let attempts = (1..=n_attempts)
+        .map(|i| {
+            let last = i == n_attempts;
+            AttemptRecord {
+                attempt: i,
+                started_at_ms: 1_700_000_000_000 + i64::from(i),
+                deployment: format!("dep-{i}"),
+                provider: "openai".into(),
+                upstream_model: "gpt-4o-2024-08-06".into(),
+                status: if last { Some(200) } else { None },
+                error_class: if last { None } else { Some("timeout".into()) },
+                usage: Usage {
+                    prompt_tokens: if last { 10 } else { 0 },
+                    completion_tokens: if last { 5 } else { 0 },
+                    cached_tokens: 0,
+                    estimated: false,
+                },
+                cost_nano_usd: if last { 1_000 } else { 0 },
+                latency_us: 1_000,
+            }
+        })
+        .collect();
+    RequestRecord {
+        request_id: id.to_owned(),
+        started_at_ms: 1_700_000_000_000,
+        key_id: Some("team-a".into()),
+        endpoint: "chat.completions",
+        logical_model: Some("gpt".into()),
+        deployment: Some(format!("dep-{n_attempts}")),
+        provider: Some("openai".into()),
+        upstream_model: Some("gpt-4o-2024-08-06".into()),
+        status: 200,
+        streamed: true,
+        usage: Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 2,
+            estimated: false,
+        },
+        cost_nano_usd: 1_000,
+        latency_us: 5_000,
+        ttft_us: Some(700),
+        attempts,
+        ..RequestRecord::default()
+    }
+}
+
+async fn raw(path: &Path) -> SqliteConnection {
+    connect(path, false).await.expect("raw connect")
+}
+
+async fn scalar(conn: &mut SqliteConnection, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(conn)
+        .await
+        .expect(sql)
+}
+
+#[tokio::test]
+async fn open_creates_file_tables_and_reopens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/deeper/ledger.db");
+    let ledger = open_ledger(&path, 16).await;
+    assert!(path.exists());
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(stats, LedgerStats::default());
+
+    let mut c = raw(&path).await;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut c)
+            .await
+            .expect("tables");
+    assert_eq!(tables, ["attempts", "requests"]);
+    assert_eq!(scalar(&mut c, "PRAGMA user_version").await, SCHEMA_VERSION);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut c)
+        .await
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+    c.close().await.expect("close");
+
+    // Reopen: migrations must be a no-op and existing rows survive.
+    let ledger = open_ledger(&path, 16).await;
+    ledger.sink().record(rec("req_1", 1));
+    assert_eq!(ledger.shutdown().await.expect("shutdown").written, 1);
+    let ledger = open_ledger(&path, 16).await;
+    ledger.sink().record(rec("req_2", 2));
+    assert_eq!(ledger.shutdown().await.expect("shutdown").written, 1);
+    let mut c = raw(&path).await;
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, 2);
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM attempts").await, 3);
+    assert_eq!(scalar(&mut c, "PRAGMA user_version").await, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn open_refuses_newer_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("future.db");
+    open_ledger(&path, 4)
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let mut c = raw(&path).await;
+    sqlx::raw_sql("PRAGMA user_version = 99")
+        .execute(&mut c)
+        .await
+        .expect("bump");
+    c.close().await.expect("close");
+    let err = Ledger::open(LedgerOptions::new(&path))
+        .await
+        .expect_err("newer schema");
+    assert!(
+        matches!(err, LedgerError::Schema { found: 99, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("future.db"), "{err}");
+}
+
+#[tokio::test]
+async fn open_error_names_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The "parent directory" is a regular file, so it cannot be created.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let path = blocker.join("ledger.db");
+    let err = Ledger::open(LedgerOptions::new(&path))
+        .await
+        .expect_err("cannot create");
+    assert!(matches!(err, LedgerError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_with_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, DEFAULT_QUEUE_CAPACITY).await;
+    let sink = ledger.sink();
+    const N: u32 = 1_000;
+    for i in 0..N {
+        let mut r = rec(&format!("req_{i:05}"), i % 3); // 0, 1 or 2 attempts
+        r.cost_nano_usd = i64::from(i) * 7;
+        r.usage.prompt_tokens = u64::from(i);
+        if i % 10 == 0 {
+            // Refused before dispatch.
+            r.key_id = None;
+            r.status = 401;
+            r.error_code = Some("invalid_api_key".into());
+            r.ttft_us = None;
+        }
+        sink.record(r);
+        if i % 100 == 0 {
+            // Interleave with the writer so several batches are committed.
+            tokio::task::yield_now().await;
+        }
+    }
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: u64::from(N),
+            dropped: 0
+        }
+    );
+    assert_eq!(sink.dropped(), 0);
+
+    let mut c = raw(&path).await;
+    let n = i64::from(N);
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, n);
+    // attempts per request cycle 0,1,2 → 333*0 + 334*1... computed directly:
+    let expected_attempts: i64 = (0..n).map(|i| i % 3).sum();
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM attempts").await,
+        expected_attempts
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(attempt_count) FROM requests").await,
+        expected_attempts
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        (0..n).map(|i| i * 7).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(prompt_tokens) FROM requests").await,
+        (0..n).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(completion_tokens) FROM requests").await,
+        5 * n
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cached_tokens) FROM requests").await,
+        2 * n
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM requests WHERE key_id IS NULL AND status = 401"
+        )
+        .await,
+        n / 10
+    );
+    // Per-attempt cost: only the final attempt of each request costs 1_000.
+    let with_attempts = (0..n).filter(|i| i % 3 != 0).count() as i64;
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM attempts").await,
+        1_000 * with_attempts
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM attempts WHERE status IS NULL AND error_class = 'timeout'"
+        )
+        .await,
+        (0..n).filter(|i| i % 3 == 2).count() as i64
+    );
+
+    // One row in full, to catch swapped columns.
+    let row = sqlx::query("SELECT * FROM requests WHERE request_id = 'req_00002'")
+        .fetch_one(&mut c)
+        .await
+        .expect("row");
+    assert_eq!(row.get::<i64, _>("started_at_ms"), 1_700_000_000_000);
+    assert_eq!(
+        row.get::<Option<String>, _>("key_id").as_deref(),
+        Some("team-a")
+    );
+    assert_eq!(row.get::<String, _>("endpoint"), "chat.completions");
+    assert_eq!(
+        row.get::<Option<String>, _>("logical_model").as_deref(),
+        Some("gpt")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("deployment").as_deref(),
+        Some("dep-2")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("provider").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("upstream_model").as_deref(),
+        Some("gpt-4o-2024-08-06")
+    );
+    assert_eq!(row.get::<i64, _>("status"), 200);
+    assert_eq!(row.get::<Option<String>, _>("error_code"), None);
+    assert_eq!(row.get::<i64, _>("streamed"), 1);
+    assert_eq!(row.get::<i64, _>("client_disconnected"), 0);
+    assert_eq!(row.get::<i64, _>("prompt_tokens"), 2);
+    assert_eq!(row.get::<i64, _>("completion_tokens"), 5);
+    assert_eq!(row.get::<i64, _>("cached_tokens"), 2);
+    assert_eq!(row.get::<i64, _>("usage_estimated"), 0);
+    assert_eq!(row.get::<i64, _>("cost_nano_usd"), 14);
+    assert_eq!(row.get::<i64, _>("latency_us"), 5_000);
+    assert_eq!(row.get::<Option<i64>, _>("ttft_us"), Some(700));
+    assert_eq!(row.get::<i64, _>("attempt_count"), 2);
+
+    let a = sqlx::query("SELECT * FROM attempts WHERE request_id = 'req_00002' ORDER BY attempt")
+        .fetch_all(&mut c)
+        .await
+        .expect("attempts");
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].get::<i64, _>("attempt"), 1);
+    assert_eq!(a[0].get::<Option<i64>, _>("status"), None);
+    assert_eq!(
+        a[0].get::<Option<String>, _>("error_class").as_deref(),
+        Some("timeout")
+    );
+    assert_eq!(a[0].get::<String, _>("deployment"), "dep-1");
+    assert_eq!(a[1].get::<i64, _>("attempt"), 2);
+    assert_eq!(a[1].get::<Option<i64>, _>("status"), Some(200));
+    assert_eq!(a[1].get::<i64, _>("prompt_tokens"), 10);
+    assert_eq!(a[1].get::<i64, _>("completion_tokens"), 5);
+    assert_eq!(a[1].get::<i64, _>("cost_nano_usd"), 1_000);
+    assert_eq!(a[1].get::<i64, _>("latency_us"), 1_000);
+    assert_eq!(a[1].get::<i64, _>("started_at_ms"), 1_700_000_000_002);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_burst() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, DEFAULT_QUEUE_CAPACITY).await;
+    let sink = ledger.sink();
+    for i in 0..5_000 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 5_000,
+            dropped: 0
+        }
+    );
+    let mut c = raw(&path).await;
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, 5_000);
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM attempts").await, 5_000);
+}
+
+#[tokio::test]
+async fn records_after_shutdown_are_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 16).await;
+    let sink = ledger.sink();
+    sink.record(rec("req_before", 0));
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 1,
+            dropped: 0
+        }
+    );
+    sink.record(rec("req_after", 0));
+    assert_eq!(sink.dropped(), 1);
+    let mut c = raw(&path).await;
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, 1);
+}
+
+/// Current-thread runtime: the writer task cannot run while this test calls
+/// `record` in a loop without awaiting, so exactly `capacity` records fit.
+#[tokio::test(flavor = "current_thread")]
+async fn full_queue_drops_instead_of_blocking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 4).await;
+    let sink = ledger.sink();
+    let t = Instant::now();
+    for i in 0..100 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "record blocked");
+    assert_eq!(sink.dropped(), 96);
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 4,
+            dropped: 96
+        }
+    );
+}
+
+/// Real concurrency: another connection holds the write lock, so the writer is
+/// stuck inside a batch while request handlers keep submitting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_database_drops_then_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 4).await;
+    let sink = ledger.sink();
+
+    let mut locker = raw(&path).await;
+    let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
+
+    let t = Instant::now();
+    for i in 0..1_000 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "record blocked");
+    // At most one batch in flight plus a full queue can be accepted.
+    let dropped = sink.dropped();
+    assert!(dropped >= 1_000 - 8, "dropped only {dropped}");
+
+    // Release well within the busy timeout: the stalled batch must commit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.expect("unlock");
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(stats.written + stats.dropped, 1_000);
+    assert!(stats.written >= 1);
+    assert_eq!(
+        scalar(&mut locker, "SELECT COUNT(*) FROM requests").await,
+        i64::try_from(stats.written).expect("fits")
+    );
+}
+
+#[tokio::test]
+async fn duplicate_request_id_keeps_first_and_rest_of_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 16).await;
+    let sink = ledger.sink();
+    sink.record(rec("req_a", 1));
+    let mut dup = rec("req_a", 2);
+    dup.cost_nano_usd = 999_999;
+    sink.record(dup);
+    sink.record(rec("req_b", 1));
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 2,
+            dropped: 1
+        }
+    );
+    let mut c = raw(&path).await;
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        2_000
+    );
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM attempts").await, 2);
+    c.close().await.expect("close");
+
+    // A duplicate of a row committed by an earlier batch (another run).
+    let ledger = open_ledger(&path, 16).await;
+    ledger.sink().record(rec("req_b", 3));
+    ledger.sink().record(rec("req_c", 1));
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 1,
+            dropped: 1
+        }
+    );
+    let mut c = raw(&path).await;
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        3_000
+    );
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM attempts").await, 3);
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM attempts WHERE request_id = 'req_b'"
+        )
+        .await,
+        1
+    );
+}
+
+#[test]
+fn disabled_sink_discards_and_counts_nothing() {
+    let sink = LedgerSink::disabled();
+    assert!(!sink.is_enabled());
+    for i in 0..10 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    assert_eq!(sink.dropped(), 0);
+    let clone = sink.clone();
+    clone.record(RequestRecord::default());
+    assert_eq!(clone.dropped(), 0);
+}
+
+/// Throughput smoke check: `cargo test -p switchyard --lib ledger -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 200_000).await;
+    let sink = ledger.sink();
+    const N: usize = 100_000;
+    let t = Instant::now();
+    for i in 0..N {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    let submit = t.elapsed();
+    let stats = ledger.shutdown().await.expect("shutdown");
+    let total = t.elapsed();
+    assert_eq!(stats.written, N as u64);
+    println!(
+        "submit {N} in {submit:?} ({:.0} ns/record); written in {total:?} ({:.0} rows/s)",
+        submit.as_nanos() as f64 / N as f64,
+        N as f64 / total.as_secs_f64()
+    );
+}
+
+/// A database that rejects writes loses records (counted) but must neither
+/// wedge the writer nor stretch shutdown out batch after batch.
+#[tokio::test]
+async fn failing_database_counts_losses_and_shuts_down_promptly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = Ledger::open(LedgerOptions {
+        path: path.clone(),
+        queue_capacity: 64,
+        batch_max: 2,
+    })
+    .await
+    .expect("open");
+    let mut c = raw(&path).await;
+    sqlx::raw_sql("DROP TABLE attempts; DROP TABLE requests;")
+        .execute(&mut c)
+        .await
+        .expect("sabotage");
+    let sink = ledger.sink();
+    for i in 0..10 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    let t = Instant::now();
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(
+        stats,
+        LedgerStats {
+            written: 0,
+            dropped: 10
+        }
+    );
+    // One batch with its retries (~0.55 s of backoff), not five.
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

@@ -1,0 +1,344 @@
+//! The background task that turns queued [`RequestRecord`]s into rows.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{to_sql_int, AttemptRecord, DropReason, RequestRecord, Shared};
+
+/// Everything the writer task owns.
+pub(super) struct WriterCtx {
+    pub conn: SqliteConnection,
+    pub rx: mpsc::Receiver<RequestRecord>,
+    pub cancel: CancellationToken,
+    pub shared: Arc<Shared>,
+    pub batch_max: usize,
+    pub path: PathBuf,
+}
+
+/// Delays before re-trying a failed batch. BUSY is already waited out by the
+/// connection's busy timeout, so these only cover brief hiccups; persistent
+/// failures (disk full, read-only file) lose the batch rather than stall the
+/// queue forever.
+const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_millis(500)];
+
+/// Rows per INSERT statement. Every statement is a round trip to sqlx's
+/// SQLite worker thread, which costs more than the insert itself, so rows are
+/// sent in multi-row statements. 32 keeps well under SQLite's bind-parameter
+/// limit (32 × 20 = 640) and bounds the distinct statement texts (one per
+/// chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
+const ROWS_PER_STATEMENT: usize = 32;
+
+const REQUEST_COLUMNS: &[&str] = &[
+    "request_id",
+    "started_at_ms",
+    "key_id",
+    "endpoint",
+    "logical_model",
+    "deployment",
+    "provider",
+    "upstream_model",
+    "status",
+    "error_code",
+    "streamed",
+    "client_disconnected",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "usage_estimated",
+    "cost_nano_usd",
+    "latency_us",
+    "ttft_us",
+    "attempt_count",
+];
+
+const ATTEMPT_COLUMNS: &[&str] = &[
+    "request_id",
+    "attempt",
+    "started_at_ms",
+    "deployment",
+    "provider",
+    "upstream_model",
+    "status",
+    "error_class",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "usage_estimated",
+    "cost_nano_usd",
+    "latency_us",
+];
+
+/// `INSERT INTO table (cols) VALUES (?, …), … <tail>` for `rows` rows.
+fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
+    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    format!(
+        "INSERT INTO {table} ({}) VALUES {} {tail}",
+        cols.join(", "),
+        vec![tuple.as_str(); rows].join(", ")
+    )
+}
+
+/// Statement texts indexed by row count (index 0 unused), built once per writer.
+struct Statements {
+    requests: Vec<String>,
+    attempts: Vec<String>,
+}
+
+impl Statements {
+    fn new() -> Self {
+        // `ON CONFLICT … DO NOTHING` (not `OR IGNORE`) tolerates only a
+        // duplicate key, so one bad request id cannot fail the other rows of
+        // its batch; `RETURNING` tells which requests were really inserted so
+        // a duplicate's attempts are not attached to the original.
+        let requests = (0..=ROWS_PER_STATEMENT)
+            .map(|n| {
+                insert_sql(
+                    "requests",
+                    REQUEST_COLUMNS,
+                    n,
+                    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                )
+            })
+            .collect();
+        let attempts = (0..=ROWS_PER_STATEMENT)
+            .map(|n| {
+                insert_sql(
+                    "attempts",
+                    ATTEMPT_COLUMNS,
+                    n,
+                    "ON CONFLICT (request_id, attempt) DO NOTHING",
+                )
+            })
+            .collect();
+        Self { requests, attempts }
+    }
+}
+
+/// Runs until cancelled (or every sender is gone), then drains the queue and
+/// closes the connection. Returns the number of request rows written.
+pub(super) async fn run(ctx: WriterCtx) -> u64 {
+    let WriterCtx {
+        mut conn,
+        mut rx,
+        cancel,
+        shared,
+        batch_max,
+        path,
+    } = ctx;
+    let stmts = Statements::new();
+    let mut batch = Vec::with_capacity(batch_max);
+    let mut written = 0u64;
+    // Set while the database is failing: retrying every batch against a dead
+    // disk would only make the queue (and the drop count) grow faster.
+    let mut failing = false;
+
+    loop {
+        let n = tokio::select! {
+            // Prefer queued work over the stop signal; the drain below catches
+            // records that race with it.
+            biased;
+            n = rx.recv_many(&mut batch, batch_max) => n,
+            () = cancel.cancelled() => break,
+        };
+        if n == 0 {
+            break; // every sender dropped
+        }
+        let done = commit_batch(&mut conn, &stmts, &mut batch, &shared, &path, !failing).await;
+        failing = done.is_none();
+        written += done.unwrap_or(0);
+    }
+
+    // Closing the receiver makes every later `try_send` fail, so a record is
+    // either in the queue now (and written below) or counted as dropped:
+    // nothing can slip in after the drain.
+    rx.close();
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        match commit_batch(&mut conn, &stmts, &mut batch, &shared, &path, !failing).await {
+            Some(w) => {
+                failing = false;
+                written += w;
+            }
+            None => {
+                // Shutdown must finish within the process's grace period; a
+                // database that just failed its retries will not recover in
+                // time, so count the rest as lost instead of failing batch
+                // after batch.
+                let mut rest = 0u64;
+                while rx.recv_many(&mut batch, batch_max).await > 0 {
+                    rest += batch.len() as u64;
+                    batch.clear();
+                }
+                if rest > 0 {
+                    tracing::error!(path = %path.display(), rows = rest,
+                        "usage ledger failing at shutdown; discarding queued records");
+                    shared.note_dropped(rest, DropReason::WriteFailed);
+                }
+                break;
+            }
+        }
+    }
+
+    // Closing the last connection checkpoints the WAL into the main file.
+    if let Err(e) = conn.close().await {
+        tracing::warn!(path = %path.display(), error = %e, "closing usage ledger failed");
+    }
+    tracing::debug!(path = %path.display(), written, "usage ledger writer stopped");
+    written
+}
+
+/// Inserts and clears `batch`, retrying a failed transaction a couple of times
+/// when `retry` is set. Returns the rows written, or `None` when the batch was
+/// lost; lost and duplicate records are added to the dropped counter.
+async fn commit_batch(
+    conn: &mut SqliteConnection,
+    stmts: &Statements,
+    batch: &mut Vec<RequestRecord>,
+    shared: &Shared,
+    path: &std::path::Path,
+    retry: bool,
+) -> Option<u64> {
+    let total = batch.len() as u64;
+    let mut retries = RETRY_BACKOFF.iter().filter(|_| retry);
+    let written = loop {
+        match insert_batch(conn, stmts, batch).await {
+            Ok(w) => break Some(w),
+            Err(e) => match retries.next() {
+                Some(delay) => {
+                    tracing::warn!(path = %path.display(), error = %e, rows = total,
+                        "usage ledger batch failed; retrying");
+                    tokio::time::sleep(*delay).await;
+                }
+                None => {
+                    tracing::error!(path = %path.display(), error = %e, rows = total,
+                        "usage ledger batch failed; records lost");
+                    break None;
+                }
+            },
+        }
+    };
+    batch.clear();
+    let w = written.unwrap_or(0);
+    if w < total {
+        // Duplicate request ids (a bug upstream) or a lost batch.
+        shared.note_dropped(total - w, DropReason::WriteFailed);
+    }
+    shared.written.fetch_add(w, Ordering::Relaxed);
+    written
+}
+
+/// One transaction for the whole batch: in WAL mode with `synchronous=NORMAL`
+/// the commit is the expensive part, so amortising it is what makes the
+/// ledger keep up. `BEGIN IMMEDIATE` takes the write lock up front, so waiting
+/// on another writer goes through the busy timeout instead of failing with
+/// BUSY_SNAPSHOT halfway through.
+async fn insert_batch(
+    conn: &mut SqliteConnection,
+    stmts: &Statements,
+    batch: &[RequestRecord],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut written = 0u64;
+    let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(&stmts.requests[chunk.len()]);
+        for r in chunk {
+            q = q
+                .bind(&r.request_id)
+                .bind(r.started_at_ms)
+                .bind(r.key_id.as_deref())
+                .bind(r.endpoint)
+                .bind(r.logical_model.as_deref())
+                .bind(r.deployment.as_deref())
+                .bind(r.provider.as_deref())
+                .bind(r.upstream_model.as_deref())
+                .bind(i64::from(r.status))
+                .bind(r.error_code.as_deref())
+                .bind(r.streamed)
+                .bind(r.client_disconnected)
+                .bind(to_sql_int(r.usage.prompt_tokens))
+                .bind(to_sql_int(r.usage.completion_tokens))
+                .bind(to_sql_int(r.usage.cached_tokens))
+                .bind(r.usage.estimated)
+                .bind(r.cost_nano_usd)
+                .bind(r.latency_us)
+                .bind(r.ttft_us)
+                .bind(to_sql_int(r.attempts.len() as u64));
+        }
+        let inserted = q.fetch_all(&mut *tx).await?;
+        written += inserted.len() as u64;
+        if inserted.len() == chunk.len() {
+            attempts.extend(chunk.iter().flat_map(attempts_of));
+        } else {
+            // Duplicate request id(s): the first occurrence was inserted (rows
+            // go in order), later ones and ids already in the table were not.
+            // Attach attempts only to the row that was really inserted.
+            let mut ids = inserted
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<HashSet<_>, _>>()?;
+            attempts.extend(
+                chunk
+                    .iter()
+                    .filter(|r| ids.remove(&r.request_id))
+                    .flat_map(attempts_of),
+            );
+        }
+    }
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(&stmts.attempts[chunk.len()]);
+        for &(request_id, a) in chunk {
+            q = q
+                .bind(request_id)
+                .bind(i64::from(a.attempt))
+                .bind(a.started_at_ms)
+                .bind(&a.deployment)
+                .bind(&a.provider)
+                .bind(&a.upstream_model)
+                .bind(a.status.map(i64::from))
+                .bind(a.error_class.as_deref())
+                .bind(to_sql_int(a.usage.prompt_tokens))
+                .bind(to_sql_int(a.usage.completion_tokens))
+                .bind(to_sql_int(a.usage.cached_tokens))
+                .bind(a.usage.estimated)
+                .bind(a.cost_nano_usd)
+                .bind(a.latency_us);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+fn attempts_of(r: &RequestRecord) -> impl Iterator<Item = (&str, &AttemptRecord)> {
+    r.attempts.iter().map(move |a| (r.request_id.as_str(), a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_have_one_placeholder_per_value() {
+        let s = Statements::new();
+        for n in 1..=ROWS_PER_STATEMENT {
+            assert_eq!(
+                s.requests[n].matches('?').count(),
+                n * REQUEST_COLUMNS.len()
+            );
+            assert_eq!(
+                s.attempts[n].matches('?').count(),
+                n * ATTEMPT_COLUMNS.len()
+            );
+        }
+        assert!(s.requests[1].starts_with("INSERT INTO requests (request_id, started_at_ms,"));
+        assert!(s.requests[1].ends_with("DO NOTHING RETURNING request_id"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The running gateway: listener, shared state, ledger, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::ledger::{Ledger, LedgerError, LedgerOptions, LedgerSink, LedgerStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// What shutdown found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShutdownReport {
+    /// Whether every in-flight request finished within the drain timeout.
+    pub drained: bool,
+    pub ledger: LedgerStats,
+}
+
+/// A gateway serving on its listener until [`Gateway::shutdown`].
+pub struct Gateway {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+    serve: JoinHandle<std::io::Result<()>>,
+    ledger: Option<Ledger>,
+}
+
+impl Gateway {
+    /// Binds `config.server.listen` and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Gateway::start_on(config, listener).await
+    }
+
+    /// Starts serving on a listener the caller bound (tests bind port 0).
+    pub async fn start_on(config: Config, listener: TcpListener) -> Result<Gateway, StartError> {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let ledger = match &config.ledger.path {
+            Some(path) => Some(Ledger::open(LedgerOptions::new(path)).await?),
+            None => None,
+        };
+        let sink = ledger
+            .as_ref()
+            .map_or_else(LedgerSink::disabled, Ledger::sink);
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream.connect_timeout)
+            .pool_idle_timeout(config.upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+            .tcp_nodelay(true)
+            .build()?;
+        let state = Arc::new(AppState::new(Arc::new(config), client, sink));
+        let app = api::router(state.clone());
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.cancelled().await })
+                .await
+        });
+        tracing::info!(%addr, "gateway listening");
+        Ok(Gateway {
+            addr,
+            state,
+            stop,
+            serve,
+            ledger,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to the drain timeout, then
+    /// flushes the ledger.
+    pub async fn shutdown(self) -> Result<ShutdownReport, StartError> {
+        self.state.draining.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+        let deadline = self.state.config.server.drain_timeout;
+        let mut serve = self.serve;
+        let drained = match tokio::time::timeout(deadline, &mut serve).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!(?deadline, "drain timeout passed with requests in flight");
+                serve.abort();
+                false
+            }
+        };
+        let ledger = match self.ledger {
+            Some(l) => l.shutdown().await?,
+            None => LedgerStats::default(),
+        };
+        tracing::info!(
+            drained,
+            written = ledger.written,
+            dropped = ledger.dropped,
+            "gateway stopped"
+        );
+        Ok(ShutdownReport { drained, ledger })
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
