@@ -71,6 +71,11 @@ enum Command {
         #[arg(long)]
         scenario: Option<PathBuf>,
     },
+    /// Explain routing: which deployments a model may use and in which order.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -87,6 +92,28 @@ enum Command {
         /// The ledger file; by default the one the configuration names.
         #[arg(long)]
         ledger: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// Print the eligible deployments of MODEL in the order they are tried, why, and
+    /// what the constraints exclude.
+    Explain {
+        /// The logical model.
+        model: String,
+        /// Allowed region (repeat for several): the caller's data-residency policy.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+        /// Required data tag (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// What the request needs: tools, vision, json_schema (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        needs: Vec<String>,
+        /// Estimated prompt tokens (checked against context windows).
+        #[arg(long, default_value_t = 0)]
+        prompt_tokens: u64,
     },
 }
 
@@ -188,6 +215,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("  Azure endpoint:   {}", handle.base_url());
             eprintln!("  control endpoint: {}/_sim/", handle.base_url());
             shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Routes {
+            command:
+                RoutesCommand::Explain {
+                    model,
+                    regions,
+                    tags,
+                    needs,
+                    prompt_tokens,
+                },
+        } => {
+            let config = load(&cli.config)?;
+            let Some(m) = config.model(&model) else {
+                let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
+                anyhow::bail!("unknown model `{model}`; models: {}", known.join(", "));
+            };
+            let mut wanted = switchyard::routing::Needs {
+                prompt_tokens,
+                ..Default::default()
+            };
+            for need in &needs {
+                match need.as_str() {
+                    "tools" => wanted.tools = true,
+                    "vision" | "images" => wanted.vision = true,
+                    "json_schema" => wanted.json_schema = true,
+                    other => anyhow::bail!(
+                        "--needs: unknown `{other}`; expected tools, vision, json_schema"
+                    ),
+                }
+            }
+            let caller = switchyard::config::Constraints {
+                allowed_regions: (!regions.is_empty()).then_some(regions),
+                required_tags: tags,
+            };
+            print!(
+                "{}",
+                switchyard::routing::render_explanation(m, &wanted, &caller)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -8,7 +8,10 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod ledger;
+pub mod limits;
 pub mod providers;
+pub mod resilience;
+pub mod routing;
 pub mod server;
 
 pub use config::{Config, ConfigError};

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, LedgerSink, LedgerStats};
+use crate::limits::InProcessLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,13 +67,9 @@ impl Gateway {
         let sink = ledger
             .as_ref()
             .map_or_else(LedgerSink::disabled, Ledger::sink);
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.upstream.connect_timeout)
-            .pool_idle_timeout(config.upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
-            .tcp_nodelay(true)
-            .build()?;
-        let state = Arc::new(AppState::new(Arc::new(config), client, sink));
+        let limiter = Arc::new(InProcessLimiter::new());
+        let dispatcher = Dispatcher::new(&config, limiter)?;
+        let state = Arc::new(AppState::new(Arc::new(config), dispatcher, sink));
         let app = api::router(state.clone());
         let stop = CancellationToken::new();
         let signal = stop.clone();

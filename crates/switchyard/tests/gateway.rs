@@ -336,16 +336,8 @@ async fn client_errors_are_openai_shaped_with_param() {
 
 #[tokio::test]
 async fn upstream_errors_map_to_the_right_status() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(common::PATIENT_BREAKER).await;
     let sim = &h.sim.sim;
-    sim.set_fault("primary", "*", Fault::error(429).retry_after(7));
-    let res = h
-        .chat(json!({"model": "primary-only", "messages": user("hi")}))
-        .await;
-    assert_eq!(res.status(), 429);
-    assert_eq!(res.headers()["retry-after"], "7");
-    assert_openai_error(&json_of(res).await, "rate_limit_exceeded");
-
     sim.set_fault("primary", "*", Fault::error(500));
     let res = h
         .chat(json!({"model": "primary-only", "messages": user("hi")}))
@@ -394,6 +386,29 @@ async fn upstream_errors_map_to_the_right_status() {
         .await;
     assert_eq!(res.status(), 502);
     assert_openai_error(&json_of(res).await, "upstream_bad_response");
+
+    // Last: a 429 also marks the deployment out of capacity for its retry-after.
+    sim.set_fault("primary", "*", Fault::error(429).retry_after(7));
+    let res = h
+        .chat(json!({"model": "primary-only", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "7");
+    assert_openai_error(&json_of(res).await, "rate_limit_exceeded");
+    // The next request does not reach the provider: the gateway answers 429 itself.
+    let before = sim.requests("primary").len();
+    let res = h
+        .chat(json!({"model": "primary-only", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=7).contains(&wait), "{wait}");
+    assert_openai_error(&json_of(res).await, "capacity_exhausted");
+    assert_eq!(sim.requests("primary").len(), before);
 }
 
 #[tokio::test]
@@ -412,7 +427,7 @@ async fn upstream_400_is_passed_on_and_not_retried() {
 
 #[tokio::test]
 async fn failover_to_the_next_deployment_is_invisible() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_with(common::PATIENT_BREAKER).await;
     h.sim.sim.set_fault("primary", "*", Fault::error(500));
     for _ in 0..5 {
         let res = h

@@ -13,10 +13,11 @@ use super::relay::Relay;
 use super::tracker::RequestTracker;
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest, StreamOptions};
 use super::{new_request_id, read_body, with_request_id, AppState};
-use crate::config::{Deployment, LogicalModel};
-use crate::dispatch::{dispatch, Opened, Served};
+use crate::config::{Constraints, Deployment, LogicalModel};
+use crate::dispatch::{Job, Opened};
 use crate::ledger::Usage;
 use crate::providers::Endpoint;
+use crate::routing::Needs;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -77,34 +78,49 @@ async fn chat(
         });
         options.include_usage = Some(true);
     }
-    let served = dispatch(
-        &state.client,
-        &model,
-        Endpoint::ChatCompletions,
-        streamed,
-        tracker,
-        |d| render_for(&mut req, d),
-    )
-    .await?;
+    let needs = Needs::of_chat(&req);
+    let job = Job {
+        model: &model,
+        endpoint: Endpoint::ChatCompletions,
+        stream: streamed,
+        needs,
+        caller: &NO_CONSTRAINTS,
+    };
+    let served = state
+        .dispatcher
+        .dispatch(job, tracker, |d| render_for(&mut req, d))
+        .await?;
     let attempts = tracker.attempts();
     match served.opened {
         Opened::Full { body, usage } => {
-            let usage = usage.unwrap_or_else(|| estimate(bytes.len(), 0));
-            tracker.settle(&served.deployment, usage, served.attempt_started);
+            let usage = usage.unwrap_or_else(|| estimate(needs.prompt_tokens, 0));
+            tracker.settle(
+                served.attempt,
+                &served.deployment,
+                usage,
+                served.attempt_started,
+            );
+            if let Some(capacity) = served.capacity {
+                capacity.settle(&usage);
+            }
             Ok(Reply::Full(json_response(
                 body,
                 &served.deployment,
                 attempts,
+                &served.route,
             )))
         }
         Opened::Stream { stream, first } => Ok(Reply::Stream(Relay {
             deployment: served.deployment,
+            attempt: served.attempt,
             attempt_started: served.attempt_started,
             attempts,
+            route: served.route,
+            capacity: served.capacity,
             upstream: stream,
             first,
             client_wants_usage,
-            prompt_estimate: ChatRequest::estimate_prompt_tokens(bytes.len()),
+            prompt_estimate: needs.prompt_tokens,
         })),
     }
 }
@@ -143,17 +159,28 @@ fn resolve_model(state: &AppState, name: &str) -> Result<Arc<LogicalModel>, ApiE
         .ok_or_else(|| ApiError::model_not_found(name))
 }
 
-/// Usage for when the provider reported none: about four bytes a prompt token.
-pub(super) fn estimate(request_bytes: usize, completion_tokens: u64) -> Usage {
+/// Usage for when the provider reported none, from the routing estimate.
+pub(super) fn estimate(prompt_tokens: u64, completion_tokens: u64) -> Usage {
     Usage {
-        prompt_tokens: ChatRequest::estimate_prompt_tokens(request_bytes),
+        prompt_tokens,
         completion_tokens,
         cached_tokens: 0,
         estimated: true,
     }
 }
 
-pub(super) fn served_headers(h: &mut HeaderMap, deployment: &Deployment, attempts: usize) {
+/// Callers bring no data policy of their own yet; the model's constraints apply.
+static NO_CONSTRAINTS: Constraints = Constraints {
+    allowed_regions: None,
+    required_tags: Vec::new(),
+};
+
+pub(super) fn served_headers(
+    h: &mut HeaderMap,
+    deployment: &Deployment,
+    attempts: usize,
+    route: &str,
+) {
     if let Ok(v) = HeaderValue::from_str(&deployment.name) {
         h.insert("x-switchyard-deployment", v);
     }
@@ -161,9 +188,17 @@ pub(super) fn served_headers(h: &mut HeaderMap, deployment: &Deployment, attempt
         h.insert("x-switchyard-provider", v);
     }
     h.insert("x-switchyard-attempts", HeaderValue::from(attempts));
+    if let Ok(v) = HeaderValue::from_str(route) {
+        h.insert("x-switchyard-route", v);
+    }
 }
 
-fn json_response(body: bytes::Bytes, deployment: &Deployment, attempts: usize) -> Response {
+fn json_response(
+    body: bytes::Bytes,
+    deployment: &Deployment,
+    attempts: usize,
+    route: &str,
+) -> Response {
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = StatusCode::OK;
     let h = res.headers_mut();
@@ -171,7 +206,7 @@ fn json_response(body: bytes::Bytes, deployment: &Deployment, attempts: usize) -
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    served_headers(h, deployment, attempts);
+    served_headers(h, deployment, attempts, route);
     res
 }
 
@@ -212,23 +247,35 @@ async fn embed(
     req.validate()?;
     tracker.set_model(&req.model, false);
     let model = resolve_model(state, &req.model)?;
-    let Served {
-        deployment,
-        opened,
-        attempt_started,
-    } = dispatch(
-        &state.client,
-        &model,
-        Endpoint::Embeddings,
-        false,
-        tracker,
-        |d| render_for(&mut req, d),
-    )
-    .await?;
-    let Opened::Full { body, usage } = opened else {
+    let needs = Needs::of_embeddings(&req.input);
+    let job = Job {
+        model: &model,
+        endpoint: Endpoint::Embeddings,
+        stream: false,
+        needs,
+        caller: &NO_CONSTRAINTS,
+    };
+    let served = state
+        .dispatcher
+        .dispatch(job, tracker, |d| render_for(&mut req, d))
+        .await?;
+    let Opened::Full { body, usage } = served.opened else {
         return Err(ApiError::internal("an embeddings call produced a stream"));
     };
-    let usage = usage.unwrap_or_else(|| estimate(bytes.len(), 0));
-    tracker.settle(&deployment, usage, attempt_started);
-    Ok(json_response(body, &deployment, tracker.attempts()))
+    let usage = usage.unwrap_or_else(|| estimate(needs.prompt_tokens, 0));
+    tracker.settle(
+        served.attempt,
+        &served.deployment,
+        usage,
+        served.attempt_started,
+    );
+    if let Some(capacity) = served.capacity {
+        capacity.settle(&usage);
+    }
+    Ok(json_response(
+        body,
+        &served.deployment,
+        tracker.attempts(),
+        &served.route,
+    ))
 }

@@ -113,6 +113,43 @@ impl ApiError {
         )
     }
 
+    /// Every deployment of the model was excluded by a constraint the request or the
+    /// caller brings (capabilities, regions, data tags): retrying cannot help.
+    pub fn no_eligible_deployment(model: &str, exclusions: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "no_eligible_deployment",
+            format!("No deployment of model `{model}` can serve this request: {exclusions}."),
+        )
+    }
+
+    /// Every deployment is at its quota: like a provider's 429, with when to retry.
+    pub fn capacity_exhausted(model: &str, retry_after: std::time::Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_header(retry_after)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "capacity_exhausted",
+                format!("Every deployment of model `{model}` is at capacity; retry later."),
+            )
+        }
+    }
+
+    /// Every deployment is unavailable (circuit open).
+    pub fn no_healthy_deployment(model: &str, retry_after: std::time::Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_header(retry_after)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_healthy_deployment",
+                format!("Every deployment of model `{model}` is failing; retry later."),
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -221,6 +258,12 @@ impl ApiError {
         })
         .unwrap_or_default()
     }
+}
+
+/// Whole seconds, rounded up, at least 1: what `retry-after` carries.
+fn retry_after_header(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 impl IntoResponse for ApiError {

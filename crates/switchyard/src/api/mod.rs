@@ -26,6 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::ledger::LedgerSink;
 use error::ApiError;
 
@@ -34,7 +35,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// SHA-256 of each accepted key → the key's name.
     keys: HashMap<[u8; 32], Arc<str>>,
-    pub client: reqwest::Client,
+    pub dispatcher: Dispatcher,
     pub ledger: LedgerSink,
     /// Set on shutdown: `/readyz` fails so load balancers stop sending.
     pub draining: AtomicBool,
@@ -43,7 +44,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, client: reqwest::Client, ledger: LedgerSink) -> Self {
+    pub fn new(config: Arc<Config>, dispatcher: Dispatcher, ledger: LedgerSink) -> Self {
         let keys = config
             .keys
             .iter()
@@ -52,7 +53,7 @@ impl AppState {
         AppState {
             config,
             keys,
-            client,
+            dispatcher,
             ledger,
             draining: AtomicBool::new(false),
             started_at: tracker::unix_ms() / 1000,

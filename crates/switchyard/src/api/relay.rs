@@ -19,7 +19,7 @@ use super::chat::{estimate, served_headers};
 use super::error::ApiError;
 use super::tracker::RequestTracker;
 use crate::config::Deployment;
-use crate::dispatch::UpstreamStream;
+use crate::dispatch::{Capacity, UpstreamStream};
 use crate::ledger::Usage;
 use crate::providers::openai::{classify_chunk, ChunkKind};
 use crate::providers::sse::SseEvent;
@@ -27,8 +27,12 @@ use crate::providers::sse::SseEvent;
 /// A stream that is ready to be relayed, waiting for its request's tracker.
 pub struct Relay {
     pub deployment: Arc<Deployment>,
+    /// The tracker's index of the serving attempt.
+    pub attempt: usize,
     pub attempt_started: Instant,
     pub attempts: usize,
+    pub route: String,
+    pub capacity: Option<Capacity>,
     pub upstream: UpstreamStream,
     /// The first event, read during dispatch.
     pub first: SseEvent,
@@ -46,11 +50,13 @@ impl Relay {
             HeaderValue::from_static("text/event-stream"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        served_headers(h, &self.deployment, self.attempts);
+        served_headers(h, &self.deployment, self.attempts, &self.route);
         let state = RelayState {
             pending: Some(self.first),
             upstream: self.upstream,
             deployment: self.deployment,
+            attempt: self.attempt,
+            capacity: self.capacity,
             attempt_started: self.attempt_started,
             client_wants_usage: self.client_wants_usage,
             prompt_estimate: self.prompt_estimate,
@@ -67,6 +73,9 @@ struct RelayState {
     pending: Option<SseEvent>,
     upstream: UpstreamStream,
     deployment: Arc<Deployment>,
+    attempt: usize,
+    /// The deployment quota held for this call, settled with the actual tokens.
+    capacity: Option<Capacity>,
     attempt_started: Instant,
     client_wants_usage: bool,
     prompt_estimate: u64,
@@ -91,7 +100,10 @@ impl RelayState {
             .usage
             .unwrap_or_else(|| estimate_from(self.prompt_estimate, self.choice_chunks));
         if let Some(t) = self.tracker.as_mut() {
-            t.settle(&self.deployment, usage, self.attempt_started);
+            t.settle(self.attempt, &self.deployment, usage, self.attempt_started);
+        }
+        if let Some(capacity) = self.capacity.take() {
+            capacity.settle(&usage);
         }
     }
 
@@ -169,10 +181,7 @@ impl RelayState {
 }
 
 fn estimate_from(prompt_estimate: u64, completion: u64) -> Usage {
-    Usage {
-        prompt_tokens: prompt_estimate,
-        ..estimate(0, completion)
-    }
+    estimate(prompt_estimate, completion)
 }
 
 impl Drop for RelayState {

@@ -63,56 +63,89 @@ impl RequestTracker {
         self.record.status = status;
     }
 
-    /// Notes the start of an upstream call; returns its 1-based number.
-    pub fn begin_attempt(&mut self, deployment: &Deployment) -> u32 {
-        let n = u32::try_from(self.record.attempts.len() + 1).unwrap_or(u32::MAX);
+    /// Notes the start of an upstream call; returns its index for the calls below.
+    pub fn begin_attempt(&mut self, deployment: &Deployment) -> usize {
+        let index = self.record.attempts.len();
         self.record.attempts.push(AttemptRecord {
-            attempt: n,
+            attempt: u32::try_from(index + 1).unwrap_or(u32::MAX),
             started_at_ms: unix_ms(),
             deployment: deployment.name.clone(),
             provider: deployment.provider.name.clone(),
             upstream_model: deployment.upstream_model.clone(),
             ..AttemptRecord::default()
         });
-        self.record.deployment = Some(deployment.name.clone());
-        self.record.provider = Some(deployment.provider.name.clone());
-        self.record.upstream_model = Some(deployment.upstream_model.clone());
-        n
+        self.serving(index);
+        index
+    }
+
+    /// The request's deployment columns follow the attempt that serves (or last failed).
+    fn serving(&mut self, index: usize) {
+        if let Some(a) = self.record.attempts.get(index) {
+            self.record.deployment = Some(a.deployment.clone());
+            self.record.provider = Some(a.provider.clone());
+            self.record.upstream_model = Some(a.upstream_model.clone());
+        }
     }
 
     pub fn attempts(&self) -> usize {
         self.record.attempts.len()
     }
 
-    /// Closes the current attempt as failed.
-    pub fn fail_attempt(&mut self, error: &ProviderError, started: Instant) {
-        if let Some(a) = self.record.attempts.last_mut() {
-            a.status = match error {
-                ProviderError::Status { status, .. } => Some(status.as_u16()),
-                _ => None,
-            };
+    /// Records an attempt's upstream status once its headers arrived.
+    pub fn attempt_status(&mut self, index: usize, status: u16) {
+        if let Some(a) = self.record.attempts.get_mut(index) {
+            a.status = Some(status);
+        }
+    }
+
+    /// Closes an attempt as failed.
+    pub fn fail_attempt(&mut self, index: usize, error: &ProviderError, started: Instant) {
+        if let Some(a) = self.record.attempts.get_mut(index) {
+            if let ProviderError::Status { status, .. } = error {
+                a.status = Some(status.as_u16());
+            }
             a.error_class = Some(error.class().to_owned());
             a.latency_us = micros(started);
         }
     }
 
-    /// Records the current attempt's upstream status once its headers arrived.
-    pub fn attempt_status(&mut self, status: u16) {
-        if let Some(a) = self.record.attempts.last_mut() {
-            a.status = Some(status);
+    /// Closes an attempt the gateway cancelled (a losing hedge). The provider may bill
+    /// the prompt it read, so that is estimated and charged.
+    pub fn cancel_attempt(
+        &mut self,
+        index: usize,
+        deployment: &Deployment,
+        started: Instant,
+        class: &str,
+        prompt_estimate: u64,
+    ) {
+        let usage = Usage {
+            prompt_tokens: prompt_estimate,
+            estimated: true,
+            ..Usage::default()
+        };
+        if let Some(a) = self.record.attempts.get_mut(index) {
+            a.error_class = Some(class.to_owned());
+            a.latency_us = micros(started);
+            a.usage = usage;
+            a.cost_nano_usd = deployment.price.cost(&usage);
         }
     }
 
-    /// Closes the current attempt with its usage and cost; the request totals follow it.
-    pub fn settle(&mut self, deployment: &Deployment, usage: Usage, attempt_started: Instant) {
-        let cost = deployment.price.cost(&usage);
-        if let Some(a) = self.record.attempts.last_mut() {
+    /// Closes the serving attempt with its usage and cost.
+    pub fn settle(
+        &mut self,
+        index: usize,
+        deployment: &Deployment,
+        usage: Usage,
+        started: Instant,
+    ) {
+        if let Some(a) = self.record.attempts.get_mut(index) {
             a.usage = usage;
-            a.cost_nano_usd = cost;
-            a.latency_us = micros(attempt_started);
+            a.cost_nano_usd = deployment.price.cost(&usage);
+            a.latency_us = micros(started);
         }
-        self.record.usage = usage;
-        self.record.cost_nano_usd = cost;
+        self.serving(index);
     }
 
     pub fn first_token(&mut self) {
@@ -140,6 +173,19 @@ impl RequestTracker {
     fn submit(&mut self) {
         self.finished = true;
         self.record.latency_us = micros(self.started);
+        // The request's totals are what every attempt may be billed: failed, losing
+        // and partial attempts included.
+        let mut total = Usage::default();
+        let mut cost = 0i64;
+        for a in &self.record.attempts {
+            total.prompt_tokens += a.usage.prompt_tokens;
+            total.completion_tokens += a.usage.completion_tokens;
+            total.cached_tokens += a.usage.cached_tokens;
+            total.estimated |= a.usage.estimated;
+            cost = cost.saturating_add(a.cost_nano_usd);
+        }
+        self.record.usage = total;
+        self.record.cost_nano_usd = cost;
         self.sink.record(std::mem::take(&mut self.record));
     }
 }

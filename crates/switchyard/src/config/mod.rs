@@ -61,6 +61,16 @@ pub struct Config {
     pub deployments: Vec<Arc<Deployment>>,
     /// Logical models by name.
     pub models: BTreeMap<String, Arc<LogicalModel>>,
+    pub breaker: BreakerConfig,
+}
+
+/// When a deployment's circuit breaker opens, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub window: u32,
+    pub open_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +134,9 @@ pub enum AzureApi {
 
 #[derive(Debug, Clone)]
 pub struct Deployment {
+    /// Position in `Config::deployments`; indexes per-deployment runtime state
+    /// (health, breaker, latency) without a map lookup.
+    pub index: usize,
     pub name: String,
     pub provider: Arc<Provider>,
     /// The model (Azure: deployment) name the provider knows.
@@ -131,12 +144,32 @@ pub struct Deployment {
     pub region: Option<String>,
     pub price: Price,
     pub timeouts: Timeouts,
+    pub quota: Quota,
+    pub capabilities: Capabilities,
+    pub data_tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    pub connect: Duration,
     pub first_byte: Duration,
     pub total: Duration,
+}
+
+/// Provider-granted quota; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub vision: bool,
+    pub json_schema: bool,
+    pub context_window: Option<u64>,
+    pub max_output: Option<u64>,
 }
 
 /// Prices in integer nano-USD per million tokens, so that cost arithmetic is exact.
@@ -164,8 +197,70 @@ impl Price {
 #[derive(Debug, Clone)]
 pub struct LogicalModel {
     pub name: String,
-    /// In order of preference.
-    pub deployments: Vec<Arc<Deployment>>,
+    pub strategy: Strategy,
+    /// The deployments, in configuration order.
+    pub targets: Vec<Target>,
+    /// Constraints that hold for every request to this model.
+    pub constraints: Constraints,
+    /// Per-model overrides of the deployments' timeouts.
+    pub first_byte_timeout: Option<Duration>,
+    pub total_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub hedge_after: Option<Duration>,
+}
+
+impl LogicalModel {
+    /// The timeouts an attempt on `deployment` gets for this model.
+    pub fn timeouts_for(&self, deployment: &Deployment) -> Timeouts {
+        Timeouts {
+            connect: deployment.timeouts.connect,
+            first_byte: self
+                .first_byte_timeout
+                .unwrap_or(deployment.timeouts.first_byte),
+            total: self.total_timeout.unwrap_or(deployment.timeouts.total),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Priority,
+    Weighted,
+    Latency,
+    Cost,
+}
+
+impl Strategy {
+    pub fn label(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::Weighted => "weighted",
+            Strategy::Latency => "latency",
+            Strategy::Cost => "cost",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub deployment: Arc<Deployment>,
+    pub tier: u32,
+    pub weight: u32,
+}
+
+/// Where a request may go: regions and data tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Constraints {
+    /// `None`: anywhere.
+    pub allowed_regions: Option<Vec<String>>,
+    pub required_tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -359,6 +454,10 @@ fn validate(
             .unwrap_or(DEFAULT_POOL_MAX_IDLE),
     };
     let default_timeouts = Timeouts {
+        connect: match raw.timeouts.connect_ms {
+            Some(_) => millis(raw.timeouts.connect_ms, 0, "timeouts.connect_ms")?,
+            None => upstream.connect_timeout,
+        },
         first_byte: millis(
             raw.timeouts.first_byte_ms,
             DEFAULT_FIRST_BYTE_MS,
@@ -518,6 +617,14 @@ fn validate(
             .unwrap_or(input),
         };
         let timeouts = Timeouts {
+            connect: match d.timeouts.connect_ms {
+                Some(_) => millis(
+                    d.timeouts.connect_ms,
+                    0,
+                    &format!("{at}.timeouts.connect_ms"),
+                )?,
+                None => default_timeouts.connect,
+            },
             first_byte: match d.timeouts.first_byte_ms {
                 Some(_) => millis(
                     d.timeouts.first_byte_ms,
@@ -531,55 +638,99 @@ fn validate(
                 None => default_timeouts.total,
             },
         };
+        for (what, value) in [("rpm", d.quota.rpm), ("tpm", d.quota.tpm)] {
+            if value == Some(0) {
+                return Err(err(
+                    format!("{at}.quota.{what}"),
+                    "must be greater than 0 (omit it for no limit)",
+                ));
+            }
+        }
+        let capabilities = Capabilities {
+            tools: d.capabilities.tools.unwrap_or(true),
+            vision: d.capabilities.vision.unwrap_or(true),
+            json_schema: d.capabilities.json_schema.unwrap_or(true),
+            context_window: d.capabilities.context_window,
+            max_output: d.capabilities.max_output,
+        };
+        for (what, value) in [
+            ("context_window", capabilities.context_window),
+            ("max_output", capabilities.max_output),
+        ] {
+            if value == Some(0) {
+                return Err(err(
+                    format!("{at}.capabilities.{what}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if let Some(i) = d.data_tags.iter().position(|t| t.trim().is_empty()) {
+            return Err(err(format!("{at}.data_tags[{i}]"), "must not be empty"));
+        }
         deployments.insert(
             name.clone(),
             Arc::new(Deployment {
+                index: 0, // numbered below, once the order is final
                 name,
                 provider: provider.clone(),
                 upstream_model: d.model,
                 region: d.region,
                 price,
                 timeouts,
+                quota: Quota {
+                    rpm: d.quota.rpm,
+                    tpm: d.quota.tpm,
+                },
+                capabilities,
+                data_tags: d.data_tags,
             }),
         );
+    }
+
+    // Number the deployments in their final (name) order.
+    for (index, d) in deployments.values_mut().enumerate() {
+        if let Some(d) = Arc::get_mut(d) {
+            d.index = index;
+        }
     }
 
     let mut models = BTreeMap::new();
     for (name, m) in raw.models {
         let at = format!("models.{name}");
-        if m.deployments.is_empty() {
-            return Err(err(
-                format!("{at}.deployments"),
-                "must name at least one deployment",
-            ));
-        }
-        let mut resolved = Vec::with_capacity(m.deployments.len());
-        for (i, dep) in m.deployments.iter().enumerate() {
-            let Some(d) = deployments.get(dep) else {
-                return Err(err(
-                    format!("{at}.deployments[{i}]"),
-                    format!(
-                        "unknown deployment `{dep}`; defined deployments: {}",
-                        list(deployments.keys())
-                    ),
-                ));
-            };
-            if resolved.iter().any(|r: &Arc<Deployment>| r.name == *dep) {
-                return Err(err(
-                    format!("{at}.deployments[{i}]"),
-                    format!("`{dep}` is listed twice"),
-                ));
-            }
-            resolved.push(d.clone());
-        }
         models.insert(
             name.clone(),
-            Arc::new(LogicalModel {
-                name,
-                deployments: resolved,
-            }),
+            Arc::new(validate_model(name, m, &at, &deployments)?),
         );
     }
+
+    let breaker = BreakerConfig {
+        consecutive_failures: match raw.breaker.consecutive_failures {
+            Some(0) => {
+                return Err(err(
+                    "breaker.consecutive_failures",
+                    "must be greater than 0",
+                ))
+            }
+            Some(n) => n,
+            None => 5,
+        },
+        failure_ratio: match raw.breaker.failure_ratio {
+            Some(r) if !(r > 0.0 && r <= 1.0) => {
+                return Err(err(
+                    "breaker.failure_ratio",
+                    "must be greater than 0 and at most 1",
+                ))
+            }
+            Some(r) => r,
+            None => 0.5,
+        },
+        window: match raw.breaker.window {
+            Some(0) => return Err(err("breaker.window", "must be greater than 0")),
+            Some(n) => n,
+            None => 20,
+        },
+        open_for: millis(raw.breaker.open_ms, 5_000, "breaker.open_ms")?,
+    };
 
     Ok(Config {
         server,
@@ -589,6 +740,121 @@ fn validate(
         providers: providers.into_values().collect(),
         deployments: deployments.into_values().collect(),
         models,
+        breaker,
+    })
+}
+
+fn validate_model(
+    name: String,
+    m: raw::RawModel,
+    at: &str,
+    deployments: &BTreeMap<String, Arc<Deployment>>,
+) -> Result<LogicalModel, ConfigError> {
+    let strategy = match m.strategy.as_deref() {
+        None | Some("priority") => Strategy::Priority,
+        Some("weighted") => Strategy::Weighted,
+        Some("latency") => Strategy::Latency,
+        Some("cost") => Strategy::Cost,
+        Some(other) => {
+            return Err(err(
+                format!("{at}.strategy"),
+                format!("unknown strategy `{other}`; expected priority, weighted, latency or cost"),
+            ))
+        }
+    };
+    if m.deployments.is_empty() {
+        return Err(err(
+            format!("{at}.deployments"),
+            "must name at least one deployment",
+        ));
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(m.deployments.len());
+    for (i, t) in m.deployments.into_iter().enumerate() {
+        let (dep, tier, weight) = match t {
+            raw::RawTarget::Name(n) => (n, None, None),
+            raw::RawTarget::Table(t) => (t.name, t.tier, t.weight),
+        };
+        let path = format!("{at}.deployments[{i}]");
+        let Some(d) = deployments.get(&dep) else {
+            return Err(err(
+                path,
+                format!(
+                    "unknown deployment `{dep}`; defined deployments: {}",
+                    list(deployments.keys())
+                ),
+            ));
+        };
+        if targets.iter().any(|r| r.deployment.name == dep) {
+            return Err(err(path, format!("`{dep}` is listed twice")));
+        }
+        if weight == Some(0) {
+            return Err(err(format!("{path}.weight"), "must be greater than 0"));
+        }
+        let default_tier = match strategy {
+            Strategy::Priority => u32::try_from(i).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        targets.push(Target {
+            deployment: d.clone(),
+            tier: tier.unwrap_or(default_tier),
+            weight: weight.unwrap_or(1),
+        });
+    }
+    let constraints = Constraints {
+        allowed_regions: m.allowed_regions,
+        required_tags: m.required_tags,
+    };
+    // A model whose own constraints exclude every deployment can never answer.
+    let any_eligible = targets
+        .iter()
+        .any(|t| crate::routing::satisfies(&t.deployment, &constraints).is_ok());
+    if !any_eligible {
+        return Err(err(
+            format!("{at}.allowed_regions"),
+            "no deployment of this model satisfies its allowed_regions and required_tags",
+        ));
+    }
+    let retry = RetryPolicy {
+        max_attempts: match m.retry.max_attempts {
+            Some(0) => {
+                return Err(err(
+                    format!("{at}.retry.max_attempts"),
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => u32::try_from(targets.len() + 1).unwrap_or(6).min(6),
+        },
+        base_backoff: millis(
+            m.retry.base_backoff_ms,
+            100,
+            &format!("{at}.retry.base_backoff_ms"),
+        )?,
+        max_backoff: millis(
+            m.retry.max_backoff_ms,
+            2_000,
+            &format!("{at}.retry.max_backoff_ms"),
+        )?,
+    };
+    let optional = |v: Option<u64>, field: &str| -> Result<Option<Duration>, ConfigError> {
+        v.map(|_| millis(v, 0, &format!("{at}.{field}")))
+            .transpose()
+    };
+    if m.timeouts.connect_ms.is_some() {
+        return Err(err(
+            format!("{at}.timeouts.connect_ms"),
+            "is a property of the deployment (its connection), not of the model",
+        ));
+    }
+    Ok(LogicalModel {
+        name,
+        strategy,
+        targets,
+        constraints,
+        first_byte_timeout: optional(m.timeouts.first_byte_ms, "timeouts.first_byte_ms")?,
+        total_timeout: optional(m.timeouts.total_ms, "timeouts.total_ms")?,
+        retry,
+        hedge_after: optional(m.hedge_after_ms, "hedge_after_ms")?,
     })
 }
 

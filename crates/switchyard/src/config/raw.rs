@@ -35,6 +35,9 @@ pub struct RawConfig {
     /// Logical models: the names applications ask for (`[models.NAME]`).
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// Circuit-breaker settings shared by every deployment.
+    #[serde(default)]
+    pub breaker: RawBreaker,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +65,8 @@ pub struct RawUpstream {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
+    /// TCP (and TLS) connect timeout, in ms. Default: `upstream.connect_timeout_ms`.
+    pub connect_ms: Option<u64>,
     /// Time allowed until the first byte of the answer (for streams: the first event), in ms.
     pub first_byte_ms: Option<u64>,
     /// Time allowed for the whole upstream call, streams included, in ms.
@@ -119,6 +124,42 @@ pub struct RawDeployment {
     /// Overrides of the default `[timeouts]`.
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// The quota the provider granted this deployment; the gateway spills over to the
+    /// next deployment before using more.
+    #[serde(default)]
+    pub quota: RawQuota,
+    /// What the deployment can do; requests that need more skip it.
+    #[serde(default)]
+    pub capabilities: RawCapabilities,
+    /// Data-handling facts, e.g. `["eu", "zero-retention", "no-training"]`. Models and
+    /// callers may require tags.
+    #[serde(default)]
+    pub data_tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Requests per minute granted by the provider.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute granted by the provider.
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapabilities {
+    /// Supports function calling. Default true.
+    pub tools: Option<bool>,
+    /// Accepts image input. Default true.
+    pub vision: Option<bool>,
+    /// Supports `response_format: json_schema`. Default true.
+    pub json_schema: Option<bool>,
+    /// Context window in tokens; requests whose estimated prompt exceeds it skip the
+    /// deployment. Default: unknown (no check).
+    pub context_window: Option<u64>,
+    /// Largest completion the deployment can produce, in tokens.
+    pub max_output: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +176,68 @@ pub struct RawPrice {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    /// Deployments that serve this model, in order of preference: the next one is tried
-    /// when one fails with a retryable error before anything reached the client.
-    pub deployments: Vec<String>,
+    /// How to order the deployments: `priority` (default; tiers in order, weighted
+    /// within a tier), `weighted` (a traffic split), `latency` (lowest recent latency)
+    /// or `cost` (cheapest for the request's estimated tokens).
+    pub strategy: Option<String>,
+    /// The deployments serving this model: names, or `{ name, tier, weight }` tables.
+    /// A plain name under `priority` is its own tier, in list order.
+    pub deployments: Vec<RawTarget>,
+    /// Regions this model's traffic may go to; deployments elsewhere are never used.
+    pub allowed_regions: Option<Vec<String>>,
+    /// Data tags every deployment used for this model must carry.
+    #[serde(default)]
+    pub required_tags: Vec<String>,
+    /// Overrides of the deployments' timeouts for this model.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Retry and fallback bounds.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Hedging: when the first attempt has not answered after this many ms, start a
+    /// second one on the next deployment; the first answer wins.
+    pub hedge_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTarget {
+    Name(String),
+    Table(RawTargetTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetTable {
+    pub name: String,
+    /// Priority tier, 0 first. Default: the position in the list (priority) or 0.
+    pub tier: Option<u32>,
+    /// Relative share within its tier (or of the split, for `weighted`). Default 1.
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Most upstream attempts per request, fallbacks included. Default: the number of
+    /// deployments + 1, at most 6.
+    pub max_attempts: Option<u32>,
+    /// First backoff before going round the deployments again, in ms. Default 100.
+    pub base_backoff_ms: Option<u64>,
+    /// Largest backoff (and largest `retry-after` honoured), in ms. Default 2000.
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// Circuit breakers, one per deployment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Consecutive failures that open the breaker. Default 5.
+    pub consecutive_failures: Option<u32>,
+    /// Failure ratio (0–1) over the last `window` calls that opens it. Default 0.5.
+    pub failure_ratio: Option<f64>,
+    /// Calls in the ratio window; the ratio is only judged on a full window. Default 20.
+    pub window: Option<u32>,
+    /// How long it stays open before a half-open probe, in ms. Default 5000.
+    pub open_ms: Option<u64>,
 }

@@ -57,9 +57,13 @@ fn parses_a_full_config() {
     assert_eq!(c.server.max_body_bytes, 1000);
     assert_eq!(c.keys[0].key.expose(), "sy-app-key-123456");
     let m = c.model("support-chat").expect("model");
-    let names: Vec<&str> = m.deployments.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = m
+        .targets
+        .iter()
+        .map(|t| t.deployment.name.as_str())
+        .collect();
     assert_eq!(names, ["az-mini", "oa-mini"]);
-    let az = &m.deployments[0];
+    let az = &m.targets[0].deployment;
     assert_eq!(
         az.provider.kind,
         ProviderKind::Azure {
@@ -73,7 +77,7 @@ fn parses_a_full_config() {
     assert_eq!(az.timeouts.total, Duration::from_millis(DEFAULT_TOTAL_MS));
     // Cached input defaults to the input price.
     assert_eq!(az.price.cached_input_per_mtok, 165_000_000);
-    let oa = &m.deployments[1];
+    let oa = &m.targets[1].deployment;
     assert_eq!(
         oa.provider.kind,
         ProviderKind::OpenAi {
@@ -254,4 +258,77 @@ fn defaults_apply_to_an_empty_file() {
     assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.ledger.path.as_deref(), Some(Path::new("switchyard.db")));
     assert!(c.models.is_empty());
+}
+
+#[test]
+fn routing_fields_are_validated() {
+    let src = GOOD.replace(
+        "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]",
+        r#"[models.support-chat]
+strategy = "weighted"
+deployments = [{ name = "az-mini", weight = 3 }, "oa-mini"]
+allowed_regions = ["eu-west"]
+retry = { max_attempts = 4 }
+hedge_after_ms = 250"#,
+    );
+    let c = Config::parse(&src, env).expect("valid");
+    let m = c.model("support-chat").expect("model");
+    assert_eq!(m.strategy, Strategy::Weighted);
+    assert_eq!(m.targets[0].weight, 3);
+    assert_eq!(m.targets[1].weight, 1);
+    assert_eq!(m.retry.max_attempts, 4);
+    assert_eq!(m.hedge_after, Some(Duration::from_millis(250)));
+    assert_eq!(
+        m.constraints.allowed_regions,
+        Some(vec!["eu-west".to_owned()])
+    );
+    // Deployment indexes follow Config::deployments.
+    for (i, d) in c.deployments.iter().enumerate() {
+        assert_eq!(d.index, i);
+    }
+
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "strategy = \"weighted\"",
+            "strategy = \"fastest\"",
+            "models.support-chat.strategy",
+        ),
+        (
+            "weight = 3",
+            "weight = 0",
+            "models.support-chat.deployments[0].weight",
+        ),
+        (
+            "max_attempts = 4",
+            "max_attempts = 0",
+            "models.support-chat.retry.max_attempts",
+        ),
+        (
+            "allowed_regions = [\"eu-west\"]",
+            "allowed_regions = [\"mars\"]",
+            "models.support-chat.allowed_regions",
+        ),
+    ];
+    for (from, to, path) in cases {
+        assert!(src.contains(from), "fixture lacks {from}");
+        let e = error_of(&src.replacen(from, to, 1));
+        assert_eq!(e.path, *path, "{from} -> {to}: {e}");
+        assert!(e.line.is_some(), "{path} has no line");
+    }
+    let quota = GOOD.replace(
+        "model = \"gpt-4o-mini\"",
+        "model = \"gpt-4o-mini\"\nquota = { rpm = 0 }",
+    );
+    assert_eq!(error_of(&quota).path, "deployments.oa-mini.quota.rpm");
+}
+
+#[test]
+fn the_routing_example_in_the_repository_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/eu-primary-partner.toml");
+    let src = std::fs::read_to_string(&path).expect("example file");
+    let c =
+        Config::parse(&src, |_| Some("sy-example-secret".into())).expect("the example is valid");
+    let m = c.model("support-chat").expect("model");
+    assert_eq!(m.targets.len(), 4);
+    assert_eq!(m.hedge_after, Some(Duration::from_millis(3000)));
 }

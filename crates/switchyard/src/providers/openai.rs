@@ -172,12 +172,13 @@ pub fn classify_chunk(data: &Bytes) -> Result<(ChunkKind, Option<Usage>), Provid
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Price, Provider, Secret, Timeouts};
+    use crate::config::{Capabilities, Price, Provider, Quota, Secret, Timeouts};
     use std::sync::Arc;
     use std::time::Duration;
 
     fn deployment(kind: ProviderKind, model: &str) -> Deployment {
         Deployment {
+            index: 0,
             name: "d".into(),
             provider: Arc::new(Provider {
                 name: "p".into(),
@@ -188,9 +189,19 @@ mod tests {
             region: None,
             price: Price::default(),
             timeouts: Timeouts {
+                connect: Duration::from_secs(1),
                 first_byte: Duration::from_secs(1),
                 total: Duration::from_secs(2),
             },
+            quota: Quota::default(),
+            capabilities: Capabilities {
+                tools: true,
+                vision: true,
+                json_schema: true,
+                context_window: None,
+                max_output: None,
+            },
+            data_tags: Vec::new(),
         }
     }
 

@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 pub const KEY: &str = "sy-test-key-0123456789";
 pub const OTHER_KEY: &str = "sy-test-key-other-99999";
 
+/// Breakers that do not open within a test's handful of failures.
+pub const PATIENT_BREAKER: &str = "[breaker]\nconsecutive_failures = 1000\nwindow = 1000\n";
+
 pub struct Harness {
     pub sim: SimHandle,
     pub gateway: Option<Gateway>,

@@ -1,0 +1,8 @@
+//! Resilience mechanisms that do not know about HTTP or providers: the circuit
+//! breaker and the retry backoff. [`crate::dispatch`] applies them.
+
+mod backoff;
+mod breaker;
+
+pub use backoff::{full_jitter, parse_duration};
+pub use breaker::{Admission, Breaker, BreakerState};

@@ -1,0 +1,186 @@
+//! What the gateway has learned about each deployment at run time: its recent
+//! latency, its circuit breaker, and whether its provider said it is out of capacity.
+//! One entry per deployment, shared by every logical model that uses it.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::{BreakerConfig, Deployment};
+use crate::resilience::{Admission, Breaker, BreakerState};
+
+/// Weight of a new sample that is below the estimate. Samples above it replace it
+/// at once (peak-EWMA): a deployment that slows down is noticed immediately, one
+/// that recovers is trusted gradually.
+const EWMA_DECAY: f64 = 0.3;
+
+pub struct DeploymentHealth {
+    /// Peak-EWMA of time to first byte, in µs, as f64 bits; 0 = never measured.
+    latency_us: AtomicU64,
+    in_flight: AtomicU32,
+    /// Unix ms until which the provider said this deployment has no capacity.
+    exhausted_until_ms: AtomicI64,
+    breaker: Mutex<Breaker>,
+}
+
+impl DeploymentHealth {
+    fn new(config: BreakerConfig) -> Self {
+        DeploymentHealth {
+            latency_us: AtomicU64::new(0f64.to_bits()),
+            in_flight: AtomicU32::new(0),
+            exhausted_until_ms: AtomicI64::new(0),
+            breaker: Mutex::new(Breaker::new(config)),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        // The breaker's state stays consistent even if a holder panicked.
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latency estimate in µs; None until measured.
+    pub fn latency_us(&self) -> Option<f64> {
+        let v = f64::from_bits(self.latency_us.load(Ordering::Relaxed));
+        (v > 0.0).then_some(v)
+    }
+
+    /// The peak-EWMA score used by the latency strategy: estimate × (in flight + 1).
+    pub fn score(&self) -> f64 {
+        let latency = self.latency_us().unwrap_or(0.0);
+        latency * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+    }
+
+    pub fn observe_latency(&self, sample: Duration) {
+        let sample = (sample.as_secs_f64() * 1e6).max(1.0);
+        // A lost race between two updates loses one sample; the estimate stays sane.
+        let old = f64::from_bits(self.latency_us.load(Ordering::Relaxed));
+        let new = if old == 0.0 || sample > old {
+            sample
+        } else {
+            old + EWMA_DECAY * (sample - old)
+        };
+        self.latency_us.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn breaker_state(&self, now: Instant) -> BreakerState {
+        self.breaker().state(now)
+    }
+
+    pub fn reopens_in(&self, now: Instant) -> Option<Duration> {
+        self.breaker().reopens_in(now)
+    }
+
+    pub fn admit(&self, now: Instant) -> Admission {
+        self.breaker().admit(now)
+    }
+
+    pub fn release_probe(&self) {
+        self.breaker().release_probe();
+    }
+
+    pub fn record(&self, success: bool, now: Instant) {
+        self.breaker().record(success, now);
+    }
+
+    pub fn mark_exhausted(&self, until_ms: i64) {
+        self.exhausted_until_ms
+            .fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Milliseconds until the provider-reported exhaustion ends, if it is in force.
+    pub fn exhausted_for_ms(&self, now_ms: i64) -> Option<i64> {
+        let until = self.exhausted_until_ms.load(Ordering::Relaxed);
+        (until > now_ms).then(|| until - now_ms)
+    }
+
+    /// Counts a call in flight until the guard is dropped.
+    pub fn start_call(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+}
+
+pub struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Health of every deployment, indexed by `Deployment::index`.
+pub struct Health {
+    deployments: Vec<DeploymentHealth>,
+}
+
+impl Health {
+    pub fn new(count: usize, breaker: BreakerConfig) -> Self {
+        Health {
+            deployments: (0..count).map(|_| DeploymentHealth::new(breaker)).collect(),
+        }
+    }
+
+    pub fn of(&self, deployment: &Deployment) -> &DeploymentHealth {
+        // Deployment indexes come from the same config that sized this table.
+        &self.deployments[deployment
+            .index
+            .min(self.deployments.len().saturating_sub(1))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> DeploymentHealth {
+        DeploymentHealth::new(BreakerConfig {
+            consecutive_failures: 3,
+            failure_ratio: 0.5,
+            window: 10,
+            open_for: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let h = health();
+        assert_eq!(h.latency_us(), None);
+        h.observe_latency(Duration::from_millis(10));
+        assert_eq!(h.latency_us(), Some(10_000.0));
+        h.observe_latency(Duration::from_millis(50));
+        assert_eq!(
+            h.latency_us(),
+            Some(50_000.0),
+            "a slower sample replaces the estimate"
+        );
+        h.observe_latency(Duration::from_millis(10));
+        let after_one = h.latency_us().expect("measured");
+        assert!((after_one - 38_000.0).abs() < 1.0, "{after_one}");
+        for _ in 0..30 {
+            h.observe_latency(Duration::from_millis(10));
+        }
+        assert!(h.latency_us().expect("measured") < 10_100.0);
+    }
+
+    #[test]
+    fn score_grows_with_calls_in_flight() {
+        let h = health();
+        h.observe_latency(Duration::from_millis(10));
+        let idle = h.score();
+        let _a = h.start_call();
+        let _b = h.start_call();
+        assert_eq!(h.score(), idle * 3.0);
+        drop(_a);
+        assert_eq!(h.score(), idle * 2.0);
+    }
+
+    #[test]
+    fn exhaustion_expires() {
+        let h = health();
+        h.mark_exhausted(1_000);
+        assert_eq!(h.exhausted_for_ms(400), Some(600));
+        assert_eq!(h.exhausted_for_ms(1_000), None);
+        h.mark_exhausted(500); // an earlier deadline never shortens a later one
+        assert_eq!(h.exhausted_for_ms(400), Some(600));
+    }
+}

@@ -1,0 +1,374 @@
+//! Orchestration and resilience end to end: strategies, constraints, capacity,
+//! breakers, retries and hedging, scripted through the simulator's fault injection.
+//! Assertions count requests (at the simulator, in the ledger), never wall-clock time.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{user, Harness};
+use serde_json::{json, Value};
+use switchyard_sim::{Fault, Latency};
+
+/// Deployments on the simulator's instances, with regions, tags, quotas and prices.
+const CATALOG: &str = r#"
+[deployments.eu-primary]
+provider = "oa-primary"
+model = "gpt-4o-mini"
+region = "eu-west"
+data_tags = ["eu", "zero-retention"]
+price = { input = 0.30, output = 1.20 }
+
+[deployments.eu-backup]
+provider = "oa-backup"
+model = "gpt-4o-mini"
+region = "eu-north"
+data_tags = ["eu", "zero-retention"]
+price = { input = 0.20, output = 0.80 }
+
+[deployments.us-cheap]
+provider = "oa"
+model = "gpt-4o-mini"
+region = "us-east"
+price = { input = 0.05, output = 0.20 }
+capabilities = { tools = false, vision = false }
+
+[deployments.eu-limited]
+provider = "oa-primary"
+model = "gpt-4o-mini"
+region = "eu-west"
+quota = { rpm = 5 }
+price = { input = 0.30, output = 1.20 }
+
+[models.support-chat]
+strategy = "priority"
+deployments = ["eu-primary", "eu-backup", "us-cheap"]
+allowed_regions = ["eu-west", "eu-north"]
+
+[models.overflow]
+deployments = ["eu-limited", "eu-backup"]
+
+[models.split]
+strategy = "weighted"
+deployments = [{ name = "eu-primary", weight = 70 }, { name = "eu-backup", weight = 30 }]
+
+[models.fastest]
+strategy = "latency"
+deployments = ["eu-primary", "eu-backup"]
+
+[models.cheapest]
+strategy = "cost"
+deployments = ["eu-primary", "eu-backup", "us-cheap"]
+
+[models.both-down]
+deployments = ["eu-primary", "eu-backup"]
+retry = { max_attempts = 3, base_backoff_ms = 10, max_backoff_ms = 50 }
+
+[models.hedged]
+deployments = ["eu-primary", "eu-backup"]
+hedge_after_ms = 100
+
+[models.text-only]
+deployments = ["us-cheap"]
+"#;
+
+fn breaker(consecutive: u32, open_ms: u64) -> String {
+    format!("{CATALOG}\n[breaker]\nconsecutive_failures = {consecutive}\nopen_ms = {open_ms}\n")
+}
+
+async fn served_by(h: &Harness, model: &str) -> (u16, String) {
+    let res = h
+        .chat(json!({"model": model, "messages": user("hello")}))
+        .await;
+    let status = res.status().as_u16();
+    let deployment = res
+        .headers()
+        .get("x-switchyard-deployment")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let _ = res.bytes().await;
+    (status, deployment)
+}
+
+#[tokio::test]
+async fn primary_down_every_request_served_by_the_fallback() {
+    let h = Harness::start_with(&breaker(5, 60_000)).await;
+    h.sim.sim.set_fault("primary", "*", Fault::error(500));
+    for i in 0..30 {
+        let (status, deployment) = served_by(&h, "support-chat").await;
+        assert_eq!(status, 200, "request {i}");
+        assert_eq!(deployment, "eu-backup", "request {i}");
+    }
+    // The breaker opened after 5 failures: the primary was not called 30 times.
+    assert_eq!(h.sim.sim.requests("primary").len(), 5);
+    // The US deployment is outside the model's regions: never used.
+    assert!(h.sim.sim.requests("").is_empty());
+}
+
+#[tokio::test]
+async fn primary_429_overflows_without_client_429s() {
+    let h = Harness::start_with(&breaker(50, 60_000)).await;
+    h.sim
+        .sim
+        .set_fault("primary", "*", Fault::error(429).retry_after(30));
+    for i in 0..20 {
+        let (status, deployment) = served_by(&h, "support-chat").await;
+        assert_eq!(status, 200, "request {i}");
+        assert_eq!(deployment, "eu-backup");
+    }
+    // The 429's retry-after marked the primary out of capacity: asked once only.
+    assert_eq!(h.sim.sim.requests("primary").len(), 1);
+}
+
+#[tokio::test]
+async fn quota_spills_over_before_the_provider_says_429() {
+    let h = Harness::start_with(CATALOG).await;
+    let mut by: HashMap<String, u32> = HashMap::new();
+    for _ in 0..12 {
+        let (status, deployment) = served_by(&h, "overflow").await;
+        assert_eq!(status, 200);
+        *by.entry(deployment).or_default() += 1;
+    }
+    // rpm = 5 on eu-limited: five go there, the rest spill over, no 429 anywhere.
+    assert_eq!(by.get("eu-limited"), Some(&5));
+    assert_eq!(by.get("eu-backup"), Some(&7));
+    assert_eq!(h.sim.sim.requests("primary").len(), 5);
+}
+
+#[tokio::test]
+async fn flapping_deployment_opens_probes_and_recovers() {
+    let h = Harness::start_with(&breaker(3, 300)).await;
+    let sim = &h.sim.sim;
+    sim.set_fault("primary", "*", Fault::error(503));
+    for _ in 0..10 {
+        assert_eq!(
+            served_by(&h, "support-chat").await,
+            (200, "eu-backup".into())
+        );
+    }
+    assert_eq!(sim.requests("primary").len(), 3, "open after 3 failures");
+
+    // Still failing after the open period: one half-open probe, then open again.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    for _ in 0..5 {
+        assert_eq!(served_by(&h, "support-chat").await.0, 200);
+    }
+    assert_eq!(sim.requests("primary").len(), 4, "exactly one probe");
+
+    // Recovered: the next probe succeeds and the breaker closes.
+    sim.clear_faults();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            served_by(&h, "support-chat").await,
+            (200, "eu-primary".into())
+        );
+    }
+    assert_eq!(sim.requests("primary").len(), 9);
+}
+
+#[tokio::test]
+async fn every_deployment_down_fails_once_clearly_without_a_retry_storm() {
+    let mut h = Harness::start_with(&breaker(3, 60_000)).await;
+    let sim = &h.sim.sim;
+    sim.set_fault("primary", "*", Fault::error(500));
+    sim.set_fault("backup", "*", Fault::error(500));
+    let res = h
+        .chat(json!({"model": "both-down", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "upstream_error");
+    // max_attempts = 3: primary, backup, then one more round.
+    let calls = sim.requests("primary").len() + sim.requests("backup").len();
+    assert_eq!(calls, 3);
+    // A second request opens both breakers; after that no upstream is called.
+    let _ = h
+        .chat(json!({"model": "both-down", "messages": user("hi")}))
+        .await;
+    let res = h
+        .chat(json!({"model": "both-down", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "no_healthy_deployment");
+    let calls_after = sim.requests("primary").len() + sim.requests("backup").len();
+    assert_eq!(calls_after, 6, "the third request made no upstream call");
+    let db = h.finish().await;
+    let attempts: Vec<i64> =
+        sqlx::query_scalar("SELECT attempt_count FROM requests ORDER BY started_at_ms")
+            .fetch_all(&db)
+            .await
+            .expect("rows");
+    assert_eq!(attempts, vec![3, 3, 0]);
+}
+
+#[tokio::test]
+async fn weighted_split_holds_within_five_points() {
+    let h = std::sync::Arc::new(Harness::start_with(CATALOG).await);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..250 {
+                let (status, _) = served_by(&h, "split").await;
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let primary = h.sim.sim.requests("primary").len() as f64;
+    let backup = h.sim.sim.requests("backup").len() as f64;
+    assert_eq!(primary + backup, 2_000.0);
+    let share = primary / 2_000.0;
+    assert!((0.65..=0.75).contains(&share), "primary share {share}");
+}
+
+#[tokio::test]
+async fn latency_strategy_follows_the_faster_deployment_and_back() {
+    let h = Harness::start_with(CATALOG).await;
+    let sim = &h.sim.sim;
+    let slow = Latency {
+        ttft_ms: 60,
+        chunk_delay_ms: 0,
+        chunks: None,
+    };
+    sim.set_latency("primary", "*", slow.clone());
+    let mut last = Vec::new();
+    for _ in 0..60 {
+        last.push(served_by(&h, "fastest").await.1);
+    }
+    let fast_share = last[30..].iter().filter(|d| *d == "eu-backup").count();
+    assert!(
+        fast_share >= 24,
+        "backup (fast) served {fast_share} of the last 30"
+    );
+
+    // The primary recovers and the backup slows down: traffic moves back.
+    sim.clear();
+    sim.set_latency("backup", "*", slow);
+    let mut last = Vec::new();
+    for _ in 0..120 {
+        last.push(served_by(&h, "fastest").await.1);
+    }
+    let fast_share = last[90..].iter().filter(|d| *d == "eu-primary").count();
+    assert!(
+        fast_share >= 24,
+        "primary (fast again) served {fast_share} of the last 30"
+    );
+}
+
+#[tokio::test]
+async fn cost_strategy_picks_the_cheapest_eligible() {
+    let h = Harness::start_with(CATALOG).await;
+    assert_eq!(served_by(&h, "cheapest").await, (200, "us-cheap".into()));
+    // With tools, the cheapest cannot serve; the next cheapest does.
+    let res = h
+        .chat(json!({
+            "model": "cheapest",
+            "messages": user("hi"),
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+        }))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-switchyard-deployment"], "eu-backup");
+    let route = res.headers()["x-switchyard-route"].to_str().expect("ascii");
+    assert!(route.starts_with("cost est."), "{route}");
+}
+
+#[tokio::test]
+async fn no_eligible_deployment_names_the_constraint() {
+    let h = Harness::start_with(CATALOG).await;
+    let res = h
+        .chat(json!({
+            "model": "text-only",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}
+            ]}]
+        }))
+        .await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "no_eligible_deployment");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("us-cheap: does not accept images"),
+        "{message}"
+    );
+    assert!(h.sim.sim.requests("").is_empty());
+}
+
+#[tokio::test]
+async fn region_constraint_holds_when_the_region_is_down() {
+    let h = Harness::start_with(&breaker(1000, 60_000)).await;
+    let sim = &h.sim.sim;
+    sim.set_fault("primary", "*", Fault::error(500));
+    sim.set_fault("backup", "*", Fault::error(500));
+    for _ in 0..10 {
+        let (status, _) = served_by(&h, "support-chat").await;
+        assert_eq!(
+            status, 502,
+            "an outage in the allowed regions is an error, not a move to the US"
+        );
+    }
+    assert!(
+        sim.requests("").is_empty(),
+        "the US deployment was never called"
+    );
+}
+
+#[tokio::test]
+async fn hedged_request_takes_the_first_answer_and_records_the_loser() {
+    let mut h = Harness::start_with(CATALOG).await;
+    h.sim.sim.set_latency(
+        "primary",
+        "*",
+        Latency {
+            ttft_ms: 1_500,
+            chunk_delay_ms: 0,
+            chunks: None,
+        },
+    );
+    let res = h
+        .chat(json!({"model": "hedged", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-switchyard-deployment"], "eu-backup");
+    assert_eq!(res.headers()["x-switchyard-attempts"], "2");
+    let _ = res.bytes().await;
+    let db = h.finish().await;
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT deployment, error_class, usage_estimated FROM attempts ORDER BY attempt",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("attempts");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, "eu-primary");
+    assert_eq!(rows[0].1.as_deref(), Some("hedge_lost"));
+    assert_eq!(rows[0].2, 1, "the loser's usage is an estimate");
+    assert_eq!(rows[1].0, "eu-backup");
+    assert_eq!(rows[1].1, None);
+}
+
+#[tokio::test]
+async fn route_header_says_why() {
+    let h = Harness::start_with(&breaker(1000, 60_000)).await;
+    let res = h
+        .chat(json!({"model": "support-chat", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.headers()["x-switchyard-route"], "priority tier 0");
+    h.sim.sim.set_fault("primary", "*", Fault::error(500));
+    let res = h
+        .chat(json!({"model": "support-chat", "messages": user("hi")}))
+        .await;
+    assert_eq!(
+        res.headers()["x-switchyard-route"],
+        "priority tier 1; after eu-primary upstream_5xx"
+    );
+}
