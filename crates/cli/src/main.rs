@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::ledger::{render_spend_table, spend_report, SpendGroup};
+use switchyard::ledger::{render_spend_table, spend_query, SpendGroup, SpendQuery};
 use switchyard::{shutdown_signal, Config, Gateway};
 use switchyard_sim::{SimOptions, Simulator};
+
+mod governance;
 
 #[derive(Parser)]
 #[command(
@@ -57,8 +59,9 @@ enum Command {
         #[arg(long)]
         ledger: Option<PathBuf>,
     },
-    /// Run the provider simulator alone (OpenAI and Azure OpenAI wire APIs, with
-    /// latency and fault injection through its control endpoint under /_sim/).
+    /// Run the provider simulator alone: the OpenAI, Azure OpenAI, Anthropic, Bedrock,
+    /// Gemini, Vertex and Mistral wire APIs, deterministic, with latency and fault
+    /// injection through its control endpoint under /_sim/.
     Sim {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9099")]
@@ -70,6 +73,15 @@ enum Command {
         /// (the same shapes as the control endpoint takes).
         #[arg(long)]
         scenario: Option<PathBuf>,
+        /// The AWS access key id Bedrock requests must be signed with.
+        #[arg(long, default_value = switchyard_sim::DEFAULT_AWS_ACCESS_KEY_ID)]
+        aws_access_key_id: String,
+        /// The AWS secret access key the simulator verifies SigV4 signatures with.
+        #[arg(long, default_value = switchyard_sim::DEFAULT_AWS_SECRET_ACCESS_KEY)]
+        aws_secret_access_key: String,
+        /// Require this AWS session token (default: accept any or none).
+        #[arg(long)]
+        aws_session_token: Option<String>,
     },
     /// Explain routing: which deployments a model may use and in which order.
     Routes {
@@ -92,6 +104,26 @@ enum Command {
         /// The ledger file; by default the one the configuration names.
         #[arg(long)]
         ledger: Option<PathBuf>,
+        /// Only this team's requests.
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Manage virtual keys (create, list, revoke) in the key store.
+    Keys {
+        #[command(subcommand)]
+        command: governance::KeysCommand,
+        /// The store file; by default the configuration's (`governance.store`, else the
+        /// ledger's file).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
+    /// Manage teams (create, list, show, update) in the key store.
+    Teams {
+        #[command(subcommand)]
+        command: governance::TeamsCommand,
+        /// The store file; by default the configuration's.
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -131,6 +163,8 @@ enum ConfigCommand {
 enum SpendBy {
     Model,
     Key,
+    Team,
+    Provider,
     Deployment,
     Day,
 }
@@ -194,6 +228,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             api_key,
             scenario,
+            aws_access_key_id,
+            aws_secret_access_key,
+            aws_session_token,
         } => {
             let scenario = match scenario {
                 Some(path) => {
@@ -207,13 +244,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            let handle = Simulator::new(SimOptions { api_key, scenario })
-                .spawn(listener)
-                .await?;
-            eprintln!("switchyard simulator listening on {}", handle.base_url());
-            eprintln!("  OpenAI base URL:  {}/v1", handle.base_url());
-            eprintln!("  Azure endpoint:   {}", handle.base_url());
-            eprintln!("  control endpoint: {}/_sim/", handle.base_url());
+            let handle = Simulator::new(SimOptions {
+                api_key,
+                scenario,
+                aws_access_key_id,
+                aws_secret_access_key,
+                aws_session_token,
+            })
+            .spawn(listener)
+            .await?;
+            let base = handle.base_url();
+            eprintln!("switchyard simulator listening on {base}");
+            eprintln!("  OpenAI base URL:      {base}/v1");
+            eprintln!("  Azure endpoint:       {base}");
+            eprintln!("  Anthropic base URL:   {base}");
+            eprintln!("  Bedrock endpoint:     {base}  (SigV4, region any)");
+            eprintln!("  Gemini / Vertex base: {base}");
+            eprintln!("  Mistral base URL:     {base}/mistral/v1");
+            eprintln!("  control endpoint:     {base}/_sim/");
             shutdown_signal().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -278,7 +326,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Spend { by, since, ledger } => {
+        Command::Keys { command, store } => {
+            let (path, static_names) = store_of(&cli.config, store)?;
+            governance::keys(&path, command, &static_names).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Teams { command, store } => {
+            let (path, _) = store_of(&cli.config, store)?;
+            governance::teams(&path, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spend {
+            by,
+            since,
+            ledger,
+            team,
+        } => {
             let path = match ledger {
                 Some(p) => p,
                 None => load(&cli.config)?
@@ -294,16 +357,47 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => vec![(SpendGroup::Model, "model"), (SpendGroup::Key, "key")],
                 Some(SpendBy::Model) => vec![(SpendGroup::Model, "model")],
                 Some(SpendBy::Key) => vec![(SpendGroup::Key, "key")],
+                Some(SpendBy::Team) => vec![(SpendGroup::Team, "team")],
+                Some(SpendBy::Provider) => vec![(SpendGroup::Provider, "provider")],
                 Some(SpendBy::Deployment) => vec![(SpendGroup::Deployment, "deployment")],
                 Some(SpendBy::Day) => vec![(SpendGroup::Day, "day")],
             };
             for (group, title) in groups {
-                let rows = spend_report(&path, group, since_ms).await?;
+                let query = SpendQuery {
+                    by: group,
+                    since_ms,
+                    team: team.clone(),
+                };
+                let rows = spend_query(&path, &query).await?;
                 println!("{}", render_spend_table(title, &rows));
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The key store: `--store`, else the configuration's; and the config file's key names.
+fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(PathBuf, Vec<String>)> {
+    if let Some(path) = store {
+        let names = if config.exists() {
+            load(config)?.keys.into_iter().map(|k| k.name).collect()
+        } else {
+            Vec::new()
+        };
+        return Ok((path, names));
+    }
+    let c = load(config).with_context(|| {
+        format!(
+            "no --store given and the configuration {} cannot be read",
+            config.display()
+        )
+    })?;
+    let names = c.keys.iter().map(|k| k.name.clone()).collect();
+    let path = c
+        .governance
+        .store
+        .context("the configuration has no key store (no ledger and no governance.store)")?;
+    Ok((path, names))
 }
 
 fn load(path: &Path) -> Result<Config> {

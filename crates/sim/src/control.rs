@@ -86,6 +86,7 @@ const FAULT_FIELDS: &[&str] = &[
     "stall_ms",
     "cut_after_chunks",
     "count",
+    "error_type",
 ];
 const LATENCY_FIELDS: &[&str] = &["instance", "model", "ttft_ms", "chunk_delay_ms", "chunks"];
 

@@ -1,5 +1,7 @@
-//! Switchyard's provider simulator: a deterministic fake of the OpenAI and Azure OpenAI
-//! HTTP APIs with per-(instance, model) latency and fault injection and a request recorder.
+//! Switchyard's provider simulator: a deterministic fake of the providers' HTTP APIs
+//! (OpenAI, Azure OpenAI, Anthropic Messages, AWS Bedrock Converse with SigV4, Google
+//! Gemini and Vertex AI, Mistral) with per-(instance, model) latency and fault injection
+//! and a request recorder.
 //!
 //! The simulator deliberately shares no code with the gateway crate: it is the independent
 //! judge of the wire protocols, so a misreading of a protocol cannot hide on both sides.
@@ -25,23 +27,66 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+mod anthropic;
+mod bedrock;
 mod control;
+mod conversation;
+mod gemini;
 mod generate;
+mod mistral;
 mod openai;
+mod plumbing;
+mod routes;
 pub mod schema_check;
 mod state;
 
 use state::SimState;
 
+/// The AWS access key id Bedrock requests must be signed with unless configured.
+pub const DEFAULT_AWS_ACCESS_KEY_ID: &str = "AKIDSIMULATOR";
+/// The AWS secret access key Bedrock requests must be signed with unless configured.
+pub const DEFAULT_AWS_SECRET_ACCESS_KEY: &str = "sim-secret-key";
+
 /// How the simulator is configured at start.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SimOptions {
-    /// The only API key accepted. `None` accepts any non-empty key.
+    /// The only API key accepted (OpenAI, Azure, Anthropic, Gemini, Mistral; the Vertex
+    /// bearer token; a Bedrock API key). `None` accepts any non-empty key.
     #[serde(default)]
     pub api_key: Option<String>,
     /// Faults and latencies installed at start (a reset clears them like any other).
     #[serde(default)]
     pub scenario: Scenario,
+    /// The access key id Bedrock requests must be SigV4-signed with.
+    #[serde(default = "default_aws_access_key_id")]
+    pub aws_access_key_id: String,
+    /// The secret key that goes with `aws_access_key_id`.
+    #[serde(default = "default_aws_secret_access_key")]
+    pub aws_secret_access_key: String,
+    /// When set, signed Bedrock requests must carry this `x-amz-security-token`
+    /// (temporary credentials); when `None` any token, or none, is accepted.
+    #[serde(default)]
+    pub aws_session_token: Option<String>,
+}
+
+fn default_aws_access_key_id() -> String {
+    DEFAULT_AWS_ACCESS_KEY_ID.to_string()
+}
+
+fn default_aws_secret_access_key() -> String {
+    DEFAULT_AWS_SECRET_ACCESS_KEY.to_string()
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            api_key: None,
+            scenario: Scenario::default(),
+            aws_access_key_id: default_aws_access_key_id(),
+            aws_secret_access_key: default_aws_secret_access_key(),
+            aws_session_token: None,
+        }
+    }
 }
 
 /// A set of faults and latencies, e.g. loaded from a JSON file by the CLI.
@@ -123,12 +168,19 @@ pub struct Fault {
     /// For `stall`: how long to pause (default 1000 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall_ms: Option<u64>,
-    /// For `cut` on streams: how many `data:` events are sent before the abort (default 2).
+    /// For `cut` on streams: how many events are sent before the abort (default 2). For
+    /// `error` on a stream of a native protocol (Anthropic, Bedrock, Gemini, Mistral): the
+    /// stream starts and this many events come before the error, in-stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut_after_chunks: Option<u32>,
     /// Apply to the next N matching requests only; `None` = until cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// For `error`: the provider's error type to send instead of the one the status
+    /// implies, e.g. `ModelNotReadyException` (Bedrock), `overloaded_error` (Anthropic),
+    /// `FAILED_PRECONDITION` (Gemini); OpenAI-shaped errors carry it as `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
 }
 
 impl Fault {
@@ -140,6 +192,7 @@ impl Fault {
             stall_ms: None,
             cut_after_chunks: None,
             count: None,
+            error_type: None,
         }
     }
 
@@ -181,6 +234,19 @@ impl Fault {
     /// Send `retry-after: secs` with the error.
     pub fn retry_after(mut self, secs: u64) -> Fault {
         self.retry_after_s = Some(secs);
+        self
+    }
+
+    /// Send the provider's error type `name` with the error (see [`Fault::error_type`]).
+    pub fn with_type(mut self, name: &str) -> Fault {
+        self.error_type = Some(name.to_string());
+        self
+    }
+
+    /// For an `error` on a stream: send `events` events first, then the error inside
+    /// the started stream (HTTP 200) in the provider's in-stream error format.
+    pub fn mid_stream(mut self, events: u32) -> Fault {
+        self.cut_after_chunks = Some(events);
         self
     }
 }
@@ -247,7 +313,7 @@ impl Simulator {
     /// Every route: the provider APIs (with and without an instance prefix) and `/_sim/…`.
     pub fn router(&self) -> axum::Router {
         control::routes()
-            .fallback(openai::dispatch)
+            .fallback(routes::dispatch)
             .with_state(self.shared.clone())
     }
 

@@ -41,6 +41,11 @@ endpoint = "http://{sim}"
 api_version = "2024-10-21"
 api_key = "sim-azure-key"
 
+[providers.sim-anthropic]
+kind = "anthropic"
+base_url = "http://{sim}"
+api_key = "sk-ant-sim"
+
 [deployments.openai-gpt-4o-mini]
 provider = "sim-openai"
 model = "gpt-4o-mini"
@@ -59,6 +64,11 @@ model = "gpt-4o-mini-prod"
 region = "eu-west"
 price = {{ input = 0.165, output = 0.66, cached_input = 0.0825 }}
 
+[deployments.anthropic-claude-haiku]
+provider = "sim-anthropic"
+model = "claude-haiku-4-5"
+price = {{ input = 1.00, output = 5.00, cached_input = 0.10 }}
+
 [deployments.openai-embed-small]
 provider = "sim-openai"
 model = "text-embedding-3-small"
@@ -69,6 +79,9 @@ deployments = ["openai-gpt-4o-mini"]
 
 [models.azure-gpt-4o-mini]
 deployments = ["azure-gpt-4o-mini"]
+
+[models.anthropic-claude-haiku]
+deployments = ["anthropic-claude-haiku"]
 
 [models.support-chat]
 deployments = ["openai-primary-gpt-4o-mini", "azure-gpt-4o-mini"]
@@ -81,4 +94,25 @@ deployments = ["openai-embed-small"]
     Config::parse(&toml, move |name| {
         (name == "SWITCHYARD_DEMO_KEY").then(|| key.clone())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_demo_has_a_model_per_provider_kind() {
+        let sim = "127.0.0.1:9".parse().expect("addr");
+        let listen = "127.0.0.1:0".parse().expect("addr");
+        let c = super::config(listen, sim, "sy-demo-key-123456", std::path::Path::new("x.db"))
+            .expect("the demo config is valid");
+        let kinds: BTreeSet<&str> = c
+            .deployments
+            .iter()
+            .map(|d| d.provider.kind.label())
+            .collect();
+        for kind in crate::providers::KINDS {
+            assert!(kinds.contains(kind), "no demo deployment of kind {kind}");
+        }
+    }
 }

@@ -27,8 +27,7 @@ use crate::api::tracker::{unix_ms, RequestTracker};
 use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
 use crate::ledger::Usage;
 use crate::limits::{Claim, Limiter, Reservation};
-use crate::providers::sse::{SseDecoder, SseEvent};
-use crate::providers::{openai, Endpoint, ProviderError};
+use crate::providers::{self, Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
 use crate::resilience::{full_jitter, parse_duration, Admission};
 use crate::routing::{self, Health, Needs};
 
@@ -48,7 +47,7 @@ pub enum Opened {
     /// A stream whose first event has arrived.
     Stream {
         stream: UpstreamStream,
-        first: SseEvent,
+        first: Translated,
     },
 }
 
@@ -146,7 +145,7 @@ impl Dispatcher {
         &self,
         job: Job<'_>,
         tracker: &mut RequestTracker,
-        mut make_body: impl FnMut(&Deployment) -> Result<Vec<u8>, ApiError>,
+        mut make_body: impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
     ) -> Result<Served, ApiError> {
         let plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
         if plan.candidates.is_empty() {
@@ -351,16 +350,16 @@ impl Dispatcher {
         job: &Job<'_>,
         tracker: &mut RequestTracker,
         gate: Gate,
-        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ApiError>,
+        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
     ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
         let idx = tracker.begin_attempt(d);
         let started = Instant::now();
         let body = match make_body(d) {
             Ok(b) => b,
             Err(e) => {
-                let err = ProviderError::Protocol(e.message);
-                tracker.fail_attempt(idx, &err, started);
-                return Err((err, d.clone()));
+                tracker.fail_attempt(idx, &e, started);
+                gate.release(&self.health, d);
+                return Err((e, d.clone()));
             }
         };
         let health = self.health.of(d);
@@ -438,15 +437,15 @@ impl Dispatcher {
         &self,
         job: &Job<'_>,
         tracker: &mut RequestTracker,
-        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ApiError>,
+        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
         first: (Arc<Deployment>, Gate),
         second: (Arc<Deployment>, Gate),
         after: Duration,
     ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
         let (d1, gate1) = first;
         let (d2, gate2) = second;
-        let body1 = make_body(&d1).map_err(|e| (ProviderError::Protocol(e.message), d1.clone()))?;
-        let body2 = make_body(&d2).map_err(|e| (ProviderError::Protocol(e.message), d2.clone()))?;
+        let body1 = make_body(&d1).map_err(|e| (e, d1.clone()))?;
+        let body2 = make_body(&d2).map_err(|e| (e, d2.clone()))?;
         let idx1 = tracker.begin_attempt(&d1);
         let started1 = Instant::now();
         let h1 = self.health.of(&d1).start_call();
@@ -657,7 +656,17 @@ async fn attempt(
     let start = TokioInstant::now();
     let total = start + timeouts.total;
     let first_byte = (start + timeouts.first_byte).min(total);
-    let request = openai::build(client, deployment, endpoint, body);
+    let adapter = providers::adapter(&deployment.provider.kind);
+    let request = match adapter.request(client, deployment, endpoint, stream, body) {
+        Ok(r) => r,
+        Err(e) => {
+            return AttemptResult {
+                status: None,
+                exhausted_until_ms: None,
+                outcome: Err(e),
+            }
+        }
+    };
     let response = match timeout_at(first_byte, request.send()).await {
         Err(_) => {
             return AttemptResult {
@@ -679,7 +688,10 @@ async fn attempt(
     };
     let status = response.status().as_u16();
     let exhausted_until_ms = exhaustion(status, response.headers());
-    let outcome = read_answer(response, stream, first_byte, total).await;
+    let outcome = read_answer(
+        adapter, deployment, endpoint, response, stream, first_byte, total,
+    )
+    .await;
     AttemptResult {
         status: Some(status),
         exhausted_until_ms,
@@ -688,6 +700,9 @@ async fn attempt(
 }
 
 async fn read_answer(
+    adapter: &dyn Adapter,
+    deployment: &Deployment,
+    endpoint: Endpoint,
     response: reqwest::Response,
     stream: bool,
     first_byte: TokioInstant,
@@ -699,29 +714,24 @@ async fn read_answer(
         let body = read_limited(response.bytes_stream().boxed(), MAX_ERROR_BODY, total)
             .await
             .unwrap_or_default();
-        return Err(openai::status_error(
+        return Err(adapter.error(
             StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
             &headers,
             &body,
         ));
     }
     if stream {
-        let is_sse = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
+        if !adapter.is_stream(response.headers()) {
             return Err(ProviderError::Protocol(
-                "a stream was requested but the answer is not text/event-stream".into(),
+                "a stream was requested but the answer is not a stream".into(),
             ));
         }
         let mut upstream = UpstreamStream {
             body: response.bytes_stream().boxed(),
-            decoder: SseDecoder::new(),
+            decoder: adapter.stream_decoder(deployment),
             deadline: total,
         };
-        let first = match timeout_at(first_byte, upstream.next_event()).await {
+        let first = match timeout_at(first_byte, upstream.next_item()).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {
                     phase: "first event",
@@ -741,7 +751,7 @@ async fn read_answer(
         });
     }
     let body = read_limited(response.bytes_stream().boxed(), MAX_RESPONSE_BODY, total).await?;
-    let usage = openai::response_usage(&body)?;
+    let (body, usage) = adapter.response(endpoint, deployment, body)?;
     Ok(Opened::Full { body, usage })
 }
 
@@ -777,23 +787,21 @@ async fn read_limited(
     }
 }
 
-/// An upstream event stream, read event by event as the network delivers it.
+/// An upstream stream, translated item by item as the network delivers it.
 pub struct UpstreamStream {
     body: ByteStream,
-    decoder: SseDecoder,
+    decoder: Box<dyn StreamDecoder>,
     /// The attempt's total deadline.
     deadline: TokioInstant,
 }
 
 impl UpstreamStream {
-    /// The next event; `Ok(None)` when the upstream closed the stream cleanly between
+    /// The next item; `Ok(None)` when the upstream closed the stream cleanly between
     /// events.
-    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, ProviderError> {
+    pub async fn next_item(&mut self) -> Result<Option<Translated>, ProviderError> {
         loop {
-            match self.decoder.next_event() {
-                Ok(Some(event)) => return Ok(Some(event)),
-                Ok(None) => {}
-                Err(e) => return Err(ProviderError::Protocol(e.to_string())),
+            if let Some(item) = self.decoder.next()? {
+                return Ok(Some(item));
             }
             match timeout_at(self.deadline, self.body.next()).await {
                 Err(_) => return Err(ProviderError::Timeout { phase: "stream" }),

@@ -3,10 +3,12 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of this crate.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod governance;
 pub mod ledger;
 pub mod limits;
 pub mod providers;

@@ -25,6 +25,8 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Governance(#[from] crate::governance::GovernanceError),
 }
 
 /// What shutdown found.
@@ -67,9 +69,12 @@ impl Gateway {
         let sink = ledger
             .as_ref()
             .map_or_else(LedgerSink::disabled, Ledger::sink);
-        let limiter = Arc::new(InProcessLimiter::new());
-        let dispatcher = Dispatcher::new(&config, limiter)?;
-        let state = Arc::new(AppState::new(Arc::new(config), dispatcher, sink));
+        // One limiter for the callers' rate limits and the deployments' capacity.
+        let limiter: Arc<dyn crate::limits::Limiter> = Arc::new(InProcessLimiter::new());
+        let dispatcher = Dispatcher::new(&config, limiter.clone())?;
+        let governance = crate::governance::Governance::open(&config, limiter).await?;
+        let state =
+            Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
         let app = api::router(state.clone());
         let stop = CancellationToken::new();
         let signal = stop.clone();

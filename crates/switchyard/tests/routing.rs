@@ -372,3 +372,34 @@ async fn route_header_says_why() {
         "priority tier 1; after eu-primary upstream_5xx"
     );
 }
+
+#[tokio::test]
+async fn stream_cut_before_its_first_event_fails_over_invisibly() {
+    let mut h = Harness::start_with(&breaker(1000, 60_000)).await;
+    h.sim.sim.set_fault("primary", "*", Fault::cut(0));
+    let res = h
+        .chat(json!({"model": "support-chat", "messages": user("hi"), "stream": true}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-switchyard-deployment"], "eu-backup");
+    let text = res.text().await.expect("body");
+    let data = common::sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        !data.iter().any(|d| d.contains("\"error\"")),
+        "the client saw nothing of the failed attempt"
+    );
+    assert_eq!(h.sim.sim.requests("primary").len(), 1);
+    let db = h.finish().await;
+    let classes: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT error_class FROM attempts ORDER BY attempt")
+            .fetch_all(&db)
+            .await
+            .expect("attempts");
+    assert_eq!(classes.len(), 2);
+    assert!(
+        classes[0].is_some(),
+        "the cut attempt is recorded as failed"
+    );
+    assert_eq!(classes[1], None);
+}

@@ -7,13 +7,13 @@ use super::{field, invalid_type, invalid_value, missing, ApiError};
 use crate::generate::{chat_digest, Digest32};
 
 #[derive(Clone, Debug)]
-pub(super) struct Tool {
-    pub(super) name: String,
-    pub(super) parameters: Value,
+pub(crate) struct Tool {
+    pub(crate) name: String,
+    pub(crate) parameters: Value,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub(super) enum ToolChoice {
+pub(crate) enum ToolChoice {
     Auto,
     Never,
     Required,
@@ -21,7 +21,7 @@ pub(super) enum ToolChoice {
 }
 
 #[derive(Clone, Debug)]
-pub(super) enum Format {
+pub(crate) enum Format {
     Text,
     JsonObject,
     JsonSchema(Value),
@@ -29,25 +29,25 @@ pub(super) enum Format {
 
 /// A validated chat request, reduced to what the simulator acts on.
 #[derive(Debug)]
-pub(super) struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// The name matched against faults and echoed as `model` (Azure classic: deployment).
-    pub(super) model: String,
-    pub(super) messages: Vec<Value>,
-    pub(super) tools: Vec<Tool>,
+    pub(crate) model: String,
+    pub(crate) messages: Vec<Value>,
+    pub(crate) tools: Vec<Tool>,
     /// Every tool definition as sent, for the prompt-token estimate.
-    pub(super) tool_values: Vec<Value>,
-    pub(super) tool_choice: ToolChoice,
-    pub(super) parallel_tool_calls: bool,
-    pub(super) n: usize,
-    pub(super) limit: Option<usize>,
-    pub(super) stop: Vec<String>,
-    pub(super) stream: bool,
-    pub(super) include_usage: bool,
-    pub(super) format: Format,
-    pub(super) digest: Digest32,
+    pub(crate) tool_values: Vec<Value>,
+    pub(crate) tool_choice: ToolChoice,
+    pub(crate) parallel_tool_calls: bool,
+    pub(crate) n: usize,
+    pub(crate) limit: Option<usize>,
+    pub(crate) stop: Vec<String>,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+    pub(crate) format: Format,
+    pub(crate) digest: Digest32,
 }
 
-pub(super) fn parse_chat(
+pub(crate) fn parse_chat(
     body: &Value,
     deployment: Option<String>,
 ) -> Result<ChatRequest, ApiError> {

@@ -8,22 +8,22 @@ mod chat;
 mod chat_request;
 mod embeddings;
 
-use std::sync::atomic::Ordering;
+pub(crate) use chat_request::{parse_chat, ChatRequest, Format, ToolChoice};
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::generate;
-use crate::{Fault, FaultKind, RecordedRequest, Shared};
-
-/// Requests larger than this are refused; large enough for data-URL images.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+use crate::plumbing::{
+    new_request_id, parse_body, percent_decode, query_param, record, stall_of, timed_body,
+    unix_now, Event, Payload, ABORT_GRACE, MAX_BODY_BYTES,
+};
+use crate::{Fault, FaultKind, Shared};
 /// The models `GET /v1/models` lists (chat accepts any name).
 const MODELS: &[(&str, u64)] = &[
     ("gpt-4o", 1_715_367_049),
@@ -137,34 +137,6 @@ fn parse_route(path: &str) -> (String, Option<Route>) {
     (instance, route)
 }
 
-/// Decodes `%XX` escapes in a path segment (deployment names and model ids may carry them).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The value of query parameter `name`, if present.
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
-}
-
 // ---------------------------------------------------------------------------------------
 // Errors
 
@@ -177,6 +149,18 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The human-readable message of the error body.
+    pub(crate) fn message(&self) -> String {
+        self.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// The OpenAI error shape; all four keys are always present.
     fn openai(
         status: StatusCode,
@@ -302,6 +286,9 @@ fn fault_error(dialect: Dialect, fault: &Fault, model: &str) -> ApiError {
         ),
     };
     err.retry_after_s = retry_after;
+    if let Some(kind) = &fault.error_type {
+        err.body["error"]["code"] = json!(kind);
+    }
     err
 }
 
@@ -369,25 +356,6 @@ impl Ctx {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn new_request_id(shared: &Shared) -> String {
-    let n = shared.request_counter.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut seed = Vec::with_capacity(24);
-    seed.extend_from_slice(&n.to_le_bytes());
-    seed.extend_from_slice(&nanos.to_le_bytes());
-    let digest = generate::sha256(&seed);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("req_{hex}")
-}
-
 // ---------------------------------------------------------------------------------------
 // Dispatch
 
@@ -417,25 +385,7 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         }
     };
     let body = parse_body(&bytes);
-    ctx.shared.state().record(
-        &ctx.instance,
-        RecordedRequest {
-            method: parts.method.to_string(),
-            path: path.clone(),
-            query: query.clone(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: body.clone(),
-        },
-    );
+    record(&ctx.shared, &ctx.instance, &parts, &body);
     tracing::debug!(instance = %ctx.instance, method = %parts.method, %path, "sim request");
 
     let Some(route) = route else {
@@ -484,15 +434,6 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
             )),
         },
     }
-}
-
-/// The body as JSON; a non-JSON body is kept as a string so it can still be recorded.
-fn parse_body(bytes: &Bytes) -> Value {
-    if bytes.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Azure's classic paths need `api-version`: without it Azure answers 404, and with a
@@ -645,39 +586,6 @@ fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
 // ---------------------------------------------------------------------------------------
 // Response bodies with timing and faults
 
-/// The pause before a cut aborts the body. Without it hyper would still hold the headers
-/// and the first events in its write buffer when the body fails, and the client would see
-/// no response at all instead of a response that breaks off part-way.
-const ABORT_GRACE: Duration = Duration::from_millis(20);
-
-/// One step of a response body: wait, then send bytes or abort the transfer.
-#[derive(Debug)]
-struct Event {
-    delay: Duration,
-    payload: Payload,
-}
-
-#[derive(Debug)]
-enum Payload {
-    Data(Bytes),
-    Abort,
-}
-
-/// A body that plays `events` with their delays; an `Abort` ends it with an error, which
-/// makes hyper drop the connection without finishing the transfer.
-fn timed_body(events: Vec<Event>) -> Body {
-    let stream = futures_util::stream::iter(events).then(|event| async move {
-        if !event.delay.is_zero() {
-            tokio::time::sleep(event.delay).await;
-        }
-        match event.payload {
-            Payload::Data(bytes) => Ok(bytes),
-            Payload::Abort => Err(std::io::Error::other("simulated cut")),
-        }
-    });
-    Body::from_stream(stream)
-}
-
 /// Sends a non-streaming JSON answer after `wait`, with the fault worked in.
 async fn plain_response(
     ctx: &Ctx,
@@ -685,11 +593,7 @@ async fn plain_response(
     wait: Duration,
     fault: Option<&Fault>,
 ) -> Response {
-    let stall = match fault {
-        Some(f) if f.kind == FaultKind::Stall => Duration::from_millis(f.stall_ms.unwrap_or(1000)),
-        _ => Duration::ZERO,
-    };
-    let total = wait + stall;
+    let total = wait + stall_of(fault);
     if !total.is_zero() {
         tokio::time::sleep(total).await;
     }

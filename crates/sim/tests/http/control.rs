@@ -219,6 +219,7 @@ async fn scenarios_at_start_and_over_http() {
     let env = start_with(SimOptions {
         api_key: None,
         scenario,
+        ..SimOptions::default()
     })
     .await;
     assert_eq!(

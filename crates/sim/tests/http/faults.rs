@@ -242,3 +242,23 @@ async fn malformed_bodies() {
     let got = env.post("/v1/chat/completions", &user("x")).await;
     assert!(serde_json::from_str::<Value>(&got.text).is_ok());
 }
+
+#[tokio::test]
+async fn error_type_is_accepted_by_the_control_endpoint_and_sent_as_code() {
+    let env = start().await;
+    let resp = env
+        .client
+        .post(env.url("/_sim/faults"))
+        .json(
+            &json!({"kind": "error", "status": 503, "error_type": "engine_overloaded", "count": 1}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let listed = env.get("/_sim/faults").await.json();
+    assert_eq!(listed["faults"][0]["error_type"], "engine_overloaded");
+    let got = env.post("/v1/chat/completions", &user("x")).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.json()["error"]["code"], "engine_overloaded");
+}

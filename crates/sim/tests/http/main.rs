@@ -1,10 +1,14 @@
 //! HTTP-level tests: the simulator on 127.0.0.1:0, driven with reqwest.
 
+mod anthropic;
 mod azure;
+mod bedrock;
 mod chat;
 mod control;
 mod embeddings;
 mod faults;
+mod gemini;
+mod mistral;
 
 use std::time::Duration;
 

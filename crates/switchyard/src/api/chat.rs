@@ -6,17 +6,16 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde::Serialize;
 
 use super::error::ApiError;
-use super::relay::Relay;
+use super::relay::{OpenAiFrames, Relay};
 use super::tracker::RequestTracker;
-use super::wire::{parse_body, ChatRequest, EmbeddingsRequest, StreamOptions};
+use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState};
 use crate::config::{Constraints, Deployment, LogicalModel};
 use crate::dispatch::{Job, Opened};
 use crate::ledger::Usage;
-use crate::providers::Endpoint;
+use crate::providers::{adapter, Endpoint};
 use crate::routing::Needs;
 
 pub async fn chat_completions(
@@ -30,24 +29,43 @@ pub async fn chat_completions(
         request_id.clone(),
         Endpoint::ChatCompletions.label(),
     );
-    let res = match chat(&state, &headers, body, &mut tracker).await {
+    let mut limit_headers = HeaderMap::new();
+    let res = match chat(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(Reply::Full(res)) => {
             tracker.finish(res.status().as_u16(), None);
             res
         }
         // The tracker moves into the relay, which finishes it with the stream.
-        Ok(Reply::Stream(relay)) => relay.into_response(tracker),
+        Ok(Reply::Stream(relay, frames)) => relay.into_response(tracker, frames),
         Err(e) => {
             tracker.finish(e.status.as_u16(), Some(e.code));
             e.into_response()
         }
     };
-    with_request_id(res, &request_id)
+    with_request_id(with_limit_headers(res, limit_headers), &request_id)
+}
+
+/// Adds the caller's `x-ratelimit-*` headers (set by admission) to any response.
+pub(super) fn with_limit_headers(mut res: Response, limit_headers: HeaderMap) -> Response {
+    res.headers_mut().extend(limit_headers);
+    res
+}
+
+/// The data policy of the caller, as the routing constraint it is.
+fn caller_constraints(admission: &crate::governance::Admission) -> Constraints {
+    Constraints {
+        allowed_regions: admission.data_policy.allowed_regions.clone(),
+        required_tags: admission.data_policy.required_tags.clone(),
+    }
+}
+
+fn prices_of(model: &LogicalModel) -> Vec<crate::config::Price> {
+    model.targets.iter().map(|t| t.deployment.price).collect()
 }
 
 enum Reply {
     Full(Response),
-    Stream(Relay),
+    Stream(Relay, OpenAiFrames),
 }
 
 async fn chat(
@@ -55,40 +73,89 @@ async fn chat(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
+    limit_headers: &mut HeaderMap,
 ) -> Result<Reply, ApiError> {
-    let key = state.authenticate(headers)?;
-    tracker.set_key(&key);
+    let key = authenticate(state, headers, tracker)?;
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
-    let mut req: ChatRequest = parse_body(&bytes)?;
+    let req: ChatRequest = parse_body(&bytes)?;
     req.validate()?;
-    let streamed = req.stream == Some(true);
-    tracker.set_model(&req.model, streamed);
-    let model = resolve_model(state, &req.model)?;
-
-    let client_wants_usage = req
+    let include_usage = req
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    if streamed {
-        // Always ask for usage, so the ledger is right even when the client did not.
-        let options = req.stream_options.get_or_insert_with(|| StreamOptions {
-            include_usage: None,
-            extra: Default::default(),
-        });
-        options.include_usage = Some(true);
-    }
+    Ok(
+        match serve_chat(state, &key, req, tracker, limit_headers).await? {
+            ChatServed::Full {
+                body,
+                deployment,
+                attempts,
+                route,
+                ..
+            } => Reply::Full(json_response(body, &deployment, attempts, &route)),
+            ChatServed::Stream(relay) => Reply::Stream(relay, OpenAiFrames { include_usage }),
+        },
+    )
+}
+
+/// Authenticates the caller and notes who it is in the ledger row.
+pub(super) fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    tracker: &mut RequestTracker,
+) -> Result<Arc<crate::governance::Principal>, ApiError> {
+    let key = state.authenticate(headers)?;
+    tracker.set_key(&key.name);
+    tracker.set_team(key.team.as_deref());
+    Ok(key)
+}
+
+/// A served chat request, before it is rendered in the ingress protocol.
+pub(super) enum ChatServed {
+    /// A complete OpenAI `chat.completion` body, and its usage (already settled).
+    Full {
+        body: bytes::Bytes,
+        usage: Usage,
+        deployment: Arc<Deployment>,
+        attempts: usize,
+        route: String,
+    },
+    /// A stream whose first item arrived, waiting for its encoder.
+    Stream(Relay),
+}
+
+/// Everything after the body was parsed and validated, whatever the ingress protocol:
+/// model resolution, admission, dispatch, and settling a complete answer's usage.
+pub(super) async fn serve_chat(
+    state: &AppState,
+    key: &crate::governance::Principal,
+    mut req: ChatRequest,
+    tracker: &mut RequestTracker,
+    limit_headers: &mut HeaderMap,
+) -> Result<ChatServed, ApiError> {
+    let streamed = req.stream == Some(true);
+    tracker.set_model(&req.model, streamed);
+    let model = resolve_model(state, &req.model)?;
+    // Governance before dispatch: policy, PII guardrail, rate limits, budget.
+    let admission = state
+        .governance
+        .admit_chat(key, &mut req, &prices_of(&model), tracker, limit_headers)
+        .await?;
+    let caller = caller_constraints(&admission);
+
     let needs = Needs::of_chat(&req);
     let job = Job {
         model: &model,
         endpoint: Endpoint::ChatCompletions,
         stream: streamed,
         needs,
-        caller: &NO_CONSTRAINTS,
+        caller: &caller,
     };
     let served = state
         .dispatcher
-        .dispatch(job, tracker, |d| render_for(&mut req, d))
+        .dispatch(job, tracker, |d| {
+            adapter(&d.provider.kind).chat_body(&mut req, d, streamed)
+        })
         .await?;
     let attempts = tracker.attempts();
     match served.opened {
@@ -103,14 +170,16 @@ async fn chat(
             if let Some(capacity) = served.capacity {
                 capacity.settle(&usage);
             }
-            Ok(Reply::Full(json_response(
+            tracker.log_response(&body);
+            Ok(ChatServed::Full {
                 body,
-                &served.deployment,
+                usage,
+                deployment: served.deployment,
                 attempts,
-                &served.route,
-            )))
+                route: served.route,
+            })
         }
-        Opened::Stream { stream, first } => Ok(Reply::Stream(Relay {
+        Opened::Stream { stream, first } => Ok(ChatServed::Stream(Relay {
             deployment: served.deployment,
             attempt: served.attempt,
             attempt_started: served.attempt_started,
@@ -119,35 +188,8 @@ async fn chat(
             capacity: served.capacity,
             upstream: stream,
             first,
-            client_wants_usage,
             prompt_estimate: needs.prompt_tokens,
         })),
-    }
-}
-
-/// The request body for one deployment: its upstream model name in `model`.
-fn render_for<T: Serialize + HasModel>(
-    req: &mut T,
-    deployment: &Deployment,
-) -> Result<Vec<u8>, ApiError> {
-    req.set_model(&deployment.upstream_model);
-    serde_json::to_vec(req)
-        .map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
-}
-
-trait HasModel {
-    fn set_model(&mut self, model: &str);
-}
-
-impl HasModel for ChatRequest {
-    fn set_model(&mut self, model: &str) {
-        model.clone_into(&mut self.model);
-    }
-}
-
-impl HasModel for EmbeddingsRequest {
-    fn set_model(&mut self, model: &str) {
-        model.clone_into(&mut self.model);
     }
 }
 
@@ -166,14 +208,9 @@ pub(super) fn estimate(prompt_tokens: u64, completion_tokens: u64) -> Usage {
         completion_tokens,
         cached_tokens: 0,
         estimated: true,
+        ..Usage::default()
     }
 }
-
-/// Callers bring no data policy of their own yet; the model's constraints apply.
-static NO_CONSTRAINTS: Constraints = Constraints {
-    allowed_regions: None,
-    required_tags: Vec::new(),
-};
 
 pub(super) fn served_headers(
     h: &mut HeaderMap,
@@ -221,7 +258,8 @@ pub async fn embeddings(
         request_id.clone(),
         Endpoint::Embeddings.label(),
     );
-    let res = match embed(&state, &headers, body, &mut tracker).await {
+    let mut limit_headers = HeaderMap::new();
+    let res = match embed(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(res) => {
             tracker.finish(res.status().as_u16(), None);
             res
@@ -231,7 +269,7 @@ pub async fn embeddings(
             e.into_response()
         }
     };
-    with_request_id(res, &request_id)
+    with_request_id(with_limit_headers(res, limit_headers), &request_id)
 }
 
 async fn embed(
@@ -239,25 +277,34 @@ async fn embed(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
+    limit_headers: &mut HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = state.authenticate(headers)?;
-    tracker.set_key(&key);
+    tracker.set_key(&key.name);
+    tracker.set_team(key.team.as_deref());
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
     let mut req: EmbeddingsRequest = parse_body(&bytes)?;
     req.validate()?;
     tracker.set_model(&req.model, false);
     let model = resolve_model(state, &req.model)?;
+    let admission = state
+        .governance
+        .admit_embeddings(&key, &mut req, &prices_of(&model), tracker, limit_headers)
+        .await?;
+    let caller = caller_constraints(&admission);
     let needs = Needs::of_embeddings(&req.input);
     let job = Job {
         model: &model,
         endpoint: Endpoint::Embeddings,
         stream: false,
         needs,
-        caller: &NO_CONSTRAINTS,
+        caller: &caller,
     };
     let served = state
         .dispatcher
-        .dispatch(job, tracker, |d| render_for(&mut req, d))
+        .dispatch(job, tracker, |d| {
+            adapter(&d.provider.kind).embeddings_body(&mut req, d)
+        })
         .await?;
     let Opened::Full { body, usage } = served.opened else {
         return Err(ApiError::internal("an embeddings call produced a stream"));
@@ -272,6 +319,7 @@ async fn embed(
     if let Some(capacity) = served.capacity {
         capacity.settle(&usage);
     }
+    tracker.log_response(&body);
     Ok(json_response(
         body,
         &served.deployment,

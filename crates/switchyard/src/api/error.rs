@@ -181,6 +181,12 @@ impl ApiError {
                 "upstream_bad_response",
                 format!("The upstream deployment `{deployment}` sent a response that could not be read."),
             ),
+            P::Unsupported(what) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_by_deployment",
+                format!("Deployment `{deployment}` cannot serve this request: {what}."),
+            ),
             P::Status {
                 status,
                 retry_after,

@@ -4,13 +4,13 @@
 //! [`crate::dispatch`], render the answer. Each request carries a
 //! [`tracker::RequestTracker`] that becomes its ledger row.
 
+pub mod anthropic;
 pub mod chat;
 pub mod error;
 mod relay;
 pub mod tracker;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -23,18 +23,18 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Uri};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::governance::{Governance, Principal};
 use crate::ledger::LedgerSink;
 use error::ApiError;
 
 /// Everything a request handler needs, shared by all of them.
 pub struct AppState {
     pub config: Arc<Config>,
-    /// SHA-256 of each accepted key → the key's name.
-    keys: HashMap<[u8; 32], Arc<str>>,
+    /// Keys, teams, policies, limits and budgets.
+    pub governance: Arc<Governance>,
     pub dispatcher: Dispatcher,
     pub ledger: LedgerSink,
     /// Set on shutdown: `/readyz` fails so load balancers stop sending.
@@ -45,14 +45,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Arc<Config>, dispatcher: Dispatcher, ledger: LedgerSink) -> Self {
-        let keys = config
-            .keys
-            .iter()
-            .map(|k| (hash_key(k.key.expose()), Arc::from(k.name.as_str())))
-            .collect();
+        let governance = Arc::new(Governance::from_config(&config));
         AppState {
             config,
-            keys,
+            governance,
             dispatcher,
             ledger,
             draining: AtomicBool::new(false),
@@ -60,40 +56,29 @@ impl AppState {
         }
     }
 
-    /// The name of the key presented in `Authorization: Bearer …`.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::missing_key());
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::missing_key)?;
-        self.keys
-            .get(&hash_key(token))
-            .cloned()
-            .ok_or_else(ApiError::invalid_key)
+    /// Replaces the config-only governance by one with its store (see `server.rs`).
+    pub fn with_governance(mut self, governance: Arc<Governance>) -> Self {
+        self.governance = governance;
+        self
     }
-}
 
-fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    /// The caller presenting `Authorization: Bearer …`: a key of the config file or a
+    /// virtual key from the store (revoked and expired ones are refused).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+        self.governance.authenticate(headers)
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/embeddings", post(chat::embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::admin::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -130,13 +115,16 @@ fn model_object(id: &str, created: i64) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authenticate(&headers) {
-        return e.into_response();
-    }
+    let caller = match state.authenticate(&headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    // A key sees the models its policy lets it use.
     let data: Vec<_> = state
         .config
         .models
         .keys()
+        .filter(|name| caller.policy.allows_model(name))
         .map(|name| model_object(name, state.started_at))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()

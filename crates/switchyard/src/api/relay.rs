@@ -1,9 +1,12 @@
-//! The stream relay: upstream SSE events in, OpenAI SSE frames out, one by one as
-//! they arrive. Nothing is buffered beyond the event being read.
+//! The stream relay: upstream items (OpenAI chunks) in, the ingress protocol's SSE
+//! frames out, one by one as they arrive. Nothing is buffered beyond the event being
+//! read.
 //!
-//! The upstream is always asked for usage; the usage chunk is passed on only when the
-//! client asked for it, and chunks without choices (Azure's prompt-filter results)
-//! are dropped, since OpenAI clients do not expect them.
+//! The relay owns what every ingress shares (usage, the ledger, capacity, the cut
+//! detection); an [`Encoder`] decides what the client sees. [`OpenAiFrames`] forwards
+//! the upstream's own chunk bytes: the usage chunk is passed on only when the client
+//! asked for it, and chunks without choices (Azure's prompt-filter results) are
+//! dropped, since OpenAI clients do not expect them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,8 +24,7 @@ use super::tracker::RequestTracker;
 use crate::config::Deployment;
 use crate::dispatch::{Capacity, UpstreamStream};
 use crate::ledger::Usage;
-use crate::providers::openai::{classify_chunk, ChunkKind};
-use crate::providers::sse::SseEvent;
+use crate::providers::Translated;
 
 /// A stream that is ready to be relayed, waiting for its request's tracker.
 pub struct Relay {
@@ -34,14 +36,55 @@ pub struct Relay {
     pub route: String,
     pub capacity: Option<Capacity>,
     pub upstream: UpstreamStream,
-    /// The first event, read during dispatch.
-    pub first: SseEvent,
-    pub client_wants_usage: bool,
+    /// The first item, read during dispatch.
+    pub first: Translated,
     pub prompt_estimate: u64,
 }
 
+/// How one ingress protocol renders a relayed stream. Each call returns the bytes to
+/// send (one or more complete SSE events), or nothing for an item the client does not
+/// see.
+pub trait Encoder: Send + 'static {
+    /// An OpenAI `chat.completion.chunk`, with what the decoder read of it.
+    fn chunk(&mut self, data: &Bytes, has_choices: bool, usage: Option<&Usage>) -> Option<Bytes>;
+    /// The upstream's own error event (OpenAI error JSON); the stream ends after it.
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes;
+    /// The upstream completed the stream.
+    fn done(&mut self) -> Bytes;
+    /// The stream broke off after it started; the stream ends after this event.
+    fn failed(&mut self, error: &ApiError) -> Bytes;
+}
+
+/// OpenAI Chat Completions frames: the upstream's chunks as they are.
+pub struct OpenAiFrames {
+    /// Whether the client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+impl Encoder for OpenAiFrames {
+    fn chunk(&mut self, data: &Bytes, has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
+        if has_choices || (usage.is_some() && self.include_usage) {
+            return Some(frame(data));
+        }
+        None
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        // Passed on as it is; no [DONE] after it.
+        frame(data)
+    }
+
+    fn done(&mut self) -> Bytes {
+        Bytes::from_static(b"data: [DONE]\n\n")
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        frame(&error.to_json())
+    }
+}
+
 impl Relay {
-    pub fn into_response(self, mut tracker: RequestTracker) -> Response {
+    pub fn into_response(self, mut tracker: RequestTracker, encoder: impl Encoder) -> Response {
         tracker.set_status(StatusCode::OK.as_u16());
         let mut res = Response::new(Body::empty());
         let h = res.headers_mut();
@@ -58,7 +101,7 @@ impl Relay {
             attempt: self.attempt,
             capacity: self.capacity,
             attempt_started: self.attempt_started,
-            client_wants_usage: self.client_wants_usage,
+            encoder,
             prompt_estimate: self.prompt_estimate,
             usage: None,
             choice_chunks: 0,
@@ -69,15 +112,15 @@ impl Relay {
     }
 }
 
-struct RelayState {
-    pending: Option<SseEvent>,
+struct RelayState<E: Encoder> {
+    pending: Option<Translated>,
     upstream: UpstreamStream,
     deployment: Arc<Deployment>,
     attempt: usize,
     /// The deployment quota held for this call, settled with the actual tokens.
     capacity: Option<Capacity>,
     attempt_started: Instant,
-    client_wants_usage: bool,
+    encoder: E,
     prompt_estimate: u64,
     usage: Option<Usage>,
     /// Chunks with choices sent so far; about one token each, the estimate of last resort.
@@ -94,7 +137,7 @@ fn frame(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-impl RelayState {
+impl<E: Encoder> RelayState<E> {
     fn settle(&mut self) {
         let usage = self
             .usage
@@ -119,42 +162,42 @@ impl RelayState {
     async fn next_frame(&mut self) -> Option<Bytes> {
         self.tracker.as_ref()?;
         loop {
-            let event = match self.pending.take() {
-                Some(e) => Ok(Some(e)),
-                None => self.upstream.next_event().await,
+            let item = match self.pending.take() {
+                Some(item) => Ok(Some(item)),
+                None => self.upstream.next_item().await,
             };
-            let event = match event {
-                Ok(Some(event)) => event,
+            let item = match item {
+                Ok(Some(item)) => item,
                 Ok(None) => return Some(self.cut("the upstream stream ended without [DONE]")),
                 Err(e) => return Some(self.cut(&e.to_string())),
             };
-            let (kind, usage) = match classify_chunk(&event.data) {
-                Ok(c) => c,
-                Err(e) => return Some(self.cut(&e.to_string())),
-            };
-            if usage.is_some() {
-                self.usage = usage;
-            }
-            match kind {
-                ChunkKind::Choices => {
-                    self.choice_chunks += 1;
-                    if let Some(t) = self.tracker.as_mut() {
-                        t.first_token();
+            match item {
+                Translated::Chunk {
+                    data,
+                    has_choices,
+                    usage,
+                } => {
+                    if usage.is_some() {
+                        self.usage = usage;
                     }
-                    return Some(frame(&event.data));
+                    if has_choices {
+                        self.choice_chunks += 1;
+                        if let Some(t) = self.tracker.as_mut() {
+                            t.first_token();
+                        }
+                    }
+                    if let Some(out) = self.encoder.chunk(&data, has_choices, usage.as_ref()) {
+                        return Some(out);
+                    }
                 }
-                ChunkKind::NoChoices { usage: Some(_) } if self.client_wants_usage => {
-                    return Some(frame(&event.data));
-                }
-                ChunkKind::NoChoices { .. } => continue,
-                ChunkKind::Error => {
-                    // The upstream's own error event, passed on as it is; no [DONE] after it.
+                Translated::Error(data) => {
+                    // The upstream's own error event, passed on; nothing after it.
                     self.finish(Some("upstream_stream_error"));
-                    return Some(frame(&event.data));
+                    return Some(self.encoder.upstream_error(&data));
                 }
-                ChunkKind::Done => {
+                Translated::Done => {
                     self.finish(None);
-                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                    return Some(self.encoder.done());
                 }
             }
         }
@@ -176,7 +219,7 @@ impl RelayState {
             ),
             retry_after: None,
         };
-        frame(&error.to_json())
+        self.encoder.failed(&error)
     }
 }
 
@@ -184,7 +227,7 @@ fn estimate_from(prompt_estimate: u64, completion: u64) -> Usage {
     estimate(prompt_estimate, completion)
 }
 
-impl Drop for RelayState {
+impl<E: Encoder> Drop for RelayState<E> {
     fn drop(&mut self) {
         // Dropped with the outcome unknown: the client went away. Record what was
         // probably billed; the tracker marks the disconnect.
@@ -194,7 +237,7 @@ impl Drop for RelayState {
     }
 }
 
-fn frames(state: RelayState) -> impl Stream<Item = Result<Bytes, Infallible>> {
+fn frames<E: Encoder>(state: RelayState<E>) -> impl Stream<Item = Result<Bytes, Infallible>> {
     futures_util::stream::unfold(state, |mut state| async move {
         let frame = state.next_frame().await?;
         Some((Ok(frame), state))

@@ -17,6 +17,11 @@ pub struct RequestTracker {
     started: Instant,
     /// Set once the outcome is known; a tracker dropped without it was abandoned.
     finished: bool,
+    /// Rate-limit and budget reservations, settled with the request's usage and cost
+    /// when the record is submitted.
+    ticket: Option<crate::governance::Ticket>,
+    /// Whether the caller's policy lets the ledger keep content.
+    log_content: bool,
 }
 
 pub fn unix_ms() -> i64 {
@@ -42,6 +47,41 @@ impl RequestTracker {
             sink,
             started: Instant::now(),
             finished: false,
+            ticket: None,
+            log_content: false,
+        }
+    }
+
+    pub fn set_team(&mut self, team: Option<&str>) {
+        self.record.team_id = team.map(str::to_owned);
+    }
+
+    /// `allowed`, or `denied:<reason>`.
+    pub fn set_policy_decision(&mut self, decision: &str) {
+        self.record.policy_decision = Some(decision.to_owned());
+    }
+
+    /// What the PII guardrail found (types and counts only).
+    pub fn set_redactions(&mut self, summary: &str) {
+        self.record.redactions = Some(summary.to_owned());
+    }
+
+    /// Keeps the reservations admission made, to settle them once with the actuals.
+    pub fn hold(&mut self, ticket: crate::governance::Ticket) {
+        self.ticket = Some(ticket);
+    }
+
+    /// Keeps the prompt in the ledger; only called when the policy allows content logging.
+    pub fn log_content(&mut self, prompt: String) {
+        self.log_content = true;
+        self.record.content_prompt = Some(cap_content(prompt));
+    }
+
+    /// Keeps the response too, when content logging was allowed for this request.
+    pub fn log_response(&mut self, response: &[u8]) {
+        if self.log_content {
+            self.record.content_response =
+                Some(cap_content(String::from_utf8_lossy(response).into_owned()));
         }
     }
 
@@ -181,13 +221,33 @@ impl RequestTracker {
             total.prompt_tokens += a.usage.prompt_tokens;
             total.completion_tokens += a.usage.completion_tokens;
             total.cached_tokens += a.usage.cached_tokens;
+            total.reasoning_tokens += a.usage.reasoning_tokens;
+            total.cache_write_tokens += a.usage.cache_write_tokens;
             total.estimated |= a.usage.estimated;
             cost = cost.saturating_add(a.cost_nano_usd);
         }
         self.record.usage = total;
         self.record.cost_nano_usd = cost;
+        if let Some(ticket) = self.ticket.take() {
+            ticket.settle(&total, cost);
+        }
         self.sink.record(std::mem::take(&mut self.record));
     }
+}
+
+/// Most bytes of prompt or response content kept per request.
+const MAX_CONTENT: usize = 256 * 1024;
+
+fn cap_content(mut s: String) -> String {
+    if s.len() > MAX_CONTENT {
+        let mut cut = MAX_CONTENT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…[truncated]");
+    }
+    s
 }
 
 impl Drop for RequestTracker {

@@ -4,6 +4,7 @@
 //! Every error names the field path (`models.support-chat.deployments[1]`) and, when
 //! the file is at hand, the line it sits on.
 
+mod native;
 mod raw;
 mod secret;
 
@@ -62,6 +63,14 @@ pub struct Config {
     /// Logical models by name.
     pub models: BTreeMap<String, Arc<LogicalModel>>,
     pub breaker: BreakerConfig,
+    pub admin: AdminConfig,
+    pub governance: crate::governance::Settings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// `None`: the admin API is off (only team-scoped spend reads work).
+    pub token: Option<Secret>,
 }
 
 /// When a deployment's circuit breaker opens, and for how long.
@@ -97,6 +106,8 @@ pub struct LedgerConfig {
 pub struct ApiKey {
     pub name: String,
     pub key: Secret,
+    pub policy: crate::governance::Policy,
+    pub budgets: Vec<crate::governance::Budget>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +123,9 @@ pub enum ProviderKind {
     OpenAi { base_url: String },
     /// Azure OpenAI. `endpoint` has no trailing slash.
     Azure { endpoint: String, api: AzureApi },
+    /// Anthropic Messages. `base_url` (no `/v1`, no trailing slash) and the
+    /// `anthropic-version` header.
+    Anthropic { base_url: String, version: String },
 }
 
 impl ProviderKind {
@@ -120,6 +134,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi { .. } => "openai",
             ProviderKind::Azure { .. } => "azure",
+            ProviderKind::Anthropic { .. } => "anthropic",
         }
     }
 }
@@ -178,17 +193,30 @@ pub struct Price {
     pub input_per_mtok: u64,
     pub output_per_mtok: u64,
     pub cached_input_per_mtok: u64,
+    /// Prompt tokens written to the provider's cache; `None`: the input price.
+    pub cache_write_per_mtok: Option<u64>,
+    /// Reasoning tokens; `None`: the output price.
+    pub reasoning_per_mtok: Option<u64>,
 }
 
 impl Price {
-    /// Cost of one call in nano-USD, rounded half up once at the end.
-    /// Cached prompt tokens are a subset of the prompt tokens and billed at their own rate.
+    /// Cost of one call in nano-USD, rounded half up once at the end; the one cost
+    /// function of the gateway. Cached and cache-write tokens are subsets of the prompt
+    /// tokens, reasoning tokens a subset of the completion tokens, each billed at its own
+    /// rate (see [`Usage`]).
     pub fn cost(&self, usage: &Usage) -> i64 {
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let uncached = usage.prompt_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
+        let uncached = usage.prompt_tokens - cached - written;
+        let reasoning = usage.reasoning_tokens.min(usage.completion_tokens);
+        let visible = usage.completion_tokens - reasoning;
         let scaled = u128::from(uncached) * u128::from(self.input_per_mtok)
             + u128::from(cached) * u128::from(self.cached_input_per_mtok)
-            + u128::from(usage.completion_tokens) * u128::from(self.output_per_mtok);
+            + u128::from(written)
+                * u128::from(self.cache_write_per_mtok.unwrap_or(self.input_per_mtok))
+            + u128::from(visible) * u128::from(self.output_per_mtok)
+            + u128::from(reasoning)
+                * u128::from(self.reasoning_per_mtok.unwrap_or(self.output_per_mtok));
         let nano = (scaled + 500_000) / 1_000_000;
         i64::try_from(nano).unwrap_or(i64::MAX)
     }
@@ -494,12 +522,44 @@ fn validate(
                 "is shorter than 8 characters; use a long random key",
             ));
         }
-        keys.push(ApiKey { name: k.name, key });
+        if let Err((field, message)) = k.policy.validate() {
+            return Err(err(format!("keys[{i}].policy.{field}"), message));
+        }
+        let mut budgets = Vec::with_capacity(k.budgets.len());
+        for (j, b) in k.budgets.iter().enumerate() {
+            budgets.push(
+                b.validate()
+                    .map_err(|(field, m)| err(format!("keys[{i}].budgets[{j}].{field}"), m))?,
+            );
+        }
+        keys.push(ApiKey {
+            name: k.name,
+            key,
+            policy: k.policy,
+            budgets,
+        });
     }
+    let admin = AdminConfig {
+        token: match raw.admin.token.as_deref() {
+            Some(t) => {
+                let token = Secret::resolve(t, "admin.token", env)?;
+                if token.expose().len() < 16 {
+                    return Err(err(
+                        "admin.token",
+                        "is shorter than 16 characters; use a long random token",
+                    ));
+                }
+                Some(token)
+            }
+            None => None,
+        },
+    };
+    let governance = validate_governance(raw.governance, &ledger)?;
 
     let mut providers: BTreeMap<String, Arc<Provider>> = BTreeMap::new();
     for (name, p) in raw.providers {
         let at = format!("providers.{name}");
+        native::reject_foreign_fields(&p, &at)?;
         let kind = match p.kind.as_str() {
             "openai" => {
                 if p.endpoint.is_some() || p.api.is_some() || p.api_version.is_some() {
@@ -561,12 +621,18 @@ fn validate(
                 };
                 ProviderKind::Azure { endpoint, api }
             }
-            other => {
-                return Err(err(
-                    format!("{at}.kind"),
-                    format!("unknown provider kind `{other}`; expected one of: openai, azure"),
-                ))
-            }
+            other => match native::kind(other, &p, &at, env)? {
+                Some(kind) => kind,
+                None => {
+                    return Err(err(
+                        format!("{at}.kind"),
+                        format!(
+                            "unknown provider kind `{other}`; expected one of: openai, azure, {}",
+                            native::KINDS.join(", ")
+                        ),
+                    ))
+                }
+            },
         };
         let api_key = p
             .api_key
@@ -578,6 +644,17 @@ fn validate(
                 format!("{at}.api_key"),
                 "is required for kind `azure` (e.g. \"${AZURE_OPENAI_API_KEY}\")",
             ));
+        }
+        if api_key.is_none() {
+            if let Some(example) = native::required_key_example(&kind) {
+                return Err(err(
+                    format!("{at}.api_key"),
+                    format!(
+                        "is required for kind `{}` (e.g. \"{example}\")",
+                        kind.label()
+                    ),
+                ));
+            }
         }
         providers.insert(
             name.clone(),
@@ -615,6 +692,14 @@ fn validate(
                 &format!("{at}.price.cached_input"),
             )?
             .unwrap_or(input),
+            cache_write_per_mtok: price_per_mtok(
+                d.price.cache_write,
+                &format!("{at}.price.cache_write"),
+            )?,
+            reasoning_per_mtok: price_per_mtok(
+                d.price.reasoning,
+                &format!("{at}.price.reasoning"),
+            )?,
         };
         let timeouts = Timeouts {
             connect: match d.timeouts.connect_ms {
@@ -741,6 +826,72 @@ fn validate(
         deployments: deployments.into_values().collect(),
         models,
         breaker,
+        admin,
+        governance,
+    })
+}
+
+fn validate_governance(
+    g: raw::RawGovernance,
+    ledger: &LedgerConfig,
+) -> Result<crate::governance::Settings, ConfigError> {
+    use crate::governance::{PiiMode, Settings};
+    let defaults = Settings::default();
+    let pii = match g.pii.as_deref() {
+        Some(s) => PiiMode::parse(s).ok_or_else(|| {
+            err(
+                "governance.pii",
+                format!("unknown mode `{s}`; expected off, log, redact or block"),
+            )
+        })?,
+        None => defaults.pii,
+    };
+    let mut patterns = Vec::with_capacity(g.pii_patterns.len());
+    for (i, p) in g.pii_patterns.into_iter().enumerate() {
+        let at = format!("governance.pii_patterns[{i}]");
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        if p.name.is_empty() || !p.name.bytes().all(word) {
+            return Err(err(
+                format!("{at}.name"),
+                "must be letters, digits and `_` (it names the placeholder)",
+            ));
+        }
+        patterns.push((p.name, p.pattern));
+    }
+    if let Err((i, e)) = crate::governance::pii::PiiDetector::new(&patterns) {
+        return Err(err(
+            format!("governance.pii_patterns[{i}].pattern"),
+            format!("is not a valid regular expression: {e}"),
+        ));
+    }
+    let refresh = millis(
+        g.refresh_ms,
+        u64::try_from(defaults.refresh.as_millis()).unwrap_or(250),
+        "governance.refresh_ms",
+    )?;
+    if refresh > Duration::from_secs(1) {
+        return Err(err(
+            "governance.refresh_ms",
+            "must be at most 1000 (revocations must take effect within a second)",
+        ));
+    }
+    let default_max_output_tokens = match g.default_max_output_tokens {
+        Some(0) => {
+            return Err(err(
+                "governance.default_max_output_tokens",
+                "must be greater than 0",
+            ))
+        }
+        Some(n) => n,
+        None => defaults.default_max_output_tokens,
+    };
+    Ok(Settings {
+        store: g.store.map(PathBuf::from).or_else(|| ledger.path.clone()),
+        log_content: g.log_content.unwrap_or(defaults.log_content),
+        pii,
+        pii_patterns: patterns,
+        default_max_output_tokens,
+        refresh,
     })
 }
 

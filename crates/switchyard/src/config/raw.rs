@@ -23,9 +23,16 @@ pub struct RawConfig {
     /// Where the usage ledger is written.
     #[serde(default)]
     pub ledger: RawLedger,
-    /// API keys accepted from applications (`[[keys]]`).
+    /// API keys accepted from applications (`[[keys]]`). These are static keys; virtual
+    /// keys are created with `switchyard keys create` or the admin API.
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// The admin API under `/admin`.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Keys, teams, policies, budgets and the PII guardrail.
+    #[serde(default)]
+    pub governance: RawGovernance,
     /// Provider endpoints and credentials (`[providers.NAME]`).
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
@@ -89,14 +96,65 @@ pub struct RawKey {
     pub name: String,
     /// The secret itself, normally `"${ENV_VAR}"`.
     pub key: String,
+    /// The key's policy: `models`, `max_tokens`, `allowed_regions`, `required_tags`,
+    /// `log_content`, `pii`, `rpm`, `tpm`, `model_limits` (see `governance/policy.rs`).
+    #[serde(default)]
+    pub policy: crate::governance::Policy,
+    /// Spend caps: `[{ period = "month", limit_usd = 25 }]` (`day`, `month`, `total`; UTC).
+    #[serde(default)]
+    pub budgets: Vec<crate::governance::policy::BudgetInput>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token of the admin API, as `"${SWITCHYARD_ADMIN_TOKEN}"` (at least 16
+    /// characters). Without it, `/admin` answers 403 to everyone except a virtual key
+    /// reading its own team's spend.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGovernance {
+    /// SQLite file for teams and virtual keys. Default: the ledger's file (`ledger.path`).
+    pub store: Option<String>,
+    /// Whether prompt and response content may be kept in the ledger at all (table
+    /// `request_content`); a policy's `log_content = false` turns it off for its keys.
+    /// Default false.
+    pub log_content: Option<bool>,
+    /// PII guardrail for keys whose policies set none: `off`, `log`, `redact`, `block`.
+    /// Default `off`.
+    pub pii: Option<String>,
+    /// Custom PII patterns, e.g. `[{ name = "employee_id", pattern = "EMP-\\d{6}" }]`;
+    /// redacted as `[EMPLOYEE_ID_1]`.
+    #[serde(default)]
+    pub pii_patterns: Vec<RawPiiPattern>,
+    /// Output tokens assumed for a request that sets no `max_tokens`, when charging token
+    /// limits and reserving budget. Default 4096.
+    pub default_max_output_tokens: Option<u64>,
+    /// How often a running gateway checks the store for changed keys and teams, in ms
+    /// (a revoked key stops working within this). Default 250, at most 1000.
+    pub refresh_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPiiPattern {
+    /// The placeholder's name (letters, digits, `_`), upper-cased: `[NAME_1]`.
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax).
+    pub pattern: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    /// `openai` (also any OpenAI-compatible server: vLLM, llama.cpp, Ollama…) or `azure`.
+    /// `openai` (also any OpenAI-compatible server: vLLM, llama.cpp, Ollama…), `azure`,
+    /// `anthropic`.
     pub kind: String,
     /// openai: the API base including `/v1`, e.g. `https://api.openai.com/v1`.
+    /// anthropic: the API base without `/v1`; default `https://api.anthropic.com`.
     pub base_url: Option<String>,
     /// azure: the resource endpoint, e.g. `https://myres.openai.azure.com`.
     pub endpoint: Option<String>,
@@ -105,8 +163,11 @@ pub struct RawProvider {
     pub api: Option<String>,
     /// azure classic: the `api-version` query parameter, e.g. `2024-10-21`.
     pub api_version: Option<String>,
-    /// The credential, as `"${ENV_VAR}"`. Optional for servers that need none (a local vLLM).
+    /// The credential, as `"${ENV_VAR}"`. Optional for servers that need none (a local vLLM);
+    /// required for `azure` and `anthropic`.
     pub api_key: Option<String>,
+    /// anthropic: the `anthropic-version` header. Default `2023-06-01`.
+    pub anthropic_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +232,11 @@ pub struct RawPrice {
     pub output: Option<f64>,
     /// USD per million prompt tokens read from the provider's cache. Default: `input`.
     pub cached_input: Option<f64>,
+    /// USD per million prompt tokens written to the provider's cache (Anthropic and
+    /// Bedrock bill cache writes above the input price). Default: `input`.
+    pub cache_write: Option<f64>,
+    /// USD per million reasoning tokens (part of the completion tokens). Default: `output`.
+    pub reasoning: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,6 +230,7 @@ fn cost_is_exact_integer_arithmetic() {
         input_per_mtok: 150_000_000,
         output_per_mtok: 600_000_000,
         cached_input_per_mtok: 75_000_000,
+        ..Price::default()
     };
     // 1000 prompt (400 cached) + 500 completion:
     // 600*150 + 400*75 + 500*600 = 90_000 + 30_000 + 300_000 nano-USD.
@@ -238,6 +239,7 @@ fn cost_is_exact_integer_arithmetic() {
         completion_tokens: 500,
         cached_tokens: 400,
         estimated: false,
+        ..Usage::default()
     };
     assert_eq!(price.cost(&usage), 420_000);
     // Rounds half up once: 1 token at 0.0375 USD/M = 37.5 nano -> 38.

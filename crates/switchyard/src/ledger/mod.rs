@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use spend::{format_usd, render_spend_table, spend_report, SpendGroup, SpendRow};
+pub use spend::{
+    format_usd, render_spend_table, spend_query, spend_report, SpendGroup, SpendQuery, SpendRow,
+};
 
 /// Token counts for a request or an attempt.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +39,14 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Portion of `prompt_tokens` served from the provider's prompt cache.
     pub cached_tokens: u64,
+    /// Portion of `completion_tokens` spent on reasoning (OpenAI's
+    /// `completion_tokens_details.reasoning_tokens`; Gemini's thoughts, added to the
+    /// completion by its translator).
+    pub reasoning_tokens: u64,
+    /// Portion of `prompt_tokens` written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; translators add it, and cache reads, into
+    /// `prompt_tokens`).
+    pub cache_write_tokens: u64,
     /// True when the counts were estimated by the gateway because the provider
     /// reported none (e.g. a stream cut before its usage chunk).
     pub estimated: bool,
@@ -80,6 +90,16 @@ pub struct RequestRecord {
     /// Upstream calls made for this request, in order; empty when refused
     /// before dispatch.
     pub attempts: Vec<AttemptRecord>,
+    /// The caller's team, when its key belongs to one.
+    pub team_id: Option<String>,
+    /// What governance decided: `allowed` or `denied:<reason>`.
+    pub policy_decision: Option<String>,
+    /// What the PII guardrail found and did, e.g. `redact:EMAIL=2` (never values).
+    pub redactions: Option<String>,
+    /// Prompt content (after redaction), only when the caller's policy allows logging it.
+    pub content_prompt: Option<String>,
+    /// Response content, under the same condition.
+    pub content_response: Option<String>,
 }
 
 /// One upstream call made on behalf of a request.
@@ -213,10 +233,34 @@ pub struct LedgerStats {
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last
 /// one applied. Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_ledger.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_governance.sql"),
+    ),
+];
 
 /// Highest schema version this build writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Creates the file (and its directory) if needed and brings its schema up to date,
+/// without starting a writer: for the governance store and the CLI, which share the
+/// ledger's file.
+pub async fn prepare(path: &Path) -> Result<(), LedgerError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|source| LedgerError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    let mut conn = connect(path, true).await?;
+    migrate(&mut conn, path).await?;
+    let _ = conn.close().await;
+    Ok(())
+}
 
 /// How long a statement waits for another connection's write lock (e.g. a
 /// second gateway process or a `sqlite3` shell) before failing with BUSY.

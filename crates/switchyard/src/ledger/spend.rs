@@ -19,11 +19,22 @@ pub enum SpendGroup {
     Deployment,
     /// UTC calendar day of `started_at_ms`, `YYYY-MM-DD`.
     Day,
+    /// The caller's team; keys without one show as `(none)`.
+    Team,
+    /// The provider of the deployment that served.
+    Provider,
 }
 
 impl SpendGroup {
     /// Every variant, for CLI help.
-    pub const ALL: [SpendGroup; 4] = [Self::Model, Self::Key, Self::Deployment, Self::Day];
+    pub const ALL: [SpendGroup; 6] = [
+        Self::Model,
+        Self::Key,
+        Self::Deployment,
+        Self::Day,
+        Self::Team,
+        Self::Provider,
+    ];
 
     /// Lower-case name as accepted by [`FromStr`]: `model`, `key`, `deployment`, `day`.
     pub fn as_str(self) -> &'static str {
@@ -32,6 +43,8 @@ impl SpendGroup {
             Self::Key => "key",
             Self::Deployment => "deployment",
             Self::Day => "day",
+            Self::Team => "team",
+            Self::Provider => "provider",
         }
     }
 
@@ -43,6 +56,8 @@ impl SpendGroup {
             Self::Key => "COALESCE(key_id, '(none)')",
             Self::Deployment => "COALESCE(deployment, '(none)')",
             Self::Day => "date(started_at_ms / 1000, 'unixepoch')",
+            Self::Team => "COALESCE(team_id, '(none)')",
+            Self::Provider => "COALESCE(provider, '(none)')",
         }
     }
 }
@@ -62,7 +77,9 @@ impl FromStr for SpendGroup {
             .into_iter()
             .find(|g| g.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                format!("unknown spend grouping {s:?}; expected model, key, deployment or day")
+                format!(
+                    "unknown spend grouping {s:?}; expected model, key, deployment, day, team or provider"
+                )
             })
     }
 }
@@ -99,6 +116,30 @@ pub async fn spend_report(
     by: SpendGroup,
     since_ms: Option<i64>,
 ) -> Result<Vec<SpendRow>, LedgerError> {
+    spend_query(
+        path,
+        &SpendQuery {
+            by,
+            since_ms,
+            team: None,
+        },
+    )
+    .await
+}
+
+/// What to report: the one query behind `switchyard spend` and `GET /admin/spend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendQuery {
+    pub by: SpendGroup,
+    /// Only requests started at or after this (unix ms).
+    pub since_ms: Option<i64>,
+    /// Only this team's requests (a team-scoped caller sees no other).
+    pub team: Option<String>,
+}
+
+/// [`spend_report`] with every filter.
+pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, LedgerError> {
+    let (by, since_ms) = (q.by, q.since_ms);
     // Check first: SQLite's own "unable to open database file" does not say why.
     tokio::fs::metadata(path)
         .await
@@ -121,6 +162,21 @@ pub async fn spend_report(
         });
     }
 
+    // Files of schema 1 have no team column: nobody has a team there.
+    let has_teams = version >= 2;
+    if q.team.is_some() && !has_teams {
+        let _ = conn.close().await;
+        return Ok(Vec::new());
+    }
+    let grp = match by {
+        SpendGroup::Team if !has_teams => "'(none)'",
+        _ => by.sql_expr(),
+    };
+    let team_filter = if q.team.is_some() {
+        "AND team_id = ?"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {grp} AS grp, \
                 COUNT(*) AS requests, \
@@ -130,17 +186,17 @@ pub async fn spend_report(
                 COALESCE(SUM(cached_tokens), 0) AS cached_tokens, \
                 COALESCE(SUM(cost_nano_usd), 0) AS cost \
          FROM requests \
-         WHERE started_at_ms >= ? \
+         WHERE started_at_ms >= ? {team_filter} \
          GROUP BY grp \
-         ORDER BY cost DESC, grp ASC",
-        grp = by.sql_expr()
+         ORDER BY cost DESC, grp ASC"
     );
-    let rows = sqlx::query(&sql)
+    let mut query = sqlx::query(&sql)
         // No filter = from the beginning of time; keeps one query shape.
-        .bind(since_ms.unwrap_or(i64::MIN))
-        .fetch_all(&mut conn)
-        .await
-        .map_err(sql_err)?;
+        .bind(since_ms.unwrap_or(i64::MIN));
+    if let Some(team) = &q.team {
+        query = query.bind(team);
+    }
+    let rows = query.fetch_all(&mut conn).await.map_err(sql_err)?;
 
     let count = |v: i64| u64::try_from(v).unwrap_or(0);
     let mut out = Vec::with_capacity(rows.len());
@@ -418,6 +474,7 @@ mod tests {
                 completion_tokens: c,
                 cached_tokens: k,
                 estimated: false,
+                ..Usage::default()
             };
             r.cost_nano_usd = cost;
             sink.record(r);

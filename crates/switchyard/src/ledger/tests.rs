@@ -36,6 +36,7 @@ pub(super) fn rec(id: &str, n_attempts: u32) -> RequestRecord {
                     completion_tokens: if last { 5 } else { 0 },
                     cached_tokens: 0,
                     estimated: false,
+                    ..Usage::default()
                 },
                 cost_nano_usd: if last { 1_000 } else { 0 },
                 latency_us: 1_000,
@@ -58,6 +59,7 @@ pub(super) fn rec(id: &str, n_attempts: u32) -> RequestRecord {
             completion_tokens: 5,
             cached_tokens: 2,
             estimated: false,
+            ..Usage::default()
         },
         cost_nano_usd: 1_000,
         latency_us: 5_000,
@@ -93,7 +95,18 @@ async fn open_creates_file_tables_and_reopens() {
             .fetch_all(&mut c)
             .await
             .expect("tables");
-    assert_eq!(tables, ["attempts", "requests"]);
+    assert_eq!(
+        tables,
+        [
+            "admin_events",
+            "attempts",
+            "governance_version",
+            "request_content",
+            "requests",
+            "teams",
+            "virtual_keys"
+        ]
+    );
     assert_eq!(scalar(&mut c, "PRAGMA user_version").await, SCHEMA_VERSION);
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut c)

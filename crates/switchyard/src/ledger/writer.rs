@@ -32,7 +32,7 @@ const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_m
 /// Rows per INSERT statement. Every statement is a round trip to sqlx's
 /// SQLite worker thread, which costs more than the insert itself, so rows are
 /// sent in multi-row statements. 32 keeps well under SQLite's bind-parameter
-/// limit (32 × 20 = 640) and bounds the distinct statement texts (one per
+/// limit (32 × 25 = 800) and bounds the distinct statement texts (one per
 /// chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
 
@@ -57,6 +57,11 @@ const REQUEST_COLUMNS: &[&str] = &[
     "latency_us",
     "ttft_us",
     "attempt_count",
+    "team_id",
+    "policy_decision",
+    "redactions",
+    "reasoning_tokens",
+    "cache_write_tokens",
 ];
 
 const ATTEMPT_COLUMNS: &[&str] = &[
@@ -74,6 +79,8 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "usage_estimated",
     "cost_nano_usd",
     "latency_us",
+    "reasoning_tokens",
+    "cache_write_tokens",
 ];
 
 /// `INSERT INTO table (cols) VALUES (?, …), … <tail>` for `rows` rows.
@@ -270,7 +277,12 @@ async fn insert_batch(
                 .bind(r.cost_nano_usd)
                 .bind(r.latency_us)
                 .bind(r.ttft_us)
-                .bind(to_sql_int(r.attempts.len() as u64));
+                .bind(to_sql_int(r.attempts.len() as u64))
+                .bind(r.team_id.as_deref())
+                .bind(r.policy_decision.as_deref())
+                .bind(r.redactions.as_deref())
+                .bind(to_sql_int(r.usage.reasoning_tokens))
+                .bind(to_sql_int(r.usage.cache_write_tokens));
         }
         let inserted = q.fetch_all(&mut *tx).await?;
         written += inserted.len() as u64;
@@ -309,9 +321,29 @@ async fn insert_batch(
                 .bind(to_sql_int(a.usage.cached_tokens))
                 .bind(a.usage.estimated)
                 .bind(a.cost_nano_usd)
-                .bind(a.latency_us);
+                .bind(a.latency_us)
+                .bind(to_sql_int(a.usage.reasoning_tokens))
+                .bind(to_sql_int(a.usage.cache_write_tokens));
         }
         q.execute(&mut *tx).await?;
+    }
+    // Content only exists for requests whose policy allows logging it: rare enough
+    // for one statement each.
+    for r in batch
+        .iter()
+        .filter(|r| r.content_prompt.is_some() || r.content_response.is_some())
+    {
+        sqlx::query(
+            "INSERT INTO request_content (request_id, prompt, response) \
+             SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = ?) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&r.request_id)
+        .bind(r.content_prompt.as_deref())
+        .bind(r.content_response.as_deref())
+        .bind(&r.request_id)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(written)

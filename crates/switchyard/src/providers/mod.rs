@@ -3,10 +3,100 @@
 //! Providers only translate and call. They know nothing of keys, budgets, retries or
 //! storage; [`crate::dispatch`] decides what to call and what to do when it fails.
 
+pub mod anthropic;
+pub mod canonical;
 pub mod openai;
 pub mod sse;
 
-use http::{HeaderValue, StatusCode};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::api::wire::{ChatRequest, EmbeddingsRequest};
+use crate::config::{Deployment, ProviderKind};
+use crate::ledger::Usage;
+
+/// One provider protocol: how to render a request for it, call it, and read its
+/// answers back into OpenAI's shapes (the gateway's canonical form).
+pub trait Adapter: Send + Sync {
+    /// The upstream body for a chat call. `req` may be changed in place (the
+    /// OpenAI adapter only swaps the model name, to avoid a copy).
+    fn chat_body(
+        &self,
+        req: &mut ChatRequest,
+        deployment: &Deployment,
+        stream: bool,
+    ) -> Result<Vec<u8>, ProviderError>;
+
+    /// The upstream body for an embeddings call.
+    fn embeddings_body(
+        &self,
+        req: &mut EmbeddingsRequest,
+        deployment: &Deployment,
+    ) -> Result<Vec<u8>, ProviderError>;
+
+    /// URL, auth and headers around a rendered body.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        deployment: &Deployment,
+        endpoint: Endpoint,
+        stream: bool,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError>;
+
+    /// Classifies an error answer (`body` is bounded).
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError;
+
+    /// A complete success body, as an OpenAI response body, and its usage.
+    fn response(
+        &self,
+        endpoint: Endpoint,
+        deployment: &Deployment,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<Usage>), ProviderError>;
+
+    /// Whether a success answer to a stream request is this protocol's stream.
+    fn is_stream(&self, headers: &HeaderMap) -> bool;
+
+    /// A decoder for one stream from `deployment`.
+    fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder>;
+}
+
+/// Turns an upstream stream's bytes into OpenAI chunks, as they arrive.
+pub trait StreamDecoder: Send {
+    fn push(&mut self, bytes: &[u8]);
+    /// The next translated item the bytes pushed so far complete.
+    fn next(&mut self) -> Result<Option<Translated>, ProviderError>;
+    /// Whether bytes of an unfinished event remain (a stream ending here was cut).
+    fn has_partial(&self) -> bool;
+}
+
+/// One item of a stream, in OpenAI's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Translated {
+    /// A `chat.completion.chunk` JSON document.
+    Chunk {
+        data: Bytes,
+        /// False for chunks without choices: the usage chunk, Azure's prompt filter.
+        has_choices: bool,
+        usage: Option<Usage>,
+    },
+    /// The upstream reported an error inside the stream (OpenAI error JSON).
+    Error(Bytes),
+    /// The stream is complete.
+    Done,
+}
+
+/// Every provider kind with an adapter, as `ProviderKind::label` names it.
+pub const KINDS: &[&str] = &["openai", "azure", "anthropic"];
+
+/// The adapter for a provider kind.
+pub fn adapter(kind: &ProviderKind) -> &'static dyn Adapter {
+    match kind {
+        ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. } => &openai::OpenAiAdapter,
+        ProviderKind::Anthropic { .. } => &anthropic::AnthropicAdapter,
+    }
+}
 
 /// Which API an attempt calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +135,10 @@ pub enum ProviderError {
     /// The upstream answered with something that is not its protocol.
     #[error("unreadable response: {0}")]
     Protocol(String),
+    /// The request uses something this provider cannot do (found while translating);
+    /// another deployment may be able to.
+    #[error("unsupported by this provider: {0}")]
+    Unsupported(String),
     /// The upstream answered with an error status.
     #[error("status {status}")]
     Status {
@@ -62,7 +156,8 @@ impl ProviderError {
         match self {
             ProviderError::Timeout { .. }
             | ProviderError::Connect(_)
-            | ProviderError::Protocol(_) => true,
+            | ProviderError::Protocol(_)
+            | ProviderError::Unsupported(_) => true,
             ProviderError::Status { status, .. } => {
                 // 401/403 are our credential's fault at this deployment; another
                 // deployment has its own credential.
@@ -77,6 +172,7 @@ impl ProviderError {
             ProviderError::Timeout { .. } => "timeout",
             ProviderError::Connect(_) => "connect",
             ProviderError::Protocol(_) => "bad_response",
+            ProviderError::Unsupported(_) => "unsupported",
             ProviderError::Status { status, .. } => match status.as_u16() {
                 429 => "rate_limited",
                 401 | 403 => "upstream_auth",

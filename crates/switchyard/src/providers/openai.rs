@@ -5,9 +5,12 @@
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::{Endpoint, ProviderError};
+use super::sse::SseDecoder;
+use super::{Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
+use crate::api::wire::{ChatRequest, EmbeddingsRequest, StreamOptions};
 use crate::config::{AzureApi, Deployment, ProviderKind};
 use crate::ledger::Usage;
 
@@ -27,6 +30,9 @@ pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {
             endpoint: base,
             api: AzureApi::V1,
         } => format!("{base}/openai/v1/{}", endpoint.path()),
+        // Native protocols have their own adapters (`providers::adapter`) and never
+        // come here; their base URL is the least surprising answer.
+        ProviderKind::Anthropic { base_url, .. } => base_url.clone(),
     }
 }
 
@@ -45,6 +51,7 @@ pub fn build(
         req = match deployment.provider.kind {
             ProviderKind::OpenAi { .. } => req.bearer_auth(key.expose()),
             ProviderKind::Azure { .. } => req.header("api-key", key.expose()),
+            ProviderKind::Anthropic { .. } => req.header("x-api-key", key.expose()),
         };
     }
     req
@@ -90,6 +97,14 @@ struct WireUsage {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +122,12 @@ impl From<WireUsage> for Usage {
                 .prompt_tokens_details
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
             estimated: false,
+            ..Usage::default()
         }
     }
 }
@@ -139,33 +159,113 @@ struct ChunkSummary {
     error: Option<serde::de::IgnoredAny>,
 }
 
-/// One stream event, classified.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChunkKind {
-    /// A chunk that carries choices (content, tool calls, finish reason).
-    Choices,
-    /// A chunk without choices: the usage chunk, or Azure's prompt-filter chunk.
-    NoChoices { usage: Option<Usage> },
-    /// The upstream reported an error inside the stream.
-    Error,
-    /// `[DONE]`
-    Done,
-}
-
-/// Classifies a `data:` payload of an OpenAI-style stream.
-pub fn classify_chunk(data: &Bytes) -> Result<(ChunkKind, Option<Usage>), ProviderError> {
+/// Reads one `data:` payload of an OpenAI-style stream. The payload is passed on as
+/// it is: the relay forwards the upstream's own bytes.
+pub fn translate_chunk(data: Bytes) -> Result<Translated, ProviderError> {
     if data.as_ref() == b"[DONE]" {
-        return Ok((ChunkKind::Done, None));
+        return Ok(Translated::Done);
     }
-    let c: ChunkSummary = serde_json::from_slice(data)
+    let c: ChunkSummary = serde_json::from_slice(&data)
         .map_err(|e| ProviderError::Protocol(format!("stream chunk is not JSON: {e}")))?;
     if c.error.is_some() {
-        return Ok((ChunkKind::Error, None));
+        return Ok(Translated::Error(data));
     }
-    let usage = c.usage.map(Usage::from);
-    match c.choices {
-        Some(choices) if !choices.is_empty() => Ok((ChunkKind::Choices, usage)),
-        _ => Ok((ChunkKind::NoChoices { usage }, usage)),
+    Ok(Translated::Chunk {
+        has_choices: c.choices.is_some_and(|choices| !choices.is_empty()),
+        usage: c.usage.map(Usage::from),
+        data,
+    })
+}
+
+/// The adapter for OpenAI and Azure OpenAI: bodies pass through with the model name
+/// swapped, answers are already in the canonical shape.
+pub struct OpenAiAdapter;
+
+impl Adapter for OpenAiAdapter {
+    fn chat_body(
+        &self,
+        req: &mut ChatRequest,
+        deployment: &Deployment,
+        stream: bool,
+    ) -> Result<Vec<u8>, ProviderError> {
+        deployment.upstream_model.clone_into(&mut req.model);
+        if stream {
+            // Always ask for usage, so the ledger is right even when the client did
+            // not; the relay hides the usage chunk from clients that did not ask.
+            req.stream_options
+                .get_or_insert_with(|| StreamOptions {
+                    include_usage: None,
+                    extra: Default::default(),
+                })
+                .include_usage = Some(true);
+        }
+        serde_json::to_vec(req).map_err(|e| ProviderError::Protocol(e.to_string()))
+    }
+
+    fn embeddings_body(
+        &self,
+        req: &mut EmbeddingsRequest,
+        deployment: &Deployment,
+    ) -> Result<Vec<u8>, ProviderError> {
+        deployment.upstream_model.clone_into(&mut req.model);
+        serde_json::to_vec(req).map_err(|e| ProviderError::Protocol(e.to_string()))
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        deployment: &Deployment,
+        endpoint: Endpoint,
+        _stream: bool,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(build(client, deployment, endpoint, body))
+    }
+
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+        status_error(status, headers, body)
+    }
+
+    fn response(
+        &self,
+        _endpoint: Endpoint,
+        _deployment: &Deployment,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<Usage>), ProviderError> {
+        let usage = response_usage(&body)?;
+        Ok((body, usage))
+    }
+
+    fn is_stream(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+
+    fn stream_decoder(&self, _deployment: &Deployment) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream(SseDecoder::new()))
+    }
+}
+
+/// An OpenAI-style SSE stream: each `data:` payload is one item.
+struct OpenAiStream(SseDecoder);
+
+impl StreamDecoder for OpenAiStream {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.push(bytes);
+    }
+
+    fn next(&mut self) -> Result<Option<Translated>, ProviderError> {
+        match self.0.next_event() {
+            Ok(Some(event)) => translate_chunk(event.data).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ProviderError::Protocol(e.to_string())),
+        }
+    }
+
+    fn has_partial(&self) -> bool {
+        self.0.has_partial()
     }
 }
 
@@ -281,40 +381,89 @@ mod tests {
                 prompt_tokens: 100,
                 completion_tokens: 7,
                 cached_tokens: 64,
-                estimated: false
+                estimated: false,
+                ..Usage::default()
             }
         );
         assert!(response_usage(b"<html>").is_err());
     }
 
     #[test]
-    fn chunk_classification_tolerates_azure_filters() {
+    fn chunk_translation_tolerates_azure_filters() {
         let azure_first = Bytes::from_static(
             br#"{"choices":[],"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}]}"#,
         );
-        assert_eq!(
-            classify_chunk(&azure_first).expect("ok").0,
-            ChunkKind::NoChoices { usage: None }
-        );
+        assert!(matches!(
+            translate_chunk(azure_first).expect("ok"),
+            Translated::Chunk {
+                has_choices: false,
+                usage: None,
+                ..
+            }
+        ));
         let content = Bytes::from_static(
             br#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"content_filter_results":{}}],"usage":null}"#,
         );
-        assert_eq!(classify_chunk(&content).expect("ok").0, ChunkKind::Choices);
+        match translate_chunk(content.clone()).expect("ok") {
+            Translated::Chunk {
+                data,
+                has_choices,
+                usage,
+            } => {
+                assert_eq!(data, content, "forwarded byte for byte");
+                assert!(has_choices);
+                assert_eq!(usage, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         let usage = Bytes::from_static(
             br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
         );
-        let (kind, u) = classify_chunk(&usage).expect("ok");
-        assert!(matches!(kind, ChunkKind::NoChoices { usage: Some(_) }));
-        assert_eq!(u.map(|u| u.completion_tokens), Some(2));
+        match translate_chunk(usage).expect("ok") {
+            Translated::Chunk {
+                has_choices: false,
+                usage: Some(u),
+                ..
+            } => assert_eq!(u.completion_tokens, 2),
+            other => panic!("unexpected {other:?}"),
+        }
         let err = Bytes::from_static(br#"{"error":{"message":"boom"}}"#);
-        assert_eq!(classify_chunk(&err).expect("ok").0, ChunkKind::Error);
         assert_eq!(
-            classify_chunk(&Bytes::from_static(b"[DONE]"))
-                .expect("ok")
-                .0,
-            ChunkKind::Done
+            translate_chunk(err.clone()).expect("ok"),
+            Translated::Error(err)
         );
-        assert!(classify_chunk(&Bytes::from_static(b"{broken")).is_err());
+        assert_eq!(
+            translate_chunk(Bytes::from_static(b"[DONE]")).expect("ok"),
+            Translated::Done
+        );
+        assert!(translate_chunk(Bytes::from_static(b"{broken")).is_err());
+    }
+
+    #[test]
+    fn chat_body_swaps_the_model_and_asks_for_stream_usage() {
+        let mut req: ChatRequest = serde_json::from_str(
+            r#"{"model":"support-chat","messages":[{"role":"user","content":"hi"}],"stream":true,"seed":3}"#,
+        )
+        .expect("request");
+        let d = deployment(
+            ProviderKind::OpenAi {
+                base_url: "http://h/v1".into(),
+            },
+            "gpt-4o-mini",
+        );
+        let body = OpenAiAdapter.chat_body(&mut req, &d, true).expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["model"], "gpt-4o-mini");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["seed"], 3);
+        let mut plain: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+                .expect("request");
+        let body = OpenAiAdapter
+            .chat_body(&mut plain, &d, false)
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(v.get("stream_options").is_none());
     }
 
     #[test]

@@ -302,6 +302,7 @@ pub fn plan(
                 completion_tokens: needs.expected_output,
                 cached_tokens: 0,
                 estimated: true,
+                ..Usage::default()
             };
             let mut ordered: Vec<_> = eligible
                 .iter()

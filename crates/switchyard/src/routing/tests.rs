@@ -27,6 +27,7 @@ fn dep(index: usize, region: Option<&str>, tags: &[&str], input_price: u64) -> A
             input_per_mtok: input_price,
             output_per_mtok: input_price * 4,
             cached_input_per_mtok: input_price / 2,
+            ..Price::default()
         },
         timeouts: Timeouts {
             connect: Duration::from_secs(1),

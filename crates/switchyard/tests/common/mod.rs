@@ -134,6 +134,11 @@ impl Harness {
     }
 
     pub async fn start_with(extra: &str) -> Harness {
+        Harness::start_with_sim(|_| extra.to_owned()).await
+    }
+
+    /// Like `start_with`, with extra config that may name the simulator's base URL.
+    pub async fn start_with_sim(extra: impl FnOnce(&str) -> String) -> Harness {
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let sim = Simulator::new(SimOptions::default())
             .spawn(sim_listener)
@@ -141,7 +146,12 @@ impl Harness {
             .expect("sim");
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = dir.path().join("ledger.db");
-        let text = config_text(&sim.base_url(), ledger.to_str().expect("utf-8 path"), extra);
+        let extra = extra(&sim.base_url());
+        let text = config_text(
+            &sim.base_url(),
+            ledger.to_str().expect("utf-8 path"),
+            &extra,
+        );
         let config = Config::parse(&text, |_| None).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
         let gateway = Gateway::start_on(config, listener).await.expect("gateway");

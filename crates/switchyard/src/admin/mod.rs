@@ -1,0 +1,514 @@
+//! The admin API under `/admin`: teams, virtual keys, budgets and spend, as JSON,
+//! described in `docs/admin-openapi.yaml`.
+//!
+//! Authentication: `Authorization: Bearer <admin token>` (`[admin] token`). One
+//! exception keeps spend reporting simple and safe for tenants: a *virtual key that
+//! belongs to a team* may read `GET /admin/spend` (and its alias `GET /v1/spend`), and
+//! then always and only its own team's spend; asking for another team is 403.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::governance::budget::Scope;
+use crate::governance::policy::{nano_to_usd_string, Budget, BudgetInput};
+use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
+use crate::governance::{time, Policy};
+use crate::ledger::{format_usd, spend_query, SpendGroup, SpendQuery, SpendRow};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/teams", get(list_teams).post(create_team))
+        .route("/admin/teams/{name}", get(get_team).patch(update_team))
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}", get(get_key).patch(update_key))
+        .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/spend", get(spend))
+        .route("/v1/spend", get(spend))
+}
+
+fn error(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        code,
+        param: None,
+        message,
+        retry_after: None,
+    }
+}
+
+/// Only the admin token passes.
+fn admin_only(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let gov = &state.governance;
+    if !gov.admin_enabled() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "admin_disabled",
+            "The admin API is disabled: set [admin] token in the configuration.".into(),
+        ));
+    }
+    if gov.is_admin(headers) {
+        return Ok(());
+    }
+    let missing = headers.get(http::header::AUTHORIZATION).is_none();
+    Err(error(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        if missing {
+            "missing_admin_token"
+        } else {
+            "invalid_admin_token"
+        },
+        "The admin API needs `Authorization: Bearer <admin token>`.".into(),
+    ))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(m) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            m,
+        ),
+        StoreError::Conflict(m) => {
+            error(StatusCode::CONFLICT, "invalid_request_error", "conflict", m)
+        }
+        StoreError::Invalid(m) => ApiError::invalid_request(None, m),
+        other => {
+            tracing::error!(error = %other, "admin API store failure");
+            ApiError::internal("The key store failed; see the gateway log.")
+        }
+    }
+}
+
+fn no_store() -> ApiError {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "no_store",
+        "This gateway has no key store (no ledger and no governance.store).".into(),
+    )
+}
+
+/// Parses a JSON body into `T`, naming the offending field.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::api::wire::parse_body(bytes)
+}
+
+fn budgets_of(inputs: &[BudgetInput]) -> Result<Vec<Budget>, ApiError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            b.validate().map_err(|(field, m)| {
+                ApiError::invalid_request(
+                    Some(format!("budgets[{i}].{field}")),
+                    format!("budgets[{i}].{field}: {m}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn check_policy(p: &Policy) -> Result<(), ApiError> {
+    p.validate().map_err(|(field, m)| {
+        ApiError::invalid_request(
+            Some(format!("policy.{field}")),
+            format!("policy.{field}: {m}"),
+        )
+    })
+}
+
+fn budget_json(state: &AppState, scope: Scope, name: &str, b: &Budget) -> Value {
+    let now = time::now_ms();
+    let s = state
+        .governance
+        .budgets()
+        .status(scope, name, b.period, now);
+    let (_, next) = b.period.bounds(now);
+    json!({
+        "period": b.period.as_str(),
+        "limit_usd": nano_to_usd_string(b.limit_nano_usd),
+        "limit_nano_usd": b.limit_nano_usd,
+        "warn_at_percent": b.warn_at_percent,
+        "spent_nano_usd": s.spent_nano_usd,
+        "reserved_nano_usd": s.reserved_nano_usd,
+        "resets_at": next.map(time::format_rfc3339),
+    })
+}
+
+fn team_json(state: &AppState, t: &TeamRow) -> Value {
+    json!({
+        "name": t.name,
+        "policy": t.policy,
+        "budgets": t.budgets.iter().map(|b| budget_json(state, Scope::Team, &t.name, b)).collect::<Vec<_>>(),
+        "created_at": time::format_rfc3339(t.created_at_ms),
+    })
+}
+
+fn key_json(state: &AppState, k: &KeyRow) -> Value {
+    let now = time::now_ms();
+    let status = if k.revoked_at_ms.is_some() {
+        "revoked"
+    } else if k.expires_at_ms.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "team": k.team,
+        "prefix": k.prefix,
+        "status": status,
+        "policy": k.policy,
+        "budgets": k.budgets.iter().map(|b| budget_json(state, Scope::Key, &k.name, b)).collect::<Vec<_>>(),
+        "created_at": time::format_rfc3339(k.created_at_ms),
+        "expires_at": k.expires_at_ms.map(time::format_rfc3339),
+        "revoked_at": k.revoked_at_ms.map(time::format_rfc3339),
+    })
+}
+
+macro_rules! try_api {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return ApiError::into_response(e),
+        }
+    };
+}
+
+async fn list_teams(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let teams = try_api!(store.teams().await.map_err(store_error));
+    let data: Vec<Value> = teams.iter().map(|t| team_json(&state, t)).collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTeam {
+    name: String,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    budgets: Vec<BudgetInput>,
+}
+
+async fn create_team(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let req: CreateTeam = try_api!(body(&bytes));
+    try_api!(check_policy(&req.policy));
+    let budgets = try_api!(budgets_of(&req.budgets));
+    let team = try_api!(store
+        .create_team(&req.name, &req.policy, &budgets, "admin-api")
+        .await
+        .map_err(store_error));
+    reload(&state).await;
+    (StatusCode::CREATED, Json(team_json(&state, &team))).into_response()
+}
+
+async fn get_team(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let team = try_api!(store.team(&name).await.map_err(store_error));
+    Json(team_json(&state, &team)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    #[serde(default)]
+    policy: Option<Policy>,
+    #[serde(default)]
+    budgets: Option<Vec<BudgetInput>>,
+}
+
+impl Change {
+    fn into_update(self) -> Result<Update, ApiError> {
+        if let Some(p) = &self.policy {
+            check_policy(p)?;
+        }
+        Ok(Update {
+            budgets: self.budgets.as_deref().map(budgets_of).transpose()?,
+            policy: self.policy,
+        })
+    }
+}
+
+async fn update_team(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let change: Change = try_api!(body(&bytes));
+    let update = try_api!(change.into_update());
+    let team = try_api!(store
+        .update_team(&name, &update, "admin-api")
+        .await
+        .map_err(store_error));
+    reload(&state).await;
+    Json(team_json(&state, &team)).into_response()
+}
+
+#[derive(Deserialize)]
+struct KeyFilter {
+    team: Option<String>,
+}
+
+async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(f): Query<KeyFilter>,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let keys = try_api!(store.keys(f.team.as_deref()).await.map_err(store_error));
+    let data: Vec<Value> = keys.iter().map(|k| key_json(&state, k)).collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    budgets: Vec<BudgetInput>,
+    /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// Alternative to `expires_at`: this many seconds from now.
+    #[serde(default)]
+    expires_in_seconds: Option<u64>,
+}
+
+async fn create_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let req: CreateKey = try_api!(body(&bytes));
+    try_api!(check_policy(&req.policy));
+    let budgets = try_api!(budgets_of(&req.budgets));
+    if state.governance.is_static_key_name(&req.name) {
+        return ApiError::into_response(error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
+            format!(
+                "`{}` is the name of a key in the configuration file",
+                req.name
+            ),
+        ));
+    }
+    let expires_at_ms = match (&req.expires_at, req.expires_in_seconds) {
+        (Some(_), Some(_)) => {
+            return ApiError::into_response(ApiError::invalid_request(
+                Some("expires_at".into()),
+                "Give either 'expires_at' or 'expires_in_seconds', not both.",
+            ))
+        }
+        (Some(at), None) => Some(try_api!(time::parse_utc(at).ok_or_else(|| {
+            ApiError::invalid_request(
+                Some("expires_at".into()),
+                format!("'expires_at' `{at}` is not a UTC time like 2026-12-31 or 2026-12-31T23:59:59Z."),
+            )
+        }))),
+        (None, Some(secs)) => Some(time::now_ms().saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))),
+        (None, None) => None,
+    };
+    let new = NewKey {
+        name: req.name,
+        team: req.team,
+        policy: req.policy,
+        budgets,
+        expires_at_ms,
+    };
+    let (row, secret) = try_api!(store
+        .create_key(&new, "admin-api")
+        .await
+        .map_err(store_error));
+    reload(&state).await;
+    let mut out = key_json(&state, &row);
+    // Shown once: only its hash is kept.
+    out["key"] = Value::String(secret);
+    (StatusCode::CREATED, Json(out)).into_response()
+}
+
+async fn get_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let key = try_api!(store.key(&id).await.map_err(store_error));
+    Json(key_json(&state, &key)).into_response()
+}
+
+async fn update_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let change: Change = try_api!(body(&bytes));
+    let update = try_api!(change.into_update());
+    let key = try_api!(store
+        .update_key(&id, &update, "admin-api")
+        .await
+        .map_err(store_error));
+    reload(&state).await;
+    Json(key_json(&state, &key)).into_response()
+}
+
+async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let store = try_api!(state.governance.store().ok_or_else(no_store));
+    let key = try_api!(store
+        .revoke_key(&id, "admin-api")
+        .await
+        .map_err(store_error));
+    reload(&state).await;
+    Json(key_json(&state, &key)).into_response()
+}
+
+/// A change made here takes effect at once in this gateway (others poll the store).
+async fn reload(state: &AppState) {
+    if let Err(e) = state.governance.reload().await {
+        tracing::warn!(error = %e, "reloading keys after an admin change failed");
+    }
+}
+
+#[derive(Deserialize)]
+struct SpendParams {
+    by: Option<String>,
+    since: Option<String>,
+    team: Option<String>,
+}
+
+/// `GET /admin/spend` and `GET /v1/spend`: the admin sees everything (optionally one
+/// team); a team's virtual key sees its team only.
+async fn spend(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<SpendParams>,
+) -> Response {
+    let team = if state.governance.is_admin(&headers) {
+        q.team.clone()
+    } else {
+        let caller = match state.governance.authenticate(&headers) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let Some(own) = caller.team.clone() else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "spend_not_allowed",
+                "Only the admin token or a key that belongs to a team can read spend.".into(),
+            )
+            .into_response();
+        };
+        if q.team.as_deref().is_some_and(|t| t != &*own) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "spend_not_allowed",
+                "A team's key can only read its own team's spend.".into(),
+            )
+            .into_response();
+        }
+        Some(own.to_string())
+    };
+    let by: SpendGroup = match q.by.as_deref().unwrap_or("model").parse() {
+        Ok(g) => g,
+        Err(m) => return ApiError::invalid_request(Some("by".into()), m).into_response(),
+    };
+    let since_ms = match q.since.as_deref().map(time::parse_utc) {
+        Some(None) => {
+            return ApiError::invalid_request(
+                Some("since".into()),
+                "'since' must be a UTC date like 2026-03-01.",
+            )
+            .into_response()
+        }
+        Some(Some(ms)) => Some(ms),
+        None => None,
+    };
+    let Some(path) = state.config.ledger.path.clone() else {
+        return no_store().into_response();
+    };
+    let query = SpendQuery {
+        by,
+        since_ms,
+        team: team.clone(),
+    };
+    let rows = match spend_query(&path, &query).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "spend report failed");
+            return ApiError::internal("The spend report failed; see the gateway log.")
+                .into_response();
+        }
+    };
+    Json(spend_json(&query, &rows)).into_response()
+}
+
+pub fn spend_json(q: &SpendQuery, rows: &[SpendRow]) -> Value {
+    let total: i64 = rows.iter().map(|r| r.cost_nano_usd).sum();
+    json!({
+        "object": "spend",
+        "by": q.by.as_str(),
+        "since": q.since_ms.map(time::format_rfc3339),
+        "team": q.team,
+        "total_cost_nano_usd": total,
+        "total_cost_usd": format_usd(total),
+        "data": rows.iter().map(|r| json!({
+            "group": r.group,
+            "requests": r.requests,
+            "errors": r.errors,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cached_tokens": r.cached_tokens,
+            "cost_nano_usd": r.cost_nano_usd,
+            "cost_usd": format_usd(r.cost_nano_usd),
+        })).collect::<Vec<_>>(),
+    })
+}

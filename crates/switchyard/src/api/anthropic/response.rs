@@ -1,0 +1,116 @@
+//! OpenAI `chat.completion` → Anthropic `message`, and the pieces the stream shares:
+//! stop reasons and usage.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::ledger::Usage;
+
+/// What is read of an OpenAI completion.
+#[derive(Debug, Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    #[serde(default)]
+    message: Option<AssistantMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssistantMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`. OpenAI does not say whether a
+/// `stop` came from a stop sequence, so it is `end_turn`.
+pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
+    match finish_reason {
+        Some("length") => "max_tokens",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// Anthropic's usage object. Its `input_tokens` leaves out the cached parts, which
+/// OpenAI's `prompt_tokens` (and [`Usage`]) include.
+pub fn usage_json(u: &Usage) -> Value {
+    let cached = u.cached_tokens + u.cache_write_tokens;
+    json!({
+        "input_tokens": u.prompt_tokens.saturating_sub(cached),
+        "output_tokens": u.completion_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cached_tokens,
+    })
+}
+
+/// The tool input object from OpenAI's `arguments` string: `""` and invalid JSON
+/// become `{}`, since Anthropic's `input` is always an object.
+pub fn parse_input(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::Object(Map::new()),
+    }
+}
+
+/// The Anthropic message for an OpenAI completion body. `id` is the message id and
+/// `model` the model the client asked for.
+pub fn to_message(body: &[u8], id: &str, model: &str, usage: &Usage) -> Result<Value, String> {
+    let completion: Completion =
+        serde_json::from_slice(body).map_err(|e| format!("the completion is not readable: {e}"))?;
+    let choice = completion
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the completion has no choices".to_owned())?;
+    let mut content = Vec::new();
+    if let Some(m) = choice.message {
+        let text = m.content.or(m.refusal).unwrap_or_default();
+        if !text.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for call in m.tool_calls.unwrap_or_default() {
+            content.push(json!({
+                "type": "tool_use",
+                "id": call.id.unwrap_or_default(),
+                "name": call.function.name.unwrap_or_default(),
+                "input": parse_input(call.function.arguments.as_deref().unwrap_or_default()),
+            }));
+        }
+    }
+    Ok(json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(choice.finish_reason.as_deref()),
+        "stop_sequence": null,
+        "usage": usage_json(usage),
+    }))
+}

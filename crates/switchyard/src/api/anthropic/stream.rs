@@ -1,0 +1,263 @@
+//! OpenAI chunks → Anthropic Messages stream events, as they arrive.
+//!
+//! The order is Anthropic's: `message_start`, `ping`, then per content block
+//! `content_block_start`, its deltas, `content_block_stop`, then `message_delta`
+//! (stop reason and usage) and `message_stop`. Blocks get increasing indexes whatever
+//! OpenAI's tool-call `index` says: a delta carrying a new tool-call id opens a new
+//! block, even when some upstream restarts its index at 0. OpenAI sends the finish
+//! reason before the usage chunk, so `message_delta` waits for the end of the stream.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::error_json;
+use super::response::{stop_reason, usage_json};
+use crate::api::error::ApiError;
+use crate::api::relay::Encoder;
+use crate::ledger::Usage;
+
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ToolCallDelta {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Open {
+    Text,
+    /// A tool_use block, with the tool-call id it belongs to.
+    Tool(String),
+}
+
+/// The Anthropic event encoder for one stream.
+pub struct AnthropicEvents {
+    id: String,
+    model: String,
+    started: bool,
+    /// The open block and its index.
+    open: Option<(u32, Open)>,
+    next_index: u32,
+    stop_reason: Option<&'static str>,
+    usage: Option<Usage>,
+}
+
+fn event(out: &mut BytesMut, name: &str, data: &Value) {
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(data.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+impl AnthropicEvents {
+    /// `id` is the message id; `model` the model the client asked for.
+    pub fn new(id: String, model: String) -> Self {
+        AnthropicEvents {
+            id,
+            model,
+            started: false,
+            open: None,
+            next_index: 0,
+            stop_reason: None,
+            usage: None,
+        }
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        // OpenAI reports the prompt's tokens only at the end; `message_delta` carries them.
+        let message = json!({
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            },
+        });
+        event(out, "message_start", &message);
+        event(out, "ping", &json!({"type": "ping"}));
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if let Some((index, _)) = self.open.take() {
+            event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    fn open(&mut self, out: &mut BytesMut, block: Open, content_block: Value) -> u32 {
+        self.close(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": content_block}),
+        );
+        self.open = Some((index, block));
+        index
+    }
+
+    fn delta(out: &mut BytesMut, index: u32, delta: Value) {
+        event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
+    }
+
+    fn text(&mut self, out: &mut BytesMut, text: &str) {
+        let index = match &self.open {
+            Some((index, Open::Text)) => *index,
+            _ => self.open(out, Open::Text, json!({"type": "text", "text": ""})),
+        };
+        Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+    }
+
+    fn tool(&mut self, out: &mut BytesMut, call: ToolCallDelta) {
+        let (name, arguments) = match call.function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        let index = match (&self.open, call.id) {
+            (Some((index, Open::Tool(open_id))), Some(id)) if *open_id == id => *index,
+            (_, Some(id)) => self.open(
+                out,
+                Open::Tool(id.clone()),
+                json!({"type": "tool_use", "id": id, "name": name.unwrap_or_default(), "input": {}}),
+            ),
+            (Some((index, Open::Tool(_))), None) => *index,
+            (_, None) => {
+                tracing::warn!("a tool-call delta without an id and no open tool call; dropped");
+                return;
+            }
+        };
+        if let Some(args) = arguments.filter(|a| !a.is_empty()) {
+            Self::delta(
+                out,
+                index,
+                json!({"type": "input_json_delta", "partial_json": args}),
+            );
+        }
+    }
+}
+
+impl Encoder for AnthropicEvents {
+    fn chunk(&mut self, data: &Bytes, _has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
+        if let Some(u) = usage {
+            self.usage = Some(*u);
+        }
+        let chunk: Chunk = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable chunk was dropped");
+                return None;
+            }
+        };
+        let mut out = BytesMut::new();
+        // Anthropic has one answer per request: the first choice.
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            self.start(&mut out);
+            let delta = choice.delta.unwrap_or_default();
+            if let Some(text) = delta.content.or(delta.refusal).filter(|t| !t.is_empty()) {
+                self.text(&mut out, &text);
+            }
+            for call in delta.tool_calls.unwrap_or_default() {
+                self.tool(&mut out, call);
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.stop_reason = Some(stop_reason(Some(&reason)));
+                self.close(&mut out);
+            }
+        }
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        let message = serde_json::from_slice::<Value>(data)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "The upstream reported an error in the stream.".into());
+        let mut out = BytesMut::new();
+        event(
+            &mut out,
+            "error",
+            &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        );
+        out.freeze()
+    }
+
+    fn done(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.start(&mut out);
+        self.close(&mut out);
+        let usage = self
+            .usage
+            .map_or_else(|| json!({"output_tokens": 0}), |u| usage_json(&u));
+        event(
+            &mut out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
+                "usage": usage,
+            }),
+        );
+        event(&mut out, "message_stop", &json!({"type": "message_stop"}));
+        out.freeze()
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        let mut out = BytesMut::new();
+        event(&mut out, "error", &error_json(error, None));
+        out.freeze()
+    }
+}

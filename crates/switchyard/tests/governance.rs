@@ -1,0 +1,908 @@
+//! Governance end to end: virtual keys and teams through the admin API, policies, rate
+//! limits and budgets under concurrency, the PII guardrail, the audit columns of the
+//! ledger and team-scoped spend — the gateway and the simulator on port 0.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use sqlx::Row;
+use switchyard::governance::store::{SpendScope, Store};
+use switchyard::{Config, Gateway};
+use switchyard_sim::{SimHandle, SimOptions, Simulator};
+use tokio::net::TcpListener;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const STATIC_KEY: &str = "sy-static-key-0123456789";
+
+struct Gw {
+    sim: SimHandle,
+    gateway: Option<Gateway>,
+    base: String,
+    http: reqwest::Client,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn config_text(sim: &str, db: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_ms = 5000
+
+[ledger]
+path = "{db}"
+
+[admin]
+token = "{ADMIN}"
+
+[governance]
+refresh_ms = 100
+log_content = true
+
+[[keys]]
+name = "static-app"
+key = "{STATIC_KEY}"
+
+[providers.oa]
+kind = "openai"
+base_url = "{sim}/v1"
+api_key = "sk-upstream"
+
+[providers.az]
+kind = "azure"
+endpoint = "{sim}/azure"
+api_version = "2024-10-21"
+api_key = "az-upstream"
+
+[deployments.oa-mini]
+provider = "oa"
+model = "gpt-4o-mini"
+region = "us-east"
+price = {{ input = 0.15, output = 0.60, cached_input = 0.075 }}
+
+[deployments.az-eu]
+provider = "az"
+model = "mini-eu"
+region = "eu-west"
+price = {{ input = 0.165, output = 0.66 }}
+
+[deployments.embed]
+provider = "oa"
+model = "text-embedding-3-small"
+price = {{ input = 0.02 }}
+
+[models.mini]
+deployments = ["oa-mini"]
+
+[models.chat]
+deployments = ["oa-mini", "az-eu"]
+
+[models.embed]
+deployments = ["embed"]
+{extra}
+"#
+    )
+}
+
+impl Gw {
+    async fn start() -> Gw {
+        Gw::start_with("").await
+    }
+
+    async fn start_with(extra: &str) -> Gw {
+        let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+        let sim = Simulator::new(SimOptions::default())
+            .spawn(sim_listener)
+            .await
+            .expect("sim");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("switchyard.db");
+        let text = config_text(&sim.base_url(), db.to_str().expect("utf-8"), extra);
+        let config = Config::parse(&text, |_| None).expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
+        let gateway = Gateway::start_on(config, listener).await.expect("gateway");
+        Gw {
+            base: gateway.base_url(),
+            gateway: Some(gateway),
+            sim,
+            http: reqwest::Client::new(),
+            db,
+            _dir: dir,
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("send");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create_team(&self, body: Value) -> Value {
+        let (status, team) = self
+            .admin(reqwest::Method::POST, "/admin/teams", Some(body))
+            .await;
+        assert_eq!(status, 201, "{team}");
+        team
+    }
+
+    /// Creates a key through the admin API; returns (secret, key object).
+    async fn create_key(&self, body: Value) -> (String, Value) {
+        let (status, key) = self
+            .admin(reqwest::Method::POST, "/admin/keys", Some(body))
+            .await;
+        assert_eq!(status, 201, "{key}");
+        let secret = key["key"].as_str().expect("secret shown once").to_owned();
+        (secret, key)
+    }
+
+    async fn chat_as(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Stops the gateway, flushing the ledger, and opens it read-only.
+    async fn finish(&mut self) -> sqlx::SqlitePool {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await.expect("shutdown");
+        }
+        let url = format!("sqlite://{}?mode=ro", self.db.display());
+        sqlx::SqlitePool::connect(&url).await.expect("open ledger")
+    }
+}
+
+fn hello(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+async fn error_code(res: reqwest::Response) -> String {
+    let body: Value = res.json().await.expect("json error");
+    for f in ["message", "type", "param", "code"] {
+        assert!(
+            body["error"].get(f).is_some(),
+            "OpenAI-shaped error: {body}"
+        );
+    }
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn admin_api_refuses_without_the_admin_token() {
+    let gw = Gw::start().await;
+    let url = format!("{}/admin/keys", gw.base);
+    let none = gw.http.get(&url).send().await.expect("send");
+    assert_eq!(none.status(), 401);
+    assert_eq!(error_code(none).await, "missing_admin_token");
+    let wrong = gw
+        .http
+        .get(&url)
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(error_code(wrong).await, "invalid_admin_token");
+    // An application key is not an admin token either.
+    let app = gw.get_as(STATIC_KEY, "/admin/keys").await;
+    assert_eq!(app.status(), 401);
+    let create = gw
+        .http
+        .post(format!("{}/admin/teams", gw.base))
+        .bearer_auth(STATIC_KEY)
+        .json(&json!({"name": "sneaky"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(create.status(), 401);
+    let (status, teams) = gw.admin(reqwest::Method::GET, "/admin/teams", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        teams["data"],
+        json!([]),
+        "nothing was created without the token"
+    );
+    // The admin token is not an application key.
+    assert_eq!(gw.chat_as(ADMIN, hello("mini")).await.status(), 401);
+}
+
+#[tokio::test]
+async fn admin_api_is_off_without_a_configured_token() {
+    let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sim = Simulator::new(SimOptions::default())
+        .spawn(sim_listener)
+        .await
+        .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("x.db");
+    let text = config_text(&sim.base_url(), db.to_str().expect("utf-8"), "")
+        .replace(&format!("[admin]\ntoken = \"{ADMIN}\""), "");
+    let config = Config::parse(&text, |_| None).expect("valid");
+    let gateway = Gateway::start_on(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    )
+    .await
+    .expect("gateway");
+    let res = reqwest::Client::new()
+        .get(format!("{}/admin/keys", gateway.base_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 403);
+    assert_eq!(error_code(res).await, "admin_disabled");
+    gateway.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_on_the_next_request() {
+    let mut gw = Gw::start().await;
+    let (secret, key) = gw.create_key(json!({"name": "short-lived"})).await;
+    assert!(secret.starts_with("sy-"));
+    assert_eq!(key["status"], "active");
+    assert_eq!(gw.chat_as(&secret, hello("mini")).await.status(), 200);
+
+    let (status, revoked) = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys/short-lived/revoke",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(revoked["status"], "revoked");
+    assert!(
+        revoked.get("key").is_none(),
+        "the secret is never shown again"
+    );
+    let res = gw.chat_as(&secret, hello("mini")).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(error_code(res).await, "invalid_api_key");
+    assert_eq!(
+        gw.sim.sim.requests("").len(),
+        1,
+        "the refused request never went upstream"
+    );
+
+    // A revocation made by another process (the CLI) on the same store: the running
+    // gateway polls the change counter every 100 ms.
+    let (other, _) = gw.create_key(json!({"name": "cli-revoked"})).await;
+    assert_eq!(gw.chat_as(&other, hello("mini")).await.status(), 200);
+    let store = Store::open(&gw.db).await.expect("store");
+    store
+        .revoke_key("cli-revoked", "test")
+        .await
+        .expect("revoke");
+    let mut polls = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        polls += 1;
+        let status = gw.chat_as(&other, hello("mini")).await.status();
+        if status == 401 {
+            break;
+        }
+        assert!(polls < 40, "still accepted after {polls} polls of 50 ms");
+    }
+    store.close().await;
+
+    let db = gw.finish().await;
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE status = 401 AND error_code = 'invalid_api_key'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert!(refused >= 2);
+}
+
+#[tokio::test]
+async fn expired_key_is_refused() {
+    let gw = Gw::start().await;
+    let (expired, _) = gw
+        .create_key(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"}))
+        .await;
+    let res = gw.chat_as(&expired, hello("mini")).await;
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{body}"
+    );
+    let (fresh, key) = gw
+        .create_key(json!({"name": "fresh", "expires_at": "2999-01-01"}))
+        .await;
+    assert_eq!(key["expires_at"], "2999-01-01T00:00:00Z");
+    assert_eq!(gw.chat_as(&fresh, hello("mini")).await.status(), 200);
+    let (_, listed) = gw.admin(reqwest::Method::GET, "/admin/keys", None).await;
+    let status_of = |name: &str| {
+        listed["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|k| k["name"] == name))
+            .map(|k| k["status"].clone())
+    };
+    assert_eq!(status_of("old"), Some(json!("expired")));
+    assert_eq!(status_of("fresh"), Some(json!("active")));
+}
+
+#[tokio::test]
+async fn a_key_cannot_use_a_model_outside_its_policy() {
+    let mut gw = Gw::start().await;
+    gw.create_team(json!({"name": "support", "policy": {"models": ["mini", "chat"]}}))
+        .await;
+    let (secret, _) = gw
+        .create_key(json!({"name": "support-bot", "team": "support", "policy": {"models": ["mini", "embed"]}}))
+        .await;
+    assert_eq!(gw.chat_as(&secret, hello("mini")).await.status(), 200);
+    // Allowed by the team but not by the key.
+    let res = gw.chat_as(&secret, hello("chat")).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(error_code(res).await, "model_not_allowed");
+    // Allowed by the key but not by its team.
+    let res = gw
+        .http
+        .post(format!("{}/v1/embeddings", gw.base))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "embed", "input": "hello"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 403);
+    // /v1/models lists only what the key may use.
+    let models: Value = gw
+        .get_as(&secret, "/v1/models")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["mini"]);
+    assert_eq!(
+        gw.sim.sim.requests("").len(),
+        1,
+        "refusals never went upstream"
+    );
+
+    let db = gw.finish().await;
+    let rows = sqlx::query(
+        "SELECT logical_model, team_id, policy_decision, status FROM requests WHERE key_id = 'support-bot' ORDER BY started_at_ms",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    let got: Vec<(String, String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("mini".into(), "support".into(), "allowed".into(), 200),
+            (
+                "chat".into(),
+                "support".into(),
+                "denied:model_not_allowed".into(),
+                403
+            ),
+            (
+                "embed".into(),
+                "support".into(),
+                "denied:model_not_allowed".into(),
+                403
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_policy_caps_requests() {
+    let gw = Gw::start().await;
+    let (secret, _) = gw
+        .create_key(json!({"name": "capped", "policy": {"max_tokens": 50}}))
+        .await;
+    let mut body = hello("mini");
+    body["max_tokens"] = json!(51);
+    let res = gw.chat_as(&secret, body).await;
+    assert_eq!(res.status(), 400);
+    // Without a limit of its own, the request gets the policy's.
+    assert_eq!(gw.chat_as(&secret, hello("mini")).await.status(), 200);
+    let seen = gw.sim.sim.requests("");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["max_tokens"], 50);
+}
+
+#[tokio::test]
+async fn request_rate_limits_hold_with_100_concurrent_clients() {
+    let mut gw = Gw::start().await;
+    gw.create_team(json!({"name": "busy", "policy": {"rpm": 15}}))
+        .await;
+    let (a, _) = gw
+        .create_key(json!({"name": "busy-a", "team": "busy", "policy": {"rpm": 10}}))
+        .await;
+    let (b, _) = gw
+        .create_key(json!({"name": "busy-b", "team": "busy"}))
+        .await;
+
+    let responses = join_all((0..100).map(|_| gw.chat_as(&a, hello("mini")))).await;
+    let ok = responses.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<_> = responses.iter().filter(|r| r.status() == 429).collect();
+    println!(
+        "key rpm 10, 100 concurrent: {ok} admitted, {} refused",
+        limited.len()
+    );
+    assert_eq!(ok, 10);
+    assert_eq!(limited.len(), 90);
+    let h = limited[0].headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "10");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    assert!(h.contains_key("x-ratelimit-reset-requests"));
+    assert!(h.contains_key("retry-after"));
+    let admitted = responses
+        .iter()
+        .find(|r| r.status() == 200)
+        .expect("one admitted");
+    assert_eq!(admitted.headers()["x-ratelimit-limit-requests"], "10");
+
+    // The team's limit (15) is shared: key b gets what is left of it, 5.
+    let responses = join_all((0..100).map(|_| gw.chat_as(&b, hello("mini")))).await;
+    let ok_b = responses.iter().filter(|r| r.status() == 200).count();
+    println!("team rpm 15 after 10, 100 concurrent: {ok_b} admitted");
+    assert_eq!(ok_b, 5);
+    assert_eq!(
+        gw.sim.sim.requests("").len(),
+        15,
+        "exactly the admitted requests went upstream"
+    );
+
+    let db = gw.finish().await;
+    let denied: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE status = 429 AND policy_decision LIKE 'denied:rate_limited:%'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(denied, 185);
+}
+
+#[tokio::test]
+async fn token_rate_limits_hold_with_100_concurrent_clients() {
+    let mut gw = Gw::start().await;
+    let (k, _) = gw
+        .create_key(json!({"name": "tokens", "policy": {"tpm": 1000}}))
+        .await;
+    // Estimate per request: prompt 3 + (ceil(16/4) + 4) = 11, plus max_tokens 89 = 100.
+    let body = json!({"model": "mini", "max_tokens": 89,
+        "messages": [{"role": "user", "content": "Hi [[len:5]] you"}]});
+    let responses = join_all((0..100).map(|_| gw.chat_as(&k, body.clone()))).await;
+    let mut used = 0u64;
+    let mut ok = 0;
+    for r in responses {
+        if r.status() == 200 {
+            ok += 1;
+            let v: Value = r.json().await.expect("json");
+            used += v["usage"]["total_tokens"].as_u64().expect("usage");
+        } else {
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "1000");
+        }
+    }
+    println!("tpm 1000, 100 concurrent: {ok} admitted, {used} tokens used");
+    // Ten estimates fill the window; settling to actual usage frees room for more, but
+    // the tokens really used never exceed the limit.
+    assert!(ok >= 10, "{ok}");
+    assert!(used <= 1000, "{used}");
+    let db = gw.finish().await;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE key_id = 'tokens' AND status = 200",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(rows, ok);
+}
+
+#[tokio::test]
+async fn budget_is_never_overspent_by_200_concurrent_requests() {
+    let mut gw = Gw::start().await;
+    // Upper bound per request at oa-mini (0.15 / 0.60 USD per M): prompt 3 + (ceil(18/4)
+    // + 4) = 12 tokens × 150 + max_tokens 50 × 600 = 31,800 nano-USD. Actual: 12 × 150 +
+    // 10 × 600 = 7,800. A cap of 0.0003 USD holds nine bounds at once.
+    let (k, _) = gw
+        .create_key(json!({"name": "frugal",
+            "budgets": [{"period": "month", "limit_usd": "0.0003"}]}))
+        .await;
+    let body = json!({"model": "mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hey [[len:10]] you"}]});
+    let responses = join_all((0..200).map(|_| gw.chat_as(&k, body.clone()))).await;
+    let ok = responses.iter().filter(|r| r.status() == 200).count();
+    let refused: Vec<_> = responses.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(ok + refused.len(), 200);
+    println!(
+        "budget $0.0003, 200 concurrent: {ok} admitted, {} refused",
+        refused.len()
+    );
+    assert!(ok >= 9, "{ok}");
+    assert!(!refused.is_empty());
+    let (_, key) = gw
+        .admin(reqwest::Method::GET, "/admin/keys/frugal", None)
+        .await;
+    let budget = &key["budgets"][0];
+    assert_eq!(
+        budget["reserved_nano_usd"], 0,
+        "every reservation was settled"
+    );
+    let spent_in_memory = budget["spent_nano_usd"].as_i64().expect("spent");
+
+    let db = gw.finish().await;
+    let (rows, spent): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(cost_nano_usd), 0) FROM requests WHERE key_id = 'frugal' AND status = 200",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("sum");
+    println!("spent {spent} nano-USD of 300000 over {rows} requests");
+    assert_eq!(rows, ok as i64);
+    assert_eq!(
+        spent,
+        rows * 7_800,
+        "each request cost exactly the hand-computed 7,800"
+    );
+    assert!(spent <= 300_000, "overspent: {spent}");
+    assert_eq!(spent, spent_in_memory);
+    let denied: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE key_id = 'frugal' AND policy_decision = 'denied:budget:key:frugal:month'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(denied, 200 - ok as i64);
+
+    // A restarted gateway remembers the month's spend (seeded from the ledger).
+    let store = Store::open(&gw.db).await.expect("store");
+    let month_start = switchyard::governance::Period::Month
+        .bounds(switchyard::governance::time::now_ms())
+        .0;
+    assert_eq!(
+        store
+            .spent_since(SpendScope::Key, "frugal", month_start)
+            .await
+            .expect("spent"),
+        spent
+    );
+}
+
+#[tokio::test]
+async fn costs_match_hand_computed_values() {
+    let mut gw = Gw::start().await;
+    let (k, _) = gw.create_key(json!({"name": "coster"})).await;
+    // Plain: prompt 3 + (ceil(14/4) + 4) = 11, completion 7.
+    let plain =
+        json!({"model": "mini", "messages": [{"role": "user", "content": "Price [[len:7]]"}]});
+    let r = gw.chat_as(&k, plain).await;
+    assert_eq!(r.status(), 200);
+    let u: Value = r.json().await.expect("json");
+    assert_eq!(u["usage"]["prompt_tokens"], 11);
+    assert_eq!(u["usage"]["completion_tokens"], 7);
+    // Cached: half the prompt is reported cached.
+    let cached = json!({"model": "mini", "messages": [{"role": "user", "content": "[[cached]] some longer prompt text to cache [[len:3]]"}]});
+    let r = gw.chat_as(&k, cached).await;
+    let c: Value = r.json().await.expect("json");
+    let cp = c["usage"]["prompt_tokens"].as_i64().expect("p");
+    let cc = c["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_i64()
+        .expect("c");
+    assert!(cc > 0);
+    // Streamed, without the client asking for usage: billed from the upstream's usage.
+    let streamed = json!({"model": "mini", "stream": true,
+        "messages": [{"role": "user", "content": "Stream [[len:9]]"}]});
+    let r = gw.chat_as(&k, streamed).await;
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await.expect("stream");
+    // Azure deployment, other prices.
+    let r = gw
+        .chat_as(
+            &k,
+            json!({"model": "chat", "messages": [{"role": "user", "content": "Price [[len:7]]"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // Embeddings: input only.
+    let r = gw
+        .http
+        .post(format!("{}/v1/embeddings", gw.base))
+        .bearer_auth(&k)
+        .json(&json!({"model": "embed", "input": "embed these words"}))
+        .send()
+        .await
+        .expect("send");
+    let e: Value = r.json().await.expect("json");
+    let ep = e["usage"]["prompt_tokens"].as_i64().expect("p");
+
+    let db = gw.finish().await;
+    let costs: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(deployment, ''), prompt_tokens, completion_tokens, cached_tokens, cost_nano_usd \
+         FROM requests WHERE key_id = 'coster' ORDER BY started_at_ms",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    // (nano-USD per million tokens × tokens + 500,000) / 1,000,000, rounded once.
+    let at = |input: i64, cached_in: i64, output: i64, p: i64, c: i64, k: i64| {
+        ((p - k) * input + k * cached_in + c * output + 500_000) / 1_000_000
+    };
+    assert_eq!(costs[0], ("oa-mini".into(), 11, 7, 0, 5_850));
+    assert_eq!(
+        costs[0].4,
+        at(150_000_000, 75_000_000, 600_000_000, 11, 7, 0)
+    );
+    assert_eq!(
+        costs[1].4,
+        at(150_000_000, 75_000_000, 600_000_000, cp, 3, cc)
+    );
+    // Stream: prompt 3 + (ceil(15/4) + 4) = 11, completion 9.
+    assert_eq!(costs[2], ("oa-mini".into(), 11, 9, 0, 11 * 150 + 9 * 600));
+    assert_eq!(
+        costs[3],
+        ("oa-mini".into(), 11, 7, 0, 5_850),
+        "priority: oa-mini first"
+    );
+    assert_eq!(costs[4].0, "embed");
+    assert_eq!(costs[4].4, at(20_000_000, 20_000_000, 0, ep, 0, 0));
+}
+
+#[tokio::test]
+async fn pii_guardrail_redacts_logs_and_blocks() {
+    let mut gw = Gw::start().await;
+    let (redact, _) = gw
+        .create_key(json!({"name": "redactor", "policy": {"pii": "redact"}}))
+        .await;
+    let (block, _) = gw
+        .create_key(json!({"name": "blocker", "policy": {"pii": "block"}}))
+        .await;
+    let (log, _) = gw
+        .create_key(json!({"name": "logger", "policy": {"pii": "log"}}))
+        .await;
+    let text = "Mail jane@example.com or call +44 20 7946 0958; card 4111 1111 1111 1111, again jane@example.com";
+    let body = json!({"model": "mini", "messages": [{"role": "user", "content": text}]});
+
+    assert_eq!(gw.chat_as(&redact, body.clone()).await.status(), 200);
+    let seen = gw.sim.sim.requests("");
+    assert_eq!(
+        seen[0].body["messages"][0]["content"],
+        "Mail [EMAIL_1] or call [PHONE_1]; card [CARD_1], again [EMAIL_1]"
+    );
+
+    let res = gw.chat_as(&block, body.clone()).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "pii_detected");
+    let msg = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("EMAIL") && !msg.contains("jane"), "{msg}");
+    assert_eq!(gw.sim.sim.requests("").len(), 1, "blocked before dispatch");
+
+    assert_eq!(gw.chat_as(&log, body.clone()).await.status(), 200);
+    let seen = gw.sim.sim.requests("");
+    assert_eq!(
+        seen[1].body["messages"][0]["content"], text,
+        "log mode forwards as sent"
+    );
+
+    let db = gw.finish().await;
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT key_id, redactions, policy_decision FROM requests WHERE redactions IS NOT NULL ORDER BY key_id",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            (
+                "blocker".into(),
+                "block:EMAIL=2,PHONE=1,CARD=1".into(),
+                Some("denied:pii_blocked".into())
+            ),
+            (
+                "logger".into(),
+                "log:EMAIL=2,PHONE=1,CARD=1".into(),
+                Some("allowed".into())
+            ),
+            (
+                "redactor".into(),
+                "redact:EMAIL=2,PHONE=1,CARD=1".into(),
+                Some("allowed".into())
+            ),
+        ]
+    );
+    // The ledger keeps no raw PII for the redacting key: its logged prompt is redacted.
+    let prompt: String = sqlx::query_scalar(
+        "SELECT c.prompt FROM request_content c JOIN requests r USING (request_id) WHERE r.key_id = 'redactor'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("content");
+    assert!(
+        prompt.contains("[EMAIL_1]") && !prompt.contains("jane@"),
+        "{prompt}"
+    );
+}
+
+#[tokio::test]
+async fn eu_only_no_logging_key_is_routed_to_eu_and_leaves_no_content() {
+    let mut gw = Gw::start().await;
+    gw.create_team(json!({"name": "research"})).await;
+    let (eu, _) = gw
+        .create_key(json!({"name": "eu-app", "team": "research",
+            "policy": {"allowed_regions": ["eu-west"], "log_content": false},
+            "budgets": [{"period": "month", "limit_usd": 25}]}))
+        .await;
+    let (open, _) = gw
+        .create_key(json!({"name": "open-app", "team": "research"}))
+        .await;
+    let res = gw.chat_as(&eu, hello("chat")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-switchyard-deployment"], "az-eu");
+    let res = gw.chat_as(&open, hello("chat")).await;
+    assert_eq!(res.headers()["x-switchyard-deployment"], "oa-mini");
+    // A model with no EU deployment cannot serve the EU-only key.
+    let res = gw.chat_as(&eu, hello("mini")).await;
+    assert_eq!(res.status(), 400);
+
+    let db = gw.finish().await;
+    let logged: Vec<String> = sqlx::query_scalar(
+        "SELECT r.key_id FROM request_content c JOIN requests r USING (request_id) ORDER BY r.key_id",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("content");
+    assert_eq!(logged, ["open-app"]);
+    let response: Option<String> = sqlx::query_scalar(
+        "SELECT c.response FROM request_content c JOIN requests r USING (request_id) WHERE r.key_id = 'open-app'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("response");
+    assert!(response.unwrap_or_default().contains("chat.completion"));
+}
+
+async fn spend_of(gw: &Gw, key: &str, query: &str) -> (u16, Value) {
+    let res = gw.get_as(key, &format!("/v1/spend{query}")).await;
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_team_cannot_read_another_teams_spend() {
+    let mut gw = Gw::start().await;
+    gw.create_team(json!({"name": "alpha"})).await;
+    gw.create_team(json!({"name": "beta"})).await;
+    let (a, _) = gw
+        .create_key(json!({"name": "alpha-app", "team": "alpha"}))
+        .await;
+    let (b, _) = gw
+        .create_key(json!({"name": "beta-app", "team": "beta"}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat_as(&a, hello("mini")).await.status(), 200);
+    }
+    assert_eq!(gw.chat_as(&b, hello("mini")).await.status(), 200);
+
+    // The ledger is written in the background: wait until the admin sees all four.
+    let mut polls = 0;
+    let all = loop {
+        let (_, all) = gw
+            .admin(reqwest::Method::GET, "/admin/spend?by=team", None)
+            .await;
+        let n: u64 = all["data"]
+            .as_array()
+            .map_or(0, |d| d.iter().filter_map(|r| r["requests"].as_u64()).sum());
+        if n >= 4 {
+            break all;
+        }
+        polls += 1;
+        assert!(polls < 100, "ledger rows never arrived: {all}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let groups: Vec<&str> = all["data"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["group"].as_str())
+        .collect();
+    assert!(
+        groups.contains(&"alpha") && groups.contains(&"beta"),
+        "{all}"
+    );
+
+    let (status, mine) = spend_of(&gw, &a, "?by=key").await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["team"], "alpha");
+    let keys: Vec<&str> = mine["data"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["group"].as_str())
+        .collect();
+    assert_eq!(keys, ["alpha-app"]);
+    assert_eq!(mine["data"][0]["requests"], 3);
+    // Asking for the other team is refused, on either path.
+    assert_eq!(spend_of(&gw, &a, "?team=beta").await.0, 403);
+    let res = gw.get_as(&a, "/admin/spend?by=team&team=beta").await;
+    assert_eq!(res.status(), 403);
+    // /admin/spend with a team key is the same team-scoped report.
+    let same: Value = gw
+        .get_as(&a, "/admin/spend?by=key")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(same["data"], mine["data"]);
+    // A key without a team (the config file's) reads no spend.
+    assert_eq!(spend_of(&gw, STATIC_KEY, "").await.0, 403);
+
+    // The CLI's report is the same query: same numbers.
+    let (_, by_team) = gw
+        .admin(reqwest::Method::GET, "/admin/spend?by=team", None)
+        .await;
+    let _ = gw.finish().await;
+    let rows = switchyard::ledger::spend_report(&gw.db, switchyard::ledger::SpendGroup::Team, None)
+        .await
+        .expect("report");
+    let cli: Vec<(String, u64, i64)> = rows
+        .iter()
+        .map(|r| (r.group.clone(), r.requests, r.cost_nano_usd))
+        .collect();
+    let api: Vec<(String, u64, i64)> = by_team["data"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap_or_default().to_owned(),
+                r["requests"].as_u64().unwrap_or_default(),
+                r["cost_nano_usd"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(cli, api);
+}
