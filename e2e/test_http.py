@@ -31,12 +31,6 @@ def read_response(sock: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
     return status, headers, body
 
 
-@pytest.mark.xfail(
-    reason="Rust side: a POST rejected before its body is read (401 bad key) gets its answer "
-    "without `connection: close`, and then the connection is closed; a keep-alive client "
-    "that reuses it fails with 'Server disconnected without sending a response'",
-    strict=False,
-)
 def test_connection_stays_usable_after_rejected_post(demo: Demo):
     key = "sy-wrong-key"
     port = int(demo.root_url.rsplit(":", 1)[1])

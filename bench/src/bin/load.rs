@@ -46,6 +46,9 @@ struct Args {
     /// Keep-alive connections (open loop).
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// One at a time: stop after this many requests (or --duration, whichever first).
+    #[arg(long)]
+    requests: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +88,13 @@ fn main() -> ExitCode {
             )
             .await
         } else {
-            run_serial(&target, &payload, duration, u64::MAX).await
+            run_serial(
+                &target,
+                &payload,
+                duration,
+                args.requests.unwrap_or(u64::MAX),
+            )
+            .await
         }
     });
     let report = outcome.report();

@@ -46,6 +46,30 @@ kind = "anthropic"
 base_url = "http://{sim}"
 api_key = "sk-ant-sim"
 
+[providers.sim-bedrock]
+kind = "bedrock"
+base_url = "http://{sim}"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"          # the simulator's default test credentials
+secret_access_key = "sim-secret-key"
+
+[providers.sim-gemini]
+kind = "gemini"
+base_url = "http://{sim}"
+api_key = "sim-gemini-key"
+
+[providers.sim-vertex]
+kind = "vertex"
+base_url = "http://{sim}"
+project = "demo-project"
+location = "us-central1"
+api_key = "sim-vertex-token"
+
+[providers.sim-mistral]
+kind = "mistral"
+base_url = "http://{sim}/mistral/v1"
+api_key = "sim-mistral-key"
+
 [deployments.openai-gpt-4o-mini]
 provider = "sim-openai"
 model = "gpt-4o-mini"
@@ -69,6 +93,29 @@ provider = "sim-anthropic"
 model = "claude-haiku-4-5"
 price = {{ input = 1.00, output = 5.00, cached_input = 0.10 }}
 
+[deployments.bedrock-claude-haiku]
+provider = "sim-bedrock"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+region = "us-east-1"
+price = {{ input = 0.80, output = 4.00, cached_input = 0.08 }}
+
+[deployments.gemini-flash]
+provider = "sim-gemini"
+model = "gemini-2.5-flash"
+price = {{ input = 0.30, output = 2.50, cached_input = 0.075 }}
+
+[deployments.vertex-gemini-flash]
+provider = "sim-vertex"
+model = "gemini-2.5-flash"
+region = "us-central1"
+price = {{ input = 0.30, output = 2.50, cached_input = 0.075 }}
+
+[deployments.mistral-small]
+provider = "sim-mistral"
+model = "mistral-small-latest"
+region = "eu-west"
+price = {{ input = 0.10, output = 0.30 }}
+
 [deployments.openai-embed-small]
 provider = "sim-openai"
 model = "text-embedding-3-small"
@@ -82,6 +129,18 @@ deployments = ["azure-gpt-4o-mini"]
 
 [models.anthropic-claude-haiku]
 deployments = ["anthropic-claude-haiku"]
+
+[models.bedrock-claude-haiku]
+deployments = ["bedrock-claude-haiku"]
+
+[models.gemini-flash]
+deployments = ["gemini-flash"]
+
+[models.vertex-gemini-flash]
+deployments = ["vertex-gemini-flash"]
+
+[models.mistral-small]
+deployments = ["mistral-small"]
 
 [models.support-chat]
 deployments = ["openai-primary-gpt-4o-mini", "azure-gpt-4o-mini"]
@@ -104,8 +163,13 @@ mod tests {
     fn the_demo_has_a_model_per_provider_kind() {
         let sim = "127.0.0.1:9".parse().expect("addr");
         let listen = "127.0.0.1:0".parse().expect("addr");
-        let c = super::config(listen, sim, "sy-demo-key-123456", std::path::Path::new("x.db"))
-            .expect("the demo config is valid");
+        let c = super::config(
+            listen,
+            sim,
+            "sy-demo-key-123456",
+            std::path::Path::new("x.db"),
+        )
+        .expect("the demo config is valid");
         let kinds: BTreeSet<&str> = c
             .deployments
             .iter()

@@ -27,7 +27,7 @@ use crate::api::tracker::{unix_ms, RequestTracker};
 use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
 use crate::ledger::Usage;
 use crate::limits::{Claim, Limiter, Reservation};
-use crate::providers::{self, Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
+use crate::providers::{self, Endpoint, ProviderError, StreamDecoder, Translated};
 use crate::resilience::{full_jitter, parse_duration, Admission};
 use crate::routing::{self, Health, Needs};
 
@@ -39,6 +39,29 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 const QUOTA_PERIOD: Duration = Duration::from_secs(60);
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A request body rendered for one deployment.
+pub struct Rendered {
+    pub body: Vec<u8>,
+    /// Set when the body is in the upstream's own protocol and so is what the client
+    /// speaks (a pass-through): the answer is kept as the upstream sent it, read by
+    /// this instead of the adapter's translation into OpenAI's shape.
+    pub native: Option<&'static dyn NativeAnswer>,
+}
+
+impl From<Vec<u8>> for Rendered {
+    fn from(body: Vec<u8>) -> Self {
+        Rendered { body, native: None }
+    }
+}
+
+/// Reads an answer that is passed through in the upstream's own protocol.
+pub trait NativeAnswer: Sync {
+    /// The usage of a complete answer; an error when the body is not readable.
+    fn usage(&self, body: &[u8]) -> Result<Option<Usage>, ProviderError>;
+    /// A decoder whose items carry the upstream's events as they are, with usage.
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+}
 
 /// What a successful attempt produced.
 pub enum Opened {
@@ -145,7 +168,7 @@ impl Dispatcher {
         &self,
         job: Job<'_>,
         tracker: &mut RequestTracker,
-        mut make_body: impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
+        mut make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, ApiError> {
         let plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
         if plan.candidates.is_empty() {
@@ -162,6 +185,7 @@ impl Dispatcher {
         let mut failures: Vec<String> = Vec::new();
         'rounds: loop {
             let mut tried_this_round = false;
+            let mut worth_another_round = false;
             let mut longest_retry_after = Duration::ZERO;
             let mut i = 0;
             while i < plan.candidates.len() {
@@ -233,6 +257,10 @@ impl Dispatcher {
                             }
                         }
                         let retryable = e.retryable();
+                        // Another round helps only after a failure that may pass: a
+                        // request a provider cannot translate will not translate later.
+                        worth_another_round |=
+                            retryable && !matches!(e, ProviderError::Unsupported(_));
                         last = Some((e, failed));
                         if !retryable {
                             break 'rounds;
@@ -240,7 +268,7 @@ impl Dispatcher {
                     }
                 }
             }
-            if !tried_this_round || attempts >= retry.max_attempts {
+            if !tried_this_round || !worth_another_round || attempts >= retry.max_attempts {
                 break;
             }
             // Every deployment failed once: wait, then go round again. A retry-after
@@ -350,7 +378,7 @@ impl Dispatcher {
         job: &Job<'_>,
         tracker: &mut RequestTracker,
         gate: Gate,
-        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
+        make_body: &mut impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
         let idx = tracker.begin_attempt(d);
         let started = Instant::now();
@@ -437,7 +465,7 @@ impl Dispatcher {
         &self,
         job: &Job<'_>,
         tracker: &mut RequestTracker,
-        make_body: &mut impl FnMut(&Deployment) -> Result<Vec<u8>, ProviderError>,
+        make_body: &mut impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
         first: (Arc<Deployment>, Gate),
         second: (Arc<Deployment>, Gate),
         after: Duration,
@@ -651,13 +679,14 @@ async fn attempt(
     timeouts: Timeouts,
     endpoint: Endpoint,
     stream: bool,
-    body: Vec<u8>,
+    rendered: Rendered,
 ) -> AttemptResult {
     let start = TokioInstant::now();
     let total = start + timeouts.total;
     let first_byte = (start + timeouts.first_byte).min(total);
     let adapter = providers::adapter(&deployment.provider.kind);
-    let request = match adapter.request(client, deployment, endpoint, stream, body) {
+    let native = rendered.native;
+    let request = match adapter.request(client, deployment, endpoint, stream, rendered.body) {
         Ok(r) => r,
         Err(e) => {
             return AttemptResult {
@@ -689,7 +718,7 @@ async fn attempt(
     let status = response.status().as_u16();
     let exhausted_until_ms = exhaustion(status, response.headers());
     let outcome = read_answer(
-        adapter, deployment, endpoint, response, stream, first_byte, total,
+        deployment, endpoint, response, stream, first_byte, total, native,
     )
     .await;
     AttemptResult {
@@ -700,14 +729,15 @@ async fn attempt(
 }
 
 async fn read_answer(
-    adapter: &dyn Adapter,
     deployment: &Deployment,
     endpoint: Endpoint,
     response: reqwest::Response,
     stream: bool,
     first_byte: TokioInstant,
     total: TokioInstant,
+    native: Option<&'static dyn NativeAnswer>,
 ) -> Result<Opened, ProviderError> {
+    let adapter = providers::adapter(&deployment.provider.kind);
     let status = response.status();
     if !status.is_success() {
         let headers = response.headers().clone();
@@ -728,7 +758,10 @@ async fn read_answer(
         }
         let mut upstream = UpstreamStream {
             body: response.bytes_stream().boxed(),
-            decoder: adapter.stream_decoder(deployment),
+            decoder: match native {
+                Some(n) => n.stream_decoder(),
+                None => adapter.stream_decoder(deployment),
+            },
             deadline: total,
         };
         let first = match timeout_at(first_byte, upstream.next_item()).await {
@@ -751,7 +784,13 @@ async fn read_answer(
         });
     }
     let body = read_limited(response.bytes_stream().boxed(), MAX_RESPONSE_BODY, total).await?;
-    let (body, usage) = adapter.response(endpoint, deployment, body)?;
+    let (body, usage) = match native {
+        Some(n) => {
+            let usage = n.usage(&body)?;
+            (body, usage)
+        }
+        None => adapter.response(endpoint, deployment, body)?,
+    };
     Ok(Opened::Full { body, usage })
 }
 

@@ -20,6 +20,11 @@ struct Spec {
     /// The simulator instance the provider's base URL names (faults are per instance).
     instance: &'static str,
     overloaded_status: u16,
+    /// Whether the simulator's protocol can fail inside a started stream.
+    mid_stream_errors: bool,
+    /// Where the upstream call must land: its path ends so, with this auth header.
+    path_suffix: &'static str,
+    auth_header: &'static str,
 }
 
 /// Providers, deployments and models for every kind, each model with a single
@@ -34,6 +39,30 @@ kind = "anthropic"
 base_url = "{sim}"
 api_key = "sk-ant-sim"
 
+[providers.c-bedrock]
+kind = "bedrock"
+base_url = "{sim}"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[providers.c-gemini]
+kind = "gemini"
+base_url = "{sim}"
+api_key = "gemini-sim-key"
+
+[providers.c-vertex]
+kind = "vertex"
+base_url = "{sim}"
+project = "sim-project"
+location = "us-central1"
+api_key = "vertex-sim-token"
+
+[providers.c-mistral]
+kind = "mistral"
+base_url = "{sim}/mistral/v1"
+api_key = "mistral-sim-key"
+
 [deployments.c-openai]
 provider = "oa"
 model = "gpt-4o-mini"
@@ -46,6 +75,22 @@ model = "mini-prod"
 provider = "c-anthropic"
 model = "claude-haiku-4-5"
 
+[deployments.c-bedrock]
+provider = "c-bedrock"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[deployments.c-gemini]
+provider = "c-gemini"
+model = "gemini-2.5-flash"
+
+[deployments.c-vertex]
+provider = "c-vertex"
+model = "gemini-2.5-pro"
+
+[deployments.c-mistral]
+provider = "c-mistral"
+model = "mistral-small-latest"
+
 [models.conf-openai]
 deployments = ["c-openai"]
 retry = {{ max_attempts = 1 }}
@@ -56,6 +101,22 @@ retry = {{ max_attempts = 1 }}
 
 [models.conf-anthropic]
 deployments = ["c-anthropic"]
+retry = {{ max_attempts = 1 }}
+
+[models.conf-bedrock]
+deployments = ["c-bedrock"]
+retry = {{ max_attempts = 1 }}
+
+[models.conf-gemini]
+deployments = ["c-gemini"]
+retry = {{ max_attempts = 1 }}
+
+[models.conf-vertex]
+deployments = ["c-vertex"]
+retry = {{ max_attempts = 1 }}
+
+[models.conf-mistral]
+deployments = ["c-mistral"]
 retry = {{ max_attempts = 1 }}
 "#
     )
@@ -232,6 +293,20 @@ async fn plain(spec: Spec) {
     );
     assert_eq!(choice["finish_reason"], "stop");
     usage_numbers(&body["usage"]);
+    // The call went out in the provider's own protocol.
+    let seen = h.sim.sim.requests(spec.instance);
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].path.ends_with(spec.path_suffix),
+        "{} does not end with {}",
+        seen[0].path,
+        spec.path_suffix
+    );
+    assert!(
+        seen[0].header(spec.auth_header).is_some(),
+        "no {} header",
+        spec.auth_header
+    );
 }
 
 async fn stream(spec: Spec) {
@@ -338,6 +413,59 @@ async fn tool_round_trip(spec: Spec) {
     assert!(choice["message"]
         .get("tool_calls")
         .is_none_or(Value::is_null));
+}
+
+/// A history written by another provider (a fallback mid-conversation): its
+/// tool-call ids are in that provider's format, and must still pair up.
+async fn tool_round_trip_foreign_ids(spec: Spec) {
+    let h = start().await;
+    let (weather, time) = (weather_tool(), time_tool());
+    let messages = json!([
+        {"role": "user", "content": "Use get_weather for Oslo and get_time for Europe/Oslo"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_Q2x9vB7mN4kL1pR8sT3wY6zA", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+            {"id": "toolu_01.Xy-Z", "type": "function",
+             "function": {"name": "get_time", "arguments": "{\"timezone\":\"Europe/Oslo\"}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_Q2x9vB7mN4kL1pR8sT3wY6zA", "content": "{\"temp_c\": 4}"},
+        {"role": "tool", "tool_call_id": "toolu_01.Xy-Z", "content": "12:30"}
+    ]);
+    let res = h
+        .chat(json!({"model": spec.model, "messages": messages, "tools": [weather, time]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body = json_of(res).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+}
+
+/// An upstream error after the stream started: one OpenAI error event, no [DONE].
+async fn stream_error_mid_stream(spec: Spec) {
+    let h = start().await;
+    h.sim
+        .sim
+        .set_fault(spec.instance, "*", Fault::error(503).mid_stream(3));
+    let res = h
+        .chat(json!({"model": spec.model, "messages": user("[[len:30]] Tell me more"), "stream": true}))
+        .await;
+    if !spec.mid_stream_errors {
+        // OpenAI-style upstreams report the error before the stream.
+        assert_eq!(res.status(), 503);
+        return;
+    }
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    let data = sse_data(&text);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{text}");
+    let last: Value = serde_json::from_str(data.last().expect("events")).expect("JSON");
+    assert!(last["error"]["message"].is_string(), "{text}");
+    assert!(last["error"]["type"].is_string(), "{text}");
+    assert_ne!(
+        last["error"]["code"], "stream_cut",
+        "the upstream's own error event is translated, not lost: {text}"
+    );
+    let first: Value = serde_json::from_str(&data[0]).expect("JSON");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
 }
 
 async fn stream_with_tools(spec: Spec) {
@@ -569,14 +697,46 @@ async fn upstream_5xx(spec: Spec) {
     );
 }
 
+/// `n` is honoured where the protocol has it (Gemini's `candidateCount`), and refused
+/// with a client error where it has not.
+#[tokio::test]
+async fn several_choices_where_the_protocol_has_them() {
+    let h = start().await;
+    for model in ["conf-gemini", "conf-vertex", "conf-openai"] {
+        let res = h
+            .chat(json!({"model": model, "messages": user("Tell me about the river"), "n": 2}))
+            .await;
+        assert_eq!(res.status(), 200, "{model}");
+        let body = json_of(res).await;
+        let choices = body["choices"].as_array().expect("choices");
+        assert_eq!(choices.len(), 2, "{model}: {body}");
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{model}");
+            assert!(c["message"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()));
+        }
+        usage_numbers(&body["usage"]);
+    }
+    let res = h
+        .chat(json!({"model": "conf-anthropic", "messages": user("Hi"), "n": 2}))
+        .await;
+    assert_eq!(res.status(), 400);
+    let body = json_of(res).await;
+    assert_eq!(body["error"]["code"], "unsupported_by_deployment", "{body}");
+}
+
 macro_rules! conformance {
-    ($($provider:ident: $instance:expr, $overloaded:expr);* $(;)?) => { $(
+    ($($provider:ident: $instance:expr, $overloaded:expr, $mid_stream:expr, $path:expr, $auth:expr);* $(;)?) => { $(
         mod $provider {
             fn spec() -> super::Spec {
                 super::Spec {
                     model: concat!("conf-", stringify!($provider)),
                     instance: $instance,
                     overloaded_status: $overloaded,
+                    mid_stream_errors: $mid_stream,
+                    path_suffix: $path,
+                    auth_header: $auth,
                 }
             }
             #[tokio::test] async fn plain() { super::plain(spec()).await }
@@ -584,7 +744,9 @@ macro_rules! conformance {
             #[tokio::test] async fn tool_call() { super::tool_call(spec()).await }
             #[tokio::test] async fn parallel_tool_calls() { super::parallel_tool_calls(spec()).await }
             #[tokio::test] async fn tool_round_trip() { super::tool_round_trip(spec()).await }
+            #[tokio::test] async fn tool_round_trip_foreign_ids() { super::tool_round_trip_foreign_ids(spec()).await }
             #[tokio::test] async fn stream_with_tools() { super::stream_with_tools(spec()).await }
+            #[tokio::test] async fn stream_error_mid_stream() { super::stream_error_mid_stream(spec()).await }
             #[tokio::test] async fn image_input() { super::image_input(spec()).await }
             #[tokio::test] async fn json_mode() { super::json_mode(spec()).await }
             #[tokio::test] async fn stop_sequence() { super::stop_sequence(spec()).await }
@@ -596,9 +758,15 @@ macro_rules! conformance {
     )* };
 }
 
-// provider: simulator instance, the status its protocol uses for "overloaded".
+// provider: simulator instance, the status its protocol uses for "overloaded",
+// whether it can fail inside a started stream, the end of the upstream path, the
+// auth header.
 conformance! {
-    openai: "", 503;
-    azure: "azure", 503;
-    anthropic: "", 529;
+    openai: "", 503, false, "/v1/chat/completions", "authorization";
+    azure: "azure", 503, false, "/openai/deployments/mini-prod/chat/completions", "api-key";
+    anthropic: "", 529, true, "/v1/messages", "x-api-key";
+    bedrock: "", 503, true, "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse", "x-amz-date";
+    gemini: "", 503, true, "/v1beta/models/gemini-2.5-flash:generateContent", "x-goog-api-key";
+    vertex: "", 503, true, "/v1/projects/sim-project/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent", "authorization";
+    mistral: "", 503, true, "/mistral/v1/chat/completions", "authorization";
 }

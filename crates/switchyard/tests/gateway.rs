@@ -331,6 +331,8 @@ async fn client_errors_are_openai_shaped_with_param() {
             .fetch_one(&db)
             .await
             .expect("count");
+    // The two 401s; the 413's row still names its caller (the key is looked at
+    // before the body is read, though a bad key is answered only after it).
     assert_eq!(unauthenticated, 2);
 }
 

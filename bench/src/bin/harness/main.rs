@@ -183,13 +183,29 @@ impl Kind {
         }
     }
 
-    fn features(self) -> &'static str {
-        match self {
-            Kind::Direct => "no proxy: the load generator calls the upstream",
-            Kind::Forwarder => "none: hyper server + pooled hyper client, bytes passed through",
-            Kind::Switchyard => "bearer-key auth (SHA-256 lookup), body validation, SQLite ledger (rate limits and budgets do not exist yet)",
-            Kind::SwitchyardNoLedger => "bearer-key auth, body validation, `[ledger] enabled = false`",
-            Kind::Litellm => "master-key auth, no database (so no spend logs), offline cost map, default settings otherwise",
+    /// What the arm does per request. `governance`: Switchyard's key carries rate
+    /// limits and a budget (builds from before those existed run without).
+    fn features(self, governance: bool) -> &'static str {
+        match (self, governance) {
+            (Kind::Direct, _) => "no proxy: the load generator calls the upstream",
+            (Kind::Forwarder, _) => {
+                "none: hyper server + pooled hyper client, bytes passed through"
+            }
+            (Kind::Switchyard, true) => {
+                "bearer-key auth (SHA-256 lookup), key rate limits (rpm, tpm) and a monthly budget (set never to refuse), body validation, SQLite ledger"
+            }
+            (Kind::Switchyard, false) => {
+                "bearer-key auth (SHA-256 lookup), body validation, SQLite ledger (this build has no rate limits or budgets)"
+            }
+            (Kind::SwitchyardNoLedger, true) => {
+                "as Switchyard, with `[ledger] enabled = false`"
+            }
+            (Kind::SwitchyardNoLedger, false) => {
+                "bearer-key auth, body validation, `[ledger] enabled = false` (this build has no rate limits or budgets)"
+            }
+            (Kind::Litellm, _) => {
+                "master-key auth, no database (so no spend logs, budgets or virtual keys), offline cost map, defaults otherwise"
+            }
         }
     }
 }
@@ -244,7 +260,7 @@ pub struct ArmResult {
     pub id: &'static str,
     pub kind: Kind,
     pub label: &'static str,
-    pub features: &'static str,
+    pub features: String,
     pub skipped: Option<String>,
     pub problems: Vec<String>,
     pub rss_idle_kb: Option<u64>,
@@ -271,7 +287,7 @@ impl ArmResult {
             id: kind.id(),
             kind,
             label: kind.label(),
-            features: kind.features(),
+            features: kind.features(true).to_owned(),
             skipped: None,
             problems: Vec::new(),
             rss_idle_kb: None,
@@ -373,36 +389,37 @@ impl Harness {
         eprintln!("[bench] {}", msg.as_ref());
     }
 
-    async fn start_arm(&self, kind: Kind) -> Result<Running, String> {
+    async fn start_arm(&self, kind: Kind) -> Result<(Running, bool), String> {
         let models = self.plan.models();
         let started = match kind {
             Kind::Direct => {
-                return Ok(Running {
-                    target: Target::new(self.upstream_addr, "/v1/chat/completions", Some(KEY))?,
-                    proc: None,
-                    pids: Vec::new(),
-                })
+                return Ok((
+                    Running {
+                        target: Target::new(self.upstream_addr, "/v1/chat/completions", Some(KEY))?,
+                        proc: None,
+                        pids: Vec::new(),
+                    },
+                    false,
+                ))
             }
-            Kind::Forwarder => {
-                procs::start_forwarder(
-                    &self.args.bin_dir,
-                    &self.work,
-                    self.upstream_addr,
-                    self.args.proxy_core,
-                )
-                .await
-            }
-            Kind::Switchyard | Kind::SwitchyardNoLedger => {
-                procs::start_switchyard(
-                    &self.args.switchyard,
-                    &self.work,
-                    self.upstream_addr,
-                    kind == Kind::Switchyard,
-                    &models,
-                    self.args.proxy_core,
-                )
-                .await
-            }
+            Kind::Forwarder => procs::start_forwarder(
+                &self.args.bin_dir,
+                &self.work,
+                self.upstream_addr,
+                self.args.proxy_core,
+            )
+            .await
+            .map(|(p, a)| (p, a, false)),
+            Kind::Switchyard | Kind::SwitchyardNoLedger => procs::start_switchyard(
+                &self.args.switchyard,
+                &self.work,
+                self.upstream_addr,
+                kind == Kind::Switchyard,
+                &models,
+                self.args.proxy_core,
+            )
+            .await
+            .map(|s| (s.proc, s.addr, s.governance)),
             Kind::Litellm => {
                 if let Some(why) = &self.args.litellm_skip {
                     return Err(why.clone());
@@ -418,15 +435,19 @@ impl Harness {
                     self.args.proxy_core,
                 )
                 .await
+                .map(|(p, a)| (p, a, false))
             }
         };
-        let (proc, addr) = started?;
+        let (proc, addr, governance) = started?;
         let pids = procfs::tree(proc.pid());
-        Ok(Running {
-            target: Target::new(addr, "/v1/chat/completions", Some(KEY))?,
-            proc: Some(proc),
-            pids,
-        })
+        Ok((
+            Running {
+                target: Target::new(addr, "/v1/chat/completions", Some(KEY))?,
+                proc: Some(proc),
+                pids,
+            },
+            governance,
+        ))
     }
 
     /// Waits (up to 15 s) until the proxy is idle, so that one step's backlog does not
@@ -601,11 +622,29 @@ impl Harness {
     /// Small requests at rising rates from the ladder's start while the arm keeps up
     /// (and direct does), then, if the start was already too fast, falling rates until
     /// it keeps up.
-    async fn sweep(&mut self, run: &Running, direct: &Target, name: &str) -> Vec<Step> {
+    ///
+    /// A slow arm starts lower: at most twice what one-at-a-time latency says one
+    /// core could serve, so that a proxy that manages 60 req/s is not first buried
+    /// under 500 req/s (and the run does not wait out its backlog). When even one at a
+    /// time adds more than 5 ms at p99, no rate can hold that, and none is searched.
+    async fn sweep(
+        &mut self,
+        run: &Running,
+        direct: &Target,
+        name: &str,
+        serial: &Pair,
+    ) -> Vec<Step> {
         let ladder = self.plan.ladder.clone();
         let is_direct = run.proc.is_none();
         let mut steps: Vec<Step> = Vec::new();
-        let mut i = self.plan.start.min(ladder.len().saturating_sub(1));
+        let estimate = 2e6 / serial.arm.latency.p50_us.max(1.0);
+        let start = self.plan.start.min(ladder.len().saturating_sub(1));
+        let start = (0..=start)
+            .rev()
+            .find(|&i| ladder[i] <= estimate)
+            .unwrap_or(0);
+        let hopeless_5ms = serial.arm.latency.p99_us - serial.direct.latency.p99_us > 5000.0;
+        let mut i = start;
         loop {
             let rate = ladder[i];
             if !is_direct && rate > self.direct_limit {
@@ -630,10 +669,11 @@ impl Harness {
             }
             i += 1;
         }
-        let mut i = self.plan.start.min(ladder.len().saturating_sub(1));
+        let mut i = start;
         while !is_direct
             && i > 0
-            && !(steps.iter().any(|s| s.held_5ms) && steps.iter().any(|s| s.sustained))
+            && !(steps.iter().any(|s| s.sustained)
+                && (hopeless_5ms || steps.iter().any(|s| s.held_5ms)))
         {
             i -= 1;
             let s = self.step(run, direct, "small", ladder[i]).await;
@@ -717,7 +757,10 @@ impl Harness {
         let name = kind.id();
         self.log(format!("arm {name}: starting"));
         let run = match self.start_arm(kind).await {
-            Ok(run) => run,
+            Ok((run, governance)) => {
+                r.features = kind.features(governance).to_owned();
+                run
+            }
             Err(e) => {
                 self.log(format!("arm {name}: skipped: {e}"));
                 r.skipped = Some(e);
@@ -757,9 +800,8 @@ impl Harness {
             pair.arm.latency.p50_us, pair.direct.latency.p50_us, pair.arm.latency.p99_us
         ));
         sent += pair.arm.ok + pair.arm.errors;
+        r.sweep = self.sweep(&run, direct, name, &pair).await;
         r.serial_small = Some(pair);
-
-        r.sweep = self.sweep(&run, direct, name).await;
         r.rss_load_kb = r.sweep.iter().filter_map(|s| s.rss_peak_kb).max();
 
         let pair = self.serial_pair(&run, direct, "stream").await;

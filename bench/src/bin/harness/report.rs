@@ -391,7 +391,10 @@ impl Report {
                 format!("≥ {} (ceiling)", thousands(r))
             }
             Some(r) => thousands(r),
-            None => "none tried".into(),
+            None => match a.result.sweep.iter().map(|s| s.rate).reduce(f64::min) {
+                Some(low) => format!("none (down to {})", thousands(low)),
+                None => "not measured".into(),
+            },
         };
         row("Highest rate held, p99 added ≤ 1 ms (req/s)", &|a| {
             if a.result.kind == Kind::Direct {
@@ -517,6 +520,24 @@ impl Report {
                 _ => "not measured".into(),
             },
         );
+        let proxy_core = self.machine.proxy_core;
+        row(
+            "Other work on the proxy's core during the sweep, mean (max)",
+            &|a| {
+                let v: Vec<f64> = a
+                    .result
+                    .sweep
+                    .iter()
+                    .filter_map(|s| others_on_proxy_core(s, proxy_core))
+                    .collect();
+                if v.is_empty() {
+                    return "—".into();
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let max = v.iter().copied().fold(0.0, f64::max);
+                format!("{:.0}% ({:.0}%)", mean * 100.0, max * 100.0)
+            },
+        );
         row(
             "Ledger rows written / dropped (requests sent)",
             &|a| match (a.result.ledger_written, a.result.ledger_dropped) {
@@ -545,9 +566,11 @@ impl Report {
 
     fn sweep_table(&self) -> String {
         let mut t = String::from(
-            "Small requests, open loop, per step (p50 / p99 from the scheduled send time; cores = busy share of core 0 / core 1):\n\n\
-             | arm | req/s | answered | p50 µs | p99 µs | added p50 / p99 µs | CPU µs/req | cores | held |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
+            "Small requests, open loop, per step (p50 / p99 from the scheduled send time; cores = busy share of core 0 / core 1; \
+             others on proxy core = busy share of the proxy's core that was not the proxy's, i.e. other work on the machine; \
+             for direct, everything there is other work):\n\n\
+             | arm | req/s | answered | p50 µs | p99 µs | added p50 / p99 µs | CPU µs/req | cores | others on proxy core | held |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
         );
         for a in &self.arms {
             for s in &a.result.sweep {
@@ -567,9 +590,10 @@ impl Report {
                 } else {
                     "no"
                 };
+                let others = others_on_proxy_core(s, self.machine.proxy_core);
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {}/{}{} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {}/{}{} | {} | {} | {} | {} | {} | {} | {} |",
                     a.result.label,
                     thousands(s.rate),
                     r.ok,
@@ -592,12 +616,20 @@ impl Report {
                         .map(|b| format!("{:.0}%", b * 100.0))
                         .collect::<Vec<_>>()
                         .join(" / "),
+                    others.map_or("—".into(), |o| format!("{:.0}%", o * 100.0)),
                     held
                 );
             }
         }
         t
     }
+}
+
+/// Busy share of the proxy's core during a step that was not the proxy's own: other
+/// work on the machine competing with the proxy under test.
+fn others_on_proxy_core(s: &Step, proxy_core: usize) -> Option<f64> {
+    let busy = *s.core_busy.get(proxy_core)?;
+    Some((busy - s.proxy_cores.unwrap_or(0.0)).max(0.0))
 }
 
 fn targets(arms: &[ArmReport]) -> Vec<Target> {

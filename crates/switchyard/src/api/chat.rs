@@ -13,7 +13,7 @@ use super::tracker::RequestTracker;
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState};
 use crate::config::{Constraints, Deployment, LogicalModel};
-use crate::dispatch::{Job, Opened};
+use crate::dispatch::{Job, Opened, Rendered};
 use crate::ledger::Usage;
 use crate::providers::{adapter, Endpoint};
 use crate::routing::Needs;
@@ -75,8 +75,13 @@ async fn chat(
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
 ) -> Result<Reply, ApiError> {
-    let key = authenticate(state, headers, tracker)?;
+    // A bad key is answered only after the body was read: a response sent while a
+    // request body is unread forces HTTP/1.1 to close the connection, and clients
+    // that reuse it (every SDK) would see their next request fail. The key is looked
+    // at first so that even a too-large body's ledger row names its caller.
+    let key = authenticate(state, headers, tracker);
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
+    let key = key?;
     let req: ChatRequest = parse_body(&bytes)?;
     req.validate()?;
     let include_usage = req
@@ -85,7 +90,7 @@ async fn chat(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     Ok(
-        match serve_chat(state, &key, req, tracker, limit_headers).await? {
+        match serve_chat(state, &key, req, tracker, limit_headers, |_, _| None).await? {
             ChatServed::Full {
                 body,
                 deployment,
@@ -126,12 +131,17 @@ pub(super) enum ChatServed {
 
 /// Everything after the body was parsed and validated, whatever the ingress protocol:
 /// model resolution, admission, dispatch, and settling a complete answer's usage.
+///
+/// `native` may supply the upstream body for a deployment itself (the admitted
+/// request in hand): an ingress whose own protocol that deployment speaks passes the
+/// client's request through instead of the translation.
 pub(super) async fn serve_chat(
     state: &AppState,
     key: &crate::governance::Principal,
     mut req: ChatRequest,
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
+    mut native: impl FnMut(&ChatRequest, &Deployment) -> Option<Rendered>,
 ) -> Result<ChatServed, ApiError> {
     let streamed = req.stream == Some(true);
     tracker.set_model(&req.model, streamed);
@@ -153,8 +163,11 @@ pub(super) async fn serve_chat(
     };
     let served = state
         .dispatcher
-        .dispatch(job, tracker, |d| {
-            adapter(&d.provider.kind).chat_body(&mut req, d, streamed)
+        .dispatch(job, tracker, |d| match native(&req, d) {
+            Some(rendered) => Ok(rendered),
+            None => adapter(&d.provider.kind)
+                .chat_body(&mut req, d, streamed)
+                .map(Rendered::from),
         })
         .await?;
     let attempts = tracker.attempts();
@@ -279,10 +292,10 @@ async fn embed(
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = state.authenticate(headers)?;
-    tracker.set_key(&key.name);
-    tracker.set_team(key.team.as_deref());
+    // Read first, for the same reason as in `chat`.
+    let key = authenticate(state, headers, tracker);
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
+    let key = key?;
     let mut req: EmbeddingsRequest = parse_body(&bytes)?;
     req.validate()?;
     tracker.set_model(&req.model, false);
@@ -303,7 +316,9 @@ async fn embed(
     let served = state
         .dispatcher
         .dispatch(job, tracker, |d| {
-            adapter(&d.provider.kind).embeddings_body(&mut req, d)
+            adapter(&d.provider.kind)
+                .embeddings_body(&mut req, d)
+                .map(Rendered::from)
         })
         .await?;
     let Opened::Full { body, usage } = served.opened else {

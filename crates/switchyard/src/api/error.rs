@@ -283,6 +283,11 @@ impl IntoResponse for ApiError {
         if let Some(v) = &self.retry_after {
             headers.insert(header::RETRY_AFTER, v.clone());
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is never read, so the connection cannot be reused:
+            // say so, rather than let the client's next request fail on it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }

@@ -126,6 +126,38 @@ pub enum ProviderKind {
     /// Anthropic Messages. `base_url` (no `/v1`, no trailing slash) and the
     /// `anthropic-version` header.
     Anthropic { base_url: String, version: String },
+    /// AWS Bedrock Runtime (Converse). Signed with SigV4 unless the provider has an
+    /// `api_key` (a Bedrock API key, sent as a bearer token).
+    Bedrock {
+        base_url: String,
+        region: String,
+        credentials: Option<AwsCredentials>,
+    },
+    /// Mistral's chat API: OpenAI-shaped at `base_url` (with `/v1`), with Mistral's
+    /// differences.
+    Mistral { base_url: String },
+    /// The Gemini API (`{base_url}/{api_version}/models/{model}:generateContent`), with
+    /// `x-goog-api-key`.
+    Gemini {
+        base_url: String,
+        api_version: String,
+    },
+    /// Vertex AI (`{base_url}/{api_version}/projects/{project}/locations/{location}/
+    /// publishers/google/models/{model}:generateContent`), with a bearer token.
+    Vertex {
+        base_url: String,
+        api_version: String,
+        project: String,
+        location: String,
+    },
+}
+
+/// Static AWS credentials for SigV4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 impl ProviderKind {
@@ -135,6 +167,10 @@ impl ProviderKind {
             ProviderKind::OpenAi { .. } => "openai",
             ProviderKind::Azure { .. } => "azure",
             ProviderKind::Anthropic { .. } => "anthropic",
+            ProviderKind::Bedrock { .. } => "bedrock",
+            ProviderKind::Gemini { .. } => "gemini",
+            ProviderKind::Vertex { .. } => "vertex",
+            ProviderKind::Mistral { .. } => "mistral",
         }
     }
 }
@@ -373,22 +409,37 @@ enum Segment<'a> {
     Index(usize),
 }
 
+/// A table key as it appears in a field path: quoted when it holds a dot, as TOML
+/// writes it (`models."gpt-4.1".deployments[0]`), so the path stays unambiguous.
+fn path_key(name: &str) -> String {
+    if name.contains('.') || name.contains('"') {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Splits `a."b.c"[2].d` into keys and indexes.
 fn path_segments(path: &str) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
-    for part in path.split('.') {
-        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
-        if !key.is_empty() {
-            out.push(Segment::Key(key));
-        }
-        for index in rest.split('[') {
-            if let Some(n) = index
-                .trim_end_matches(']')
-                .parse()
-                .ok()
-                .filter(|_| !index.is_empty())
-            {
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let Some(end) = quoted.find('"') else { break };
+            out.push(Segment::Key(&quoted[..end]));
+            rest = &quoted[end + 1..];
+        } else if let Some(indexed) = rest.strip_prefix('[') {
+            let Some(end) = indexed.find(']') else { break };
+            if let Ok(n) = indexed[..end].parse() {
                 out.push(Segment::Index(n));
             }
+            rest = &indexed[end + 1..];
+        } else if let Some(next) = rest.strip_prefix('.') {
+            rest = next;
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            out.push(Segment::Key(&rest[..end]));
+            rest = &rest[end..];
         }
     }
     out
@@ -558,7 +609,7 @@ fn validate(
 
     let mut providers: BTreeMap<String, Arc<Provider>> = BTreeMap::new();
     for (name, p) in raw.providers {
-        let at = format!("providers.{name}");
+        let at = format!("providers.{}", path_key(&name));
         native::reject_foreign_fields(&p, &at)?;
         let kind = match p.kind.as_str() {
             "openai" => {
@@ -638,7 +689,8 @@ fn validate(
             .api_key
             .as_deref()
             .map(|v| Secret::resolve(v, &format!("{at}.api_key"), env))
-            .transpose()?;
+            .transpose()?
+            .or_else(|| native::default_api_key(&kind, env));
         if matches!(kind, ProviderKind::Azure { .. }) && api_key.is_none() {
             return Err(err(
                 format!("{at}.api_key"),
@@ -668,7 +720,7 @@ fn validate(
 
     let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
     for (name, d) in raw.deployments {
-        let at = format!("deployments.{name}");
+        let at = format!("deployments.{}", path_key(&name));
         let Some(provider) = providers.get(&d.provider) else {
             return Err(err(
                 format!("{at}.provider"),
@@ -781,7 +833,7 @@ fn validate(
 
     let mut models = BTreeMap::new();
     for (name, m) in raw.models {
-        let at = format!("models.{name}");
+        let at = format!("models.{}", path_key(&name));
         models.insert(
             name.clone(),
             Arc::new(validate_model(name, m, &at, &deployments)?),

@@ -151,10 +151,14 @@ pub struct RawPiiPattern {
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     /// `openai` (also any OpenAI-compatible server: vLLM, llama.cpp, Ollama…), `azure`,
-    /// `anthropic`.
+    /// `anthropic`, `bedrock`, `gemini` (the Gemini API), `vertex` (Vertex AI).
     pub kind: String,
     /// openai: the API base including `/v1`, e.g. `https://api.openai.com/v1`.
     /// anthropic: the API base without `/v1`; default `https://api.anthropic.com`.
+    /// bedrock: default `https://bedrock-runtime.{region}.amazonaws.com`.
+    /// gemini: default `https://generativelanguage.googleapis.com`. vertex: default
+    /// `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com`
+    /// for `global`).
     pub base_url: Option<String>,
     /// azure: the resource endpoint, e.g. `https://myres.openai.azure.com`.
     pub endpoint: Option<String>,
@@ -162,12 +166,31 @@ pub struct RawProvider {
     /// Default: `deployments` when `api_version` is set, else `v1`.
     pub api: Option<String>,
     /// azure classic: the `api-version` query parameter, e.g. `2024-10-21`.
+    /// gemini: the path version, default `v1beta`. vertex: default `v1`.
     pub api_version: Option<String>,
     /// The credential, as `"${ENV_VAR}"`. Optional for servers that need none (a local vLLM);
-    /// required for `azure` and `anthropic`.
+    /// required for `azure`, `anthropic` and `gemini`. bedrock: a Bedrock API key, used
+    /// instead of SigV4. vertex: an OAuth2 access token; default
+    /// `$GOOGLE_OAUTH_ACCESS_TOKEN`.
     pub api_key: Option<String>,
     /// anthropic: the `anthropic-version` header. Default `2023-06-01`.
     pub anthropic_version: Option<String>,
+    /// bedrock: the AWS region, e.g. `us-east-1`. Default: `$AWS_REGION`, then
+    /// `$AWS_DEFAULT_REGION`.
+    pub region: Option<String>,
+    /// bedrock: the AWS access key id, as `"${ENV_VAR}"`. Default: `$AWS_ACCESS_KEY_ID`.
+    /// Not needed when `api_key` (a Bedrock API key, sent as a bearer token) is set.
+    pub access_key_id: Option<String>,
+    /// bedrock: the AWS secret access key, as `"${ENV_VAR}"`. Default:
+    /// `$AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// bedrock: the session token of temporary credentials, as `"${ENV_VAR}"`.
+    /// Default: `$AWS_SESSION_TOKEN` when the keys also come from the environment.
+    pub session_token: Option<String>,
+    /// vertex: the Google Cloud project id.
+    pub project: Option<String>,
+    /// vertex: the location, e.g. `us-central1`, or `global`.
+    pub location: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

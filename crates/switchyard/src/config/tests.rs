@@ -334,3 +334,18 @@ fn the_routing_example_in_the_repository_is_valid() {
     assert_eq!(m.targets.len(), 4);
     assert_eq!(m.hedge_after, Some(Duration::from_millis(3000)));
 }
+
+#[test]
+fn dotted_names_are_quoted_in_paths_and_still_find_their_line() {
+    let src = GOOD
+        .replace("[models.support-chat]", "[models.\"gpt-4.1\"]")
+        .replace(r#"["az-mini", "oa-mini"]"#, r#"["az-mini", "nope"]"#);
+    let e = error_of(&src);
+    assert_eq!(e.path, r#"models."gpt-4.1".deployments[1]"#);
+    let expected_line = src
+        .lines()
+        .position(|l| l.contains("\"nope\""))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, Some(expected_line));
+}

@@ -370,12 +370,10 @@ struct StartMessage {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Delta {
-    TextDelta {
-        text: String,
-    },
-    InputJsonDelta {
-        partial_json: String,
-    },
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }
@@ -445,8 +443,8 @@ impl AnthropicStream {
                 _ => {}
             },
             Event::ContentBlockDelta { index, delta } => match delta {
-                Delta::TextDelta { text } => self.out.content(&text),
-                Delta::InputJsonDelta { partial_json } => {
+                Delta::Text { text } => self.out.content(&text),
+                Delta::InputJson { partial_json } => {
                     if let Some(&tool) = self.tools.get(&index) {
                         self.out.tool_arguments(tool, &partial_json);
                     }

@@ -38,33 +38,62 @@ pub fn tool_call(id: &str, name: &str, arguments: String) -> Value {
     json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
 }
 
+/// One choice of a complete answer: its text, tool calls and finish reason.
+pub struct Choice {
+    pub text: Option<String>,
+    pub tool_calls: Vec<Value>,
+    pub finish_reason: &'static str,
+}
+
 /// A complete `chat.completion` body with one choice.
 pub fn completion(
     id: &str,
     model: &str,
     text: Option<String>,
     tool_calls: Vec<Value>,
-    finish_reason: &str,
+    finish_reason: &'static str,
     usage: &Usage,
 ) -> Result<Bytes, ProviderError> {
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert("content".into(), text.map_or(Value::Null, Value::String));
-    message.insert("refusal".into(), Value::Null);
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let choice = Choice {
+        text,
+        tool_calls,
+        finish_reason,
+    };
+    completion_choices(id, model, vec![choice], usage)
+}
+
+/// A complete `chat.completion` body; choice `i` gets `index: i`.
+pub fn completion_choices(
+    id: &str,
+    model: &str,
+    choices: Vec<Choice>,
+    usage: &Usage,
+) -> Result<Bytes, ProviderError> {
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let mut message = Map::new();
+            message.insert("role".into(), json!("assistant"));
+            message.insert("content".into(), c.text.map_or(Value::Null, Value::String));
+            message.insert("refusal".into(), Value::Null);
+            if !c.tool_calls.is_empty() {
+                message.insert("tool_calls".into(), Value::Array(c.tool_calls));
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": c.finish_reason,
+            })
+        })
+        .collect();
     let body = json!({
         "id": id,
         "object": "chat.completion",
         "created": now_secs(),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
+        "choices": choices,
         "usage": usage_json(usage),
     });
     serde_json::to_vec(&body)
@@ -359,6 +388,50 @@ pub mod golden {
         }
         assert!(!decoder.has_partial(), "bytes left over");
         out
+    }
+
+    /// Arbitrary bytes never make a decoder panic; they decode or fail cleanly.
+    #[test]
+    fn decoders_survive_garbage() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let makers: Vec<Box<dyn Fn() -> Box<dyn StreamDecoder>>> = vec![
+            Box::new(|| Box::new(super::super::anthropic::AnthropicStream::new())),
+            Box::new(|| Box::new(super::super::bedrock::BedrockStream::new("m"))),
+            Box::new(|| Box::new(super::super::gemini::GeminiStream::new("m"))),
+            Box::new(|| Box::new(super::super::mistral::MistralStream::new())),
+        ];
+        let seeds: [&[u8]; 4] = [
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n",
+            b"\x00\x00\x00\x10\x00\x00\x00\x00",
+            b"data: {\"candidates\":[{}]}\r\n\r\n{\"error\":{",
+            b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{}]}}]}\n\ndata: [DONE]\n\n",
+        ];
+        for round in 0..300 {
+            for (make, seed) in makers.iter().zip(seeds) {
+                let mut bytes = seed.to_vec();
+                let extra: usize = rng.random_range(0..64);
+                for _ in 0..extra {
+                    bytes.push(rng.random());
+                }
+                if round % 2 == 1 {
+                    let flips = rng.random_range(1..4);
+                    for _ in 0..flips {
+                        let i = rng.random_range(0..bytes.len());
+                        bytes[i] = rng.random();
+                    }
+                }
+                let mut d = make();
+                d.push(&bytes);
+                for _ in 0..100 {
+                    match d.next() {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let _ = d.has_partial();
+            }
+        }
     }
 
     /// Decodes whole, then byte by byte and in odd-sized pieces: all must agree.

@@ -4,7 +4,10 @@
 //! storage; [`crate::dispatch`] decides what to call and what to do when it fails.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod canonical;
+pub mod gemini;
+pub mod mistral;
 pub mod openai;
 pub mod sse;
 
@@ -88,13 +91,24 @@ pub enum Translated {
 }
 
 /// Every provider kind with an adapter, as `ProviderKind::label` names it.
-pub const KINDS: &[&str] = &["openai", "azure", "anthropic"];
+pub const KINDS: &[&str] = &[
+    "openai",
+    "azure",
+    "anthropic",
+    "bedrock",
+    "gemini",
+    "vertex",
+    "mistral",
+];
 
 /// The adapter for a provider kind.
 pub fn adapter(kind: &ProviderKind) -> &'static dyn Adapter {
     match kind {
         ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. } => &openai::OpenAiAdapter,
         ProviderKind::Anthropic { .. } => &anthropic::AnthropicAdapter,
+        ProviderKind::Bedrock { .. } => &bedrock::BedrockAdapter,
+        ProviderKind::Gemini { .. } | ProviderKind::Vertex { .. } => &gemini::GeminiAdapter,
+        ProviderKind::Mistral { .. } => &mistral::MistralAdapter,
     }
 }
 

@@ -17,7 +17,9 @@ use crate::ledger::Usage;
 /// The URL of `endpoint` at this deployment.
 pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {
     match &deployment.provider.kind {
-        ProviderKind::OpenAi { base_url } => format!("{base_url}/{}", endpoint.path()),
+        ProviderKind::OpenAi { base_url } | ProviderKind::Mistral { base_url } => {
+            format!("{base_url}/{}", endpoint.path())
+        }
         ProviderKind::Azure {
             endpoint: base,
             api: AzureApi::Deployments { api_version },
@@ -32,7 +34,10 @@ pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {
         } => format!("{base}/openai/v1/{}", endpoint.path()),
         // Native protocols have their own adapters (`providers::adapter`) and never
         // come here; their base URL is the least surprising answer.
-        ProviderKind::Anthropic { base_url, .. } => base_url.clone(),
+        ProviderKind::Anthropic { base_url, .. }
+        | ProviderKind::Bedrock { base_url, .. }
+        | ProviderKind::Gemini { base_url, .. }
+        | ProviderKind::Vertex { base_url, .. } => base_url.clone(),
     }
 }
 
@@ -49,9 +54,15 @@ pub fn build(
         .body(body);
     if let Some(key) = &deployment.provider.api_key {
         req = match deployment.provider.kind {
-            ProviderKind::OpenAi { .. } => req.bearer_auth(key.expose()),
+            ProviderKind::OpenAi { .. } | ProviderKind::Mistral { .. } => {
+                req.bearer_auth(key.expose())
+            }
             ProviderKind::Azure { .. } => req.header("api-key", key.expose()),
             ProviderKind::Anthropic { .. } => req.header("x-api-key", key.expose()),
+            ProviderKind::Bedrock { .. } | ProviderKind::Vertex { .. } => {
+                req.bearer_auth(key.expose())
+            }
+            ProviderKind::Gemini { .. } => req.header("x-goog-api-key", key.expose()),
         };
     }
     req

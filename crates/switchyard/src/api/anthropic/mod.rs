@@ -6,9 +6,13 @@
 //! ([`crate::api::chat::serve_chat`]). The answer is translated back: a complete
 //! `chat.completion` into a `message` ([`response`]), a stream into Anthropic events
 //! by an encoder the relay drives ([`stream`]). Errors are Anthropic-shaped
-//! ([`error`]), with the status [`ApiError`] maps.
+//! ([`error`]), with the status [`ApiError`] maps. A deployment that speaks Anthropic
+//! itself gets the client's own body ([`passthrough`]), and its answer goes back as
+//! it came ([`native`]).
 
 mod error;
+mod native;
+mod passthrough;
 mod request;
 mod response;
 mod stream;
@@ -25,11 +29,14 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, ChatServed};
 use super::error::ApiError;
-use super::relay::Relay;
+use super::relay::{Encoder, Relay};
 use super::tracker::RequestTracker;
 use super::wire::parse_body;
 use super::{new_request_id, read_body, with_request_id, AppState};
+use crate::ledger::Usage;
 use crate::providers::ProviderError;
+use bytes::Bytes;
+use native::NativeEvents;
 use stream::AnthropicEvents;
 use wire::MessagesRequest;
 
@@ -59,7 +66,7 @@ pub async fn messages(
             res
         }
         // The tracker moves into the relay, which finishes it with the stream.
-        Ok(Reply::Stream(relay, events)) => relay.into_response(tracker, events),
+        Ok(Reply::Stream(relay, events)) => (*relay).into_response(tracker, events),
         Err(e) => {
             tracker.finish(e.status.as_u16(), Some(e.code));
             error::error_response(&e, &request_id)
@@ -75,7 +82,7 @@ pub async fn messages(
 
 enum Reply {
     Full(Response),
-    Stream(Relay, AnthropicEvents),
+    Stream(Box<Relay>, Events),
 }
 
 /// Anthropic clients send their key as `x-api-key`; authentication reads
@@ -104,6 +111,9 @@ async fn run(
     limit_headers: &mut HeaderMap,
     request_id: &str,
 ) -> Result<Reply, ApiError> {
+    // The body is read before the key is checked, as in `chat`: answering while a
+    // body is unread makes HTTP/1.1 close the connection the SDK wants to reuse.
+    let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
     let key = authenticate(state, &with_bearer(headers), tracker).map_err(|e| {
         if e.code == "missing_api_key" {
             ApiError {
@@ -114,12 +124,17 @@ async fn run(
             e
         }
     })?;
-    let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
     let req: MessagesRequest = parse_body(&bytes)?;
     req.validate()?;
     let message_id = format!("msg_{}", request_id.trim_start_matches("req_"));
     let chat = request::to_openai(&req);
-    match serve_chat(state, &key, chat, tracker, limit_headers).await? {
+    let mut native = passthrough::Passthrough::new(
+        &bytes,
+        &chat,
+        passthrough::useful_for(state.config.model(&req.model).map(|m| &**m)),
+    );
+    let passed = |admitted: &_, d: &_| native.body(admitted, d);
+    match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
         ChatServed::Full {
             body,
             usage,
@@ -127,12 +142,17 @@ async fn run(
             attempts,
             route,
         } => {
-            let message =
-                response::to_message(&body, &message_id, &req.model, &usage).map_err(|why| {
-                    ApiError::from_provider(&ProviderError::Protocol(why), &deployment.name)
-                })?;
-            let mut res =
-                Response::new(Body::from(serde_json::to_vec(&message).unwrap_or_default()));
+            let body = if native.passed_to(&deployment) {
+                // Anthropic's own message, as it came.
+                body.to_vec()
+            } else {
+                let message = response::to_message(&body, &message_id, &req.model, &usage)
+                    .map_err(|why| {
+                        ApiError::from_provider(&ProviderError::Protocol(why), &deployment.name)
+                    })?;
+                serde_json::to_vec(&message).unwrap_or_default()
+            };
+            let mut res = Response::new(Body::from(body));
             *res.status_mut() = StatusCode::OK;
             let h = res.headers_mut();
             h.insert(
@@ -142,9 +162,50 @@ async fn run(
             served_headers(h, &deployment, attempts, &route);
             Ok(Reply::Full(res))
         }
-        ChatServed::Stream(relay) => Ok(Reply::Stream(
-            relay,
-            AnthropicEvents::new(message_id, req.model.clone()),
-        )),
+        ChatServed::Stream(relay) => {
+            let events = if native.passed_to(&relay.deployment) {
+                Events::Native(NativeEvents)
+            } else {
+                Events::Translated(AnthropicEvents::new(message_id, req.model.clone()))
+            };
+            Ok(Reply::Stream(Box::new(relay), events))
+        }
+    }
+}
+
+/// What the client's stream is made of: the upstream's own Anthropic events, or
+/// OpenAI chunks translated.
+enum Events {
+    Native(NativeEvents),
+    Translated(AnthropicEvents),
+}
+
+impl Encoder for Events {
+    fn chunk(&mut self, data: &Bytes, has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
+        match self {
+            Events::Native(e) => e.chunk(data, has_choices, usage),
+            Events::Translated(e) => e.chunk(data, has_choices, usage),
+        }
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        match self {
+            Events::Native(e) => e.upstream_error(data),
+            Events::Translated(e) => e.upstream_error(data),
+        }
+    }
+
+    fn done(&mut self) -> Bytes {
+        match self {
+            Events::Native(e) => e.done(),
+            Events::Translated(e) => e.done(),
+        }
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        match self {
+            Events::Native(e) => e.failed(error),
+            Events::Translated(e) => e.failed(error),
+        }
     }
 }

@@ -9,8 +9,10 @@
 //! - Images: base64 → a `data:` URL; url → the URL.
 //! - tool_choice auto/any/tool/none → auto/required/{function}/none;
 //!   `disable_parallel_tool_use` → `parallel_tool_calls: false`.
-//! - `metadata.user_id` → `user`. `top_k` and replayed thinking have no equivalent
-//!   and are dropped.
+//! - `metadata.user_id` → `user`. `top_k`, replayed thinking blocks, `cache_control`
+//!   and the Anthropic-only top-level fields (`thinking`, `service_tier`…) have no
+//!   equivalent and are dropped; [`super::passthrough`] keeps them for Anthropic
+//!   deployments.
 
 use serde_json::{json, Map, Value};
 
@@ -57,12 +59,17 @@ pub fn to_openai(req: &MessagesRequest) -> ChatRequest {
             })
             .collect::<Vec<_>>()
     });
-    let tool_choice = req.tool_choice.as_ref().map(|c| match c.kind.as_str() {
-        "any" => json!("required"),
-        "none" => json!("none"),
-        "tool" => json!({"type": "function", "function": {"name": c.name}}),
-        _ => json!("auto"),
-    });
+    // OpenAI-style upstreams refuse a tool_choice without tools.
+    let tool_choice = req
+        .tool_choice
+        .as_ref()
+        .filter(|_| tools.is_some())
+        .map(|c| match c.kind.as_str() {
+            "any" => json!("required"),
+            "none" => json!("none"),
+            "tool" => json!({"type": "function", "function": {"name": c.name}}),
+            _ => json!("auto"),
+        });
     let no_parallel = req
         .tool_choice
         .as_ref()

@@ -10,6 +10,8 @@ use crate::ledger::Usage;
 #[derive(Debug, Deserialize)]
 struct Completion {
     #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
     choices: Vec<Choice>,
 }
 
@@ -78,11 +80,12 @@ pub fn parse_input(arguments: &str) -> Value {
     }
 }
 
-/// The Anthropic message for an OpenAI completion body. `id` is the message id and
-/// `model` the model the client asked for.
-pub fn to_message(body: &[u8], id: &str, model: &str, usage: &Usage) -> Result<Value, String> {
+/// The Anthropic message for an OpenAI completion body. `id` is the message id;
+/// `model` is the upstream's, as the OpenAI ingress shows it, or else `requested`.
+pub fn to_message(body: &[u8], id: &str, requested: &str, usage: &Usage) -> Result<Value, String> {
     let completion: Completion =
         serde_json::from_slice(body).map_err(|e| format!("the completion is not readable: {e}"))?;
+    let model = completion.model.unwrap_or_else(|| requested.to_owned());
     let choice = completion
         .choices
         .into_iter()

@@ -20,6 +20,8 @@ use crate::ledger::Usage;
 #[derive(Debug, Deserialize)]
 struct Chunk {
     #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
     choices: Vec<ChunkChoice>,
 }
 
@@ -87,7 +89,8 @@ fn event(out: &mut BytesMut, name: &str, data: &Value) {
 }
 
 impl AnthropicEvents {
-    /// `id` is the message id; `model` the model the client asked for.
+    /// `id` is the message id; `model` the model the client asked for, shown until
+    /// the upstream names its own (as the OpenAI ingress shows it).
     pub fn new(id: String, model: String) -> Self {
         AnthropicEvents {
             id,
@@ -190,6 +193,22 @@ impl AnthropicEvents {
     }
 }
 
+/// Anthropic's error type for an OpenAI error object met inside a stream (a native
+/// upstream's own error event comes this way, translated by its adapter).
+fn stream_error_type(error: &Value) -> &'static str {
+    let kind = error["type"].as_str().unwrap_or_default();
+    let code = error["code"].as_str().unwrap_or_default();
+    if code.contains("overloaded") || kind.contains("overloaded") {
+        "overloaded_error"
+    } else if kind == "rate_limit_error" || code.contains("rate_limit") {
+        "rate_limit_error"
+    } else if kind == "invalid_request_error" {
+        "invalid_request_error"
+    } else {
+        "api_error"
+    }
+}
+
 impl Encoder for AnthropicEvents {
     fn chunk(&mut self, data: &Bytes, _has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
         if let Some(u) = usage {
@@ -202,6 +221,9 @@ impl Encoder for AnthropicEvents {
                 return None;
             }
         };
+        if let Some(model) = chunk.model.filter(|m| !self.started && !m.is_empty()) {
+            self.model = model;
+        }
         let mut out = BytesMut::new();
         // Anthropic has one answer per request: the first choice.
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
@@ -222,15 +244,16 @@ impl Encoder for AnthropicEvents {
     }
 
     fn upstream_error(&mut self, data: &Bytes) -> Bytes {
-        let message = serde_json::from_slice::<Value>(data)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "The upstream reported an error in the stream.".into());
+        let error = serde_json::from_slice::<Value>(data).unwrap_or_default();
+        let error = &error["error"];
+        let message = error["message"]
+            .as_str()
+            .unwrap_or("The upstream reported an error in the stream.");
         let mut out = BytesMut::new();
         event(
             &mut out,
             "error",
-            &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+            &json!({"type": "error", "error": {"type": stream_error_type(error), "message": message}}),
         );
         out.freeze()
     }

@@ -141,6 +141,14 @@ fn a_cut_stream_ends_with_one_error_event() {
         br#"{"error":{"message":"boom","type":"server_error"}}"#,
     ));
     assert_eq!(events(&upstream)[0].1["error"]["message"], "boom");
+    assert_eq!(events(&upstream)[0].1["error"]["type"], "api_error");
+    let overloaded = enc.upstream_error(&Bytes::from_static(
+        br#"{"error":{"message":"Overloaded","type":"server_error","code":"upstream_overloaded"}}"#,
+    ));
+    assert_eq!(
+        events(&overloaded)[0].1["error"]["type"],
+        "overloaded_error"
+    );
 }
 
 #[test]
@@ -216,4 +224,118 @@ fn validation_names_the_field() {
         assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
         assert_eq!(err.status, 400);
     }
+}
+
+#[test]
+fn passthrough_sends_the_clients_body_only_to_anthropic_and_only_when_unchanged() {
+    use super::passthrough::Passthrough;
+    use crate::config::ProviderKind;
+    use crate::providers::canonical::golden;
+
+    let ant = golden::deployment(
+        ProviderKind::Anthropic {
+            base_url: "http://h".into(),
+            version: "2023-06-01".into(),
+        },
+        "claude-haiku-4-5",
+    );
+    let oa = golden::deployment(
+        ProviderKind::OpenAi {
+            base_url: "http://h/v1".into(),
+        },
+        "gpt-4o-mini",
+    );
+    let body = json!({"model": "claude", "max_tokens": 9, "top_k": 3,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let req: MessagesRequest = parse_body(&bytes).expect("parses");
+    let translated = to_openai(&req);
+
+    let mut p = Passthrough::new(&bytes, &translated, true);
+    assert!(
+        p.body(&translated, &oa).is_none(),
+        "OpenAI deployments get the translation"
+    );
+    let sent: Value =
+        serde_json::from_slice(&p.body(&translated, &ant).expect("passed").body).expect("json");
+    let mut want = body.clone();
+    want["model"] = json!("claude-haiku-4-5");
+    assert_eq!(sent, want);
+
+    let mut redacted = translated.clone();
+    redacted.messages[0].content = Some(crate::api::wire::MessageContent::Text("[EMAIL_1]".into()));
+    let mut p = Passthrough::new(&bytes, &translated, true);
+    assert!(
+        p.body(&redacted, &ant).is_none(),
+        "a rewritten request is not bypassed"
+    );
+}
+
+#[test]
+fn native_streams_keep_the_upstreams_events_and_read_usage() {
+    use super::native::{NativeEvents, ANTHROPIC_NATIVE};
+    use crate::dispatch::NativeAnswer;
+    use crate::providers::Translated;
+
+    let upstream = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_x\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":4,\"cache_creation_input_tokens\":2,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+    let mut decoder = ANTHROPIC_NATIVE.stream_decoder();
+    decoder.push(upstream.as_bytes());
+    let mut enc = NativeEvents;
+    let mut out = Vec::new();
+    let mut last_usage = None;
+    loop {
+        match decoder.next().expect("decodes") {
+            Some(Translated::Chunk {
+                data,
+                has_choices,
+                usage,
+            }) => {
+                if usage.is_some() {
+                    last_usage = usage;
+                }
+                out.extend_from_slice(
+                    &enc.chunk(&data, has_choices, usage.as_ref()).expect("sent"),
+                );
+            }
+            Some(Translated::Done) => {
+                out.extend_from_slice(&enc.done());
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!decoder.has_partial());
+    // Byte for byte what the upstream sent: thinking blocks included.
+    assert_eq!(String::from_utf8(out).expect("utf-8"), upstream);
+    let usage = last_usage.expect("usage");
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens
+        ),
+        (16, 7, 4, 2)
+    );
+
+    let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[],"usage":{"input_tokens":3,"output_tokens":2}}"#;
+    let usage = ANTHROPIC_NATIVE
+        .usage(body)
+        .expect("readable")
+        .expect("usage");
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 2));
+    assert!(ANTHROPIC_NATIVE.usage(b"{\"type\":\"error\"}").is_err());
 }

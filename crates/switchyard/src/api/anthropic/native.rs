@@ -1,0 +1,177 @@
+//! Answers of Anthropic deployments to passed-through requests, kept as the upstream
+//! sent them: the body of a message as it is, and each stream event re-framed
+//! unchanged (`event:` line and the upstream's own `data:` bytes). Only usage is read,
+//! for the ledger.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::api::error::ApiError;
+use crate::api::relay::Encoder;
+use crate::dispatch::NativeAnswer;
+use crate::ledger::Usage;
+use crate::providers::sse::SseDecoder;
+use crate::providers::{ProviderError, StreamDecoder, Translated};
+
+/// The [`NativeAnswer`] for Anthropic Messages.
+pub struct AnthropicNative;
+
+pub static ANTHROPIC_NATIVE: AnthropicNative = AnthropicNative;
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Later counts replace earlier ones (`message_delta`'s are cumulative).
+    fn merge(&mut self, later: WireUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
+    }
+
+    /// In the ledger's terms: the prompt includes the cached parts.
+    fn to_usage(self) -> Usage {
+        let write = self.cache_creation_input_tokens.unwrap_or(0);
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: self.input_tokens.unwrap_or(0) + write + read,
+            completion_tokens: self.output_tokens.unwrap_or(0),
+            cached_tokens: read,
+            cache_write_tokens: write,
+            ..Usage::default()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageSummary {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct EventSummary {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<MessageSummary>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+impl NativeAnswer for AnthropicNative {
+    fn usage(&self, body: &[u8]) -> Result<Option<Usage>, ProviderError> {
+        let m: MessageSummary = serde_json::from_slice(body)
+            .map_err(|e| ProviderError::Protocol(format!("message is not readable: {e}")))?;
+        if m.kind != "message" {
+            return Err(ProviderError::Protocol(format!(
+                "expected a message, got `{}`",
+                m.kind
+            )));
+        }
+        Ok(m.usage.map(WireUsage::to_usage))
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(NativeStream {
+            sse: SseDecoder::new(),
+            usage: WireUsage::default(),
+        })
+    }
+}
+
+/// Anthropic events as items: each one's bytes re-framed as they came.
+struct NativeStream {
+    sse: SseDecoder,
+    usage: WireUsage,
+}
+
+fn reframe(name: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(name.len() + data.len() + 16);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\n");
+    // A multi-line `data` (joined with `\n` by the decoder) goes out line by line.
+    for line in data.split(|&b| b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_slice(b"\n");
+    }
+    out.put_slice(b"\n");
+    out.freeze()
+}
+
+impl StreamDecoder for NativeStream {
+    fn push(&mut self, bytes: &[u8]) {
+        self.sse.push(bytes);
+    }
+
+    fn next(&mut self) -> Result<Option<Translated>, ProviderError> {
+        let Some(event) = self
+            .sse
+            .next_event()
+            .map_err(|_| ProviderError::Protocol("a stream event is too large".into()))?
+        else {
+            return Ok(None);
+        };
+        let summary: EventSummary = serde_json::from_slice(&event.data)
+            .map_err(|e| ProviderError::Protocol(format!("stream event is not JSON: {e}")))?;
+        let mut usage = None;
+        if let Some(u) = summary.message.and_then(|m| m.usage).or(summary.usage) {
+            self.usage.merge(u);
+            usage = Some(self.usage.to_usage());
+        }
+        Ok(Some(match summary.kind.as_str() {
+            // The encoder writes it: its data is always `{"type":"message_stop"}`.
+            "message_stop" => Translated::Done,
+            "error" => Translated::Error(event.data),
+            kind => Translated::Chunk {
+                has_choices: kind == "content_block_delta",
+                usage,
+                data: reframe(kind, &event.data),
+            },
+        }))
+    }
+
+    fn has_partial(&self) -> bool {
+        self.sse.has_partial()
+    }
+}
+
+/// The relay's encoder for a passed-through stream: events go out as they came.
+pub struct NativeEvents;
+
+impl Encoder for NativeEvents {
+    fn chunk(&mut self, data: &Bytes, _has_choices: bool, _usage: Option<&Usage>) -> Option<Bytes> {
+        Some(data.clone())
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        reframe("error", data)
+    }
+
+    fn done(&mut self) -> Bytes {
+        reframe("message_stop", br#"{"type":"message_stop"}"#)
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        let data = serde_json::to_vec(&super::error::error_json(error, None)).unwrap_or_default();
+        reframe("error", &data)
+    }
+}
