@@ -654,13 +654,16 @@ impl Harness {
             self.describe(name, &s);
             // Direct marks the ceiling: the highest rate at which the load generator
             // and upstream, on their one core, answer everything without queueing
-            // (p50 ≤ 1 ms). No arm is driven harder than that.
+            // (p50 ≤ 1 ms) and with a clean tail (p99 ≤ 5 ms), so that "p99 added
+            // ≤ 5 ms" still means something. No arm is driven harder than that.
+            // Direct goes on up while it keeps up at all, so that one noisy step
+            // does not cap every arm.
             let go_on = if is_direct {
                 s.report.complete() && s.report.latency.p50_us <= 1000.0
             } else {
                 s.held_5ms || s.sustained
             };
-            if is_direct && go_on {
+            if is_direct && go_on && s.report.latency.p99_us <= 5000.0 {
                 self.direct_limit = self.direct_limit.max(rate);
             }
             steps.push(s);
