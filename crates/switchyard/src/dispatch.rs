@@ -145,6 +145,9 @@ impl Dispatcher {
                 .pool_idle_timeout(config.upstream.pool_idle_timeout)
                 .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
                 .tcp_nodelay(true)
+                // A redirect would carry our provider credential to another host;
+                // providers do not redirect API calls, so none is followed.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?;
             clients.insert(d.timeouts.connect, client);
         }

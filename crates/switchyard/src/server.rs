@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,13 @@ impl Gateway {
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let serve = tokio::spawn(async move {
+            // Without TCP_NODELAY the first small write after the headers (a stream's
+            // first chunk) can wait on Nagle's algorithm for the client's ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await

@@ -239,10 +239,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_governance.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_ledger_indexes.sql"),
+    ),
 ];
 
 /// Highest schema version this build writes and reads.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Creates the file (and its directory) if needed and brings its schema up to date,
 /// without starting a writer: for the governance store and the CLI, which share the

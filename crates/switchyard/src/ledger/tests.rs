@@ -387,7 +387,15 @@ async fn full_queue_drops_instead_of_blocking() {
 async fn locked_database_drops_then_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = open_ledger(&path, 4).await;
+    // Batches of at most 4: the writer lingers to fill a batch, so what it can hold
+    // while stuck is one batch plus the queue.
+    let ledger = Ledger::open(LedgerOptions {
+        path: path.clone(),
+        queue_capacity: 4,
+        batch_max: 4,
+    })
+    .await
+    .expect("open ledger");
     let sink = ledger.sink();
 
     let mut locker = raw(&path).await;
