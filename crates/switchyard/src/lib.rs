@@ -8,7 +8,10 @@ pub mod api;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod governance;
+pub mod images;
 pub mod ledger;
 pub mod limits;
 pub mod providers;

@@ -6,6 +6,8 @@
 //! the same way.
 
 mod common;
+#[path = "conformance/ingress.rs"]
+mod ingress;
 
 use common::{sse_data, user, Harness, PATIENT_BREAKER};
 use serde_json::{json, Value};
@@ -13,9 +15,13 @@ use sqlx::Row;
 use switchyard_sim::schema_check;
 use switchyard_sim::Fault;
 
+use ingress::Ingress;
+
 /// One provider under test: the logical model that reaches it, and how its
-/// protocol says "overloaded".
+/// protocol says "overloaded"; and the ingress the client uses.
+#[derive(Clone, Copy)]
 struct Spec {
+    ingress: Ingress,
     model: &'static str,
     /// The simulator instance the provider's base URL names (faults are per instance).
     instance: &'static str,
@@ -277,8 +283,12 @@ fn assemble(chunks: &[Value]) -> Assembled {
 
 async fn plain(spec: Spec) {
     let h = start().await;
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("Hello there, how are you?")}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": user("Hello there, how are you?")}),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -313,12 +323,17 @@ async fn stream(spec: Spec) {
     let h = start().await;
     let messages = user("Tell me about the river");
     let plain = json_of(
-        h.chat(json!({"model": spec.model, "messages": messages}))
+        spec.ingress
+            .chat(&h, json!({"model": spec.model, "messages": messages}))
             .await,
     )
     .await;
-    let res = h
-        .chat(json!({"model": spec.model, "messages": messages, "stream": true}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": messages, "stream": true}),
+        )
         .await;
     let chunks = stream_chunks(res).await;
     let s = assemble(&chunks);
@@ -336,13 +351,17 @@ async fn stream(spec: Spec) {
 async fn tool_call(spec: Spec) {
     let h = start().await;
     let tool = weather_tool();
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("What should I wear in Oslo today?"),
-            "tools": [tool, time_tool()],
-            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("What should I wear in Oslo today?"),
+                "tools": [tool, time_tool()],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}
+            }),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -359,13 +378,17 @@ async fn tool_call(spec: Spec) {
 async fn parallel_tool_calls(spec: Spec) {
     let h = start().await;
     let (weather, time) = (weather_tool(), time_tool());
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("Use get_weather for Oslo and get_time for Europe/Oslo"),
-            "tools": [weather, time],
-            "tool_choice": "auto"
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("Use get_weather for Oslo and get_time for Europe/Oslo"),
+                "tools": [weather, time],
+                "tool_choice": "auto"
+            }),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -385,7 +408,11 @@ async fn tool_round_trip(spec: Spec) {
     let (weather, time) = (weather_tool(), time_tool());
     let mut messages = user("Use get_weather for Oslo and get_time for Europe/Oslo");
     let first = json_of(
-        h.chat(json!({"model": spec.model, "messages": messages, "tools": [weather, time]}))
+        spec.ingress
+            .chat(
+                &h,
+                json!({"model": spec.model, "messages": messages, "tools": [weather, time]}),
+            )
             .await,
     )
     .await;
@@ -400,8 +427,12 @@ async fn tool_round_trip(spec: Spec) {
     for (call, result) in calls.iter().zip(["{\"temp_c\": 4}", "12:30"]) {
         list.push(json!({"role": "tool", "tool_call_id": call["id"], "content": result}));
     }
-    let res = h
-        .chat(json!({"model": spec.model, "messages": messages, "tools": [weather, time]}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": messages, "tools": [weather, time]}),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -431,8 +462,12 @@ async fn tool_round_trip_foreign_ids(spec: Spec) {
         {"role": "tool", "tool_call_id": "call_Q2x9vB7mN4kL1pR8sT3wY6zA", "content": "{\"temp_c\": 4}"},
         {"role": "tool", "tool_call_id": "toolu_01.Xy-Z", "content": "12:30"}
     ]);
-    let res = h
-        .chat(json!({"model": spec.model, "messages": messages, "tools": [weather, time]}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": messages, "tools": [weather, time]}),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -445,8 +480,7 @@ async fn stream_error_mid_stream(spec: Spec) {
     h.sim
         .sim
         .set_fault(spec.instance, "*", Fault::error(503).mid_stream(3));
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("[[len:30]] Tell me more"), "stream": true}))
+    let res = spec.ingress.chat(&h, json!({"model": spec.model, "messages": user("[[len:30]] Tell me more"), "stream": true}))
         .await;
     if !spec.mid_stream_errors {
         // OpenAI-style upstreams report the error before the stream.
@@ -471,13 +505,17 @@ async fn stream_error_mid_stream(spec: Spec) {
 async fn stream_with_tools(spec: Spec) {
     let h = start().await;
     let (weather, time) = (weather_tool(), time_tool());
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("Use get_weather for Oslo and get_time for Europe/Oslo"),
-            "tools": [weather, time],
-            "stream": true
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("Use get_weather for Oslo and get_time for Europe/Oslo"),
+                "tools": [weather, time],
+                "stream": true
+            }),
+        )
         .await;
     let s = assemble(&stream_chunks(res).await);
     assert_eq!(s.finish_reasons, ["tool_calls"]);
@@ -492,12 +530,15 @@ const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+
 async fn image_input(spec: Spec) {
     let h = start().await;
     let text_only = json_of(
-        h.chat(json!({"model": spec.model, "messages": user("Describe this picture")}))
+        spec.ingress
+            .chat(
+                &h,
+                json!({"model": spec.model, "messages": user("Describe this picture")}),
+            )
             .await,
     )
     .await;
-    let res = h
-        .chat(json!({"model": spec.model, "messages": [{"role": "user", "content": [
+    let res = spec.ingress.chat(&h, json!({"model": spec.model, "messages": [{"role": "user", "content": [
             {"type": "text", "text": "Describe this picture"},
             {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG}"), "detail": "low"}}
         ]}]}))
@@ -515,12 +556,16 @@ async fn image_input(spec: Spec) {
 
 async fn json_mode(spec: Spec) {
     let h = start().await;
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("Give me a JSON object describing a lantern"),
-            "response_format": {"type": "json_object"}
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("Give me a JSON object describing a lantern"),
+                "response_format": {"type": "json_object"}
+            }),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -534,8 +579,7 @@ async fn json_mode(spec: Spec) {
     let schema = json!({"type": "object", "properties": {
         "name": {"type": "string"}, "lumens": {"type": "integer", "minimum": 1}
     }, "required": ["name", "lumens"], "additionalProperties": false});
-    let res = h
-        .chat(json!({
+    let res = spec.ingress.chat(&h, json!({
             "model": spec.model,
             "messages": user("Describe a lantern"),
             "response_format": {"type": "json_schema", "json_schema": {"name": "lantern", "schema": schema, "strict": true}}
@@ -553,12 +597,16 @@ async fn json_mode(spec: Spec) {
 
 async fn stop_sequence(spec: Spec) {
     let h = start().await;
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("[[echo]] alpha STOP beta"),
-            "stop": ["STOP"]
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("[[echo]] alpha STOP beta"),
+                "stop": ["STOP"]
+            }),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -570,12 +618,16 @@ async fn stop_sequence(spec: Spec) {
 
 async fn max_tokens(spec: Spec) {
     let h = start().await;
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("[[len:40]] Tell me a long story"),
-            "max_tokens": 5
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("[[len:40]] Tell me a long story"),
+                "max_tokens": 5
+            }),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
@@ -583,13 +635,17 @@ async fn max_tokens(spec: Spec) {
     let (_, completion, _) = usage_numbers(&body["usage"]);
     assert_eq!(completion, 5, "{body}");
 
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": user("[[len:40]] Tell me a long story"),
-            "max_completion_tokens": 5,
-            "stream": true
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": user("[[len:40]] Tell me a long story"),
+                "max_completion_tokens": 5,
+                "stream": true
+            }),
+        )
         .await;
     let s = assemble(&stream_chunks(res).await);
     assert_eq!(s.finish_reasons, ["length"]);
@@ -599,17 +655,22 @@ async fn stream_usage(spec: Spec) {
     let mut h = start().await;
     let messages = user("[[cached]] Count the lanterns by the railway");
     let plain = json_of(
-        h.chat(json!({"model": spec.model, "messages": messages}))
+        spec.ingress
+            .chat(&h, json!({"model": spec.model, "messages": messages}))
             .await,
     )
     .await;
-    let res = h
-        .chat(json!({
-            "model": spec.model,
-            "messages": messages,
-            "stream": true,
-            "stream_options": {"include_usage": true}
-        }))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({
+                "model": spec.model,
+                "messages": messages,
+                "stream": true,
+                "stream_options": {"include_usage": true}
+            }),
+        )
         .await;
     let request_id = res.headers()["x-request-id"]
         .to_str()
@@ -631,8 +692,12 @@ async fn stream_usage(spec: Spec) {
     assert!(cached > 0, "the simulator reported cached tokens: {usage}");
 
     // A stream whose client did not ask for usage is billed from the upstream's too.
-    let quiet = h
-        .chat(json!({"model": spec.model, "messages": messages, "stream": true}))
+    let quiet = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": messages, "stream": true}),
+        )
         .await;
     let quiet_id = quiet.headers()["x-request-id"]
         .to_str()
@@ -659,16 +724,21 @@ async fn upstream_429(spec: Spec) {
     h.sim
         .sim
         .set_fault(spec.instance, "*", Fault::error(429).retry_after(7));
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("Hello")}))
+    let res = spec
+        .ingress
+        .chat(&h, json!({"model": spec.model, "messages": user("Hello")}))
         .await;
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()["retry-after"], "7");
     let body = json_of(res).await;
     assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
     // The stream is refused the same way before it starts.
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("Hello"), "stream": true}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": user("Hello"), "stream": true}),
+        )
         .await;
     assert_eq!(res.status(), 429);
 }
@@ -676,8 +746,9 @@ async fn upstream_429(spec: Spec) {
 async fn upstream_5xx(spec: Spec) {
     let h = start().await;
     h.sim.sim.set_fault(spec.instance, "*", Fault::error(500));
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("Hello")}))
+    let res = spec
+        .ingress
+        .chat(&h, json!({"model": spec.model, "messages": user("Hello")}))
         .await;
     assert_eq!(res.status(), 502);
     let body = json_of(res).await;
@@ -686,8 +757,12 @@ async fn upstream_5xx(spec: Spec) {
     h.sim
         .sim
         .set_fault(spec.instance, "*", Fault::error(spec.overloaded_status));
-    let res = h
-        .chat(json!({"model": spec.model, "messages": user("Hello"), "stream": true}))
+    let res = spec
+        .ingress
+        .chat(
+            &h,
+            json!({"model": spec.model, "messages": user("Hello"), "stream": true}),
+        )
         .await;
     assert_eq!(
         res.status(),
@@ -726,11 +801,21 @@ async fn several_choices_where_the_protocol_has_them() {
     assert_eq!(body["error"]["code"], "unsupported_by_deployment", "{body}");
 }
 
+/// The cases, stamped with a `spec()` in scope. JSON mode is OpenAI-ingress only:
+/// the Anthropic Messages request the gateway accepts has no JSON mode to express it.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => { $(
+        #[tokio::test] async fn $case() { crate::$case(spec()).await }
+    )* };
+}
+
 macro_rules! conformance {
     ($($provider:ident: $instance:expr, $overloaded:expr, $mid_stream:expr, $path:expr, $auth:expr);* $(;)?) => { $(
         mod $provider {
-            fn spec() -> super::Spec {
-                super::Spec {
+            use super::*;
+            fn spec() -> Spec {
+                Spec {
+                    ingress: Ingress::OpenAi,
                     model: concat!("conf-", stringify!($provider)),
                     instance: $instance,
                     overloaded_status: $overloaded,
@@ -739,21 +824,26 @@ macro_rules! conformance {
                     auth_header: $auth,
                 }
             }
-            #[tokio::test] async fn plain() { super::plain(spec()).await }
-            #[tokio::test] async fn stream() { super::stream(spec()).await }
-            #[tokio::test] async fn tool_call() { super::tool_call(spec()).await }
-            #[tokio::test] async fn parallel_tool_calls() { super::parallel_tool_calls(spec()).await }
-            #[tokio::test] async fn tool_round_trip() { super::tool_round_trip(spec()).await }
-            #[tokio::test] async fn tool_round_trip_foreign_ids() { super::tool_round_trip_foreign_ids(spec()).await }
-            #[tokio::test] async fn stream_with_tools() { super::stream_with_tools(spec()).await }
-            #[tokio::test] async fn stream_error_mid_stream() { super::stream_error_mid_stream(spec()).await }
-            #[tokio::test] async fn image_input() { super::image_input(spec()).await }
-            #[tokio::test] async fn json_mode() { super::json_mode(spec()).await }
-            #[tokio::test] async fn stop_sequence() { super::stop_sequence(spec()).await }
-            #[tokio::test] async fn max_tokens() { super::max_tokens(spec()).await }
-            #[tokio::test] async fn stream_usage() { super::stream_usage(spec()).await }
-            #[tokio::test] async fn upstream_429() { super::upstream_429(spec()).await }
-            #[tokio::test] async fn upstream_5xx() { super::upstream_5xx(spec()).await }
+            cases!(
+                plain, stream, tool_call, parallel_tool_calls, tool_round_trip,
+                tool_round_trip_foreign_ids, stream_with_tools, stream_error_mid_stream,
+                image_input, json_mode, stop_sequence, max_tokens, stream_usage,
+                upstream_429, upstream_5xx,
+            );
+
+            /// The same cases through the Anthropic ingress (`POST /v1/messages`).
+            mod messages {
+                use super::super::*;
+                fn spec() -> Spec {
+                    Spec { ingress: Ingress::Messages, ..super::spec() }
+                }
+                cases!(
+                    plain, stream, tool_call, parallel_tool_calls, tool_round_trip,
+                    tool_round_trip_foreign_ids, stream_with_tools, stream_error_mid_stream,
+                    image_input, stop_sequence, max_tokens, stream_usage,
+                    upstream_429, upstream_5xx,
+                );
+            }
         }
     )* };
 }

@@ -152,6 +152,7 @@ pub(super) async fn serve_chat(
         .admit_chat(key, &mut req, &prices_of(&model), tracker, limit_headers)
         .await?;
     let caller = caller_constraints(&admission);
+    inline_images_if_needed(state, &model, &mut req).await?;
 
     let needs = Needs::of_chat(&req);
     let job = Job {
@@ -204,6 +205,33 @@ pub(super) async fn serve_chat(
             prompt_estimate: needs.prompt_tokens,
         })),
     }
+}
+
+/// Fetches http(s) image URLs into `data:` URLs, once, when a deployment of the
+/// model takes only image bytes (Bedrock). Other deployments take data URLs too.
+async fn inline_images_if_needed(
+    state: &AppState,
+    model: &LogicalModel,
+    req: &mut ChatRequest,
+) -> Result<(), ApiError> {
+    if !crate::images::has_remote_images(req) {
+        return Ok(());
+    }
+    let needed = model
+        .targets
+        .iter()
+        .any(|t| adapter(&t.deployment.provider.kind).needs_image_bytes());
+    if !needed {
+        return Ok(());
+    }
+    crate::images::inline_images(&state.config.images, req)
+        .await
+        .map_err(|(param, e)| {
+            ApiError::invalid_request(
+                Some(param.clone()),
+                format!("Could not use the image at '{param}': {e}."),
+            )
+        })
 }
 
 fn resolve_model(state: &AppState, name: &str) -> Result<Arc<LogicalModel>, ApiError> {

@@ -65,6 +65,16 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub admin: AdminConfig,
     pub governance: crate::governance::Settings,
+    pub images: ImagesConfig,
+}
+
+/// How the gateway fetches image URLs for providers that need bytes (`[images]`).
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    /// Hosts or addresses exempt from the private-address refusal.
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -869,6 +879,8 @@ fn validate(
         open_for: millis(raw.breaker.open_ms, 5_000, "breaker.open_ms")?,
     };
 
+    let images = validate_images(raw.images)?;
+
     Ok(Config {
         server,
         upstream,
@@ -880,6 +892,35 @@ fn validate(
         breaker,
         admin,
         governance,
+        images,
+    })
+}
+
+fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
+    let max_bytes = match raw.max_bytes {
+        Some(0) => return Err(err("images.max_bytes", "must be greater than 0")),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => 20 * 1024 * 1024,
+    };
+    let timeout = millis(raw.timeout_ms, 10_000, "images.timeout_ms")?;
+    for (i, h) in raw.allow_hosts.iter().enumerate() {
+        let bare = h.trim_start_matches('[').trim_end_matches(']');
+        let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+        if bare.is_empty() || bare.contains(['/', ' ', '@']) || (bare.contains(':') && !is_ip) {
+            return Err(err(
+                format!("images.allow_hosts[{i}]"),
+                format!("`{h}` is not a host name or an IP address (no scheme, port or path)"),
+            ));
+        }
+    }
+    Ok(ImagesConfig {
+        max_bytes,
+        timeout,
+        allow_hosts: raw
+            .allow_hosts
+            .into_iter()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .collect(),
     })
 }
 

@@ -45,6 +45,24 @@ pub struct RawConfig {
     /// Circuit-breaker settings shared by every deployment.
     #[serde(default)]
     pub breaker: RawBreaker,
+    /// Image URLs the gateway fetches itself, for providers that take only image
+    /// bytes (Bedrock).
+    #[serde(default)]
+    pub images: RawImages,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImages {
+    /// Largest image fetched, in bytes; a larger one is refused with 400. Default 20 MiB.
+    pub max_bytes: Option<u64>,
+    /// Time allowed for one image fetch (resolution, connect, body), in ms. Default 10000.
+    pub timeout_ms: Option<u64>,
+    /// Hosts or IP addresses that may be fetched even though they are private,
+    /// loopback or link-local (refused otherwise), e.g. `["127.0.0.1", "images.internal"]`.
+    /// Default none.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -349,3 +349,29 @@ fn dotted_names_are_quoted_in_paths_and_still_find_their_line() {
         + 1;
     assert_eq!(e.line, Some(expected_line));
 }
+
+#[test]
+fn images_defaults_and_allowlist() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    assert_eq!(c.images.max_bytes, 20 * 1024 * 1024);
+    assert!(c.images.allow_hosts.is_empty());
+    let src = format!("{GOOD}\n[images]\nmax_bytes = 1000\ntimeout_ms = 500\nallow_hosts = [\"127.0.0.1\", \"[::1]\", \"images.internal\"]\n");
+    let c = Config::parse(&src, env).expect("valid");
+    assert_eq!(c.images.max_bytes, 1000);
+    assert_eq!(c.images.timeout, Duration::from_millis(500));
+    assert_eq!(
+        c.images.allow_hosts,
+        ["127.0.0.1", "::1", "images.internal"]
+    );
+}
+
+#[test]
+fn images_errors_name_the_field() {
+    let src = format!("{GOOD}\n[images]\nallow_hosts = [\"127.0.0.1\", \"http://x/\"]\n");
+    let e = error_of(&src);
+    assert_eq!(e.path, "images.allow_hosts[1]");
+    let src = format!("{GOOD}\n[images]\nmax_bytes = 0\n");
+    assert_eq!(error_of(&src).path, "images.max_bytes");
+    let src = format!("{GOOD}\n[images]\nallow = []\n");
+    assert!(error_of(&src).to_string().contains("allow"));
+}

@@ -5,9 +5,10 @@
 //! into OpenAI's shapes.
 //!
 //! The mapping follows `shared/reference/provider-protocols.md` §4 and §6. Bedrock
-//! takes images only as bytes: data URLs are passed on, and an http(s) image URL is
-//! refused as unsupported (another deployment may take it) until the gateway fetches
-//! images itself under the rules in DECISIONS.md.
+//! takes images only as bytes: data URLs are passed on. The gateway fetches http(s)
+//! image URLs before dispatch when a deployment like this one may serve the request
+//! (`needs_image_bytes`, [`crate::images`]); one that still arrives here is refused
+//! as unsupported (another deployment may take it).
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -728,6 +729,10 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
 // ---------------------------------------------------------------- adapter
 
 impl Adapter for BedrockAdapter {
+    fn needs_image_bytes(&self) -> bool {
+        true
+    }
+
     fn chat_body(
         &self,
         req: &mut ChatRequest,

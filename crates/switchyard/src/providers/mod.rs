@@ -63,6 +63,12 @@ pub trait Adapter: Send + Sync {
 
     /// A decoder for one stream from `deployment`.
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder>;
+
+    /// Whether this protocol takes images only as bytes, so that the gateway must
+    /// fetch http(s) image URLs before rendering (see [`crate::images`]).
+    fn needs_image_bytes(&self) -> bool {
+        false
+    }
 }
 
 /// Turns an upstream stream's bytes into OpenAI chunks, as they arrive.

@@ -13,7 +13,7 @@
 mod error;
 mod native;
 mod passthrough;
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 #[cfg(test)]

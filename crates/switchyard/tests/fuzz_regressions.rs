@@ -1,0 +1,82 @@
+//! Every input the fuzzers (`fuzz/`, `scripts/fuzz`) found crashing, replayed through
+//! the same harness (`switchyard::fuzzing`). Files live in
+//! `tests/fuzz-regressions/<target>/`, one input each, named after what they found.
+
+use std::path::Path;
+
+fn replay(target: &str, run: impl Fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions")
+        .join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.expect("dir entry").path();
+        let input = std::fs::read(&path).expect("read input");
+        eprintln!("replaying {}", path.display());
+        run(&input);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn sse_decoder() {
+    replay("sse_decoder", switchyard::fuzzing::sse);
+}
+
+#[test]
+fn bedrock_stream() {
+    replay("bedrock_stream", |d| switchyard::fuzzing::stream(3, d));
+}
+
+#[test]
+fn bedrock_events() {
+    replay("bedrock_events", switchyard::fuzzing::bedrock_events);
+}
+
+#[test]
+fn stream_decoders() {
+    replay("stream_decoders", |d| {
+        if let Some((&kind, rest)) = d.split_first() {
+            switchyard::fuzzing::stream(usize::from(kind), rest);
+        }
+    });
+}
+
+#[test]
+fn chat_translators() {
+    replay("chat_translators", switchyard::fuzzing::chat);
+}
+
+#[test]
+fn response_translators() {
+    replay("response_translators", |d| {
+        if let Some((&kind, rest)) = d.split_first() {
+            switchyard::fuzzing::response(usize::from(kind), rest);
+        }
+    });
+}
+
+/// The harnesses themselves work on ordinary inputs (so a replay that finds no
+/// files still proves they run).
+#[test]
+fn harnesses_accept_ordinary_inputs() {
+    switchyard::fuzzing::sse(b"\x03\x01\x02\x05data: {\"a\":1}\n\nevent: x\ndata: y\r\n\r\n");
+    for kind in 0..switchyard::providers::KINDS.len() {
+        switchyard::fuzzing::stream(
+            kind,
+            b"\x02\x07\x01data: {\"id\":\"x\"}\n\ndata: [DONE]\n\n",
+        );
+        switchyard::fuzzing::response(kind, br#"{"id":"x","choices":[]}"#);
+    }
+    switchyard::fuzzing::chat(
+        br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"required","stop":["x"],"max_tokens":5}"#,
+    );
+    switchyard::fuzzing::bedrock_events(b"\x00{\"role\":\"assistant\"}\x00\x02{\"contentBlockIndex\":0,\"delta\":{\"text\":\"hi\"}}\x00\x04{\"stopReason\":\"end_turn\"}");
+    switchyard::fuzzing::chat(
+        br#"{"model":"m","max_tokens":5,"system":"s","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+    );
+}
