@@ -215,8 +215,9 @@ fn assistant_blocks(m: &ChatMessage) -> Vec<Value> {
 
 // ---------------------------------------------------------------- response
 
+/// Anthropic's usage object; also read by the `/v1/messages` pass-through path.
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
-struct WireUsage {
+pub(crate) struct WireUsage {
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -229,7 +230,7 @@ struct WireUsage {
 
 impl WireUsage {
     /// Later counts (a stream's `message_delta`) replace earlier ones field by field.
-    fn merge(&mut self, later: WireUsage) {
+    pub(crate) fn merge(&mut self, later: WireUsage) {
         self.input_tokens = later.input_tokens.or(self.input_tokens);
         self.output_tokens = later.output_tokens.or(self.output_tokens);
         self.cache_creation_input_tokens = later
@@ -240,7 +241,7 @@ impl WireUsage {
             .or(self.cache_read_input_tokens);
     }
 
-    fn to_usage(self) -> Usage {
+    pub(crate) fn to_usage(self) -> Usage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let write = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {

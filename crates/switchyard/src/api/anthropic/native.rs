@@ -10,6 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::relay::Encoder;
 use crate::dispatch::NativeAnswer;
 use crate::ledger::Usage;
+use crate::providers::anthropic::WireUsage;
 use crate::providers::sse::SseDecoder;
 use crate::providers::{ProviderError, StreamDecoder, Translated};
 
@@ -17,45 +18,6 @@ use crate::providers::{ProviderError, StreamDecoder, Translated};
 pub struct AnthropicNative;
 
 pub static ANTHROPIC_NATIVE: AnthropicNative = AnthropicNative;
-
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-}
-
-impl WireUsage {
-    /// Later counts replace earlier ones (`message_delta`'s are cumulative).
-    fn merge(&mut self, later: WireUsage) {
-        self.input_tokens = later.input_tokens.or(self.input_tokens);
-        self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens = later
-            .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens = later
-            .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
-    }
-
-    /// In the ledger's terms: the prompt includes the cached parts.
-    fn to_usage(self) -> Usage {
-        let write = self.cache_creation_input_tokens.unwrap_or(0);
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        Usage {
-            prompt_tokens: self.input_tokens.unwrap_or(0) + write + read,
-            completion_tokens: self.output_tokens.unwrap_or(0),
-            cached_tokens: read,
-            cache_write_tokens: write,
-            ..Usage::default()
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct MessageSummary {
