@@ -282,39 +282,9 @@ impl StreamDecoder for OpenAiStream {
 
 #[cfg(test)]
 mod tests {
+    use super::super::canonical::golden::deployment;
     use super::*;
-    use crate::config::{Capabilities, Price, Provider, Quota, Secret, Timeouts};
-    use std::sync::Arc;
-    use std::time::Duration;
 
-    fn deployment(kind: ProviderKind, model: &str) -> Deployment {
-        Deployment {
-            index: 0,
-            name: "d".into(),
-            provider: Arc::new(Provider {
-                name: "p".into(),
-                kind,
-                api_key: Some(Secret::new("k-123")),
-            }),
-            upstream_model: model.into(),
-            region: None,
-            price: Price::default(),
-            timeouts: Timeouts {
-                connect: Duration::from_secs(1),
-                first_byte: Duration::from_secs(1),
-                total: Duration::from_secs(2),
-            },
-            quota: Quota::default(),
-            capabilities: Capabilities {
-                tools: true,
-                vision: true,
-                json_schema: true,
-                context_window: None,
-                max_output: None,
-            },
-            data_tags: Vec::new(),
-        }
-    }
 
     #[test]
     fn urls_per_provider_kind() {
