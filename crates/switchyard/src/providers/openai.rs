@@ -285,7 +285,6 @@ mod tests {
     use super::super::canonical::golden::deployment;
     use super::*;
 
-
     #[test]
     fn urls_per_provider_kind() {
         let oa = deployment(
