@@ -41,15 +41,17 @@ pub fn request_body(
     for m in &req.messages {
         match m.role {
             Role::System | Role::Developer => system.push(canonical::text_of(m.content.as_ref())),
-            Role::User => push_turn(&mut messages, "user", user_blocks(m)?),
-            Role::Assistant => push_turn(&mut messages, "assistant", assistant_blocks(m)),
+            Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
+            Role::Assistant => {
+                canonical::push_turn(&mut messages, "assistant", "content", assistant_blocks(m))
+            }
             Role::Tool => {
                 let block = json!({
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
                     "content": canonical::text_of(m.content.as_ref()),
                 });
-                push_turn(&mut messages, "user", vec![block]);
+                canonical::push_turn(&mut messages, "user", "content", vec![block]);
             }
             Role::Function => {
                 return Err(ProviderError::Unsupported(
@@ -145,23 +147,6 @@ pub fn request_body(
         body.insert("stream".into(), json!(true));
     }
     Ok(Value::Object(body))
-}
-
-/// Appends blocks to the conversation, merging into the last turn when it has the
-/// same role (Anthropic alternates; parallel tool results share one user turn).
-fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(content) = last["content"].as_array_mut() {
-                content.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
 }
 
 fn user_blocks(m: &ChatMessage) -> Result<Vec<Value>, ProviderError> {

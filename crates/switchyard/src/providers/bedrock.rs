@@ -52,11 +52,11 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
                     system.push(json!({"text": text}));
                 }
             }
-            Role::User => push_turn(&mut messages, "user", user_blocks(m)?),
+            Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
             Role::Assistant => {
                 let blocks = assistant_blocks(m);
                 history_has_tools |= m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
-                push_turn(&mut messages, "assistant", blocks);
+                canonical::push_turn(&mut messages, "assistant", "content", blocks);
             }
             Role::Tool => {
                 history_has_tools = true;
@@ -66,7 +66,7 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
                     // Bedrock refuses blank text blocks.
                     "content": [{"text": if text.is_empty() { " ".to_owned() } else { text }}],
                 }});
-                push_turn(&mut messages, "user", vec![block]);
+                canonical::push_turn(&mut messages, "user", "content", vec![block]);
             }
             Role::Function => {
                 return Err(ProviderError::Unsupported(
@@ -183,21 +183,6 @@ fn tool_use_id(id: &str) -> String {
     } else {
         clean
     }
-}
-
-fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(content) = last["content"].as_array_mut() {
-                content.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
 }
 
 fn user_blocks(m: &ChatMessage) -> Result<Vec<Value>, ProviderError> {

@@ -284,6 +284,28 @@ pub fn protocol(what: &str, e: impl std::fmt::Display) -> ProviderError {
     ProviderError::Protocol(format!("{what}: {e}"))
 }
 
+/// Appends a turn's blocks to a native conversation, merging into the last turn when
+/// it has the same role: Anthropic, Bedrock and Gemini want roles to alternate, and
+/// parallel tool results share one user turn. `key` names the turn's block list
+/// (`content`, or Gemini's `parts`).
+pub(crate) fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last[key].as_array_mut() {
+                existing.extend(blocks);
+                return;
+            }
+        }
+    }
+    let mut turn = Map::new();
+    turn.insert("role".into(), Value::from(role));
+    turn.insert(key.into(), Value::Array(blocks));
+    turns.push(Value::Object(turn));
+}
+
 /// Golden fixture tests shared by the native translators: each provider keeps its
 /// fixtures in `providers/fixtures/<provider>/`, one JSON file per case, named
 /// `request_*` (`{"openai", "model", "stream", "native"}`), `response_*`

@@ -52,8 +52,10 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
                     system.push(json!({"text": text}));
                 }
             }
-            Role::User => push_turn(&mut contents, "user", user_parts(m)?),
-            Role::Assistant => push_turn(&mut contents, "model", model_parts(m)),
+            Role::User => canonical::push_turn(&mut contents, "user", "parts", user_parts(m)?),
+            Role::Assistant => {
+                canonical::push_turn(&mut contents, "model", "parts", model_parts(m))
+            }
             Role::Tool => {
                 let id = m.tool_call_id.as_deref().unwrap_or("");
                 let Some(name) = names.get(id) else {
@@ -66,7 +68,7 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
                 let output = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
                 let part =
                     json!({"functionResponse": {"name": name, "response": {"output": output}}});
-                push_turn(&mut contents, "user", vec![part]);
+                canonical::push_turn(&mut contents, "user", "parts", vec![part]);
             }
             Role::Function => {
                 return Err(ProviderError::Unsupported(
@@ -154,21 +156,6 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
         }
     }
     Ok(Value::Object(body))
-}
-
-fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["parts"].as_array_mut() {
-                existing.extend(parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": parts}));
 }
 
 /// The image type a URL's extension suggests.
