@@ -9,7 +9,8 @@ import json
 import pytest
 from openai import OpenAI
 
-from conftest import Demo
+# The OpenAI-SDK suite's client fixture, prompt, second tool and usage check.
+from test_gateway_sdk import HELLO, TIME_TOOL, check_usage, client  # noqa: F401
 
 # One demo model per provider kind (see crates/switchyard/src/demo.rs).
 EVERY_KIND = [
@@ -36,28 +37,6 @@ WEATHER_TOOL = {
         },
     },
 }
-TIME_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "Current time in a time zone.",
-        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
-    },
-}
-HELLO = [{"role": "user", "content": "Hello! How are you today?"}]
-
-
-@pytest.fixture(scope="module")
-def client(demo: Demo) -> OpenAI:
-    # No SDK retries: a failure must show as it happened.
-    return OpenAI(base_url=demo.base_url, api_key=demo.key, max_retries=0, timeout=30)
-
-
-def check_usage(usage) -> None:
-    assert usage is not None
-    assert usage.prompt_tokens > 0
-    assert usage.completion_tokens > 0
-    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 @pytest.mark.parametrize("model", EVERY_KIND)
