@@ -6,9 +6,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use switchyard::governance::policy::{nano_to_usd_string, BudgetInput, UsdAmount};
+use switchyard::config::policy::{BudgetInput, UsdAmount};
 use switchyard::governance::store::{KeyRow, NewKey, Store, TeamRow, Update};
-use switchyard::governance::{time, Budget, PiiMode, Policy};
+use switchyard::governance::{Budget, PiiMode, Policy};
+use switchyard::types::money::nano_to_usd_string;
+use switchyard::types::time;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {

@@ -410,27 +410,9 @@ fn serde_json_from(text: &str) -> Result<switchyard_sim::Scenario> {
 
 /// `YYYY-MM-DD` (UTC) → unix milliseconds at 00:00.
 fn parse_date(s: &str) -> Result<i64> {
-    let parts: Vec<&str> = s.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        anyhow::bail!("--since: `{s}` is not a date like 2026-11-01");
-    };
-    let (y, m, d): (i64, i64, i64) = (
-        y.parse().context("--since: bad year")?,
-        m.parse().context("--since: bad month")?,
-        d.parse().context("--since: bad day")?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        anyhow::bail!("--since: `{s}` is not a valid date");
-    }
-    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(days * 86_400_000)
+    switchyard::types::time::parse_utc(s)
+        .filter(|_| !s.contains(['T', ' ']))
+        .with_context(|| format!("--since: `{s}` is not a valid date like 2026-11-01"))
 }
 
 async fn demo(

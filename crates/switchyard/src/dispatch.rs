@@ -22,14 +22,15 @@ use futures_util::{Stream, StreamExt};
 use http::StatusCode;
 use tokio::time::{timeout_at, Instant as TokioInstant};
 
-use crate::api::error::ApiError;
-use crate::api::tracker::{unix_ms, RequestTracker};
 use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
-use crate::ledger::Usage;
+use crate::ledger::tracker::RequestTracker;
 use crate::limits::{Claim, Limiter, Reservation};
-use crate::providers::{self, Endpoint, ProviderError, StreamDecoder, Translated};
+use crate::providers::{self, Endpoint, StreamDecoder, Translated};
 use crate::resilience::{full_jitter, parse_duration, Admission};
 use crate::routing::{self, Health, Needs};
+use crate::types::time::now_ms;
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 /// Most bytes read of an upstream error body (it is only inspected for a message).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -172,13 +173,13 @@ impl Dispatcher {
         job: Job<'_>,
         tracker: &mut RequestTracker,
         mut make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
-    ) -> Result<Served, ApiError> {
+    ) -> Result<Served, DispatchError> {
         let plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
         if plan.candidates.is_empty() {
-            return Err(ApiError::no_eligible_deployment(
-                &job.model.name,
-                &plan.exclusions(),
-            ));
+            return Err(DispatchError::NoEligibleDeployment {
+                model: job.model.name.clone(),
+                exclusions: plan.exclusions(),
+            });
         }
         let retry = job.model.retry;
         let mut attempts = 0u32;
@@ -285,7 +286,10 @@ impl Dispatcher {
             round += 1;
         }
         match last {
-            Some((e, d)) => Err(ApiError::from_provider(&e, &d.name)),
+            Some((error, d)) => Err(DispatchError::Upstream {
+                error,
+                deployment: d.name.clone(),
+            }),
             None => Err(skipped.into_error(&job.model.name)),
         }
     }
@@ -293,7 +297,7 @@ impl Dispatcher {
     /// Whether `d` may take a call now; if so, its quota reservation.
     async fn admit(&self, d: &Deployment, needs: &Needs, skipped: &mut Skipped) -> Option<Gate> {
         let health = self.health.of(d);
-        if let Some(ms) = health.exhausted_for_ms(unix_ms()) {
+        if let Some(ms) = health.exhausted_for_ms(now_ms()) {
             skipped.capacity(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             return None;
         }
@@ -602,12 +606,13 @@ impl Skipped {
         self.soonest = Some(self.soonest.map_or(wait, |s| s.min(wait)));
     }
 
-    fn into_error(self, model: &str) -> ApiError {
+    fn into_error(self, model: &str) -> DispatchError {
         let retry_after = self.soonest.unwrap_or(Duration::from_secs(1));
+        let model = model.to_owned();
         if self.over_capacity > 0 && self.circuit_open == 0 {
-            ApiError::capacity_exhausted(model, retry_after)
+            DispatchError::CapacityExhausted { model, retry_after }
         } else {
-            ApiError::no_healthy_deployment(model, retry_after)
+            DispatchError::NoHealthyDeployment { model, retry_after }
         }
     }
 }
@@ -673,7 +678,7 @@ fn exhaustion(status: u16, headers: &http::HeaderMap) -> Option<i64> {
         ))
         .max()
     }?;
-    Some(unix_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
+    Some(now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
 async fn attempt(
@@ -863,4 +868,27 @@ impl UpstreamStream {
             }
         }
     }
+}
+
+/// Why no deployment answered a request. The ingress maps it to its protocol's status
+/// and error body (`api::error`).
+#[derive(Debug, Clone)]
+pub enum DispatchError {
+    /// The constraint filters left no deployment; `exclusions` says why each went.
+    NoEligibleDeployment { model: String, exclusions: String },
+    /// Every deployment was skipped for capacity: like a provider's 429.
+    CapacityExhausted {
+        model: String,
+        retry_after: Duration,
+    },
+    /// Every deployment was skipped as unhealthy (circuit open).
+    NoHealthyDeployment {
+        model: String,
+        retry_after: Duration,
+    },
+    /// The last upstream call failed and nothing else could be tried.
+    Upstream {
+        error: ProviderError,
+        deployment: String,
+    },
 }

@@ -11,8 +11,8 @@
 use base64::Engine;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::api::wire::{ChatRequest, MessageContent};
 use crate::config::ImagesConfig;
+use crate::types::chat::{ChatRequest, MessageContent};
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 3;

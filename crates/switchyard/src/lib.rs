@@ -18,6 +18,7 @@ pub mod providers;
 pub mod resilience;
 pub mod routing;
 pub mod server;
+pub mod types;
 
 pub use config::{Config, ConfigError};
 pub use server::{shutdown_signal, Gateway, ShutdownReport, StartError};

@@ -76,7 +76,7 @@ impl Gateway {
         let governance = crate::governance::Governance::open(&config, limiter).await?;
         let state =
             Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
-        let app = api::router(state.clone());
+        let app = api::router(state.clone(), crate::admin::routes());
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let serve = tokio::spawn(async move {

@@ -598,7 +598,7 @@ async fn budget_is_never_overspent_by_200_concurrent_requests() {
     // A restarted gateway remembers the month's spend (seeded from the ledger).
     let store = Store::open(&gw.db).await.expect("store");
     let month_start = switchyard::governance::Period::Month
-        .bounds(switchyard::governance::time::now_ms())
+        .bounds(switchyard::types::time::now_ms())
         .0;
     assert_eq!(
         store

@@ -2,8 +2,8 @@
 //! computed by hand. Prices are nano-USD per million tokens; a call's cost is rounded
 //! once, half up.
 
-use switchyard::config::Price;
-use switchyard::ledger::Usage;
+use switchyard::types::Price;
+use switchyard::types::Usage;
 
 /// USD per million tokens → nano-USD per million tokens.
 const fn usd(micro_usd_per_mtok: u64) -> u64 {

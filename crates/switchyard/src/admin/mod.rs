@@ -18,11 +18,14 @@ use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::config::policy::{Budget, BudgetInput};
 use crate::governance::budget::Scope;
-use crate::governance::policy::{nano_to_usd_string, Budget, BudgetInput};
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
-use crate::governance::{time, Policy};
-use crate::ledger::{format_usd, spend_query, SpendGroup, SpendQuery, SpendRow};
+use crate::governance::Policy;
+use crate::ledger::{spend_query, SpendGroup, SpendQuery, SpendRow};
+use crate::types::money::format_usd;
+use crate::types::money::nano_to_usd_string;
+use crate::types::time;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -435,7 +438,7 @@ async fn spend(
     } else {
         let caller = match state.governance.authenticate(&headers) {
             Ok(p) => p,
-            Err(e) => return e.into_response(),
+            Err(e) => return ApiError::from(e).into_response(),
         };
         let Some(own) = caller.team.clone() else {
             return error(

@@ -9,14 +9,14 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::error::ApiError;
 use super::relay::{OpenAiFrames, Relay};
-use super::tracker::RequestTracker;
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState};
 use crate::config::{Constraints, Deployment, LogicalModel};
 use crate::dispatch::{Job, Opened, Rendered};
-use crate::ledger::Usage;
+use crate::ledger::tracker::RequestTracker;
 use crate::providers::{adapter, Endpoint};
 use crate::routing::Needs;
+use crate::types::Usage;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -59,7 +59,7 @@ fn caller_constraints(admission: &crate::governance::Admission) -> Constraints {
     }
 }
 
-fn prices_of(model: &LogicalModel) -> Vec<crate::config::Price> {
+fn prices_of(model: &LogicalModel) -> Vec<crate::types::Price> {
     model.targets.iter().map(|t| t.deployment.price).collect()
 }
 
@@ -154,7 +154,7 @@ pub(super) async fn serve_chat(
     let caller = caller_constraints(&admission);
     inline_images_if_needed(state, &model, &mut req).await?;
 
-    let needs = Needs::of_chat(&req);
+    let needs = Needs::of_chat(&req, admission.estimate);
     let job = Job {
         model: &model,
         endpoint: Endpoint::ChatCompletions,

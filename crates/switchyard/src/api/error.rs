@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
-use crate::providers::ProviderError;
+use crate::dispatch::DispatchError;
+use crate::governance::Refusal;
+use crate::types::ProviderError;
 
 /// An error as the client will see it.
 #[derive(Debug, Clone)]
@@ -56,22 +58,8 @@ impl ApiError {
         )
     }
 
-    pub fn missing_key() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "missing_api_key",
-            "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.".into(),
-        )
-    }
-
     pub fn invalid_key() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            "Incorrect API key provided.".into(),
-        )
+        Self::from_refusal(&Refusal::InvalidKey)
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -157,6 +145,59 @@ impl ApiError {
             "internal_error",
             message.into(),
         )
+    }
+
+    /// The one mapping from a governance refusal to what the client sees.
+    pub fn from_refusal(r: &Refusal) -> Self {
+        let (status, kind, code, param) = match r {
+            Refusal::MissingKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing_api_key",
+                None,
+            ),
+            Refusal::InvalidKey | Refusal::RevokedKey | Refusal::ExpiredKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                None,
+            ),
+            Refusal::ModelNotAllowed { .. } => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                Some("model".to_owned()),
+            ),
+            Refusal::MaxTokens { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                Some((*param).to_owned()),
+            ),
+            Refusal::PiiBlocked { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "pii_detected",
+                Some("messages".to_owned()),
+            ),
+            Refusal::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                None,
+            ),
+            Refusal::BudgetExceeded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "budget_exceeded",
+                None,
+            ),
+        };
+        ApiError {
+            param,
+            retry_after: r.retry_after_secs().map(HeaderValue::from),
+            ..Self::new(status, kind, code, r.message())
+        }
     }
 
     /// The one mapping from an upstream failure to what the client sees.
@@ -270,6 +311,31 @@ impl ApiError {
 fn retry_after_header(wait: std::time::Duration) -> HeaderValue {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(e: DispatchError) -> Self {
+        match &e {
+            DispatchError::NoEligibleDeployment { model, exclusions } => {
+                ApiError::no_eligible_deployment(model, exclusions)
+            }
+            DispatchError::CapacityExhausted { model, retry_after } => {
+                ApiError::capacity_exhausted(model, *retry_after)
+            }
+            DispatchError::NoHealthyDeployment { model, retry_after } => {
+                ApiError::no_healthy_deployment(model, *retry_after)
+            }
+            DispatchError::Upstream { error, deployment } => {
+                ApiError::from_provider(error, deployment)
+            }
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::from_refusal(&r)
+    }
 }
 
 impl IntoResponse for ApiError {

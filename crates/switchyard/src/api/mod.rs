@@ -2,13 +2,13 @@
 //!
 //! Handlers stay thin: authenticate, read and validate the body, hand over to
 //! [`crate::dispatch`], render the answer. Each request carries a
-//! [`tracker::RequestTracker`] that becomes its ledger row.
+//! [`crate::ledger::tracker::RequestTracker`] that becomes its ledger row.
 
 pub mod anthropic;
 pub mod chat;
 pub mod error;
 mod relay;
-pub mod tracker;
+
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +52,7 @@ impl AppState {
             dispatcher,
             ledger,
             draining: AtomicBool::new(false),
-            started_at: tracker::unix_ms() / 1000,
+            started_at: crate::types::time::now_ms() / 1000,
         }
     }
 
@@ -65,11 +65,15 @@ impl AppState {
     /// The caller presenting `Authorization: Bearer …`: a key of the config file or a
     /// virtual key from the store (revoked and expired ones are refused).
     fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-        self.governance.authenticate(headers)
+        self.governance
+            .authenticate(headers)
+            .map_err(ApiError::from)
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// Every ingress route, with `more` (the admin API, which sits above the ingress and
+/// is mounted by the server) merged in under the same fallbacks.
+pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
@@ -78,7 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(crate::admin::routes())
+        .merge(more)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -20,11 +20,11 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::chat::{estimate, served_headers};
 use super::error::ApiError;
-use super::tracker::RequestTracker;
 use crate::config::Deployment;
 use crate::dispatch::{Capacity, UpstreamStream};
-use crate::ledger::Usage;
+use crate::ledger::tracker::RequestTracker;
 use crate::providers::Translated;
+use crate::types::Usage;
 
 /// A stream that is ready to be relayed, waiting for its request's tracker.
 pub struct Relay {

@@ -5,6 +5,7 @@
 //! the file is at hand, the line it sits on.
 
 mod native;
+pub mod policy;
 mod raw;
 mod secret;
 
@@ -17,7 +18,9 @@ use std::time::Duration;
 
 pub use secret::Secret;
 
-use crate::ledger::Usage;
+use policy::{Budget, PiiMode, Policy};
+
+use crate::types::Price;
 
 /// A configuration error: what is wrong, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +67,7 @@ pub struct Config {
     pub models: BTreeMap<String, Arc<LogicalModel>>,
     pub breaker: BreakerConfig,
     pub admin: AdminConfig,
-    pub governance: crate::governance::Settings,
+    pub governance: GovernanceSettings,
     pub images: ImagesConfig,
 }
 
@@ -116,8 +119,8 @@ pub struct LedgerConfig {
 pub struct ApiKey {
     pub name: String,
     pub key: Secret,
-    pub policy: crate::governance::Policy,
-    pub budgets: Vec<crate::governance::Budget>,
+    pub policy: Policy,
+    pub budgets: Vec<Budget>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,38 +236,38 @@ pub struct Capabilities {
     pub max_output: Option<u64>,
 }
 
-/// Prices in integer nano-USD per million tokens, so that cost arithmetic is exact.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Price {
-    pub input_per_mtok: u64,
-    pub output_per_mtok: u64,
-    pub cached_input_per_mtok: u64,
-    /// Prompt tokens written to the provider's cache; `None`: the input price.
-    pub cache_write_per_mtok: Option<u64>,
-    /// Reasoning tokens; `None`: the output price.
-    pub reasoning_per_mtok: Option<u64>,
+/// Output tokens assumed for a request that sets no maximum: the default of
+/// `governance.default_max_output_tokens`, which routing and admission both use.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+
+/// Settings from the `[governance]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GovernanceSettings {
+    /// The store's SQLite file; `None` when neither `governance.store` nor a ledger is set
+    /// (then only the config file's `[[keys]]` exist).
+    pub store: Option<PathBuf>,
+    /// Whether content may be logged at all; policies can only narrow it.
+    pub log_content: bool,
+    /// PII mode for keys whose policies set none.
+    pub pii: PiiMode,
+    /// Custom PII patterns: (label, regex).
+    pub pii_patterns: Vec<(String, String)>,
+    /// Output tokens assumed when a request sets no maximum (for limits and budgets).
+    pub default_max_output_tokens: u64,
+    /// How often the store's change counter is polled.
+    pub refresh: Duration,
 }
 
-impl Price {
-    /// Cost of one call in nano-USD, rounded half up once at the end; the one cost
-    /// function of the gateway. Cached and cache-write tokens are subsets of the prompt
-    /// tokens, reasoning tokens a subset of the completion tokens, each billed at its own
-    /// rate (see [`Usage`]).
-    pub fn cost(&self, usage: &Usage) -> i64 {
-        let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
-        let uncached = usage.prompt_tokens - cached - written;
-        let reasoning = usage.reasoning_tokens.min(usage.completion_tokens);
-        let visible = usage.completion_tokens - reasoning;
-        let scaled = u128::from(uncached) * u128::from(self.input_per_mtok)
-            + u128::from(cached) * u128::from(self.cached_input_per_mtok)
-            + u128::from(written)
-                * u128::from(self.cache_write_per_mtok.unwrap_or(self.input_per_mtok))
-            + u128::from(visible) * u128::from(self.output_per_mtok)
-            + u128::from(reasoning)
-                * u128::from(self.reasoning_per_mtok.unwrap_or(self.output_per_mtok));
-        let nano = (scaled + 500_000) / 1_000_000;
-        i64::try_from(nano).unwrap_or(i64::MAX)
+impl Default for GovernanceSettings {
+    fn default() -> Self {
+        GovernanceSettings {
+            store: None,
+            log_content: false,
+            pii: PiiMode::Off,
+            pii_patterns: Vec::new(),
+            default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            refresh: Duration::from_millis(250),
+        }
     }
 }
 
@@ -328,6 +331,31 @@ pub struct Constraints {
     /// `None`: anywhere.
     pub allowed_regions: Option<Vec<String>>,
     pub required_tags: Vec<String>,
+}
+
+impl Constraints {
+    /// Whether `d`'s region is allowed (no list: any region, a deployment without
+    /// one included).
+    pub fn region_allows(&self, d: &Deployment) -> bool {
+        self.allowed_regions.as_ref().is_none_or(|allowed| {
+            d.region
+                .as_ref()
+                .is_some_and(|r| allowed.iter().any(|a| a == r))
+        })
+    }
+
+    /// The first required tag `d` does not carry.
+    pub fn missing_tag(&self, d: &Deployment) -> Option<&str> {
+        self.required_tags
+            .iter()
+            .find(|tag| !d.data_tags.iter().any(|t| t == *tag))
+            .map(String::as_str)
+    }
+
+    /// Whether `d` may carry data under these constraints (region and tags).
+    pub fn admits(&self, d: &Deployment) -> bool {
+        self.region_allows(d) && self.missing_tag(d).is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -927,9 +955,8 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
 fn validate_governance(
     g: raw::RawGovernance,
     ledger: &LedgerConfig,
-) -> Result<crate::governance::Settings, ConfigError> {
-    use crate::governance::{PiiMode, Settings};
-    let defaults = Settings::default();
+) -> Result<GovernanceSettings, ConfigError> {
+    let defaults = GovernanceSettings::default();
     let pii = match g.pii.as_deref() {
         Some(s) => PiiMode::parse(s).ok_or_else(|| {
             err(
@@ -949,13 +976,14 @@ fn validate_governance(
                 "must be letters, digits and `_` (it names the placeholder)",
             ));
         }
+        // Compiled here only to be checked; the guardrail compiles its own copy.
+        if let Err(e) = regex::Regex::new(&p.pattern) {
+            return Err(err(
+                format!("{at}.pattern"),
+                format!("is not a valid regular expression: {e}"),
+            ));
+        }
         patterns.push((p.name, p.pattern));
-    }
-    if let Err((i, e)) = crate::governance::pii::PiiDetector::new(&patterns) {
-        return Err(err(
-            format!("governance.pii_patterns[{i}].pattern"),
-            format!("is not a valid regular expression: {e}"),
-        ));
     }
     let refresh = millis(
         g.refresh_ms,
@@ -978,7 +1006,7 @@ fn validate_governance(
         Some(n) => n,
         None => defaults.default_max_output_tokens,
     };
-    Ok(Settings {
+    Ok(GovernanceSettings {
         store: g.store.map(PathBuf::from).or_else(|| ledger.path.clone()),
         log_content: g.log_content.unwrap_or(defaults.log_content),
         pii,
@@ -1049,9 +1077,7 @@ fn validate_model(
         required_tags: m.required_tags,
     };
     // A model whose own constraints exclude every deployment can never answer.
-    let any_eligible = targets
-        .iter()
-        .any(|t| crate::routing::satisfies(&t.deployment, &constraints).is_ok());
+    let any_eligible = targets.iter().any(|t| constraints.admits(&t.deployment));
     if !any_eligible {
         return Err(err(
             format!("{at}.allowed_regions"),

@@ -117,10 +117,10 @@ pub struct RawKey {
     /// The key's policy: `models`, `max_tokens`, `allowed_regions`, `required_tags`,
     /// `log_content`, `pii`, `rpm`, `tpm`, `model_limits` (see `governance/policy.rs`).
     #[serde(default)]
-    pub policy: crate::governance::Policy,
+    pub policy: super::policy::Policy,
     /// Spend caps: `[{ period = "month", limit_usd = 25 }]` (`day`, `month`, `total`; UTC).
     #[serde(default)]
-    pub budgets: Vec<crate::governance::policy::BudgetInput>,
+    pub budgets: Vec<super::policy::BudgetInput>,
 }
 
 #[derive(Debug, Default, Deserialize)]

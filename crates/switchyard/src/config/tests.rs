@@ -1,4 +1,5 @@
 use super::*;
+use crate::types::Usage;
 
 fn env(name: &str) -> Option<String> {
     match name {

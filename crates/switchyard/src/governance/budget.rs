@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::policy::{nano_to_usd_string, Budget, Period};
+use crate::config::policy::{Budget, Period};
+use crate::types::money::nano_to_usd_string;
 
 /// Whose budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

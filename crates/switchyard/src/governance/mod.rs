@@ -15,59 +15,30 @@
 pub mod budget;
 pub mod pii;
 pub mod policy;
+mod refusal;
 pub mod store;
-pub mod time;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use crate::api::error::ApiError;
-use crate::api::tracker::RequestTracker;
-use crate::api::wire::{ChatRequest, EmbeddingsRequest, MessageContent};
-use crate::config::{Config, Price};
-use crate::ledger::Usage;
+pub use crate::config::policy::{Budget, Period, PiiMode, Policy, RateLimits};
+use crate::config::{Config, GovernanceSettings};
+use crate::ledger::tracker::{RequestTracker, Settle};
 use crate::limits::{self, Claim, InProcessLimiter, Limiter, Reservation, TokenEstimate};
+use crate::types::chat::{ChatRequest, EmbeddingsRequest, MessageContent};
+use crate::types::time;
+use crate::types::Price;
+use crate::types::Usage;
 use budget::{Applied, BudgetBook, Hold, Scope};
-pub use policy::{Budget, DataPolicy, EffectivePolicy, Period, PiiMode, Policy, RateLimits};
+pub use policy::{DataPolicy, EffectivePolicy};
+pub use refusal::Refusal;
 use store::{KeyRow, SpendScope, Store, StoreError, TeamRow};
-
-/// Settings from the `[governance]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The store's SQLite file; `None` when neither `governance.store` nor a ledger is set
-    /// (then only the config file's `[[keys]]` exist).
-    pub store: Option<PathBuf>,
-    /// Whether content may be logged at all; policies can only narrow it.
-    pub log_content: bool,
-    /// PII mode for keys whose policies set none.
-    pub pii: PiiMode,
-    /// Custom PII patterns: (label, regex).
-    pub pii_patterns: Vec<(String, String)>,
-    /// Output tokens assumed when a request sets no maximum (for limits and budgets).
-    pub default_max_output_tokens: u64,
-    /// How often the store's change counter is polled.
-    pub refresh: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            store: None,
-            log_content: false,
-            pii: PiiMode::Off,
-            pii_patterns: Vec::new(),
-            default_max_output_tokens: limits::DEFAULT_OUTPUT_TOKENS,
-            refresh: Duration::from_millis(250),
-        }
-    }
-}
 
 /// A caller, as authentication found it.
 #[derive(Debug, Clone)]
@@ -137,7 +108,7 @@ struct Snapshot {
 
 /// The governance runtime shared by every request.
 pub struct Governance {
-    settings: Settings,
+    settings: GovernanceSettings,
     detector: pii::PiiDetector,
     limiter: Arc<dyn Limiter>,
     budgets: Arc<BudgetBook>,
@@ -232,7 +203,7 @@ impl Governance {
         Ok(gov)
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &GovernanceSettings {
         &self.settings
     }
 
@@ -344,25 +315,19 @@ impl Governance {
     }
 
     /// The caller of `Authorization: Bearer …`.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-        let token = bearer(headers).ok_or_else(ApiError::missing_key)?;
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Refusal> {
+        let token = bearer(headers).ok_or(Refusal::MissingKey)?;
         let snapshot = self.snapshot();
         let p = snapshot
             .keys
             .get(&sha256(token))
             .cloned()
-            .ok_or_else(ApiError::invalid_key)?;
+            .ok_or(Refusal::InvalidKey)?;
         if p.revoked {
-            return Err(ApiError {
-                message: "This API key has been revoked.".into(),
-                ..ApiError::invalid_key()
-            });
+            return Err(Refusal::RevokedKey);
         }
         if p.expires_at_ms.is_some_and(|at| at <= time::now_ms()) {
-            return Err(ApiError {
-                message: "This API key has expired.".into(),
-                ..ApiError::invalid_key()
-            });
+            return Err(Refusal::ExpiredKey);
         }
         Ok(p)
     }
@@ -396,7 +361,7 @@ impl Governance {
         prices: &[Price],
         tracker: &mut RequestTracker,
         out_headers: &mut HeaderMap,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Admission, Refusal> {
         let model = req.model.clone();
         self.check_model(p, &model, tracker)?;
         if let Some(max) = p.policy.max_tokens {
@@ -409,10 +374,11 @@ impl Governance {
                         "max_tokens"
                     };
                     tracker.set_policy_decision("denied:max_tokens");
-                    return Err(ApiError::invalid_request(
-                        Some(param.into()),
-                        format!("'{param}' is {n}, above this key's policy limit of {max} tokens per request."),
-                    ));
+                    return Err(Refusal::MaxTokens {
+                        param,
+                        asked: n,
+                        max,
+                    });
                 }
                 Some(_) => {}
                 // Without a limit the output has no bound; the policy's maximum gives it one.
@@ -438,7 +404,7 @@ impl Governance {
         prices: &[Price],
         tracker: &mut RequestTracker,
         out_headers: &mut HeaderMap,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Admission, Refusal> {
         let model = req.model.clone();
         self.check_model(p, &model, tracker)?;
         self.guard_texts(p, tracker, |f| {
@@ -462,18 +428,13 @@ impl Governance {
         p: &Principal,
         model: &str,
         tracker: &mut RequestTracker,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Refusal> {
         if p.policy.allows_model(model) {
             return Ok(());
         }
         tracker.set_policy_decision("denied:model_not_allowed");
-        Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            kind: "permission_error",
-            code: "model_not_allowed",
-            param: Some("model".into()),
-            message: format!("This API key is not allowed to use the model `{model}`."),
-            retry_after: None,
+        Err(Refusal::ModelNotAllowed {
+            model: model.to_owned(),
         })
     }
 
@@ -482,7 +443,7 @@ impl Governance {
         p: &Principal,
         req: &mut ChatRequest,
         tracker: &mut RequestTracker,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Refusal> {
         self.guard_texts(p, tracker, |f| {
             for m in &mut req.messages {
                 match &mut m.content {
@@ -506,7 +467,7 @@ impl Governance {
         p: &Principal,
         tracker: &mut RequestTracker,
         visit: impl FnOnce(&mut dyn FnMut(&mut String)),
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Refusal> {
         let mode = p.policy.pii;
         if mode == PiiMode::Off {
             return Ok(());
@@ -527,18 +488,12 @@ impl Governance {
         tracing::info!(key = %p.name, mode = mode.as_str(), found = %summary, "PII guardrail");
         if mode == PiiMode::Block {
             tracker.set_policy_decision("denied:pii_blocked");
-            let kinds: Vec<&str> = r.counts.iter().map(|(l, _)| l.as_str()).collect();
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                kind: "invalid_request_error",
-                code: "pii_detected",
-                param: Some("messages".into()),
-                message: format!(
-                    "The request contains personal data ({}); this key's policy does not allow sending it.",
-                    kinds.join(", ")
-                ),
-                retry_after: None,
-            });
+            let kinds = r
+                .counts
+                .iter()
+                .map(|(l, _)| l.as_str().to_owned())
+                .collect();
+            return Err(Refusal::PiiBlocked { kinds });
         }
         Ok(())
     }
@@ -552,7 +507,7 @@ impl Governance {
         prices: &[Price],
         tracker: &mut RequestTracker,
         out_headers: &mut HeaderMap,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Admission, Refusal> {
         let (claims, meta) = claims_for(p, model, estimate.total());
         let reservation = match self.limiter.try_reserve(&claims).await {
             Ok(r) => r,
@@ -571,20 +526,12 @@ impl Governance {
                     refusal.remaining,
                     refusal.retry_after,
                 );
-                let secs = refusal.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Err(ApiError {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    kind: "rate_limit_error",
-                    code: "rate_limit_exceeded",
-                    param: None,
-                    message: format!(
-                        "Rate limit reached for {} per minute ({what}): limit {}, remaining {}. Please try again in {}.",
-                        unit.as_str(),
-                        refusal.limit,
-                        refusal.remaining,
-                        format_reset(refusal.retry_after)
-                    ),
-                    retry_after: Some(HeaderValue::from(secs)),
+                return Err(Refusal::RateLimited {
+                    unit: unit.as_str(),
+                    what: what.to_owned(),
+                    limit: refusal.limit,
+                    remaining: refusal.remaining,
+                    retry_after: refusal.retry_after,
                 });
             }
         };
@@ -601,30 +548,24 @@ impl Governance {
                     exceeded.name,
                     exceeded.period.as_str()
                 ));
-                let retry_after = exceeded.resets_at_ms.map(|at| {
-                    HeaderValue::from(
-                        u64::try_from((at - time::now_ms()).max(0) / 1000 + 1).unwrap_or(1),
-                    )
-                });
-                return Err(ApiError {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    kind: "insufficient_quota",
-                    code: "budget_exceeded",
-                    param: None,
+                let retry_after_secs = exceeded
+                    .resets_at_ms
+                    .map(|at| u64::try_from((at - time::now_ms()).max(0) / 1000 + 1).unwrap_or(1));
+                return Err(Refusal::BudgetExceeded {
                     message: exceeded.message(),
-                    retry_after,
+                    retry_after_secs,
                 });
             }
         };
         self.success_headers(&claims, &meta, out_headers).await;
         tracker.set_policy_decision("allowed");
-        tracker.hold(Ticket {
+        tracker.hold(Box::new(Ticket {
             limiter: self.limiter.clone(),
             reservation,
             tokens: meta.iter().map(|m| m.unit == Unit::Tokens).collect(),
             budgets: self.budgets.clone(),
             hold,
-        });
+        }));
         Ok(Admission {
             data_policy: p.policy.data.clone(),
             estimate,
@@ -713,9 +654,9 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
-impl Ticket {
+impl Settle for Ticket {
     /// Replaces the reservations by what the request really used and cost.
-    pub fn settle(self, usage: &Usage, cost_nano_usd: i64) {
+    fn settle(self: Box<Self>, usage: &Usage, cost_nano_usd: i64) {
         self.budgets.settle(self.hold, cost_nano_usd);
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         let actual: Vec<u64> = self

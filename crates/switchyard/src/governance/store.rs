@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::Row;
 
-use super::policy::{Budget, Policy};
+use crate::config::policy::{Budget, Policy};
 use crate::ledger::{prepare, LedgerError};
 
 /// Virtual keys start with this, so they are recognisable in logs and secret scanners.
@@ -218,7 +218,7 @@ impl Store {
         if !valid_name(name) {
             return Err(invalid_name("team", name));
         }
-        let now = super::time::now_ms();
+        let now = crate::types::time::now_ms();
         let mut tx = self.pool.begin().await.map_err(self.sql())?;
         let inserted = sqlx::query(
             "INSERT INTO teams (name, policy, budgets, created_at_ms) VALUES (?, ?, ?, ?) \
@@ -282,7 +282,7 @@ impl Store {
         let secret = generate_secret();
         let id = format!("vk_{}", hex::encode(rand::random::<[u8; 8]>()));
         let prefix: String = secret.chars().take(KEY_PREFIX.len() + 6).collect();
-        let now = super::time::now_ms();
+        let now = crate::types::time::now_ms();
         let mut tx = self.pool.begin().await.map_err(self.sql())?;
         let inserted = sqlx::query(
             "INSERT INTO virtual_keys (id, name, team, key_hash, prefix, policy, budgets, created_at_ms, expires_at_ms) \
@@ -350,7 +350,7 @@ impl Store {
         sqlx::query(
             "UPDATE virtual_keys SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE id = ?",
         )
-        .bind(super::time::now_ms())
+        .bind(crate::types::time::now_ms())
         .bind(&current.id)
         .execute(&mut *tx)
         .await
@@ -438,7 +438,7 @@ async fn changed(
     sqlx::query(
         "INSERT INTO admin_events (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
     )
-    .bind(super::time::now_ms())
+    .bind(crate::types::time::now_ms())
     .bind(actor)
     .bind(action)
     .bind(target)

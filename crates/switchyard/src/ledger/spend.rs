@@ -1,5 +1,6 @@
 //! Spend reports over the ledger (`switchyard spend`).
 
+use crate::types::money::format_usd;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -220,22 +221,6 @@ pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, L
     Ok(out)
 }
 
-/// Formats nano-USD as dollars using integer math only (exact for any `i64`).
-///
-/// Rule: six decimals (micro-dollars), rounded half away from zero, e.g.
-/// `1_234_567_890` → `$1.234568`, `-1_500` → `-$0.000002`. An amount that is
-/// not zero but would round to `$0.000000` is shown exactly with nine
-/// decimals instead (`150` → `$0.000000150`), so tiny costs never read as free.
-pub fn format_usd(nano: i64) -> String {
-    let sign = if nano < 0 { "-" } else { "" };
-    let abs = nano.unsigned_abs(); // <= 2^63, so `+ 500` below cannot overflow
-    let micros = (abs + 500) / 1_000;
-    if micros == 0 && abs != 0 {
-        return format!("{sign}${}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000);
-    }
-    format!("{sign}${}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
-
 /// `1234567` → `1,234,567`: token counts get long enough to need grouping.
 fn group_digits(n: u64) -> String {
     let digits = n.to_string();
@@ -338,7 +323,7 @@ pub fn render_spend_table(title: &str, rows: &[SpendRow]) -> String {
 mod tests {
     use super::super::tests::{open_ledger, rec};
     use super::*;
-    use crate::ledger::Usage;
+    use crate::types::Usage;
 
     #[test]
     fn format_usd_is_exact_with_documented_rounding() {

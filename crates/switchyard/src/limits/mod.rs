@@ -1,6 +1,6 @@
 //! The one limiter: callers' rate limits (requests and tokens per minute per key, team
 //! and model) and deployments' capacity (RPM/TPM per deployment) both count through it,
-//! with one token estimator ([`estimate_chat_tokens`]).
+//! with one token estimator ([`estimate_chat`]).
 //!
 //! # The window: a sliding log
 //!
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{BoxFuture, FutureExt};
 
-use crate::api::wire::{ChatRequest, MessageContent};
+use crate::types::chat::{ChatRequest, MessageContent};
 
 /// One window to charge: `amount` against at most `limit` per sliding `period`.
 ///
@@ -423,8 +423,6 @@ impl Limiter for InProcessLimiter {
     }
 }
 
-/// Output tokens assumed for a request that sets no `max_tokens`/`max_completion_tokens`.
-pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
 /// Tokens assumed per image part (OpenAI bills a low-detail image at 85 tokens and a
 /// 512-px high-detail tile at 170 more; one tile is the common case).
 pub const IMAGE_TOKENS: u64 = 255;
@@ -444,12 +442,6 @@ impl TokenEstimate {
     pub fn total(&self) -> u64 {
         self.prompt.saturating_add(self.output)
     }
-}
-
-/// The estimate charged up front: prompt estimate + requested max output (or
-/// [`DEFAULT_OUTPUT_TOKENS`]), times `n` for the output.
-pub fn estimate_chat_tokens(req: &ChatRequest) -> u64 {
-    estimate_chat(req, DEFAULT_OUTPUT_TOKENS).total()
 }
 
 /// The prompt is about four characters a token (OpenAI's rule of thumb for English),

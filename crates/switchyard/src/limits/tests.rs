@@ -5,6 +5,7 @@ use futures_util::FutureExt;
 
 use super::*;
 use crate::api::wire::parse_body;
+use crate::config::DEFAULT_MAX_OUTPUT_TOKENS;
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -189,14 +190,17 @@ fn chat_estimate_counts_prompt_and_max_output() {
             output: 100
         }
     );
-    assert_eq!(estimate_chat_tokens(&req), prompt + 100);
+    assert_eq!(
+        estimate_chat(&req, DEFAULT_MAX_OUTPUT_TOKENS).total(),
+        prompt + 100
+    );
 
     let no_max: ChatRequest =
         parse_body(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).expect("valid");
     assert_eq!(estimate_chat(&no_max, 77).output, 77);
     assert_eq!(
-        estimate_chat_tokens(&no_max),
-        3 + 1 + 4 + DEFAULT_OUTPUT_TOKENS
+        estimate_chat(&no_max, DEFAULT_MAX_OUTPUT_TOKENS).total(),
+        3 + 1 + 4 + DEFAULT_MAX_OUTPUT_TOKENS
     );
     // max_completion_tokens wins over the deprecated max_tokens.
     let both: ChatRequest = parse_body(

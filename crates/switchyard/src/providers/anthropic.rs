@@ -17,10 +17,11 @@ use serde_json::{json, Map, Value};
 
 use super::canonical::{self, ChunkWriter};
 use super::sse::SseDecoder;
-use super::{Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
-use crate::api::wire::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{Deployment, ProviderKind};
-use crate::ledger::Usage;
+use crate::types::chat::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 /// Output limit sent when the client sets none: Anthropic requires one.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;

@@ -22,10 +22,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::canonical::{self, ChunkWriter};
-use super::{Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
-use crate::api::wire::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{AwsCredentials, Deployment, ProviderKind};
-use crate::ledger::Usage;
+use crate::types::chat::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 pub struct BedrockAdapter;
 

@@ -8,9 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{ProviderError, Translated};
-use crate::api::wire::{ChatMessage, ContentPart, MessageContent, Stop};
-use crate::ledger::Usage;
+use super::Translated;
+use crate::types::chat::{ChatMessage, ContentPart, MessageContent, Stop};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 /// Seconds since the epoch, for `created`.
 pub fn now_secs() -> u64 {
@@ -262,12 +263,12 @@ pub fn stop_sequences(stop: Option<&Stop>) -> Option<Vec<String>> {
 }
 
 /// The output limit the client set (`max_completion_tokens` wins over `max_tokens`).
-pub fn max_output(req: &crate::api::wire::ChatRequest) -> Option<u32> {
+pub fn max_output(req: &crate::types::chat::ChatRequest) -> Option<u32> {
     req.max_completion_tokens.or(req.max_tokens)
 }
 
 /// Refuses `n > 1`, which the native protocols here cannot honour (Gemini aside).
-pub fn single_choice(req: &crate::api::wire::ChatRequest) -> Result<(), ProviderError> {
+pub fn single_choice(req: &crate::types::chat::ChatRequest) -> Result<(), ProviderError> {
     match req.n {
         Some(n) if n > 1 => Err(ProviderError::Unsupported(format!(
             "n = {n} (this provider returns one choice)"
@@ -321,8 +322,9 @@ pub mod golden {
 
     use super::super::{StreamDecoder, Translated};
     use crate::config::{
-        Capabilities, Deployment, Price, Provider, ProviderKind, Quota, Secret, Timeouts,
+        Capabilities, Deployment, Provider, ProviderKind, Quota, Secret, Timeouts,
     };
+    use crate::types::Price;
 
     pub fn deployment(kind: ProviderKind, model: &str) -> Deployment {
         Deployment {

@@ -17,10 +17,11 @@ use sha2::{Digest, Sha256};
 
 use super::openai::{self, OpenAiAdapter};
 use super::sse::SseDecoder;
-use super::{Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
-use crate::api::wire::{ChatRequest, EmbeddingsRequest};
+use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::Deployment;
-use crate::ledger::Usage;
+use crate::types::chat::{ChatRequest, EmbeddingsRequest};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 pub struct MistralAdapter;
 

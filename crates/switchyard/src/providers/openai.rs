@@ -9,10 +9,11 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::sse::SseDecoder;
-use super::{Adapter, Endpoint, ProviderError, StreamDecoder, Translated};
-use crate::api::wire::{ChatRequest, EmbeddingsRequest, StreamOptions};
+use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{AzureApi, Deployment, ProviderKind};
-use crate::ledger::Usage;
+use crate::types::chat::{ChatRequest, EmbeddingsRequest, StreamOptions};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 /// The URL of `endpoint` at this deployment.
 pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {

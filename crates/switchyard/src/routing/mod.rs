@@ -10,10 +10,10 @@ pub mod health;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::api::wire::{ChatRequest, MessageContent};
 use crate::config::{Constraints, Deployment, LogicalModel, Strategy};
-use crate::ledger::Usage;
-use crate::limits;
+use crate::limits::{self, TokenEstimate};
+use crate::types::chat::{ChatRequest, MessageContent};
+use crate::types::Usage;
 pub use health::Health;
 
 /// What a request needs from a deployment.
@@ -32,10 +32,10 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// What a chat request needs, with its token estimate from the one estimator
-    /// the limiter uses too.
-    pub fn of_chat(req: &ChatRequest) -> Needs {
-        let estimate = limits::estimate_chat(req, limits::DEFAULT_OUTPUT_TOKENS);
+    /// What a chat request needs. `estimate` is the one the caller's admission made
+    /// (`limits::estimate_chat`), so a request is estimated once and routing, quotas
+    /// and budgets agree on it.
+    pub fn of_chat(req: &ChatRequest, estimate: TokenEstimate) -> Needs {
         let vision = req.messages.iter().any(|m| match &m.content {
             Some(MessageContent::Parts(parts)) => parts.iter().any(|p| p.kind == "image_url"),
             _ => false,
@@ -117,22 +117,14 @@ impl fmt::Display for Exclusion {
 
 /// Whether `d` may carry data under `c` (region and tags).
 pub fn satisfies(d: &Deployment, c: &Constraints) -> Result<(), Exclusion> {
-    if let Some(allowed) = &c.allowed_regions {
-        let ok = d
-            .region
-            .as_ref()
-            .is_some_and(|r| allowed.iter().any(|a| a == r));
-        if !ok {
-            return Err(Exclusion::Region {
-                region: d.region.clone(),
-                allowed: allowed.clone(),
-            });
-        }
+    if let (false, Some(allowed)) = (c.region_allows(d), &c.allowed_regions) {
+        return Err(Exclusion::Region {
+            region: d.region.clone(),
+            allowed: allowed.clone(),
+        });
     }
-    for tag in &c.required_tags {
-        if !d.data_tags.iter().any(|t| t == tag) {
-            return Err(Exclusion::MissingTag(tag.clone()));
-        }
+    if let Some(tag) = c.missing_tag(d) {
+        return Err(Exclusion::MissingTag(tag.to_owned()));
     }
     Ok(())
 }

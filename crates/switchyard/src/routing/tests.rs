@@ -2,9 +2,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{
-    Capabilities, Price, Provider, ProviderKind, Quota, RetryPolicy, Target, Timeouts,
-};
+use crate::config::{Capabilities, Provider, ProviderKind, Quota, RetryPolicy, Target, Timeouts};
+use crate::types::Price;
 
 fn provider() -> Arc<Provider> {
     Arc::new(Provider {

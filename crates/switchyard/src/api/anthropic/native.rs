@@ -9,10 +9,11 @@ use serde::Deserialize;
 use crate::api::error::ApiError;
 use crate::api::relay::Encoder;
 use crate::dispatch::NativeAnswer;
-use crate::ledger::Usage;
 use crate::providers::anthropic::WireUsage;
 use crate::providers::sse::SseDecoder;
-use crate::providers::{ProviderError, StreamDecoder, Translated};
+use crate::providers::{StreamDecoder, Translated};
+use crate::types::ProviderError;
+use crate::types::Usage;
 
 /// The [`NativeAnswer`] for Anthropic Messages.
 pub struct AnthropicNative;

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::ledger::Usage;
+use crate::types::Usage;
 
 /// What is read of an OpenAI completion.
 #[derive(Debug, Deserialize)]

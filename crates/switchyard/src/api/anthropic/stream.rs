@@ -15,7 +15,7 @@ use super::error::error_json;
 use super::response::{stop_reason, usage_json};
 use crate::api::error::ApiError;
 use crate::api::relay::Encoder;
-use crate::ledger::Usage;
+use crate::types::Usage;
 
 #[derive(Debug, Deserialize)]
 struct Chunk {

@@ -14,7 +14,7 @@ use super::wire::MessagesRequest;
 use crate::api::error::ApiError;
 use crate::api::relay::Encoder;
 use crate::api::wire::parse_body;
-use crate::ledger::Usage;
+use crate::types::Usage;
 
 fn fixtures(kind: &str) -> Vec<(PathBuf, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,7 +129,7 @@ fn a_cut_stream_ends_with_one_error_event() {
         "message_start, ping, block start, delta"
     );
     let error = ApiError::from_provider(
-        &crate::providers::ProviderError::Connect("reset".into()),
+        &crate::types::ProviderError::Connect("reset".into()),
         "oa-mini",
     );
     let out = enc.failed(&error);

@@ -2,11 +2,12 @@
 //! exactly once: when the request finishes, or when it is dropped half-way (the client
 //! went away, or the server gave up on it at shutdown).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
+use super::{AttemptRecord, LedgerSink, RequestRecord};
 use crate::config::Deployment;
-use crate::ledger::{AttemptRecord, LedgerSink, RequestRecord, Usage};
-use crate::providers::ProviderError;
+use crate::types::time::now_ms;
+use crate::types::{ProviderError, Usage};
 
 /// HTTP has no status for "the client closed the connection"; 499 is the common label.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -19,16 +20,16 @@ pub struct RequestTracker {
     finished: bool,
     /// Rate-limit and budget reservations, settled with the request's usage and cost
     /// when the record is submitted.
-    ticket: Option<crate::governance::Ticket>,
+    ticket: Option<Box<dyn Settle>>,
     /// Whether the caller's policy lets the ledger keep content.
     log_content: bool,
 }
 
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// What admission reserved for a request (rate-limit windows, budget), to be replaced
+/// by the actuals exactly once, when the request's row is submitted. Governance
+/// implements it; the ledger only calls it, so it needs nothing of governance.
+pub trait Settle: Send + Sync {
+    fn settle(self: Box<Self>, usage: &Usage, cost_nano_usd: i64);
 }
 
 fn micros(since: Instant) -> i64 {
@@ -40,7 +41,7 @@ impl RequestTracker {
         RequestTracker {
             record: RequestRecord {
                 request_id,
-                started_at_ms: unix_ms(),
+                started_at_ms: now_ms(),
                 endpoint,
                 ..RequestRecord::default()
             },
@@ -67,7 +68,7 @@ impl RequestTracker {
     }
 
     /// Keeps the reservations admission made, to settle them once with the actuals.
-    pub fn hold(&mut self, ticket: crate::governance::Ticket) {
+    pub fn hold(&mut self, ticket: Box<dyn Settle>) {
         self.ticket = Some(ticket);
     }
 
@@ -108,7 +109,7 @@ impl RequestTracker {
         let index = self.record.attempts.len();
         self.record.attempts.push(AttemptRecord {
             attempt: u32::try_from(index + 1).unwrap_or(u32::MAX),
-            started_at_ms: unix_ms(),
+            started_at_ms: now_ms(),
             deployment: deployment.name.clone(),
             provider: deployment.provider.name.clone(),
             upstream_model: deployment.upstream_model.clone(),
