@@ -1,0 +1,5 @@
+//! One sibling.
+
+use crate::b::B;
+
+pub struct A(pub Option<B>);

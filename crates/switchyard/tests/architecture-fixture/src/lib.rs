@@ -1,0 +1,5 @@
+pub mod a;
+pub mod app;
+pub mod b;
+pub mod stray;
+pub mod types;
