@@ -174,28 +174,45 @@ fn select_tools(conv: &Conversation) -> Vec<&ToolSpec> {
     if conv.tools.is_empty() || conv.ends_with_tool_result {
         return Vec::new();
     }
-    let mut named: Vec<(usize, &ToolSpec)> = conv
-        .tools
+    pick_tools(
+        &conv.tools,
+        |t| &t.name,
+        &conv.last_user_text,
+        &conv.choice,
+        conv.parallel,
+    )
+}
+
+/// Which of `tools` to call under `choice`: those the last user message names, in the
+/// order it names them (one unless `parallel`); `Any` falls back to the first tool.
+/// Every protocol's planner uses this one rule, so all of them call the same tools.
+pub(crate) fn pick_tools<'a, T>(
+    tools: &'a [T],
+    name_of: impl Fn(&T) -> &str,
+    last_user_text: &str,
+    choice: &Choice,
+    parallel: bool,
+) -> Vec<&'a T> {
+    let mut named: Vec<(usize, &T)> = tools
         .iter()
-        .filter_map(|t| find_name(&conv.last_user_text, &t.name).map(|pos| (pos, t)))
+        .filter_map(|t| find_name(last_user_text, name_of(t)).map(|pos| (pos, t)))
         .collect();
     named.sort_by_key(|(pos, _)| *pos);
-    let named: Vec<&ToolSpec> = named.into_iter().map(|(_, t)| t).collect();
-    match &conv.choice {
+    let named: Vec<&T> = named.into_iter().map(|(_, t)| t).collect();
+    match choice {
         Choice::Never => Vec::new(),
-        Choice::Named(name) => conv
-            .tools
+        Choice::Named(name) => tools
             .iter()
-            .filter(|t| &t.name == name)
+            .filter(|t| name_of(t) == name)
             .take(1)
             .collect(),
         Choice::Any => named
             .first()
             .copied()
-            .or_else(|| conv.tools.first())
+            .or_else(|| tools.first())
             .into_iter()
             .collect(),
-        Choice::Auto if conv.parallel => named,
+        Choice::Auto if parallel => named,
         Choice::Auto => named.into_iter().take(1).collect(),
     }
 }

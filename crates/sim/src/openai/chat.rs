@@ -12,6 +12,7 @@ use super::chat_request::{parse_chat, ChatRequest, Format, Tool, ToolChoice};
 use super::{
     fault_error, plain_response, timed_body, unix_now, Ctx, Dialect, Event, Payload, ABORT_GRACE,
 };
+use crate::conversation::{pick_tools, Choice};
 use crate::generate::{
     self, alnum, derive_seed, fixed_tokens, message_text, prose_tokens, text_tokens, word_tokens,
     Rng,
@@ -97,23 +98,6 @@ fn echo_text(messages: &[Value]) -> String {
     text.trim().to_string()
 }
 
-/// Where `name` first occurs in `text` as a whole identifier, if it does.
-fn find_name(text: &str, name: &str) -> Option<usize> {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let mut from = 0;
-    while let Some(pos) = text[from..].find(name) {
-        let start = from + pos;
-        let end = start + name.len();
-        let before_ok = !text[..start].chars().next_back().is_some_and(is_ident);
-        let after_ok = !text[end..].chars().next().is_some_and(is_ident);
-        if before_ok && after_ok {
-            return Some(start);
-        }
-        from = start + name.len().max(1);
-    }
-    None
-}
-
 /// The tools to call for this request, in order (empty = answer with text).
 fn select_tools(req: &ChatRequest) -> Vec<&Tool> {
     let last_is_tool_result = req
@@ -132,30 +116,19 @@ fn select_tools(req: &ChatRequest) -> Vec<&Tool> {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(message_text)
         .unwrap_or_default();
-    let mut named: Vec<(usize, &Tool)> = req
-        .tools
-        .iter()
-        .filter_map(|t| find_name(&last_user, &t.name).map(|pos| (pos, t)))
-        .collect();
-    named.sort_by_key(|(pos, _)| *pos);
-    let named: Vec<&Tool> = named.into_iter().map(|(_, t)| t).collect();
-    match &req.tool_choice {
-        ToolChoice::Never => Vec::new(),
-        ToolChoice::Named(name) => req
-            .tools
-            .iter()
-            .filter(|t| &t.name == name)
-            .take(1)
-            .collect(),
-        ToolChoice::Required => named
-            .first()
-            .copied()
-            .or_else(|| req.tools.first())
-            .into_iter()
-            .collect(),
-        ToolChoice::Auto if req.parallel_tool_calls => named,
-        ToolChoice::Auto => named.into_iter().take(1).collect(),
-    }
+    let choice = match &req.tool_choice {
+        ToolChoice::Auto => Choice::Auto,
+        ToolChoice::Never => Choice::Never,
+        ToolChoice::Required => Choice::Any,
+        ToolChoice::Named(name) => Choice::Named(name.clone()),
+    };
+    pick_tools(
+        &req.tools,
+        |t| &t.name,
+        &last_user,
+        &choice,
+        req.parallel_tool_calls,
+    )
 }
 
 /// Cuts `tokens` before the first stop sequence and to at most `limit` tokens.
