@@ -97,7 +97,10 @@ pub struct Capacity {
 impl Capacity {
     /// Replaces the token estimate with the tokens actually used, off the request path.
     pub fn settle(self, usage: &Usage) {
-        self.settle_counts(1, usage.prompt_tokens + usage.completion_tokens);
+        self.settle_counts(
+            1,
+            usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        );
     }
 
     /// Returns a reservation whose call never happened.
@@ -673,7 +676,7 @@ fn exhaustion(status: u16, headers: &http::HeaderMap) -> Option<i64> {
         ))
         .max()
     }?;
-    Some(unix_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
+    Some(unix_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)))
 }
 
 async fn attempt(

@@ -218,11 +218,15 @@ impl RequestTracker {
         let mut total = Usage::default();
         let mut cost = 0i64;
         for a in &self.record.attempts {
-            total.prompt_tokens += a.usage.prompt_tokens;
-            total.completion_tokens += a.usage.completion_tokens;
-            total.cached_tokens += a.usage.cached_tokens;
-            total.reasoning_tokens += a.usage.reasoning_tokens;
-            total.cache_write_tokens += a.usage.cache_write_tokens;
+            // Upstream-reported counts: saturate rather than overflow.
+            let u = &a.usage;
+            total.prompt_tokens = total.prompt_tokens.saturating_add(u.prompt_tokens);
+            total.completion_tokens = total.completion_tokens.saturating_add(u.completion_tokens);
+            total.cached_tokens = total.cached_tokens.saturating_add(u.cached_tokens);
+            total.reasoning_tokens = total.reasoning_tokens.saturating_add(u.reasoning_tokens);
+            total.cache_write_tokens = total
+                .cache_write_tokens
+                .saturating_add(u.cache_write_tokens);
             total.estimated |= a.usage.estimated;
             cost = cost.saturating_add(a.cost_nano_usd);
         }

@@ -19,14 +19,16 @@ pub fn full_jitter(base: Duration, max: Duration, round: u32) -> Duration {
 
 /// Parses `retry-after` seconds (`"7"`, `"1.5"`) and OpenAI's reset durations
 /// (`"1s"`, `"6m0s"`, `"20ms"`, `"1h2m3.5s"`). HTTP dates are not accepted (callers
-/// fall back to their own backoff).
+/// fall back to their own backoff), and neither is what no provider sends and a
+/// `Duration` cannot hold: exponents, signs, `inf`/`NaN`, other scripts' digits, and
+/// values beyond `Duration::MAX`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     if text.is_empty() {
         return None;
     }
-    if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if is_decimal(text) {
+        return seconds(text.parse::<f64>().ok()?);
     }
     let mut total = 0f64;
     let mut rest = text;
@@ -37,12 +39,16 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         if number_len == 0 {
             return None;
         }
-        let value: f64 = rest[..number_len].parse().ok()?;
-        rest = &rest[number_len..];
-        let unit_len = rest
+        let (number, tail) = rest.split_at_checked(number_len)?;
+        if !is_decimal(number) {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at_checked(unit_len)?;
+        let scale = match unit {
             "h" => 3600.0,
             "m" => 60.0,
             "s" => 1.0,
@@ -52,9 +58,23 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
         total += value * scale;
-        rest = &rest[unit_len..];
+        rest = tail;
     }
-    Some(Duration::from_secs_f64(total))
+    seconds(total)
+}
+
+/// ASCII digits with at most one `.` and at least one digit: the only number shape
+/// providers write, which `f64::from_str` accepts among many others.
+fn is_decimal(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.bytes().filter(|&b| b == b'.').count() <= 1
+        && text.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// `secs` as a `Duration`, or `None` when it is negative, not finite or too large
+/// (`Duration::from_secs_f64` panics on those).
+fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[cfg(test)]
@@ -100,5 +120,37 @@ mod tests {
         assert_eq!(parse_duration("Wed, 21 Oct 2026 07:28:00 GMT"), None);
         assert_eq!(parse_duration("-3"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    /// Untrusted header values that once panicked `Duration::from_secs_f64`, or that
+    /// are not numbers a provider writes, are refused rather than trusted.
+    #[test]
+    fn durations_out_of_range_or_odd_are_refused() {
+        for odd in [
+            "1e300",
+            "1e3",
+            "99999999999999999999",
+            "18446744073709551616",
+            "1e300s",
+            "99999999999999999999h",
+            "9999999999999999999999999999999999999999m",
+            "inf",
+            "NaN",
+            "+5",
+            "-0.5",
+            "1.2.3",
+            "..",
+            ".s",
+            "٣",
+            "٣s",
+            "1٣s",
+            "5µ",
+        ] {
+            assert_eq!(parse_duration(odd), None, "{odd}");
+        }
+        // Large values that fit are kept: the caller decides what is too long.
+        assert_eq!(parse_duration("86400"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(".5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3µs"), Some(Duration::from_micros(3)));
     }
 }
