@@ -911,6 +911,67 @@ async fn the_guardrail_reads_the_whole_anthropic_body() {
     );
 }
 
+/// A passed-through stream cut before `message_delta` has only `message_start`'s
+/// usage (the prompt, a token of output): it is billed as an estimate, with the
+/// output estimated from what was relayed.
+#[tokio::test]
+async fn a_cut_pass_through_stream_is_billed_as_an_estimate() {
+    let mut h = with_anthropic().await;
+    h.sim.sim.set_fault("ant", "*", Fault::cut(8));
+    let res = messages(
+        &h,
+        &json!({"model": "claude", "max_tokens": 300, "stream": true,
+            "messages": [{"role": "user", "content": "Tell me a long story please"}]}),
+    )
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    let evs = events(&text);
+    let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"message_delta"), "cut before: {names:?}");
+    assert_eq!(names.last(), Some(&"error"), "{names:?}");
+    let start_usage = &evs[0].1["message"]["usage"];
+    let started_output = start_usage["output_tokens"]
+        .as_i64()
+        .expect("output_tokens");
+    let relayed: usize = evs
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .map(|t| t.chars().count())
+        .sum();
+    assert!(relayed > 8, "some text was relayed: {names:?}");
+    let want_output = i64::try_from(relayed.div_ceil(4)).expect("small");
+    assert!(
+        want_output > started_output,
+        "{want_output} vs {start_usage}"
+    );
+
+    let db = h.finish().await;
+    let (estimated, prompt, completion, code): (i64, i64, i64, String) = sqlx::query_as(
+        "SELECT usage_estimated, prompt_tokens, completion_tokens, error_code FROM requests",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("row");
+    assert_eq!(code, "stream_cut");
+    assert_eq!(estimated, 1, "a cut stream's usage is an estimate");
+    assert_eq!(
+        prompt,
+        start_usage["input_tokens"].as_i64().expect("input_tokens"),
+        "the prompt is the upstream's own count"
+    );
+    assert_eq!(completion, want_output, "the output is what was relayed");
+    let attempt: (i64, i64, Option<String>) =
+        sqlx::query_as("SELECT usage_estimated, completion_tokens, error_class FROM attempts")
+            .fetch_one(&db)
+            .await
+            .expect("attempt");
+    assert_eq!(attempt, (1, want_output, Some("stream_cut".into())));
+}
+
 #[tokio::test]
 async fn anthropic_upstream_errors_keep_their_anthropic_type() {
     let h = with_anthropic().await;
