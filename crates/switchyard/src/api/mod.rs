@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod chat;
 pub mod error;
+mod panics;
 mod relay;
 pub mod tracker;
 pub mod wire;
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(panics::catch_panics))
         .with_state(state)
 }
 

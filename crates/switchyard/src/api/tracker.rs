@@ -11,6 +11,9 @@ use crate::providers::ProviderError;
 /// HTTP has no status for "the client closed the connection"; 499 is the common label.
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// The error code of a request whose handling panicked (the client got a 500).
+pub const PANICKED: &str = "internal_error";
+
 pub struct RequestTracker {
     record: RequestRecord,
     sink: LedgerSink,
@@ -257,6 +260,25 @@ fn cap_content(mut s: String) -> String {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         if self.finished {
+            return;
+        }
+        if std::thread::panicking() {
+            // Dropped by a panic unwinding through the request: the client is told
+            // 500 (or its started stream ends in an error) by `api::panics`, and the
+            // row says what happened rather than blaming the client.
+            self.record.status = if self.record.status == 0 {
+                http::StatusCode::INTERNAL_SERVER_ERROR.as_u16()
+            } else {
+                self.record.status
+            };
+            self.record.error_code = Some(PANICKED.into());
+            if let Some(a) = self.record.attempts.last_mut() {
+                if a.error_class.is_none() && a.latency_us == 0 {
+                    a.error_class = Some(PANICKED.into());
+                    a.latency_us = micros(self.started);
+                }
+            }
+            self.submit();
             return;
         }
         // Abandoned half-way: the client disconnected (or shutdown cut it off). A

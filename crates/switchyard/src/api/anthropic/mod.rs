@@ -85,6 +85,12 @@ enum Reply {
     Stream(Box<Relay>, Events),
 }
 
+/// The Anthropic error body for `e`, for a failure outside this ingress's handler
+/// (a panic caught by [`crate::api::panics`]).
+pub(crate) fn error_json(e: &ApiError) -> serde_json::Value {
+    error::error_json(e, None)
+}
+
 /// Anthropic clients send their key as `x-api-key`; authentication reads
 /// `Authorization: Bearer`, which is used as it is when both are present.
 fn with_bearer(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
