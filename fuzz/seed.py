@@ -61,3 +61,58 @@ put("chat_translators", json.dumps({"model": "m", "max_tokens": 64, "system": "B
     {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"city": "Oslo"}}]},
     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "4C"}]}],
     "tools": [{"name": "w", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}}).encode())
+# Odd values where well-formed ones were: every fixture's documents once more with a
+# few values swapped for huge, negative or fractional numbers, other scripts' digits
+# and other JSON types (the harnesses swap one more value themselves).
+ODD = [1e300, -1, 1.5, 99999999999999999999, "\u0661\u0662\u0663", "DE1\u066012345678901234567",
+       None, True, [], {}, [1, "x", None]]
+
+
+def retyped(doc, k):
+    """`doc` with its values replaced, depth first, from `ODD` in turn (every value,
+    starting at the k-th)."""
+    n = [k]
+
+    def walk(v):
+        n[0] += 1
+        if isinstance(v, dict):
+            return {key: walk(x) for key, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if n[0] % 3 == 0:
+            return ODD[n[0] % len(ODD)]
+        return v
+    return walk(doc)
+
+
+for f in sorted(FIXTURES.glob("*/*.json")):
+    case = json.loads(f.read_text())
+    kind = KINDS.index(f.parent.name)
+    native = case.get("native")
+    for k in range(3):
+        if f.name.startswith("request_"):
+            put("chat_translators", json.dumps(retyped(case["openai"], k)).encode())
+        elif f.name.startswith("response_"):
+            put("response_translators", bytes([kind]) + json.dumps(retyped(native, k)).encode())
+        elif f.name.startswith("stream_") and isinstance(native, str):
+            lines = []
+            for line in native.split("\n"):
+                if line.startswith("data: {"):
+                    try:
+                        line = "data: " + json.dumps(retyped(json.loads(line[6:]), k))
+                    except ValueError:
+                        pass
+                lines.append(line)
+            put("stream_decoders", bytes([kind]) + CHUNKING + "\n".join(lines).encode())
+# The PII redactor: the corpus lines, and other scripts' digits in PII shapes.
+corpus = ROOT.parent / "crates/switchyard/src/governance/pii_corpus.tsv"
+for line in corpus.read_text().splitlines()[:200]:
+    if line and not line.startswith("#") and "\t" in line:
+        put("pii_redactor", line.split("\t", 1)[1].encode())
+for text in ["account DE1\u066012345678901234567 ok", "SSN: \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+             "call +\u0664\u0664 \u0662\u0660 7946 0958", "card 4111\u0661111111111111"]:
+    put("pii_redactor", text.encode())
+# Provider durations, well-formed and odd.
+for text in ["7", "1.5", "6m0s", "20ms", "1h2m3.5s", "2.5s", "1e300", "99999999999999999999", "-3", "NaN",
+             "\u0663s", "inf"]:
+    put("durations", text.encode())

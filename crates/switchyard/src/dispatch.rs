@@ -26,9 +26,10 @@ use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
 use crate::ledger::tracker::RequestTracker;
 use crate::limits::{Claim, Limiter, Reservation};
 use crate::providers::{self, Endpoint, StreamDecoder, Translated};
-use crate::resilience::{full_jitter, parse_duration, Admission};
+use crate::resilience::{full_jitter, Admission};
 use crate::routing::{self, Health, Needs};
 use crate::types::time::now_ms;
+use crate::types::time::parse_duration;
 use crate::types::ProviderError;
 use crate::types::Usage;
 
@@ -98,7 +99,10 @@ pub struct Capacity {
 impl Capacity {
     /// Replaces the token estimate with the tokens actually used, off the request path.
     pub fn settle(self, usage: &Usage) {
-        self.settle_counts(1, usage.prompt_tokens + usage.completion_tokens);
+        self.settle_counts(
+            1,
+            usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        );
     }
 
     /// Returns a reservation whose call never happened.
@@ -678,7 +682,7 @@ fn exhaustion(status: u16, headers: &http::HeaderMap) -> Option<i64> {
         ))
         .max()
     }?;
-    Some(now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
+    Some(now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)))
 }
 
 async fn attempt(

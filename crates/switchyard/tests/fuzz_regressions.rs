@@ -60,6 +60,16 @@ fn response_translators() {
     });
 }
 
+#[test]
+fn pii_redactor() {
+    replay("pii_redactor", switchyard::fuzzing::pii);
+}
+
+#[test]
+fn durations() {
+    replay("durations", switchyard::fuzzing::durations);
+}
+
 /// The harnesses themselves work on ordinary inputs (so a replay that finds no
 /// files still proves they run).
 #[test]
@@ -79,4 +89,20 @@ fn harnesses_accept_ordinary_inputs() {
     switchyard::fuzzing::chat(
         br#"{"model":"m","max_tokens":5,"system":"s","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
     );
+    switchyard::fuzzing::pii("mail jane@example.com, card 4111 1111 1111 1111".as_bytes());
+    switchyard::fuzzing::durations(b"1h2m3.5s");
+}
+
+/// The retyping mutator reaches every value of a document and each odd value.
+#[test]
+fn retyping_reaches_every_value() {
+    let doc = br#"{"choices":[{"delta":{"tool_calls":[{"id":"a"}]}}]}"#;
+    let variants: std::collections::HashSet<Vec<u8>> = (0..200)
+        .filter_map(|s| switchyard::fuzzing::retyped(doc, s))
+        .collect();
+    // 7 nodes (root included) × 17 odd values, less the few that coincide.
+    assert!(variants.len() > 100, "{}", variants.len());
+    assert!(variants.iter().any(|v| v.windows(5).any(|w| w == b"1e300")));
+    assert!(variants.contains(br#"{"choices":[{"delta":{"tool_calls":[{"id":[]}]}}]}"#.as_slice()));
+    assert_eq!(switchyard::fuzzing::retyped(b"not json", 3), None);
 }

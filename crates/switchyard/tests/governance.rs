@@ -765,6 +765,83 @@ async fn pii_guardrail_redacts_logs_and_blocks() {
     );
 }
 
+/// Tool-call arguments, tool results, the system prompt and content parts all go
+/// upstream, so the guardrail reads every one of them; arguments stay a JSON document
+/// after redaction (a card number written as a JSON number included).
+#[tokio::test]
+async fn pii_guardrail_covers_tool_calls_results_and_parts() {
+    let mut gw = Gw::start().await;
+    let (redact, _) = gw
+        .create_key(json!({"name": "redactor", "policy": {"pii": "redact"}}))
+        .await;
+    let (block, _) = gw
+        .create_key(json!({"name": "blocker", "policy": {"pii": "block"}}))
+        .await;
+    let body = json!({"model": "mini", "messages": [
+        {"role": "system", "content": "Escalate to +44 20 7946 0958."},
+        {"role": "user", "content": [{"type": "text", "text": "Refund me, I am jane@example.com"}]},
+        {"role": "assistant", "content": null, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "refund", "arguments": "{\"email\":\"jane@example.com\",\"card\":4111111111111111}"},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Refunded to 5555 5555 5555 4444."},
+    ]});
+    assert_eq!(gw.chat_as(&redact, body.clone()).await.status(), 200);
+    let seen = gw.sim.sim.requests("");
+    let sent = &seen[0].body["messages"];
+    let all = sent.to_string();
+    for raw in [
+        "jane@example.com",
+        "4111111111111111",
+        "5555 5555 5555 4444",
+        "7946",
+    ] {
+        assert!(!all.contains(raw), "{raw} went upstream: {all}");
+    }
+    assert_eq!(sent[0]["content"], "Escalate to [PHONE_1].");
+    assert_eq!(sent[1]["content"][0]["text"], "Refund me, I am [EMAIL_1]");
+    let arguments = sent[2]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .expect("arguments stay a string");
+    let arguments: Value = serde_json::from_str(arguments).expect("arguments stay JSON");
+    assert_eq!(
+        arguments,
+        json!({"email": "[EMAIL_1]", "card": "[CARD_1]"}),
+        "the same value gets the same placeholder"
+    );
+    assert_eq!(sent[3]["content"], "Refunded to [CARD_2].");
+
+    // Block mode refuses PII that only the arguments carry.
+    let only_arguments = json!({"model": "mini", "messages": [
+        {"role": "user", "content": "Refund me"},
+        {"role": "assistant", "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "refund", "arguments": "{\"email\":\"jane@example.com\"}"},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+    ]});
+    let res = gw.chat_as(&block, only_arguments).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "pii_detected");
+    assert_eq!(gw.sim.sim.requests("").len(), 1, "blocked before dispatch");
+
+    let db = gw.finish().await;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT key_id, redactions FROM requests WHERE redactions IS NOT NULL ORDER BY key_id",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            ("blocker".into(), "block:EMAIL=1".into()),
+            ("redactor".into(), "redact:PHONE=1,EMAIL=2,CARD=2".into()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn eu_only_no_logging_key_is_routed_to_eu_and_leaves_no_content() {
     let mut gw = Gw::start().await;

@@ -634,6 +634,7 @@ async fn a_cut_stream_ends_with_one_error_event() {
 }
 
 const REDACTOR_KEY: &str = "sy-test-key-redactor-0001";
+const BLOCKER_KEY: &str = "sy-test-key-blocker-0001";
 
 /// An Anthropic deployment (simulator instance `ant`) and a key whose policy redacts PII.
 async fn with_anthropic() -> Harness {
@@ -657,6 +658,11 @@ deployments = ["ant-haiku"]
 name = "redactor"
 key = "{REDACTOR_KEY}"
 policy = {{ pii = "redact" }}
+
+[[keys]]
+name = "blocker"
+key = "{BLOCKER_KEY}"
+policy = {{ pii = "block" }}
 "#
         )
     })
@@ -769,6 +775,201 @@ async fn anthropic_requests_to_an_anthropic_deployment_pass_through() {
         "{rows:?}"
     );
     assert_eq!(rows[1].0, 1, "the second was streamed");
+}
+
+/// A body with PII in every place an Anthropic request carries text: the system
+/// blocks, a text block, a `tool_use` input and a `tool_result`'s blocks.
+fn pii_everywhere() -> Value {
+    json!({
+        "model": "claude",
+        "max_tokens": 50,
+        "top_k": 5,
+        "system": [{"type": "text", "text": "Escalate to +44 20 7946 0958.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Refund me, bob@example.org"},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "refund", "input": {"email": "jane@example.com", "card": 4111111111111111u64}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "Refunded to 5555 5555 5555 4444."}]},
+            ]},
+        ],
+    })
+}
+
+const RAW_PII: [&str; 5] = [
+    "jane@example.com",
+    "bob@example.org",
+    "4111111111111111",
+    "5555 5555 5555 4444",
+    "7946",
+];
+
+#[tokio::test]
+async fn the_guardrail_reads_the_whole_anthropic_body() {
+    let mut h = with_anthropic().await;
+    let post = |key: &'static str, body: Value| {
+        h.client
+            .post(format!("{}/v1/messages", h.base))
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+    };
+    // Redact, to an Anthropic deployment: the client's body goes up (what only it
+    // carries, `top_k` and `cache_control`, arrived), redacted wherever PII was.
+    let res = post(REDACTOR_KEY, pii_everywhere()).await.expect("send");
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let sent = last_upstream_body(&h, "ant");
+    let text = sent.to_string();
+    for raw in RAW_PII {
+        assert!(!text.contains(raw), "{raw} went upstream: {text}");
+    }
+    assert_eq!(sent["top_k"], 5, "{text}");
+    assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(sent["system"][0]["text"], "Escalate to [PHONE_1].");
+    assert_eq!(
+        sent["messages"][0]["content"][0]["text"],
+        "Refund me, [EMAIL_1]"
+    );
+    assert_eq!(
+        sent["messages"][1]["content"][0]["input"],
+        json!({"email": "[EMAIL_2]", "card": "[CARD_1]"})
+    );
+    assert_eq!(
+        sent["messages"][2]["content"][0]["content"][0]["text"],
+        "Refunded to [CARD_2]."
+    );
+
+    // Redact, translated for an OpenAI deployment: the tool call's arguments too.
+    let mut to_openai = pii_everywhere();
+    to_openai["model"] = json!("gpt-4o-mini");
+    let res = post(REDACTOR_KEY, to_openai.clone()).await.expect("send");
+    assert_eq!(res.status(), 200);
+    let text = last_upstream_body(&h, "").to_string();
+    for raw in RAW_PII {
+        assert!(!text.contains(raw), "{raw} went upstream: {text}");
+    }
+    assert!(text.contains("[EMAIL_1]"), "{text}");
+
+    // Block, both ways: PII that only a tool_use input carries is refused before
+    // anything goes upstream.
+    let only_input = |model: &str| {
+        json!({
+            "model": model,
+            "max_tokens": 50,
+            "messages": [
+                {"role": "user", "content": "Refund me"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "refund", "input": {"email": "jane@example.com"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"},
+                ]},
+            ],
+        })
+    };
+    let upstream_calls = h.sim.sim.requests("ant").len() + h.sim.sim.requests("").len();
+    for model in ["claude", "gpt-4o-mini"] {
+        let res = post(BLOCKER_KEY, only_input(model)).await.expect("send");
+        assert_eq!(res.status(), 400, "{model}");
+        let err: Value = res.json().await.expect("json");
+        assert_anthropic_error(&err, "invalid_request_error");
+    }
+    assert_eq!(
+        h.sim.sim.requests("ant").len() + h.sim.sim.requests("").len(),
+        upstream_calls,
+        "blocked before dispatch"
+    );
+
+    let db = h.finish().await;
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT key_id, redactions FROM requests ORDER BY started_at_ms")
+            .fetch_all(&db)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            (
+                "redactor".into(),
+                Some("redact:PHONE=1,EMAIL=2,CARD=2".into())
+            ),
+            (
+                "redactor".into(),
+                Some("redact:PHONE=1,EMAIL=2,CARD=2".into())
+            ),
+            ("blocker".into(), Some("block:EMAIL=1".into())),
+            ("blocker".into(), Some("block:EMAIL=1".into())),
+        ]
+    );
+}
+
+/// A passed-through stream cut before `message_delta` has only `message_start`'s
+/// usage (the prompt, a token of output): it is billed as an estimate, with the
+/// output estimated from what was relayed.
+#[tokio::test]
+async fn a_cut_pass_through_stream_is_billed_as_an_estimate() {
+    let mut h = with_anthropic().await;
+    h.sim.sim.set_fault("ant", "*", Fault::cut(8));
+    let res = messages(
+        &h,
+        &json!({"model": "claude", "max_tokens": 300, "stream": true,
+            "messages": [{"role": "user", "content": "Tell me a long story please"}]}),
+    )
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    let evs = events(&text);
+    let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"message_delta"), "cut before: {names:?}");
+    assert_eq!(names.last(), Some(&"error"), "{names:?}");
+    let start_usage = &evs[0].1["message"]["usage"];
+    let started_output = start_usage["output_tokens"]
+        .as_i64()
+        .expect("output_tokens");
+    let relayed: usize = evs
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .map(|t| t.chars().count())
+        .sum();
+    assert!(relayed > 8, "some text was relayed: {names:?}");
+    let want_output = i64::try_from(relayed.div_ceil(4)).expect("small");
+    assert!(
+        want_output > started_output,
+        "{want_output} vs {start_usage}"
+    );
+
+    let db = h.finish().await;
+    let (estimated, prompt, completion, code): (i64, i64, i64, String) = sqlx::query_as(
+        "SELECT usage_estimated, prompt_tokens, completion_tokens, error_code FROM requests",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("row");
+    assert_eq!(code, "stream_cut");
+    assert_eq!(estimated, 1, "a cut stream's usage is an estimate");
+    assert_eq!(
+        prompt,
+        start_usage["input_tokens"].as_i64().expect("input_tokens"),
+        "the prompt is the upstream's own count"
+    );
+    assert_eq!(completion, want_output, "the output is what was relayed");
+    let attempt: (i64, i64, Option<String>) =
+        sqlx::query_as("SELECT usage_estimated, completion_tokens, error_class FROM attempts")
+            .fetch_one(&db)
+            .await
+            .expect("attempt");
+    assert_eq!(attempt, (1, want_output, Some("stream_cut".into())));
 }
 
 #[tokio::test]

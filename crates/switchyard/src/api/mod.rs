@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod chat;
 pub mod error;
+mod panics;
 mod relay;
 
 pub mod wire;
@@ -85,6 +86,7 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
         .merge(more)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(panics::catch_panics))
         .with_state(state)
 }
 

@@ -444,6 +444,9 @@ impl Governance {
         req: &mut ChatRequest,
         tracker: &mut RequestTracker,
     ) -> Result<(), Refusal> {
+        // Every text of the request that goes upstream: system, user and tool
+        // messages (tool results), content parts, and what the assistant turns carry
+        // (tool-call arguments, the legacy `function_call`, a refusal).
         self.guard_texts(p, tracker, |f| {
             for m in &mut req.messages {
                 match &mut m.content {
@@ -457,12 +460,26 @@ impl Governance {
                     }
                     None => {}
                 }
+                for call in m.tool_calls.iter_mut().flatten() {
+                    guard_arguments(&mut call.function.arguments, f);
+                }
+                if let Some(legacy) = m.extra.get_mut("function_call") {
+                    if let Some(serde_json::Value::String(args)) = legacy.get_mut("arguments") {
+                        guard_arguments(args, f);
+                    }
+                }
+                if let Some(serde_json::Value::String(refusal)) = m.extra.get_mut("refusal") {
+                    f(refusal);
+                }
             }
         })
     }
 
-    /// Runs the PII guardrail over the texts `visit` hands out.
-    fn guard_texts(
+    /// Runs the PII guardrail over the texts `visit` hands out: redacts them in place
+    /// (`redact`), refuses the request (`block`), or only notes what it found
+    /// (`log`), in the request's ledger row. An ingress that sends a body of its own
+    /// upstream (the Anthropic pass-through) runs it over that body too.
+    pub(crate) fn guard_texts(
         &self,
         p: &Principal,
         tracker: &mut RequestTracker,
@@ -797,6 +814,57 @@ pub fn format_reset(d: Duration) -> String {
     }
     let secs = d.as_secs();
     format!("{}m{}s", secs / 60, secs % 60)
+}
+
+/// Tool-call arguments are a JSON document in a string. Its values are guarded one by
+/// one ([`visit_json_texts`]), so that a redaction leaves it a JSON document; it is
+/// re-encoded only when a redaction changed it. Arguments that are not JSON are
+/// guarded as the text they are.
+fn guard_arguments(arguments: &mut String, f: &mut dyn FnMut(&mut String)) {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(arguments) else {
+        f(arguments);
+        return;
+    };
+    let mut changed = false;
+    visit_json_texts(&mut doc, &mut |s: &mut String| {
+        let before = s.clone();
+        f(s);
+        changed |= *s != before;
+    });
+    if changed {
+        if let Ok(encoded) = serde_json::to_string(&doc) {
+            *arguments = encoded;
+        }
+    }
+}
+
+/// Hands every string and number of a JSON document (values, not keys) to `f`: a
+/// number may be a card or a phone number as much as a string may. A number that
+/// `f` rewrites becomes the string it was rewritten to.
+pub(crate) fn visit_json_texts(v: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => f(s),
+        Value::Number(n) => {
+            let text = n.to_string();
+            let mut s = text.clone();
+            f(&mut s);
+            if s != text {
+                *v = Value::String(s);
+            }
+        }
+        Value::Array(items) => {
+            for i in items {
+                visit_json_texts(i, f);
+            }
+        }
+        Value::Object(o) => {
+            for (_, i) in o.iter_mut() {
+                visit_json_texts(i, f);
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 fn visit_json_strings(v: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {

@@ -69,19 +69,24 @@ impl PiiDetector {
     }
 
     fn with_custom(custom: Vec<(String, Regex)>) -> PiiDetector {
+        // Digits are ASCII `[0-9]`, never `\d`: `\d` also matches other scripts'
+        // digits (Arabic-Indic, Devanagari…), which are several bytes each, while the
+        // validators below read a match byte by byte as ASCII digits.
         PiiDetector {
             email: re(
                 r"(?i)\b[a-z0-9][a-z0-9._%+-]{0,63}@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}\b",
             ),
-            card: re(r"\b\d(?:[ -]?\d){12,18}\b"),
-            iban: re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
-            ssn: re(r"\b(\d{3})-(\d{2})-(\d{4})\b"),
+            card: re(r"\b[0-9](?:[ -]?[0-9]){12,18}\b"),
+            iban: re(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b"),
+            ssn: re(r"\b([0-9]{3})-([0-9]{2})-([0-9]{4})\b"),
             ssn_bare: re(
-                r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\s*(?:is|:|#)?\s*(\d{9})\b",
+                r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\s*(?:is|:|#)?\s*([0-9]{9})\b",
             ),
-            phone_intl: re(r"\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,6}"),
-            phone_nanp: re(r"(?:\b1[-. ])?(?:\(\d{3}\) ?|\b\d{3}[-. ])\d{3}[-. ]\d{4}\b"),
-            phone_national: re(r"\b0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b"),
+            phone_intl: re(r"\+[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){2,6}"),
+            phone_nanp: re(
+                r"(?:\b1[-. ])?(?:\([0-9]{3}\) ?|\b[0-9]{3}[-. ])[0-9]{3}[-. ][0-9]{4}\b",
+            ),
+            phone_national: re(r"\b0[0-9]{2,4}[ -][0-9]{3,4}[ -]?[0-9]{3,4}\b"),
             custom,
         }
     }
@@ -143,9 +148,12 @@ impl PiiDetector {
             }
         }
         for c in self.ssn_bare.captures_iter(text) {
-            if let Some(n) = c.get(1) {
-                let s = n.as_str();
-                if ssn_valid(&s[..3], &s[3..5], &s[5..]) {
+            let Some(n) = c.get(1) else {
+                continue;
+            };
+            let s = n.as_str();
+            if let (Some(area), Some(group), Some(serial)) = (s.get(..3), s.get(3..5), s.get(5..)) {
+                if ssn_valid(area, group, serial) {
                     out.push(found(n.start(), n.end(), "SSN"));
                 }
             }
@@ -357,7 +365,7 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
 /// Where a valid IBAN starting at `start` ends, within the candidate `start..end`: the
 /// candidate may run on into a following upper-case word, so the country's length decides.
 fn iban_end(text: &str, start: usize, end: usize) -> Option<usize> {
-    let cand = &text[start..end];
+    let cand = text.get(start..end)?;
     let want = IBAN_LENGTHS
         .iter()
         .find(|(c, _)| cand.starts_with(c))
@@ -376,7 +384,8 @@ fn iban_end(text: &str, start: usize, end: usize) -> Option<usize> {
     }
     let cut = cut?;
     // The IBAN must end at a word boundary, not inside a group.
-    if text[start + cut..]
+    if text
+        .get(start + cut..)?
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric())
@@ -384,7 +393,7 @@ fn iban_end(text: &str, start: usize, end: usize) -> Option<usize> {
         return None;
     }
     // Mod 97 of the rearranged digits (letters as 10..35) must be 1.
-    let rearranged = chars[4..].chars().chain(chars[..4].chars());
+    let rearranged = chars.get(4..)?.chars().chain(chars.get(..4)?.chars());
     let mut rem = 0u32;
     for c in rearranged {
         let v = c.to_digit(36)?;
@@ -422,7 +431,7 @@ fn nanp_valid(s: &str) -> bool {
 fn trim_phone_end(text: &str, start: usize, end: usize) -> usize {
     let b = text.as_bytes();
     let mut e = end;
-    while e > start && !b[e - 1].is_ascii_digit() {
+    while e > start && !b.get(e - 1).is_some_and(u8::is_ascii_digit) {
         e -= 1;
     }
     e
@@ -472,9 +481,15 @@ impl<'a> Redactor<'a> {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for f in &findings {
+            // Findings are regex match bounds, so on char boundaries; a finding that is
+            // not would be skipped rather than sliced.
+            let (Some(before), Some(value)) = (text.get(at..f.start), text.get(f.start..f.end))
+            else {
+                continue;
+            };
             let label = self.detector.label_of(f).to_owned();
             self.count(&label);
-            let value = text[f.start..f.end].to_owned();
+            let value = value.to_owned();
             let n = match self.seen.get(&(label.clone(), value.clone())) {
                 Some(&n) => n,
                 None => {
@@ -485,11 +500,11 @@ impl<'a> Redactor<'a> {
                     n
                 }
             };
-            out.push_str(&text[at..f.start]);
+            out.push_str(before);
             out.push_str(&format!("[{label}_{n}]"));
             at = f.end;
         }
-        out.push_str(&text[at..]);
+        out.push_str(text.get(at..).unwrap_or_default());
         Some(out)
     }
 

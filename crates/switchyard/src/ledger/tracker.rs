@@ -12,6 +12,9 @@ use crate::types::{ProviderError, Usage};
 /// HTTP has no status for "the client closed the connection"; 499 is the common label.
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// The error code of a request whose handling panicked (the client got a 500).
+pub const PANICKED: &str = "internal_error";
+
 pub struct RequestTracker {
     record: RequestRecord,
     sink: LedgerSink,
@@ -219,11 +222,15 @@ impl RequestTracker {
         let mut total = Usage::default();
         let mut cost = 0i64;
         for a in &self.record.attempts {
-            total.prompt_tokens += a.usage.prompt_tokens;
-            total.completion_tokens += a.usage.completion_tokens;
-            total.cached_tokens += a.usage.cached_tokens;
-            total.reasoning_tokens += a.usage.reasoning_tokens;
-            total.cache_write_tokens += a.usage.cache_write_tokens;
+            // Upstream-reported counts: saturate rather than overflow.
+            let u = &a.usage;
+            total.prompt_tokens = total.prompt_tokens.saturating_add(u.prompt_tokens);
+            total.completion_tokens = total.completion_tokens.saturating_add(u.completion_tokens);
+            total.cached_tokens = total.cached_tokens.saturating_add(u.cached_tokens);
+            total.reasoning_tokens = total.reasoning_tokens.saturating_add(u.reasoning_tokens);
+            total.cache_write_tokens = total
+                .cache_write_tokens
+                .saturating_add(u.cache_write_tokens);
             total.estimated |= a.usage.estimated;
             cost = cost.saturating_add(a.cost_nano_usd);
         }
@@ -254,6 +261,25 @@ fn cap_content(mut s: String) -> String {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         if self.finished {
+            return;
+        }
+        if std::thread::panicking() {
+            // Dropped by a panic unwinding through the request: the client is told
+            // 500 (or its started stream ends in an error) by `api::panics`, and the
+            // row says what happened rather than blaming the client.
+            self.record.status = if self.record.status == 0 {
+                http::StatusCode::INTERNAL_SERVER_ERROR.as_u16()
+            } else {
+                self.record.status
+            };
+            self.record.error_code = Some(PANICKED.into());
+            if let Some(a) = self.record.attempts.last_mut() {
+                if a.error_class.is_none() && a.latency_us == 0 {
+                    a.error_class = Some(PANICKED.into());
+                    a.latency_us = micros(self.started);
+                }
+            }
+            self.submit();
             return;
         }
         // Abandoned half-way: the client disconnected (or shutdown cut it off). A

@@ -488,6 +488,13 @@ pub fn estimate_chat(req: &ChatRequest, default_output: u64) -> TokenEstimate {
     }
 }
 
+/// The tokens of `chars` characters of text, at about four characters a token: the
+/// rule every estimate here uses, also for output that was relayed but never counted
+/// by the upstream (a stream cut before its usage).
+pub fn text_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4)
+}
+
 /// Embeddings have no output: the input at about four characters a token (token-array
 /// inputs count their tokens exactly).
 pub fn estimate_embedding_tokens(input: &serde_json::Value) -> u64 {

@@ -232,7 +232,12 @@ impl WireUsage {
         let write = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {
             // `input_tokens` leaves the cached parts out; OpenAI's prompt includes them.
-            prompt_tokens: self.input_tokens.unwrap_or(0) + read + write,
+            // Counts come from the upstream: a huge one saturates rather than overflows.
+            prompt_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(read)
+                .saturating_add(write),
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: read,
             cache_write_tokens: write,

@@ -329,9 +329,10 @@ impl WireUsage {
     fn to_usage(self) -> Usage {
         Usage {
             // `inputTokens` leaves the cached parts out; OpenAI's prompt includes them.
-            prompt_tokens: self.input_tokens
-                + self.cache_read_input_tokens
-                + self.cache_write_input_tokens,
+            prompt_tokens: self
+                .input_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_write_input_tokens),
             completion_tokens: self.output_tokens,
             cached_tokens: self.cache_read_input_tokens,
             cache_write_tokens: self.cache_write_input_tokens,

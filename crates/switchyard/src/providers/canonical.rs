@@ -25,7 +25,7 @@ pub fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
         "prompt_tokens_details": {
             "cached_tokens": u.cached_tokens,
             "cache_write_tokens": u.cache_write_tokens,

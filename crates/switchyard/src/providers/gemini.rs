@@ -263,8 +263,12 @@ impl UsageMetadata {
     fn to_usage(self) -> Usage {
         Usage {
             // `promptTokenCount` already includes the cached tokens.
-            prompt_tokens: self.prompt_token_count + self.tool_use_prompt_token_count,
-            completion_tokens: self.candidates_token_count + self.thoughts_token_count,
+            prompt_tokens: self
+                .prompt_token_count
+                .saturating_add(self.tool_use_prompt_token_count),
+            completion_tokens: self
+                .candidates_token_count
+                .saturating_add(self.thoughts_token_count),
             cached_tokens: self.cached_content_token_count,
             reasoning_tokens: self.thoughts_token_count,
             cache_write_tokens: 0,
@@ -681,9 +685,11 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
     };
     let retry_after = headers.get(RETRY_AFTER).cloned().or_else(|| {
         error.details.iter().find_map(|d| {
-            let delay = d.get("retryDelay")?.as_str()?.strip_suffix('s')?;
-            let secs = delay.parse::<f64>().ok()?.ceil().max(1.0);
-            HeaderValue::from_str(&format!("{secs:.0}")).ok()
+            // Read by the one parser of provider durations, which refuses what a
+            // `Duration` cannot hold (`1e300s`, `NaNs`, other scripts' digits).
+            let wait = crate::types::time::parse_duration(d.get("retryDelay")?.as_str()?)?;
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            Some(HeaderValue::from(secs.max(1)))
         })
     });
     ProviderError::Status {
@@ -870,6 +876,34 @@ mod tests {
         assert!(
             matches!(&exhausted, ProviderError::Status { retry_after: Some(v), .. } if v == "3")
         );
+        // Delays no `Duration` holds are dropped, not passed on as a header.
+        for delay in [
+            "1e300s",
+            "NaNs",
+            "infs",
+            "-5s",
+            "٣s",
+            "99999999999999999999999s",
+        ] {
+            let body = format!(
+                r#"{{"error":{{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{{"retryDelay":"{delay}"}}]}}}}"#
+            );
+            let e = status_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &HeaderMap::new(),
+                body.as_bytes(),
+            );
+            assert!(
+                matches!(
+                    &e,
+                    ProviderError::Status {
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "{delay}: {e:?}"
+            );
+        }
         let bad_key = status_error(
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),

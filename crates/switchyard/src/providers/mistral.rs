@@ -74,27 +74,28 @@ pub fn request_body(req: &ChatRequest, model: &str) -> Result<Value, ProviderErr
     if o.get("tool_choice").and_then(Value::as_str) == Some("required") {
         o.insert("tool_choice".into(), json!("any"));
     }
-    for m in o
-        .get_mut("messages")
-        .and_then(Value::as_array_mut)
+    let messages = o.get_mut("messages").and_then(Value::as_array_mut);
+    for m in messages
         .into_iter()
         .flatten()
+        .filter_map(Value::as_object_mut)
     {
-        if let Some(id) = m.get("tool_call_id").and_then(Value::as_str) {
-            m["tool_call_id"] = json!(tool_call_id(id));
-        }
-        for call in m
-            .get_mut("tool_calls")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(id) = call.get("id").and_then(Value::as_str) {
-                call["id"] = json!(tool_call_id(id));
-            }
+        remap_id(m, "tool_call_id");
+        let calls = m.get_mut("tool_calls").and_then(Value::as_array_mut);
+        for call in calls.into_iter().flatten().filter_map(Value::as_object_mut) {
+            remap_id(call, "id");
         }
     }
     Ok(body)
+}
+
+/// Replaces the string id under `field` by its Mistral form ([`tool_call_id`]).
+fn remap_id(o: &mut serde_json::Map<String, Value>, field: &str) {
+    if let Some(id) = o.get_mut(field) {
+        if let Some(s) = id.as_str() {
+            *id = json!(tool_call_id(s));
+        }
+    }
 }
 
 /// Translates a Mistral stream into OpenAI chunks.
@@ -132,19 +133,23 @@ impl MistralStream {
         };
         let mut chunk: Value = serde_json::from_slice(&data)
             .map_err(|e| ProviderError::Protocol(format!("stream chunk: {e}")))?;
-        for choice in chunk["choices"].as_array_mut().into_iter().flatten() {
+        // The chunk is the upstream's: any level may be of another JSON type than
+        // expected, and such levels are passed on untouched (indexing a `Value`
+        // mutably panics on anything but an object).
+        let choices = chunk.get_mut("choices").and_then(Value::as_array_mut);
+        for choice in choices.into_iter().flatten() {
             let calls = choice
                 .get_mut("delta")
                 .and_then(|d| d.get_mut("tool_calls"))
                 .and_then(Value::as_array_mut);
-            for call in calls.into_iter().flatten() {
+            for call in calls.into_iter().flatten().filter_map(Value::as_object_mut) {
                 // Mistral sends every call whole, each with its id.
                 if call.get("id").is_some_and(Value::is_string) {
-                    call["index"] = json!(self.tool_calls);
+                    call.insert("index".into(), json!(self.tool_calls));
                     self.tool_calls += 1;
                 }
                 if call.get("type").is_none_or(Value::is_null) {
-                    call["type"] = json!("function");
+                    call.insert("type".into(), json!("function"));
                 }
             }
         }
@@ -334,6 +339,58 @@ mod tests {
                 golden::decode_every_way(&|| Box::new(MistralStream::new()), text.as_bytes());
             assert_eq!(Value::Array(items), case["openai"], "{name}");
         }
+    }
+
+    /// Chunks whose levels are of unexpected JSON types once panicked the translator
+    /// (mutable `Value` indexing); they are passed on as they came.
+    #[test]
+    fn chunks_of_unexpected_shapes_pass_through() {
+        for chunk in [
+            r#"{"choices":[1,"x",null,[]]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[1,"x",null,[],true]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":{"id":"a"}}}]}"#,
+            r#"{"choices":[{"delta":[{"tool_calls":[]}]}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"abc","type":null}]}}],"usage":7}"#,
+            r#"{"id":[],"created":"x","choices":[{"delta":{}}],"usage":{"prompt_tokens":1e400}}"#,
+            r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":-1,"completion_tokens":1.5}}"#,
+            r#"{"choices":[{"delta":{"content":"٣"}}],"usage":{"prompt_tokens":99999999999999999999999}}"#,
+        ] {
+            let mut s = MistralStream::new();
+            s.push(format!("data: {chunk}\n\n").as_bytes());
+            while let Ok(Some(item)) = s.next() {
+                if let Translated::Chunk { data, .. } = item {
+                    let _: Value = serde_json::from_slice(&data).expect("JSON");
+                }
+            }
+        }
+        let item = {
+            let mut s = MistralStream::new();
+            s.push(br#"data: {"choices":[{"delta":{"tool_calls":[7,{"id":"abc"}]}}]}"#);
+            s.push(b"\n\n");
+            s.next()
+        };
+        let Ok(Some(Translated::Chunk { data, .. })) = item else {
+            panic!("a chunk: {item:?}");
+        };
+        let v: Value = serde_json::from_slice(&data).expect("JSON");
+        assert_eq!(
+            v["choices"][0]["delta"]["tool_calls"],
+            json!([7, {"id": "abc", "index": 0, "type": "function"}])
+        );
+    }
+
+    #[test]
+    fn request_ids_of_unexpected_shapes_are_left_alone() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m",
+            "messages": [{"role": "tool", "tool_call_id": "call_1", "content": "4C"}],
+        }))
+        .expect("request");
+        let body = request_body(&req, "mistral-small-latest").expect("body");
+        assert_eq!(
+            body["messages"][0]["tool_call_id"],
+            json!(tool_call_id("call_1"))
+        );
     }
 
     #[test]

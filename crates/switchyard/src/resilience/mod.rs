@@ -4,5 +4,5 @@
 mod backoff;
 mod breaker;
 
-pub use backoff::{full_jitter, parse_duration};
+pub use backoff::full_jitter;
 pub use breaker::{Admission, Breaker, BreakerState};

@@ -1,7 +1,7 @@
 //! UTC calendar arithmetic on unix milliseconds (no time-zone database needed: every
 //! period the gateway keeps is in UTC).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -88,6 +88,66 @@ pub fn parse_utc(s: &str) -> Option<i64> {
     Some(days * DAY_MS + secs * 1000)
 }
 
+/// Parses `retry-after` seconds (`"7"`, `"1.5"`) and OpenAI's reset durations
+/// (`"1s"`, `"6m0s"`, `"20ms"`, `"1h2m3.5s"`). HTTP dates are not accepted (callers
+/// fall back to their own backoff), and neither is what no provider sends and a
+/// `Duration` cannot hold: exponents, signs, `inf`/`NaN`, other scripts' digits, and
+/// values beyond `Duration::MAX`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if is_decimal(text) {
+        return seconds(text.parse::<f64>().ok()?);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let (number, tail) = rest.split_at_checked(number_len)?;
+        if !is_decimal(number) {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at_checked(unit_len)?;
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    seconds(total)
+}
+
+/// ASCII digits with at most one `.` and at least one digit: the only number shape
+/// providers write, which `f64::from_str` accepts among many others.
+fn is_decimal(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.bytes().filter(|&b| b == b'.').count() <= 1
+        && text.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// `secs` as a `Duration`, or `None` when it is negative, not finite or too large
+/// (`Duration::from_secs_f64` panics on those).
+fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +171,54 @@ mod tests {
         assert_eq!(parse_utc("2026-02-30"), None);
         assert_eq!(parse_utc("2026-01-01T10:00:00+02:00"), None);
         assert_eq!(parse_utc("soon"), None);
+    }
+
+    #[test]
+    fn durations_in_provider_formats() {
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_duration("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(parse_duration("-3"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    /// Untrusted header values that once panicked `Duration::from_secs_f64`, or that
+    /// are not numbers a provider writes, are refused rather than trusted.
+    #[test]
+    fn durations_out_of_range_or_odd_are_refused() {
+        for odd in [
+            "1e300",
+            "1e3",
+            "99999999999999999999",
+            "18446744073709551616",
+            "1e300s",
+            "99999999999999999999h",
+            "9999999999999999999999999999999999999999m",
+            "inf",
+            "NaN",
+            "+5",
+            "-0.5",
+            "1.2.3",
+            "..",
+            ".s",
+            "٣",
+            "٣s",
+            "1٣s",
+            "5µ",
+        ] {
+            assert_eq!(parse_duration(odd), None, "{odd}");
+        }
+        // Large values that fit are kept: the caller decides what is too long.
+        assert_eq!(parse_duration("86400"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(".5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3µs"), Some(Duration::from_micros(3)));
     }
 }

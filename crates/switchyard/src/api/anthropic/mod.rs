@@ -85,6 +85,12 @@ enum Reply {
     Stream(Box<Relay>, Events),
 }
 
+/// The Anthropic error body for `e`, for a failure outside this ingress's handler
+/// (a panic caught by [`crate::api::panics`]).
+pub(crate) fn error_json(e: &ApiError) -> serde_json::Value {
+    error::error_json(e, None)
+}
+
 /// Anthropic clients send their key as `x-api-key`; authentication reads
 /// `Authorization: Bearer`, which is used as it is when both are present.
 fn with_bearer(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
@@ -127,12 +133,14 @@ async fn run(
     let req: MessagesRequest = parse_body(&bytes)?;
     req.validate()?;
     let message_id = format!("msg_{}", request_id.trim_start_matches("req_"));
+    let useful = passthrough::useful_for(state.config.model(&req.model).map(|m| &**m));
+    let (req, bytes) = if useful && key.policy.allows_model(&req.model) {
+        guard_body(state, &key, tracker, req, bytes)?
+    } else {
+        (req, bytes)
+    };
     let chat = request::to_openai(&req);
-    let mut native = passthrough::Passthrough::new(
-        &bytes,
-        &chat,
-        passthrough::useful_for(state.config.model(&req.model).map(|m| &**m)),
-    );
+    let mut native = passthrough::Passthrough::new(&bytes, &chat, useful);
     let passed = |admitted: &_, d: &_| native.body(admitted, d);
     match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
         ChatServed::Full {
@@ -171,6 +179,39 @@ async fn run(
             Ok(Reply::Stream(Box::new(relay), events))
         }
     }
+}
+
+/// Runs the PII guardrail over the client's whole body, which may go upstream as it
+/// is ([`passthrough`]): a `block` refuses here, a `redact` rewrites the body, and the
+/// request is read again from what remains.
+fn guard_body(
+    state: &AppState,
+    key: &crate::governance::Principal,
+    tracker: &mut RequestTracker,
+    req: MessagesRequest,
+    bytes: Bytes,
+) -> Result<(MessagesRequest, Bytes), ApiError> {
+    let Ok(mut raw) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+    else {
+        return Ok((req, bytes));
+    };
+    let mut changed = false;
+    state.governance.guard_texts(key, tracker, |f| {
+        passthrough::visit_texts(&mut raw, &mut |s: &mut String| {
+            let before = s.clone();
+            f(s);
+            changed |= *s != before;
+        });
+    })?;
+    if !changed {
+        return Ok((req, bytes));
+    }
+    let body = serde_json::Value::Object(raw);
+    let redacted: MessagesRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::internal(format!("the redacted request is unreadable: {e}")))?;
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| ApiError::internal(format!("the redacted request is unwritable: {e}")))?;
+    Ok((redacted, Bytes::from(bytes)))
 }
 
 /// What the client's stream is made of: the upstream's own Anthropic events, or

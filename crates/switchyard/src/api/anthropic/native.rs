@@ -36,6 +36,19 @@ struct EventSummary {
     message: Option<MessageSummary>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(default)]
+    delta: Option<DeltaSummary>,
+}
+
+/// The generated output a `content_block_delta` carries, whichever kind it is.
+#[derive(Deserialize)]
+struct DeltaSummary {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    partial_json: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
 }
 
 impl NativeAnswer for AnthropicNative {
@@ -55,14 +68,41 @@ impl NativeAnswer for AnthropicNative {
         Box::new(NativeStream {
             sse: SseDecoder::new(),
             usage: WireUsage::default(),
+            output_chars: 0,
+            has_usage: false,
+            final_usage: false,
         })
     }
 }
 
 /// Anthropic events as items: each one's bytes re-framed as they came.
+///
+/// The usage it reports is the upstream's final count once `message_delta` carried
+/// it. Before that, `message_start`'s usage has the prompt but only a token or so of
+/// output, so the usage reported is an estimate: the output is at least what the
+/// deltas so far hold. A stream cut before `message_delta` is billed from that.
 struct NativeStream {
     sse: SseDecoder,
     usage: WireUsage,
+    /// Characters of generated output (text, tool input JSON, thinking) decoded.
+    output_chars: u64,
+    /// Whether any event carried usage yet.
+    has_usage: bool,
+    /// Whether `message_delta` brought the final usage.
+    final_usage: bool,
+}
+
+impl NativeStream {
+    fn usage_so_far(&self) -> Usage {
+        let mut usage = self.usage.to_usage();
+        if !self.final_usage {
+            usage.estimated = true;
+            usage.completion_tokens = usage
+                .completion_tokens
+                .max(crate::limits::text_tokens(self.output_chars));
+        }
+        usage
+    }
 }
 
 fn reframe(name: &str, data: &[u8]) -> Bytes {
@@ -96,9 +136,29 @@ impl StreamDecoder for NativeStream {
         let summary: EventSummary = serde_json::from_slice(&event.data)
             .map_err(|e| ProviderError::Protocol(format!("stream event is not JSON: {e}")))?;
         let mut usage = None;
-        if let Some(u) = summary.message.and_then(|m| m.usage).or(summary.usage) {
+        let reported = summary.message.and_then(|m| m.usage).or(summary.usage);
+        if summary.kind == "message_delta" && reported.is_some() {
+            self.final_usage = true;
+        }
+        if let Some(u) = reported {
+            self.has_usage = true;
             self.usage.merge(u);
-            usage = Some(self.usage.to_usage());
+            usage = Some(self.usage_so_far());
+        }
+        if let Some(d) = summary
+            .delta
+            .filter(|_| summary.kind == "content_block_delta")
+        {
+            let chars = [d.text, d.partial_json, d.thinking]
+                .iter()
+                .flatten()
+                .map(|s| s.chars().count() as u64)
+                .sum::<u64>();
+            self.output_chars = self.output_chars.saturating_add(chars);
+            // Only once a usage is known: before, the relay's own estimate applies.
+            if self.has_usage {
+                usage = Some(self.usage_so_far());
+            }
         }
         Ok(Some(match summary.kind.as_str() {
             // The encoder writes it: its data is always `{"type":"message_stop"}`.

@@ -62,7 +62,7 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 /// Anthropic's usage object. Its `input_tokens` leaves out the cached parts, which
 /// OpenAI's `prompt_tokens` (and [`Usage`]) include.
 pub fn usage_json(u: &Usage) -> Value {
-    let cached = u.cached_tokens + u.cache_write_tokens;
+    let cached = u.cached_tokens.saturating_add(u.cache_write_tokens);
     json!({
         "input_tokens": u.prompt_tokens.saturating_sub(cached),
         "output_tokens": u.completion_tokens,

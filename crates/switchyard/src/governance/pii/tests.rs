@@ -132,3 +132,33 @@ fn validators_reject_look_alikes() {
     let wrong = "DE89 3704 0044 0532 0130 01";
     assert_eq!(iban_end(wrong, 0, wrong.len()), None);
 }
+
+/// Digits of other scripts are several bytes each: none of them may reach a validator
+/// that reads matches as ASCII (the IBAN, SSN and card checks once sliced them).
+#[test]
+fn non_ascii_digits_neither_panic_nor_count_as_digits() {
+    let d = detector();
+    let texts = [
+        "account DE1٠12345678901234567 ok",
+        "DE٨٩٣٧٠٤٠٠٤٤٠٥٣٢٠١٣٠٠٠",
+        "SSN: ١٢٣٤٥٦٧٨٩",
+        "ssn is ०१२३४५६७८",
+        "card ٤١١١ ١١١١ ١١١١ ١١١١",
+        "call +٤٤ ٢٠ ٧٩٤٦ ٠٠٠٠ now",
+        "call (٢١٢) ٥٥٥-١٢٣٤",
+        "tel 0٢٠ ٧٩٤٦ ٠٠٠٠",
+        "mixed 4111١111111111111 and 123-45-٦789",
+        "١٢٣-٤٥-٦٧٨٩",
+    ];
+    for text in texts {
+        let _ = d.find(text);
+        let mut r = Redactor::new(&d);
+        assert_eq!(r.redact(text), None, "{text}");
+    }
+    // ASCII digits next to them are still found.
+    let mut r = Redactor::new(&d);
+    assert_eq!(
+        r.redact("٣ SSN: 123-45-6789").as_deref(),
+        Some("٣ SSN: [SSN_1]")
+    );
+}
