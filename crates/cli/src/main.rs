@@ -310,6 +310,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {
                 Ok(c) => {
+                    // The config file's keys may not reuse the names of the store's
+                    // virtual keys; the gateway refuses to start with such a file.
+                    if let Some(store) = c.governance.store.as_ref().filter(|p| p.exists()) {
+                        let store = switchyard::governance::store::Store::open(store).await?;
+                        let checked = switchyard::governance::check_key_names(&c, &store).await;
+                        store.close().await;
+                        if let Err(e) = checked {
+                            eprintln!("{}: {e}", path.display());
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
                     println!(
                         "{}: ok ({} providers, {} deployments, {} models, {} keys)",
                         path.display(),
