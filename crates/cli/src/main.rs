@@ -213,9 +213,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("switchyard listening on {}", gateway.base_url());
             shutdown_signal().await;
             let report = gateway.shutdown().await?;
+            let l = report.ledger;
             eprintln!(
-                "switchyard stopped: drained={}, ledger rows written={}, dropped={}",
-                report.drained, report.ledger.written, report.ledger.dropped
+                "switchyard stopped: drained={}, ledger rows written={}, dropped={} \
+                 (queue full {}, write failed {}, duplicate {}, after shutdown {})",
+                report.drained,
+                l.written,
+                l.dropped,
+                l.dropped_queue_full,
+                l.dropped_write_failed,
+                l.dropped_duplicate,
+                l.dropped_shutting_down
             );
             Ok(ExitCode::SUCCESS)
         }
