@@ -540,7 +540,7 @@ def test_ledger_records_usage_and_cost(client: OpenAI, demo: Demo):
     res = raw.parse()
     row = _ledger_row(demo.ledger, raw.headers["x-request-id"])
     assert row["status"] == 200
-    assert row["key_id"] == "demo"
+    assert row["key_id"] == "cfg:demo" and row["key_name"] == "demo"
     assert row["logical_model"] == "gpt-4o-mini"
     assert row["deployment"] == "openai-gpt-4o-mini"
     assert row["streamed"] == 0

@@ -268,7 +268,7 @@ def test_sigterm_under_load_drains_and_records_everything(sim_factory, serve, tm
         assert row["status"] == 200, row
         assert row["streamed"] == int(o.streamed), row
         assert row["client_disconnected"] == 0, row
-        assert row["key_id"] == "e2e", row
+        assert row["key_id"] == "cfg:e2e" and row["key_name"] == "e2e", row
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0, row
         assert row["cost_nano_usd"] > 0, row
     assert rows[slow_out.request_id]["logical_model"] == "slow"

@@ -213,9 +213,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("switchyard listening on {}", gateway.base_url());
             shutdown_signal().await;
             let report = gateway.shutdown().await?;
+            let l = report.ledger;
             eprintln!(
-                "switchyard stopped: drained={}, ledger rows written={}, dropped={}",
-                report.drained, report.ledger.written, report.ledger.dropped
+                "switchyard stopped: drained={}, ledger rows written={}, dropped={} \
+                 (queue full {}, write failed {}, duplicate {}, after shutdown {})",
+                report.drained,
+                l.written,
+                l.dropped,
+                l.dropped_queue_full,
+                l.dropped_write_failed,
+                l.dropped_duplicate,
+                l.dropped_shutting_down
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -310,6 +318,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {
                 Ok(c) => {
+                    // The config file's keys may not reuse the names of the store's
+                    // virtual keys; the gateway refuses to start with such a file.
+                    if let Some(store) = c.governance.store.as_ref().filter(|p| p.exists()) {
+                        let store = switchyard::governance::store::Store::open(store).await?;
+                        let checked = switchyard::governance::check_key_names(&c, &store).await;
+                        store.close().await;
+                        if let Err(e) = checked {
+                            eprintln!("{}: {e}", path.display());
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
                     println!(
                         "{}: ok ({} providers, {} deployments, {} models, {} keys)",
                         path.display(),

@@ -35,6 +35,7 @@ pub enum StartError {
 pub struct ShutdownReport {
     /// Whether every in-flight request finished within the drain timeout.
     pub drained: bool,
+    /// What became of the ledger's rows: written, and dropped by reason.
     pub ledger: LedgerStats,
 }
 
@@ -64,7 +65,14 @@ impl Gateway {
             source,
         })?;
         let ledger = match &config.ledger.path {
-            Some(path) => Some(Ledger::open(LedgerOptions::new(path)).await?),
+            Some(path) => Some(
+                Ledger::open(LedgerOptions {
+                    on_overload: config.ledger.on_overload,
+                    max_wait: config.ledger.max_wait,
+                    ..LedgerOptions::new(path)
+                })
+                .await?,
+            ),
             None => None,
         };
         let sink = ledger
@@ -133,8 +141,21 @@ impl Gateway {
             drained,
             written = ledger.written,
             dropped = ledger.dropped,
+            waited = ledger.waited,
             "gateway stopped"
         );
+        if ledger.dropped > 0 {
+            tracing::warn!(
+                dropped = ledger.dropped,
+                queue_full = ledger.dropped_queue_full,
+                write_failed = ledger.dropped_write_failed,
+                duplicate = ledger.dropped_duplicate,
+                shutting_down = ledger.dropped_shutting_down,
+                writer_gone = ledger.dropped_writer_gone,
+                write_errors = ledger.write_errors,
+                "usage ledger rows were lost while running"
+            );
+        }
         Ok(ShutdownReport { drained, ledger })
     }
 }

@@ -4,13 +4,18 @@
 
 use std::path::Path;
 
+/// Replays every input kept for `target`. A target without inputs would pass while
+/// checking nothing, so a missing or empty folder fails the test.
 fn replay(target: &str, run: impl Fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz-regressions")
         .join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return 0;
-    };
+    replay_dir(&dir, run)
+}
+
+fn replay_dir(dir: &Path, run: impl Fn(&[u8])) -> usize {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("no regression inputs at {}: {e}", dir.display()));
     let mut n = 0;
     for entry in entries {
         let path = entry.expect("dir entry").path();
@@ -19,7 +24,21 @@ fn replay(target: &str, run: impl Fn(&[u8])) -> usize {
         run(&input);
         n += 1;
     }
+    assert!(n > 0, "{} holds no regression inputs", dir.display());
     n
+}
+
+#[test]
+#[should_panic(expected = "no regression inputs")]
+fn a_missing_folder_fails() {
+    replay("no-such-target", |_| {});
+}
+
+#[test]
+#[should_panic(expected = "holds no regression inputs")]
+fn an_empty_folder_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    replay_dir(dir.path(), |_| {});
 }
 
 #[test]
@@ -70,8 +89,7 @@ fn durations() {
     replay("durations", switchyard::fuzzing::durations);
 }
 
-/// The harnesses themselves work on ordinary inputs (so a replay that finds no
-/// files still proves they run).
+/// The harnesses themselves work on ordinary, well-formed inputs.
 #[test]
 fn harnesses_accept_ordinary_inputs() {
     switchyard::fuzzing::sse(b"\x03\x01\x02\x05data: {\"a\":1}\n\nevent: x\ndata: y\r\n\r\n");

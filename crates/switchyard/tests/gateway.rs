@@ -67,7 +67,8 @@ async fn plain_chat_is_forwarded_with_upstream_model_and_credentials() {
         .await
         .expect("ledger row");
     assert_eq!(row.get::<i64, _>("status"), 200);
-    assert_eq!(row.get::<String, _>("key_id"), "app");
+    assert_eq!(row.get::<String, _>("key_id"), "cfg:app");
+    assert_eq!(row.get::<String, _>("key_name"), "app");
     assert_eq!(row.get::<String, _>("logical_model"), "gpt-4o-mini");
     assert_eq!(row.get::<String, _>("deployment"), "oa-mini");
     assert_eq!(row.get::<String, _>("upstream_model"), "gpt-4o-mini");

@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sqlx::Row;
-use switchyard::governance::store::{SpendScope, Store};
+use switchyard::governance::store::{NewKey, Store};
+use switchyard::ledger::{SpendReader, SpentBy};
 use switchyard::{Config, Gateway};
 use switchyard_sim::{SimHandle, SimOptions, Simulator};
 use tokio::net::TcpListener;
@@ -22,7 +23,15 @@ struct Gw {
     base: String,
     http: reqwest::Client,
     db: PathBuf,
+    /// The config the gateway runs (restarts reuse it).
+    text: String,
     _dir: tempfile::TempDir,
+}
+
+async fn start_gateway(text: &str) -> Result<Gateway, switchyard::server::StartError> {
+    let config = Config::parse(text, |_| None).expect("valid config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
+    Gateway::start_on(config, listener).await
 }
 
 fn config_text(sim: &str, db: &str, extra: &str) -> String {
@@ -93,6 +102,15 @@ impl Gw {
     }
 
     async fn start_with(extra: &str) -> Gw {
+        Gw::start_edited(extra, |text, _| text).await
+    }
+
+    /// Starts with the test config, plus `extra`, rewritten by `edit` (which gets the
+    /// test's folder, for files of its own).
+    async fn start_edited(
+        extra: &str,
+        edit: impl FnOnce(String, &std::path::Path) -> String,
+    ) -> Gw {
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let sim = Simulator::new(SimOptions::default())
             .spawn(sim_listener)
@@ -100,17 +118,39 @@ impl Gw {
             .expect("sim");
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("switchyard.db");
-        let text = config_text(&sim.base_url(), db.to_str().expect("utf-8"), extra);
-        let config = Config::parse(&text, |_| None).expect("valid config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
-        let gateway = Gateway::start_on(config, listener).await.expect("gateway");
+        let text = edit(
+            config_text(&sim.base_url(), db.to_str().expect("utf-8"), extra),
+            dir.path(),
+        );
+        let gateway = start_gateway(&text).await.expect("gateway");
         Gw {
             base: gateway.base_url(),
             gateway: Some(gateway),
             sim,
             http: reqwest::Client::new(),
             db,
+            text,
             _dir: dir,
+        }
+    }
+
+    /// Stops the gateway (flushing its ledger) and starts a new one, same config.
+    async fn restart(&mut self) -> switchyard::server::ShutdownReport {
+        let report = match self.gateway.take() {
+            Some(g) => g.shutdown().await.expect("shutdown"),
+            None => Default::default(),
+        };
+        let gateway = start_gateway(&self.text).await.expect("restart");
+        self.base = gateway.base_url();
+        self.gateway = Some(gateway);
+        report
+    }
+
+    /// Stops the gateway, returning what its shutdown found.
+    async fn stop(&mut self) -> switchyard::server::ShutdownReport {
+        match self.gateway.take() {
+            Some(g) => g.shutdown().await.expect("shutdown"),
+            None => Default::default(),
         }
     }
 
@@ -403,7 +443,7 @@ async fn a_key_cannot_use_a_model_outside_its_policy() {
 
     let db = gw.finish().await;
     let rows = sqlx::query(
-        "SELECT logical_model, team_id, policy_decision, status FROM requests WHERE key_id = 'support-bot' ORDER BY started_at_ms",
+        "SELECT logical_model, team_id, policy_decision, status FROM requests WHERE key_name = 'support-bot' ORDER BY started_at_ms",
     )
     .fetch_all(&db)
     .await
@@ -531,7 +571,7 @@ async fn token_rate_limits_hold_with_100_concurrent_clients() {
     assert!(used <= 1000, "{used}");
     let db = gw.finish().await;
     let rows: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM requests WHERE key_id = 'tokens' AND status = 200",
+        "SELECT COUNT(*) FROM requests WHERE key_name = 'tokens' AND status = 200",
     )
     .fetch_one(&db)
     .await
@@ -545,7 +585,7 @@ async fn budget_is_never_overspent_by_200_concurrent_requests() {
     // Upper bound per request at oa-mini (0.15 / 0.60 USD per M): prompt 3 + (ceil(18/4)
     // + 4) = 12 tokens × 150 + max_tokens 50 × 600 = 31,800 nano-USD. Actual: 12 × 150 +
     // 10 × 600 = 7,800. A cap of 0.0003 USD holds nine bounds at once.
-    let (k, _) = gw
+    let (k, frugal) = gw
         .create_key(json!({"name": "frugal",
             "budgets": [{"period": "month", "limit_usd": "0.0003"}]}))
         .await;
@@ -573,7 +613,7 @@ async fn budget_is_never_overspent_by_200_concurrent_requests() {
 
     let db = gw.finish().await;
     let (rows, spent): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(cost_nano_usd), 0) FROM requests WHERE key_id = 'frugal' AND status = 200",
+        "SELECT COUNT(*), COALESCE(SUM(cost_nano_usd), 0) FROM requests WHERE key_name = 'frugal' AND status = 200",
     )
     .fetch_one(&db)
     .await
@@ -588,25 +628,30 @@ async fn budget_is_never_overspent_by_200_concurrent_requests() {
     assert!(spent <= 300_000, "overspent: {spent}");
     assert_eq!(spent, spent_in_memory);
     let denied: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM requests WHERE key_id = 'frugal' AND policy_decision = 'denied:budget:key:frugal:month'",
+        "SELECT COUNT(*) FROM requests WHERE key_name = 'frugal' AND policy_decision = 'denied:budget:key:frugal:month'",
     )
     .fetch_one(&db)
     .await
     .expect("count");
     assert_eq!(denied, 200 - ok as i64);
 
-    // A restarted gateway remembers the month's spend (seeded from the ledger).
-    let store = Store::open(&gw.db).await.expect("store");
-    let month_start = switchyard::governance::Period::Month
-        .bounds(switchyard::types::time::now_ms())
-        .0;
+    // A restarted gateway remembers the month's spend: budgets are seeded from the
+    // ledger's rows of this key's id.
+    let id = frugal["id"].as_str().expect("id");
+    let mut reader = SpendReader::open(&gw.db).await.expect("ledger");
     assert_eq!(
-        store
-            .spent_since(SpendScope::Key, "frugal", month_start)
+        reader
+            .spent_since(SpentBy::Key(id), month_start())
             .await
             .expect("spent"),
         spent
     );
+}
+
+fn month_start() -> i64 {
+    switchyard::governance::Period::Month
+        .bounds(switchyard::types::time::now_ms())
+        .0
 }
 
 #[tokio::test]
@@ -659,7 +704,7 @@ async fn costs_match_hand_computed_values() {
     let db = gw.finish().await;
     let costs: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT COALESCE(deployment, ''), prompt_tokens, completion_tokens, cached_tokens, cost_nano_usd \
-         FROM requests WHERE key_id = 'coster' ORDER BY started_at_ms",
+         FROM requests WHERE key_name = 'coster' ORDER BY started_at_ms",
     )
     .fetch_all(&db)
     .await
@@ -727,7 +772,7 @@ async fn pii_guardrail_redacts_logs_and_blocks() {
 
     let db = gw.finish().await;
     let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT key_id, redactions, policy_decision FROM requests WHERE redactions IS NOT NULL ORDER BY key_id",
+        "SELECT key_name, redactions, policy_decision FROM requests WHERE redactions IS NOT NULL ORDER BY key_name",
     )
     .fetch_all(&db)
     .await
@@ -754,7 +799,7 @@ async fn pii_guardrail_redacts_logs_and_blocks() {
     );
     // The ledger keeps no raw PII for the redacting key: its logged prompt is redacted.
     let prompt: String = sqlx::query_scalar(
-        "SELECT c.prompt FROM request_content c JOIN requests r USING (request_id) WHERE r.key_id = 'redactor'",
+        "SELECT c.prompt FROM request_content c JOIN requests r USING (request_id) WHERE r.key_name = 'redactor'",
     )
     .fetch_one(&db)
     .await
@@ -828,7 +873,7 @@ async fn pii_guardrail_covers_tool_calls_results_and_parts() {
 
     let db = gw.finish().await;
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT key_id, redactions FROM requests WHERE redactions IS NOT NULL ORDER BY key_id",
+        "SELECT key_name, redactions FROM requests WHERE redactions IS NOT NULL ORDER BY key_name",
     )
     .fetch_all(&db)
     .await
@@ -865,14 +910,14 @@ async fn eu_only_no_logging_key_is_routed_to_eu_and_leaves_no_content() {
 
     let db = gw.finish().await;
     let logged: Vec<String> = sqlx::query_scalar(
-        "SELECT r.key_id FROM request_content c JOIN requests r USING (request_id) ORDER BY r.key_id",
+        "SELECT r.key_name FROM request_content c JOIN requests r USING (request_id) ORDER BY r.key_name",
     )
     .fetch_all(&db)
     .await
     .expect("content");
     assert_eq!(logged, ["open-app"]);
     let response: Option<String> = sqlx::query_scalar(
-        "SELECT c.response FROM request_content c JOIN requests r USING (request_id) WHERE r.key_id = 'open-app'",
+        "SELECT c.response FROM request_content c JOIN requests r USING (request_id) WHERE r.key_name = 'open-app'",
     )
     .fetch_one(&db)
     .await
@@ -982,4 +1027,131 @@ async fn a_team_cannot_read_another_teams_spend() {
         })
         .collect();
     assert_eq!(cli, api);
+}
+
+/// With the key store in a file of its own (`governance.store`), budgets still read
+/// the spend so far from the ledger: a restarted gateway goes on refusing a key
+/// whose month is spent.
+#[tokio::test]
+async fn budgets_remember_spend_across_a_restart_when_the_store_is_a_separate_file() {
+    let mut gw = Gw::start_edited("", |text, dir| {
+        let store = dir.join("keys.db");
+        text.replace(
+            "[governance]\n",
+            &format!("[governance]\nstore = \"{}\"\n", store.display()),
+        )
+    })
+    .await;
+    // Bound 31,800 nano-USD (see `budgets_never_overspend_under_concurrency`), actual
+    // 7,800: a cap of 35,000 admits one request, then refuses the next.
+    let (k, key) = gw
+        .create_key(json!({"name": "thrifty",
+            "budgets": [{"period": "month", "limit_usd": "0.000035"}]}))
+        .await;
+    let body = json!({"model": "mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hey [[len:10]] you"}]});
+    assert_eq!(gw.chat_as(&k, body.clone()).await.status(), 200);
+    let refused = gw.chat_as(&k, body.clone()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(error_code(refused).await, "budget_exceeded");
+
+    let report = gw.restart().await;
+    assert_eq!(report.ledger.dropped, 0);
+    let (_, after) = gw
+        .admin(reqwest::Method::GET, "/admin/keys/thrifty", None)
+        .await;
+    assert_eq!(after["id"], key["id"]);
+    assert_eq!(after["budgets"][0]["spent_nano_usd"], 7_800, "{after}");
+    let refused = gw.chat_as(&k, body).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the restarted gateway forgot the spend"
+    );
+    assert_eq!(error_code(refused).await, "budget_exceeded");
+}
+
+/// A ledger that refuses writes (as a full disk or a read-only file does) loses the
+/// rows, counted as such in the shutdown report, but budgets are charged all the same.
+#[tokio::test]
+async fn a_ledger_that_cannot_write_still_charges_budgets_and_counts_the_lost_rows() {
+    let mut gw = Gw::start_with(
+        r#"
+[[keys]]
+name = "capped"
+key = "sy-capped-key-0123456789"
+budgets = [{ period = "month", limit_usd = "0.000035" }]
+"#,
+    )
+    .await;
+    let url = format!("sqlite://{}", gw.db.display());
+    let saboteur = sqlx::SqlitePool::connect(&url).await.expect("open ledger");
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_rows BEFORE INSERT ON requests \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .execute(&saboteur)
+    .await
+    .expect("trigger");
+    saboteur.close().await;
+
+    let body = json!({"model": "mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hey [[len:10]] you"}]});
+    let key = "sy-capped-key-0123456789";
+    assert_eq!(gw.chat_as(key, body.clone()).await.status(), 200);
+    let refused = gw.chat_as(key, body).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the spend of a lost row was not charged"
+    );
+    assert_eq!(error_code(refused).await, "budget_exceeded");
+
+    let report = gw.stop().await;
+    assert_eq!(report.ledger.written, 0);
+    assert_eq!(report.ledger.dropped_write_failed, 2);
+    assert_eq!(report.ledger.dropped, 2);
+    assert!(report.ledger.write_errors >= 1);
+}
+
+/// A key of the config file may not take the name of a virtual key: the gateway
+/// refuses to start, naming the field; and the admin API refuses the other way round.
+#[tokio::test]
+async fn key_names_cannot_be_shared_by_config_and_store_keys() {
+    let gw = Gw::start().await;
+    let (status, body) = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "static-app"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // A virtual key created behind the gateway's back (e.g. `keys create --store`
+    // without the config file), then a config file that reuses its name.
+    let store = Store::open(&gw.db).await.expect("store");
+    let (row, _) = store
+        .create_key(
+            &NewKey {
+                name: "twin".into(),
+                ..NewKey::default()
+            },
+            "test",
+        )
+        .await
+        .expect("key");
+    store.close().await;
+    let text = gw.text.clone()
+        + r#"
+[[keys]]
+name = "twin"
+key = "sy-twin-key-0123456789"
+"#;
+    let err = match start_gateway(&text).await {
+        Ok(_) => panic!("started with a key name shared with the store"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("keys[1].name"), "{err}");
+    assert!(err.contains("`twin`") && err.contains(&row.id), "{err}");
 }

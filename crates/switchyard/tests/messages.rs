@@ -149,7 +149,7 @@ async fn plain_message_against_openai_and_azure() {
 
     let db = h.finish().await;
     let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT endpoint, key_id, status, prompt_tokens, completion_tokens FROM requests",
+        "SELECT endpoint, key_name, status, prompt_tokens, completion_tokens FROM requests",
     )
     .fetch_all(&db)
     .await
@@ -890,7 +890,7 @@ async fn the_guardrail_reads_the_whole_anthropic_body() {
 
     let db = h.finish().await;
     let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT key_id, redactions FROM requests ORDER BY started_at_ms")
+        sqlx::query_as("SELECT key_name, redactions FROM requests ORDER BY started_at_ms")
             .fetch_all(&db)
             .await
             .expect("rows");

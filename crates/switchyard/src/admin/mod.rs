@@ -133,12 +133,10 @@ fn check_policy(p: &Policy) -> Result<(), ApiError> {
     })
 }
 
-fn budget_json(state: &AppState, scope: Scope, name: &str, b: &Budget) -> Value {
+/// A budget's state; `id` is the key's id, or the team's name.
+fn budget_json(state: &AppState, scope: Scope, id: &str, b: &Budget) -> Value {
     let now = time::now_ms();
-    let s = state
-        .governance
-        .budgets()
-        .status(scope, name, b.period, now);
+    let s = state.governance.budgets().status(scope, id, b.period, now);
     let (_, next) = b.period.bounds(now);
     json!({
         "period": b.period.as_str(),
@@ -176,7 +174,7 @@ fn key_json(state: &AppState, k: &KeyRow) -> Value {
         "prefix": k.prefix,
         "status": status,
         "policy": k.policy,
-        "budgets": k.budgets.iter().map(|b| budget_json(state, Scope::Key, &k.name, b)).collect::<Vec<_>>(),
+        "budgets": k.budgets.iter().map(|b| budget_json(state, Scope::Key, &k.id, b)).collect::<Vec<_>>(),
         "created_at": time::format_rfc3339(k.created_at_ms),
         "expires_at": k.expires_at_ms.map(time::format_rfc3339),
         "revoked_at": k.revoked_at_ms.map(time::format_rfc3339),

@@ -32,13 +32,13 @@ pub async fn chat_completions(
     let mut limit_headers = HeaderMap::new();
     let res = match chat(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(Reply::Full(res)) => {
-            tracker.finish(res.status().as_u16(), None);
+            tracker.finish(res.status().as_u16(), None).await;
             res
         }
         // The tracker moves into the relay, which finishes it with the stream.
         Ok(Reply::Stream(relay, frames)) => relay.into_response(tracker, frames),
         Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code));
+            tracker.finish(e.status.as_u16(), Some(e.code)).await;
             e.into_response()
         }
     };
@@ -110,7 +110,7 @@ pub(super) fn authenticate(
     tracker: &mut RequestTracker,
 ) -> Result<Arc<crate::governance::Principal>, ApiError> {
     let key = state.authenticate(headers)?;
-    tracker.set_key(&key.name);
+    tracker.set_key(&key.id, &key.name);
     tracker.set_team(key.team.as_deref());
     Ok(key)
 }
@@ -302,11 +302,11 @@ pub async fn embeddings(
     let mut limit_headers = HeaderMap::new();
     let res = match embed(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(res) => {
-            tracker.finish(res.status().as_u16(), None);
+            tracker.finish(res.status().as_u16(), None).await;
             res
         }
         Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code));
+            tracker.finish(e.status.as_u16(), Some(e.code)).await;
             e.into_response()
         }
     };

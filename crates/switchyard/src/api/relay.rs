@@ -150,11 +150,13 @@ impl<E: Encoder> RelayState<E> {
         }
     }
 
-    /// Ends the stream: settles usage and hands the record to the ledger.
-    fn finish(&mut self, error: Option<&str>) {
+    /// Ends the stream: settles usage and hands the record to the ledger (the last
+    /// frame waits for it when the ledger's queue is full, see
+    /// [`RequestTracker::finish`]).
+    async fn finish(&mut self, error: Option<&str>) {
         self.settle();
         if let Some(t) = self.tracker.take() {
-            t.finish(StatusCode::OK.as_u16(), error);
+            t.finish(StatusCode::OK.as_u16(), error).await;
         }
     }
 
@@ -168,8 +170,10 @@ impl<E: Encoder> RelayState<E> {
             };
             let item = match item {
                 Ok(Some(item)) => item,
-                Ok(None) => return Some(self.cut("the upstream stream ended without [DONE]")),
-                Err(e) => return Some(self.cut(&e.to_string())),
+                Ok(None) => {
+                    return Some(self.cut("the upstream stream ended without [DONE]").await)
+                }
+                Err(e) => return Some(self.cut(&e.to_string()).await),
             };
             match item {
                 Translated::Chunk {
@@ -192,11 +196,11 @@ impl<E: Encoder> RelayState<E> {
                 }
                 Translated::Error(data) => {
                     // The upstream's own error event, passed on; nothing after it.
-                    self.finish(Some("upstream_stream_error"));
+                    self.finish(Some("upstream_stream_error")).await;
                     return Some(self.encoder.upstream_error(&data));
                 }
                 Translated::Done => {
-                    self.finish(None);
+                    self.finish(None).await;
                     return Some(self.encoder.done());
                 }
             }
@@ -205,9 +209,9 @@ impl<E: Encoder> RelayState<E> {
 
     /// The upstream broke off after the client got the first bytes: one error event,
     /// then the end (no `[DONE]`).
-    fn cut(&mut self, why: &str) -> Bytes {
+    async fn cut(&mut self, why: &str) -> Bytes {
         tracing::warn!(deployment = %self.deployment.name, reason = why, "stream cut");
-        self.finish(Some("stream_cut"));
+        self.finish(Some("stream_cut")).await;
         let error = ApiError {
             status: StatusCode::BAD_GATEWAY,
             kind: "server_error",

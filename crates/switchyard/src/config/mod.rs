@@ -113,7 +113,27 @@ pub struct UpstreamConfig {
 pub struct LedgerConfig {
     /// None: no ledger is kept.
     pub path: Option<PathBuf>,
+    /// What a request does when the ledger's queue is full.
+    pub on_overload: OnOverload,
+    /// With [`OnOverload::Block`], the longest a request waits for room in the queue.
+    pub max_wait: Duration,
 }
+
+/// What a request does with its ledger row when the writer's queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnOverload {
+    /// Wait for room (bounded by `ledger.max_wait_ms`) rather than lose the row.
+    #[default]
+    Block,
+    /// Never wait: the row is dropped and counted.
+    Drop,
+}
+
+/// Default of `ledger.max_wait_ms`: as long as the writer waits for another
+/// process's write lock, so a lock held that long does not cost a row.
+pub const DEFAULT_LEDGER_MAX_WAIT_MS: u64 = 5_000;
+/// Most `ledger.max_wait_ms` may be: a request should not hang on accounting longer.
+const MAX_LEDGER_MAX_WAIT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone)]
 pub struct ApiKey {
@@ -582,15 +602,7 @@ fn validate(
         )?,
         total: millis(raw.timeouts.total_ms, DEFAULT_TOTAL_MS, "timeouts.total_ms")?,
     };
-    let ledger = LedgerConfig {
-        path: if raw.ledger.enabled.unwrap_or(true) {
-            Some(PathBuf::from(
-                raw.ledger.path.as_deref().unwrap_or("switchyard.db"),
-            ))
-        } else {
-            None
-        },
-    };
+    let ledger = validate_ledger(raw.ledger)?;
 
     let mut keys = Vec::with_capacity(raw.keys.len());
     let mut seen_names = HashMap::new();
@@ -949,6 +961,35 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
             .into_iter()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
             .collect(),
+    })
+}
+
+fn validate_ledger(l: raw::RawLedger) -> Result<LedgerConfig, ConfigError> {
+    let on_overload = match l.on_overload.as_deref() {
+        None | Some("block") => OnOverload::Block,
+        Some("drop") => OnOverload::Drop,
+        Some(other) => {
+            return Err(err(
+                "ledger.on_overload",
+                format!("unknown mode `{other}`; expected block or drop"),
+            ))
+        }
+    };
+    let max_wait_ms = l.max_wait_ms.unwrap_or(DEFAULT_LEDGER_MAX_WAIT_MS);
+    if !(1..=MAX_LEDGER_MAX_WAIT_MS).contains(&max_wait_ms) {
+        return Err(err(
+            "ledger.max_wait_ms",
+            format!("must be between 1 and {MAX_LEDGER_MAX_WAIT_MS}"),
+        ));
+    }
+    Ok(LedgerConfig {
+        path: if l.enabled.unwrap_or(true) {
+            Some(PathBuf::from(l.path.as_deref().unwrap_or("switchyard.db")))
+        } else {
+            None
+        },
+        on_overload,
+        max_wait: Duration::from_millis(max_wait_ms),
     })
 }
 

@@ -105,6 +105,16 @@ pub struct RawLedger {
     pub path: Option<String>,
     /// Set to false to keep no ledger at all. Default true.
     pub enabled: Option<bool>,
+    /// What a finishing request does when the writer's queue is full (the database is
+    /// slower than the traffic, or locked by another process): `block` waits for room,
+    /// up to `max_wait_ms`, so that no audit row is lost; `drop` never waits and loses
+    /// the row instead. Either way every lost row is counted and reported at shutdown,
+    /// and budgets are charged whether or not the row was written. Default `block`.
+    pub on_overload: Option<String>,
+    /// With `on_overload = "block"`, the longest a request waits for room in the queue,
+    /// in ms; after that its row is dropped and counted. Between 1 and 60000. Default
+    /// 5000, as long as the writer itself waits for another process's write lock.
+    pub max_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

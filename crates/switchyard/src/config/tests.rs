@@ -264,6 +264,28 @@ fn defaults_apply_to_an_empty_file() {
 }
 
 #[test]
+fn ledger_overload_settings_are_validated() {
+    let c = Config::parse("", env).expect("defaults");
+    assert_eq!(c.ledger.on_overload, OnOverload::Block);
+    assert_eq!(
+        c.ledger.max_wait,
+        Duration::from_millis(DEFAULT_LEDGER_MAX_WAIT_MS)
+    );
+    let c =
+        Config::parse("[ledger]\non_overload = \"drop\"\nmax_wait_ms = 250\n", env).expect("valid");
+    assert_eq!(c.ledger.on_overload, OnOverload::Drop);
+    assert_eq!(c.ledger.max_wait, Duration::from_millis(250));
+    for (text, path) in [
+        ("on_overload = \"wait\"", "ledger.on_overload"),
+        ("max_wait_ms = 0", "ledger.max_wait_ms"),
+        ("max_wait_ms = 60001", "ledger.max_wait_ms"),
+    ] {
+        let e = error_of(&format!("[ledger]\n{text}\n"));
+        assert_eq!(e.path, path, "{text}: {e}");
+    }
+}
+
+#[test]
 fn routing_fields_are_validated() {
     let src = GOOD.replace(
         "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]",

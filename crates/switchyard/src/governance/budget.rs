@@ -34,10 +34,12 @@ impl Scope {
     }
 }
 
-/// A budget that applies to a request: scope, the key's or team's name, and the cap.
+/// A budget that applies to a request: scope, the key's or team's id (what the
+/// counter is keyed by), its name (what messages show), and the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub scope: Scope,
+    pub id: Arc<str>,
     pub name: Arc<str>,
     pub budget: Budget,
 }
@@ -62,6 +64,8 @@ pub struct Hold {
 #[derive(Debug)]
 struct HoldEntry {
     key: CounterKey,
+    /// The key's or team's name, for the warning.
+    name: Arc<str>,
     period_start: i64,
     amount: i64,
     limit: i64,
@@ -140,26 +144,20 @@ impl BudgetBook {
         self.refusals.load(Ordering::Relaxed)
     }
 
-    /// Whether the counter for this budget's current period exists (else it needs seeding).
-    pub fn is_seeded(&self, scope: Scope, name: &Arc<str>, period: Period, now_ms: i64) -> bool {
+    /// Whether the counter for this budget's current period exists (else it needs
+    /// seeding). `id` is the key's id or the team's name.
+    pub fn is_seeded(&self, scope: Scope, id: &Arc<str>, period: Period, now_ms: i64) -> bool {
         let (start, _) = period.bounds(now_ms);
         lock(&self.counters)
-            .get(&(scope, name.clone(), period))
+            .get(&(scope, id.clone(), period))
             .is_some_and(|c| c.period_start == start)
     }
 
     /// Sets the spend of a period from the ledger, unless the counter already runs (its
     /// in-memory figure is newer than the batched ledger's).
-    pub fn seed(
-        &self,
-        scope: Scope,
-        name: &Arc<str>,
-        period: Period,
-        period_start: i64,
-        spent: i64,
-    ) {
+    pub fn seed(&self, scope: Scope, id: &Arc<str>, period: Period, period_start: i64, spent: i64) {
         let mut counters = lock(&self.counters);
-        let c = counters.entry((scope, name.clone(), period)).or_default();
+        let c = counters.entry((scope, id.clone(), period)).or_default();
         if c.period_start != period_start || (c.spent == 0 && c.reserved == 0) {
             *c = Counter {
                 period_start,
@@ -180,7 +178,7 @@ impl BudgetBook {
         let mut keys = Vec::with_capacity(applied.len());
         for a in applied {
             let (start, next) = a.budget.period.bounds(now_ms);
-            let key = (a.scope, a.name.clone(), a.budget.period);
+            let key = (a.scope, a.id.clone(), a.budget.period);
             let c = counters.entry(key.clone()).or_default();
             if c.period_start != start {
                 // A new period: nothing spent in it yet.
@@ -214,6 +212,7 @@ impl BudgetBook {
             }
             hold.entries.push(HoldEntry {
                 key,
+                name: a.name.clone(),
                 period_start: start,
                 amount,
                 limit: a.budget.limit_nano_usd,
@@ -258,7 +257,8 @@ impl BudgetBook {
                 self.warnings.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     scope = e.key.0.as_str(),
-                    name = %e.key.1,
+                    id = %e.key.1,
+                    name = %e.name,
                     period = e.key.2.as_str(),
                     threshold_percent = t,
                     spent_usd = %nano_to_usd_string(c.spent),
@@ -269,11 +269,12 @@ impl BudgetBook {
         }
     }
 
-    pub fn status(&self, scope: Scope, name: &str, period: Period, now_ms: i64) -> Status {
+    /// The state of a budget of the key with this id (or of the team of this name).
+    pub fn status(&self, scope: Scope, id: &str, period: Period, now_ms: i64) -> Status {
         let (start, _) = period.bounds(now_ms);
         let counters = lock(&self.counters);
         let c = counters
-            .get(&(scope, Arc::from(name), period))
+            .get(&(scope, Arc::from(id), period))
             .filter(|c| c.period_start == start)
             .copied()
             .unwrap_or_default();
@@ -292,6 +293,7 @@ mod tests {
     fn applied(scope: Scope, name: &str, period: Period, limit: i64) -> Applied {
         Applied {
             scope,
+            id: Arc::from(name),
             name: Arc::from(name),
             budget: Budget {
                 period,

@@ -19,6 +19,7 @@ mod refusal;
 pub mod store;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 pub use crate::config::policy::{Budget, Period, PiiMode, Policy, RateLimits};
 use crate::config::{Config, GovernanceSettings};
 use crate::ledger::tracker::{RequestTracker, Settle};
+use crate::ledger::{SpendReader, SpentBy};
 use crate::limits::{self, Claim, InProcessLimiter, Limiter, Reservation, TokenEstimate};
 use crate::types::chat::{ChatRequest, EmbeddingsRequest, MessageContent};
 use crate::types::time;
@@ -38,51 +40,82 @@ use crate::types::Usage;
 use budget::{Applied, BudgetBook, Hold, Scope};
 pub use policy::{DataPolicy, EffectivePolicy};
 pub use refusal::Refusal;
-use store::{KeyRow, SpendScope, Store, StoreError, TeamRow};
+use store::{KeyRow, Store, StoreError, TeamRow};
+
+/// The stable id of a key of the config file: `cfg:` and its name. It cannot be a
+/// virtual key's id (`vk_…`, no colon), so the two kinds never share counters or
+/// spend whatever their names. The ledger's migration 0004 builds the same ids.
+pub fn config_key_id(name: &str) -> String {
+    format!("cfg:{name}")
+}
 
 /// A caller, as authentication found it.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The key's name: what the ledger records as `key_id`.
+    /// The key's stable id (`vk_…` for virtual keys, [`config_key_id`] for keys of
+    /// the config file): what rate limits, budgets and the ledger's spend are keyed by.
+    pub id: Arc<str>,
+    /// The key's name, for display: the ledger's `key_name`, reports, messages.
     pub name: Arc<str>,
-    /// `vk_…` for virtual keys; `None` for keys from the config file.
-    pub id: Option<String>,
     pub team: Option<Arc<str>>,
     pub policy: EffectivePolicy,
     /// The key's and its team's own rate limits, each counted in its own windows.
-    limits: Vec<(Scope, Arc<str>, Policy)>,
+    limits: Vec<Limited>,
     budgets: Vec<Applied>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
 }
 
+/// One level's rate limits: whose (scope and id), its name for messages, its policy.
+#[derive(Debug, Clone)]
+struct Limited {
+    scope: Scope,
+    id: Arc<str>,
+    name: Arc<str>,
+    policy: Policy,
+}
+
 impl Principal {
     fn new(
         name: &str,
-        id: Option<String>,
+        id: &str,
         key_policy: &Policy,
         key_budgets: &[Budget],
         team: Option<&TeamRow>,
         default_pii: PiiMode,
     ) -> Principal {
         let name: Arc<str> = Arc::from(name);
+        let id: Arc<str> = Arc::from(id);
         let team_name: Option<Arc<str>> = team.map(|t| Arc::from(t.name.as_str()));
         let mut levels = Vec::new();
         let mut limits = Vec::new();
         let mut budgets = Vec::new();
+        // A team's name is its identity: team names are unique in the key store.
         if let (Some(t), Some(tn)) = (team, &team_name) {
             levels.push(&t.policy);
-            limits.push((Scope::Team, tn.clone(), t.policy.clone()));
+            limits.push(Limited {
+                scope: Scope::Team,
+                id: tn.clone(),
+                name: tn.clone(),
+                policy: t.policy.clone(),
+            });
             budgets.extend(t.budgets.iter().map(|b| Applied {
                 scope: Scope::Team,
+                id: tn.clone(),
                 name: tn.clone(),
                 budget: b.clone(),
             }));
         }
         levels.push(key_policy);
-        limits.push((Scope::Key, name.clone(), key_policy.clone()));
+        limits.push(Limited {
+            scope: Scope::Key,
+            id: id.clone(),
+            name: name.clone(),
+            policy: key_policy.clone(),
+        });
         budgets.extend(key_budgets.iter().map(|b| Applied {
             scope: Scope::Key,
+            id: id.clone(),
             name: name.clone(),
             budget: b.clone(),
         }));
@@ -113,6 +146,9 @@ pub struct Governance {
     limiter: Arc<dyn Limiter>,
     budgets: Arc<BudgetBook>,
     store: Option<Store>,
+    /// The ledger's file, where budgets read the spend so far; it need not be the
+    /// store's file (`governance.store`). `None` when no ledger is kept.
+    ledger: Option<PathBuf>,
     /// Keys from the config file, always present.
     static_keys: Vec<([u8; 32], Arc<Principal>)>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -136,6 +172,42 @@ impl std::fmt::Debug for Governance {
 pub enum GovernanceError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A key of the config file has the name of a virtual key in the store. Names are
+    /// what people read in reports and the admin API; two keys sharing one would be
+    /// told apart by nobody.
+    #[error(
+        "{field}: `{name}` is also the name of the virtual key {id} in the key store {}; \
+         rename the key in the config file (names are never reused, revoked keys included)",
+        store.display()
+    )]
+    NameCollision {
+        /// The config file's field, `keys[N].name`.
+        field: String,
+        name: String,
+        /// The virtual key's id.
+        id: String,
+        store: PathBuf,
+    },
+}
+
+/// Refuses a configuration whose `[[keys]]` reuse the name of a virtual key in the
+/// store at `store`. Used at start and by `switchyard config check`.
+pub async fn check_key_names(config: &Config, store: &Store) -> Result<(), GovernanceError> {
+    if config.keys.is_empty() {
+        return Ok(());
+    }
+    let stored = store.keys(None).await?;
+    for (i, k) in config.keys.iter().enumerate() {
+        if let Some(row) = stored.iter().find(|r| r.name == k.name) {
+            return Err(GovernanceError::NameCollision {
+                field: format!("keys[{i}].name"),
+                name: k.name.clone(),
+                id: row.id.clone(),
+                store: store.path().to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn sha256(s: &str) -> [u8; 32] {
@@ -157,7 +229,14 @@ impl Governance {
             .keys
             .iter()
             .map(|k| {
-                let p = Principal::new(&k.name, None, &k.policy, &k.budgets, None, settings.pii);
+                let p = Principal::new(
+                    &k.name,
+                    &config_key_id(&k.name),
+                    &k.policy,
+                    &k.budgets,
+                    None,
+                    settings.pii,
+                );
                 (sha256(k.key.expose()), Arc::new(p))
             })
             .collect::<Vec<_>>();
@@ -170,6 +249,7 @@ impl Governance {
             limiter,
             budgets: Arc::new(BudgetBook::new()),
             store,
+            ledger: config.ledger.path.clone(),
             static_keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
             loaded_version: AtomicI64::new(-1),
@@ -188,7 +268,11 @@ impl Governance {
         limiter: Arc<dyn Limiter>,
     ) -> Result<Arc<Governance>, GovernanceError> {
         let store = match &config.governance.store {
-            Some(path) => Some(Store::open(path).await?),
+            Some(path) => {
+                let store = Store::open(path).await?;
+                check_key_names(config, &store).await?;
+                Some(store)
+            }
             None => None,
         };
         let has_store = store.is_some();
@@ -252,6 +336,13 @@ impl Governance {
         let mut keys: HashMap<[u8; 32], Arc<Principal>> =
             self.static_keys.iter().cloned().collect();
         for row in store.keys(None).await? {
+            // Refused at start; a key created since by a tool that did not know the
+            // config file still counts apart (by id), but reports would show one name
+            // for two keys.
+            if self.is_static_key_name(&row.name) {
+                tracing::warn!(name = %row.name, id = %row.id,
+                    "a virtual key has the name of a key in the configuration file");
+            }
             keys.insert(row.key_hash, Arc::new(self.principal_of(&row, &teams)));
         }
         let snapshot = Arc::new(Snapshot { keys, teams });
@@ -268,7 +359,7 @@ impl Governance {
         let team = row.team.as_ref().and_then(|t| teams.get(t));
         let mut p = Principal::new(
             &row.name,
-            Some(row.id.clone()),
+            &row.id,
             &row.policy,
             &row.budgets,
             team,
@@ -280,37 +371,52 @@ impl Governance {
     }
 
     /// Gives every budget of the current period that has no counter yet its spend so far,
-    /// from the ledger.
+    /// from the ledger (wherever it is: the store may be a file of its own).
     async fn seed_budgets(&self, snapshot: &Snapshot) {
         let now = time::now_ms();
         let mut seen = std::collections::HashSet::new();
+        let mut pending = Vec::new();
         for p in snapshot.keys.values().filter(|p| !p.revoked) {
             for a in &p.budgets {
                 let period = a.budget.period;
-                if !seen.insert((a.scope, a.name.clone(), period))
-                    || self.budgets.is_seeded(a.scope, &a.name, period, now)
+                if seen.insert((a.scope, a.id.clone(), period))
+                    && !self.budgets.is_seeded(a.scope, &a.id, period, now)
                 {
-                    continue;
+                    pending.push(a);
                 }
-                let (start, _) = period.bounds(now);
-                let spent = match &self.store {
-                    Some(store) => {
-                        let scope = match a.scope {
-                            Scope::Key => SpendScope::Key,
-                            Scope::Team => SpendScope::Team,
-                        };
-                        match store.spent_since(scope, &a.name, start).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(error = %e, name = %a.name, "cannot read spend for a budget; starting from 0");
-                                0
-                            }
-                        }
-                    }
-                    None => 0,
-                };
-                self.budgets.seed(a.scope, &a.name, period, start, spent);
             }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let mut reader = match &self.ledger {
+            Some(path) => match SpendReader::open(path).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read spend for budgets; starting from 0");
+                    None
+                }
+            },
+            None => None,
+        };
+        for a in pending {
+            let period = a.budget.period;
+            let (start, _) = period.bounds(now);
+            let by = match a.scope {
+                Scope::Key => SpentBy::Key(&a.id),
+                Scope::Team => SpentBy::Team(&a.id),
+            };
+            let spent = match reader.as_mut() {
+                Some(r) => r.spent_since(by, start).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, name = %a.name, "cannot read spend for a budget; starting from 0");
+                    0
+                }),
+                None => 0,
+            };
+            self.budgets.seed(a.scope, &a.id, period, start, spent);
+        }
+        if let Some(r) = reader {
+            r.close().await;
         }
     }
 
@@ -719,10 +825,11 @@ const MINUTE: Duration = Duration::from_secs(60);
 fn claims_for(p: &Principal, model: &str, tokens: u64) -> (Vec<Claim>, Vec<ClaimMeta>) {
     let mut claims = Vec::new();
     let mut meta = Vec::new();
-    let mut add = |scope: Scope, name: &str, model: Option<&str>, limits: RateLimits| {
+    // Windows are keyed by id; the label, which refusals show, by name.
+    let mut add = |scope: Scope, id: &str, name: &str, model: Option<&str>, limits: RateLimits| {
         let base = match model {
-            Some(m) => format!("rl:{}:{name}:model:{m}", scope.as_str()),
-            None => format!("rl:{}:{name}", scope.as_str()),
+            Some(m) => format!("rl:{}:{id}:model:{m}", scope.as_str()),
+            None => format!("rl:{}:{id}", scope.as_str()),
         };
         let label = match model {
             Some(m) => format!("{} {name} model {m}", scope.as_str()),
@@ -754,18 +861,19 @@ fn claims_for(p: &Principal, model: &str, tokens: u64) -> (Vec<Claim>, Vec<Claim
         }
     };
     // Narrowest first, so a refusal names the key's own limit when both are full.
-    for (scope, name, policy) in p.limits.iter().rev() {
+    for l in p.limits.iter().rev() {
         add(
-            *scope,
-            name,
+            l.scope,
+            &l.id,
+            &l.name,
             None,
             RateLimits {
-                rpm: policy.rpm,
-                tpm: policy.tpm,
+                rpm: l.policy.rpm,
+                tpm: l.policy.tpm,
             },
         );
-        if let Some(l) = policy.model_limits.get(model) {
-            add(*scope, name, Some(model), *l);
+        if let Some(m) = l.policy.model_limits.get(model) {
+            add(l.scope, &l.id, &l.name, Some(model), *m);
         }
     }
     (claims, meta)
@@ -882,6 +990,51 @@ fn visit_json_strings(v: &mut serde_json::Value, f: &mut dyn FnMut(&mut String))
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key of the config file and a virtual key named alike count in windows and
+    /// budgets of their own: they are told apart by id, not by name.
+    #[test]
+    fn keys_named_alike_share_no_counters() {
+        let policy = Policy {
+            rpm: Some(1),
+            tpm: Some(100),
+            ..Policy::default()
+        };
+        let budget = Budget {
+            period: Period::Month,
+            limit_nano_usd: 1_000,
+            warn_at_percent: Vec::new(),
+        };
+        let from_config = Principal::new(
+            "app",
+            &config_key_id("app"),
+            &policy,
+            std::slice::from_ref(&budget),
+            None,
+            PiiMode::Off,
+        );
+        let virtual_key = Principal::new(
+            "app",
+            "vk_0123456789abcdef",
+            &policy,
+            &[budget],
+            None,
+            PiiMode::Off,
+        );
+        let (a, meta) = claims_for(&from_config, "m", 10);
+        let (b, _) = claims_for(&virtual_key, "m", 10);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|x| b.iter().all(|y| x.key != y.key)));
+        // Refusals still name the key by its name.
+        assert!(meta.iter().all(|m| m.label.starts_with("key app ")));
+
+        let book = BudgetBook::new();
+        let now = time::now_ms();
+        book.reserve(&from_config.budgets, 1_000, now)
+            .expect("the config key's budget");
+        book.reserve(&virtual_key.budgets, 1_000, now)
+            .expect("the virtual key's own budget, untouched by the other");
+    }
 
     #[test]
     fn reset_format_matches_openai() {

@@ -81,12 +81,6 @@ pub struct Update {
     pub budgets: Option<Vec<Budget>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpendScope {
-    Key,
-    Team,
-}
-
 pub fn hash_key(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -360,25 +354,6 @@ impl Store {
             .map_err(self.sql())?;
         tx.commit().await.map_err(self.sql())?;
         self.key(&current.id).await
-    }
-
-    /// Spend of a key or team since `since_ms`, from the ledger in the same file.
-    pub async fn spent_since(
-        &self,
-        scope: SpendScope,
-        name: &str,
-        since_ms: i64,
-    ) -> Result<i64, StoreError> {
-        let sql = match scope {
-            SpendScope::Key => "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests WHERE key_id = ? AND started_at_ms >= ?",
-            SpendScope::Team => "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests WHERE team_id = ? AND started_at_ms >= ?",
-        };
-        sqlx::query_scalar(sql)
-            .bind(name)
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(self.sql())
     }
 
     fn team_row(&self, r: &SqliteRow) -> Result<TeamRow, StoreError> {

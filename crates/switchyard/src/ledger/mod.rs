@@ -3,9 +3,13 @@
 //! The request path never touches the database. It hands a [`RequestRecord`] to a
 //! [`LedgerSink`], which does a non-blocking `try_send` into a bounded channel; a
 //! background writer task owned by [`Ledger`] drains that channel in batches and
-//! inserts each batch in one transaction. When the channel is full the record is
-//! dropped and counted rather than slowing a client down: the ledger is
-//! accounting, not a correctness dependency of serving traffic.
+//! inserts each batch in one transaction. The ledger is the audit of who spent
+//! what, so a row is not given up lightly: when the channel is full (the database
+//! is slower than the traffic, or locked by another process), a finishing request
+//! waits for room, for at most `ledger.max_wait_ms` (`on_overload = "block"`, the
+//! default), or gives its row up at once (`"drop"`). Every lost row is counted by
+//! reason in [`LedgerCounters`] and reported at shutdown. Budgets are charged in
+//! memory before the row is submitted, so a lost row never un-spends anything.
 //!
 //! Money is integer nano-USD (1e-9 USD) everywhere, never a float, so sums are
 //! exact. Times are UTC.
@@ -29,7 +33,12 @@ use crate::types::Usage;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use spend::{render_spend_table, spend_query, spend_report, SpendGroup, SpendQuery, SpendRow};
+pub use crate::config::{OnOverload, DEFAULT_LEDGER_MAX_WAIT_MS};
+
+pub use spend::{
+    render_spend_table, spend_query, spend_report, SpendGroup, SpendQuery, SpendReader, SpendRow,
+    SpentBy,
+};
 
 /// One client request, as the gateway saw it.
 #[derive(Debug, Clone, Default)]
@@ -38,8 +47,11 @@ pub struct RequestRecord {
     pub request_id: String,
     /// When the request arrived, unix milliseconds (UTC).
     pub started_at_ms: i64,
-    /// The caller's key name/id; `None` when authentication failed.
+    /// The caller's key id (`vk_…` for virtual keys, `cfg:<name>` for keys of the
+    /// config file): what spend is attributed to. `None` when authentication failed.
     pub key_id: Option<String>,
+    /// The caller's key name, for reports.
+    pub key_name: Option<String>,
     /// `"chat.completions"` or `"embeddings"`.
     pub endpoint: &'static str,
     /// The model name the client asked for.
@@ -182,20 +194,79 @@ pub const DEFAULT_BATCH_MAX: usize = 512;
 pub struct LedgerOptions {
     /// SQLite file; created (with its parent directory) if missing.
     pub path: PathBuf,
-    /// Records that may wait for the writer before new ones are dropped
+    /// Records that may wait for the writer before the queue counts as full
     /// (values below 1 are treated as 1).
     pub queue_capacity: usize,
     /// Maximum requests per insert transaction (values below 1 are treated as 1).
     pub batch_max: usize,
+    /// What a record does when the queue is full.
+    pub on_overload: OnOverload,
+    /// With [`OnOverload::Block`], how long a record waits for room before it is
+    /// dropped and counted.
+    pub max_wait: Duration,
 }
 
 impl LedgerOptions {
-    /// Options for `path` with the default queue capacity and batch size.
+    /// Options for `path` with the default queue capacity, batch size and overload
+    /// behaviour.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             batch_max: DEFAULT_BATCH_MAX,
+            on_overload: OnOverload::Block,
+            max_wait: Duration::from_millis(DEFAULT_LEDGER_MAX_WAIT_MS),
+        }
+    }
+}
+
+/// What became of the records submitted to one ledger, as atomics: the request
+/// path, the writer task and a metrics exporter read and bump them without a lock.
+/// Shared by every sink clone and the writer; [`LedgerCounters::snapshot`] reads
+/// them all.
+#[derive(Debug, Default)]
+pub struct LedgerCounters {
+    written: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_write_failed: AtomicU64,
+    dropped_duplicate: AtomicU64,
+    dropped_shutting_down: AtomicU64,
+    dropped_writer_gone: AtomicU64,
+    waited: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl LedgerCounters {
+    /// The counts as of now (each read on its own; they may be a moment apart).
+    pub fn snapshot(&self) -> LedgerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = LedgerStats {
+            written: get(&self.written),
+            dropped: 0,
+            dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_write_failed: get(&self.dropped_write_failed),
+            dropped_duplicate: get(&self.dropped_duplicate),
+            dropped_shutting_down: get(&self.dropped_shutting_down),
+            dropped_writer_gone: get(&self.dropped_writer_gone),
+            waited: get(&self.waited),
+            write_errors: get(&self.write_errors),
+        };
+        s.dropped = s
+            .dropped_queue_full
+            .saturating_add(s.dropped_write_failed)
+            .saturating_add(s.dropped_duplicate)
+            .saturating_add(s.dropped_shutting_down)
+            .saturating_add(s.dropped_writer_gone);
+        s
+    }
+
+    fn counter(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::ShuttingDown => &self.dropped_shutting_down,
+            DropReason::WriterGone => &self.dropped_writer_gone,
+            DropReason::WriteFailed => &self.dropped_write_failed,
+            DropReason::Duplicate => &self.dropped_duplicate,
         }
     }
 }
@@ -205,9 +276,25 @@ impl LedgerOptions {
 pub struct LedgerStats {
     /// Request rows committed to the database.
     pub written: u64,
-    /// Request records lost: queue full, submitted after shutdown began, a
-    /// duplicate `request_id`, or a batch that failed to commit after retries.
+    /// Request records lost, for any reason: the sum of the `dropped_*` counts.
     pub dropped: u64,
+    /// Lost because the queue was full: at once with `on_overload = "drop"`, or
+    /// after waiting `max_wait_ms` with `block`.
+    pub dropped_queue_full: u64,
+    /// Lost because their batch failed to commit after its retries (disk full,
+    /// read-only file, a broken database).
+    pub dropped_write_failed: u64,
+    /// A second record with a `request_id` already written (a bug upstream).
+    pub dropped_duplicate: u64,
+    /// Submitted after shutdown began.
+    pub dropped_shutting_down: u64,
+    /// Submitted after the writer task stopped without a shutdown.
+    pub dropped_writer_gone: u64,
+    /// Records that found the queue full and waited for room (`on_overload =
+    /// "block"`); those not written in time are also in `dropped_queue_full`.
+    pub waited: u64,
+    /// Insert transactions that failed, retries included.
+    pub write_errors: u64,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last
@@ -222,10 +309,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_ledger_indexes.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_key_ids.sql")),
 ];
 
 /// Highest schema version this build writes and reads.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Creates the file (and its directory) if needed and brings its schema up to date,
 /// without starting a writer: for the governance store and the CLI, which share the
@@ -253,13 +341,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// does not turn into a log flood on top of the overload.
 const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Why a record was lost; only used to word the (rate-limited) warning.
+/// Why a record was lost: which counter it goes to, and the warning's wording.
 #[derive(Debug, Clone, Copy)]
 enum DropReason {
     QueueFull,
     ShuttingDown,
     WriterGone,
     WriteFailed,
+    Duplicate,
 }
 
 /// State shared by every sink clone and the writer task.
@@ -267,8 +356,7 @@ enum DropReason {
 struct Shared {
     /// Set when shutdown begins; later records are dropped without queueing.
     closing: AtomicBool,
-    dropped: AtomicU64,
-    written: AtomicU64,
+    counters: Arc<LedgerCounters>,
     /// Reference point for `last_warn_ms` (Instant is not atomic).
     epoch: Instant,
     /// Milliseconds since `epoch` of the last drop warning; `u64::MAX` = never.
@@ -279,8 +367,7 @@ impl Shared {
     fn new() -> Self {
         Self {
             closing: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-            written: AtomicU64::new(0),
+            counters: Arc::new(LedgerCounters::default()),
             epoch: Instant::now(),
             last_warn_ms: AtomicU64::new(u64::MAX),
         }
@@ -301,15 +388,33 @@ impl Shared {
     }
 
     fn note_dropped(&self, n: u64, reason: DropReason) {
-        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        self.counters
+            .counter(reason)
+            .fetch_add(n, Ordering::Relaxed);
         if self.warn_allowed() {
             let why = match reason {
                 DropReason::QueueFull => "queue full (writer cannot keep up)",
                 DropReason::ShuttingDown => "ledger is shutting down",
                 DropReason::WriterGone => "writer task has stopped",
-                DropReason::WriteFailed => "database write failed or duplicate request id",
+                DropReason::WriteFailed => "database write failed",
+                DropReason::Duplicate => "duplicate request id",
             };
-            tracing::warn!(dropped_total = total, "usage ledger dropped records: {why}");
+            let stats = self.counters.snapshot();
+            tracing::warn!(
+                dropped_total = stats.dropped,
+                dropped_queue_full = stats.dropped_queue_full,
+                dropped_write_failed = stats.dropped_write_failed,
+                "usage ledger dropped records: {why}"
+            );
+        }
+    }
+
+    /// The reason for a record refused by a closed channel.
+    fn closed_reason(&self) -> DropReason {
+        if self.closing.load(Ordering::Acquire) {
+            DropReason::ShuttingDown
+        } else {
+            DropReason::WriterGone
         }
     }
 }
@@ -318,9 +423,91 @@ impl Shared {
 struct SinkInner {
     tx: mpsc::Sender<RequestRecord>,
     shared: Arc<Shared>,
+    on_overload: OnOverload,
+    max_wait: Duration,
 }
 
-/// Handle used by request handlers to submit records. Cheap to clone; never blocks.
+impl SinkInner {
+    /// Queues `rec` if there is room. Gives it back only when the queue is full and
+    /// the record should wait for room (`on_overload = "block"`); every other
+    /// failure is counted here.
+    fn try_queue(&self, rec: RequestRecord) -> Option<RequestRecord> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            self.shared.note_dropped(1, DropReason::ShuttingDown);
+            return None;
+        }
+        match self.tx.try_send(rec) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(rec)) => match self.on_overload {
+                OnOverload::Drop => {
+                    self.shared.note_dropped(1, DropReason::QueueFull);
+                    None
+                }
+                OnOverload::Block => {
+                    self.shared.counters.waited.fetch_add(1, Ordering::Relaxed);
+                    Some(rec)
+                }
+            },
+            // The writer closes the receiver when shutdown begins, so this is
+            // also how a record racing with shutdown ends up counted.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.note_dropped(1, self.shared.closed_reason());
+                None
+            }
+        }
+    }
+
+    /// Waits up to `max_wait` for room, then queues the record in `slot`, or counts
+    /// it lost. The record stays in `slot` while waiting, so that a caller dropped
+    /// half-way can hand it on.
+    async fn wait_for_room(&self, slot: &mut Option<RequestRecord>) {
+        let permit = tokio::time::timeout(self.max_wait, self.tx.reserve()).await;
+        let Some(rec) = slot.take() else {
+            return;
+        };
+        match permit {
+            Ok(Ok(permit)) => permit.send(rec),
+            Ok(Err(_)) => self.shared.note_dropped(1, self.shared.closed_reason()),
+            Err(_) => {
+                tracing::error!(
+                    waited_ms = u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+                    "usage ledger queue stayed full; a request's record is lost"
+                );
+                self.shared.note_dropped(1, DropReason::QueueFull);
+            }
+        }
+    }
+
+    /// Waits for room on a task of its own, for a record whose submitter cannot wait.
+    fn wait_in_background(&self, rec: RequestRecord) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.shared.note_dropped(1, DropReason::QueueFull);
+            return;
+        };
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let mut slot = Some(rec);
+            inner.wait_for_room(&mut slot).await;
+        });
+    }
+}
+
+/// A record waiting for room in the queue. Dropped before it got in (its request's
+/// task was cancelled), it hands the record to a background wait instead of losing it.
+struct Waiting {
+    inner: SinkInner,
+    slot: Option<RequestRecord>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(rec) = self.slot.take() {
+            self.inner.wait_in_background(rec);
+        }
+    }
+}
+
+/// Handle used by request handlers to submit records. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerSink {
     /// `None` for [`LedgerSink::disabled`].
@@ -337,31 +524,35 @@ impl std::fmt::Debug for LedgerSink {
 }
 
 impl LedgerSink {
-    /// Queues `rec` for the writer without waiting. If the queue is full, or
-    /// shutdown has begun, the record is dropped and counted instead.
+    /// Queues `rec` for the writer; the returned future waits, when the queue is
+    /// full and `on_overload = "block"`, up to `max_wait` for room. The record is
+    /// queued (or counted) even if the future is dropped unpolled: it then waits on
+    /// a task of its own. With `drop`, or when there is room, the future is ready at
+    /// once.
+    pub fn submit(&self, rec: RequestRecord) -> impl std::future::Future<Output = ()> + Send {
+        let waiting = self.inner.as_ref().and_then(|inner| {
+            inner.try_queue(rec).map(|rec| Waiting {
+                inner: inner.clone(),
+                slot: Some(rec),
+            })
+        });
+        async move {
+            if let Some(mut w) = waiting {
+                let Waiting { inner, slot } = &mut w;
+                inner.wait_for_room(slot).await;
+            }
+        }
+    }
+
+    /// Queues `rec` without waiting, for callers that cannot (a request dropped
+    /// with its client). When the queue is full it is dropped and counted
+    /// (`on_overload = "drop"`), or waits for room on a task of its own (`block`).
     pub fn record(&self, rec: RequestRecord) {
         let Some(inner) = &self.inner else {
             return;
         };
-        if inner.shared.closing.load(Ordering::Acquire) {
-            inner.shared.note_dropped(1, DropReason::ShuttingDown);
-            return;
-        }
-        match inner.tx.try_send(rec) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                inner.shared.note_dropped(1, DropReason::QueueFull);
-            }
-            // The writer closes the receiver when shutdown begins, so this is
-            // also how a record racing with shutdown ends up counted.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                let reason = if inner.shared.closing.load(Ordering::Acquire) {
-                    DropReason::ShuttingDown
-                } else {
-                    DropReason::WriterGone
-                };
-                inner.shared.note_dropped(1, reason);
-            }
+        if let Some(rec) = inner.try_queue(rec) {
+            inner.wait_in_background(rec);
         }
     }
 
@@ -379,7 +570,12 @@ impl LedgerSink {
     pub fn dropped(&self) -> u64 {
         self.inner
             .as_ref()
-            .map_or(0, |i| i.shared.dropped.load(Ordering::Relaxed))
+            .map_or(0, |i| i.shared.counters.snapshot().dropped)
+    }
+
+    /// The ledger's counters (shared by all clones); `None` when disabled.
+    pub fn counters(&self) -> Option<Arc<LedgerCounters>> {
+        self.inner.as_ref().map(|i| i.shared.counters.clone())
     }
 }
 
@@ -439,6 +635,8 @@ impl Ledger {
                 inner: Some(SinkInner {
                     tx,
                     shared: shared.clone(),
+                    on_overload: opts.on_overload,
+                    max_wait: opts.max_wait,
                 }),
             },
             shared,
@@ -457,12 +655,14 @@ impl Ledger {
         &self.path
     }
 
-    /// Counters so far (for metrics); `written` lags until batches commit.
+    /// Counters so far; `written` lags until batches commit.
     pub fn stats(&self) -> LedgerStats {
-        LedgerStats {
-            written: self.shared.written.load(Ordering::Relaxed),
-            dropped: self.shared.dropped.load(Ordering::Relaxed),
-        }
+        self.shared.counters.snapshot()
+    }
+
+    /// The live counters, for a metrics exporter.
+    pub fn counters(&self) -> Arc<LedgerCounters> {
+        self.shared.counters.clone()
     }
 
     /// Stops accepting records, waits for the writer to commit everything
@@ -479,14 +679,11 @@ impl Ledger {
         shared.closing.store(true, Ordering::Release);
         drop(sink);
         stop.disarm().cancel();
-        let written = task.await.map_err(|e| LedgerError::Writer {
+        task.await.map_err(|e| LedgerError::Writer {
             path,
             reason: e.to_string(),
         })?;
-        Ok(LedgerStats {
-            written,
-            dropped: shared.dropped.load(Ordering::Relaxed),
-        })
+        Ok(shared.counters.snapshot())
     }
 }
 

@@ -169,9 +169,12 @@ pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, L
         let _ = conn.close().await;
         return Ok(Vec::new());
     }
-    let grp = match by {
-        SpendGroup::Team if !has_teams => "'(none)'",
-        _ => by.sql_expr(),
+    // Keys are grouped by id and shown by name; files before schema 4 hold the
+    // name in `key_id`.
+    let (grp, group_by) = match by {
+        SpendGroup::Team if !has_teams => ("'(none)'", "grp"),
+        SpendGroup::Key if version >= 4 => ("COALESCE(MAX(key_name), key_id, '(none)')", "key_id"),
+        _ => (by.sql_expr(), "grp"),
     };
     let team_filter = if q.team.is_some() {
         "AND team_id = ?"
@@ -188,7 +191,7 @@ pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, L
                 COALESCE(SUM(cost_nano_usd), 0) AS cost \
          FROM requests \
          WHERE started_at_ms >= ? {team_filter} \
-         GROUP BY grp \
+         GROUP BY {group_by} \
          ORDER BY cost DESC, grp ASC"
     );
     let mut query = sqlx::query(&sql)
@@ -219,6 +222,89 @@ pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, L
     // A failed close only matters for writers; the report is already read.
     let _ = conn.close().await;
     Ok(out)
+}
+
+/// Whose spend [`SpendReader::spent_since`] sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpentBy<'a> {
+    /// A key, by its id (`vk_…`, `cfg:<name>`): never by name, which a key of the
+    /// config file and a virtual key might share.
+    Key(&'a str),
+    /// A team, by name (team names are unique in the key store).
+    Team(&'a str),
+}
+
+/// Reads spend from the ledger, for seeding budgets: whatever file the ledger is,
+/// which need not be the key store's.
+#[derive(Debug)]
+pub struct SpendReader {
+    conn: sqlx::sqlite::SqliteConnection,
+    path: std::path::PathBuf,
+}
+
+impl SpendReader {
+    /// Opens the ledger at `path` for reading; it must exist with a current schema
+    /// (the gateway opens, and so migrates, its ledger before it seeds budgets).
+    pub async fn open(path: &Path) -> Result<SpendReader, LedgerError> {
+        tokio::fs::metadata(path)
+            .await
+            .map_err(|source| LedgerError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut conn = connect(path, false).await?;
+        let version = user_version(&mut conn)
+            .await
+            .map_err(|source| LedgerError::Sql {
+                path: path.to_owned(),
+                source,
+            })?;
+        if version != SCHEMA_VERSION {
+            let _ = conn.close().await;
+            return Err(LedgerError::Schema {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(SpendReader {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Nano-USD spent by a key or team in requests started at or after `since_ms`.
+    pub async fn spent_since(
+        &mut self,
+        by: SpentBy<'_>,
+        since_ms: i64,
+    ) -> Result<i64, LedgerError> {
+        let (sql, who) = match by {
+            SpentBy::Key(id) => (
+                "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests \
+                 WHERE key_id = ? AND started_at_ms >= ?",
+                id,
+            ),
+            SpentBy::Team(name) => (
+                "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests \
+                 WHERE team_id = ? AND started_at_ms >= ?",
+                name,
+            ),
+        };
+        sqlx::query_scalar(sql)
+            .bind(who)
+            .bind(since_ms)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|source| LedgerError::Sql {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close().await;
+    }
 }
 
 /// `1234567` → `1,234,567`: token counts get long enough to need grouping.
@@ -449,7 +535,8 @@ mod tests {
         for &(id, at, key, model, dep, status, err, [p, c, k], cost) in FIXTURE {
             let mut r = rec(id, 0);
             r.started_at_ms = at;
-            r.key_id = key.map(str::to_owned);
+            r.key_id = key.map(|k| format!("cfg:{k}"));
+            r.key_name = key.map(str::to_owned);
             r.logical_model = model.map(str::to_owned);
             r.deployment = dep.map(str::to_owned);
             r.status = status;

@@ -93,8 +93,10 @@ impl RequestTracker {
         &self.record.request_id
     }
 
-    pub fn set_key(&mut self, key_id: &str) {
-        self.record.key_id = Some(key_id.to_owned());
+    /// Who called: spend is attributed to the key's id, the name is for reports.
+    pub fn set_key(&mut self, id: &str, name: &str) {
+        self.record.key_id = Some(id.to_owned());
+        self.record.key_name = Some(name.to_owned());
     }
 
     pub fn set_model(&mut self, model: &str, streamed: bool) {
@@ -198,8 +200,15 @@ impl RequestTracker {
         }
     }
 
-    /// The request is over: `status` is what the client got.
-    pub fn finish(mut self, status: u16, error_code: Option<&str>) {
+    /// The request is over: `status` is what the client got. The row is queued at
+    /// once; await the returned future to wait, when the ledger's queue is full and
+    /// `ledger.on_overload = "block"`, for it to get in (bounded by
+    /// `ledger.max_wait_ms`). Dropped unawaited, the row still gets in or is counted.
+    pub fn finish(
+        mut self,
+        status: u16,
+        error_code: Option<&str>,
+    ) -> impl std::future::Future<Output = ()> + Send {
         self.record.status = status;
         if let Some(code) = error_code {
             self.record.error_code = Some(code.to_owned());
@@ -211,10 +220,14 @@ impl RequestTracker {
                 }
             }
         }
-        self.submit();
+        let record = self.close();
+        self.sink.submit(record)
     }
 
-    fn submit(&mut self) {
+    /// Totals the attempts, settles the reservations and hands out the row, once.
+    /// Budgets are charged here, before the row goes to the ledger, so they count
+    /// the spend whether or not the row is written.
+    fn close(&mut self) -> RequestRecord {
         self.finished = true;
         self.record.latency_us = micros(self.started);
         // The request's totals are what every attempt may be billed: failed, losing
@@ -239,7 +252,7 @@ impl RequestTracker {
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(&total, cost);
         }
-        self.sink.record(std::mem::take(&mut self.record));
+        std::mem::take(&mut self.record)
     }
 }
 
@@ -279,7 +292,8 @@ impl Drop for RequestTracker {
                     a.latency_us = micros(self.started);
                 }
             }
-            self.submit();
+            let record = self.close();
+            self.sink.record(record);
             return;
         }
         // Abandoned half-way: the client disconnected (or shutdown cut it off). A
@@ -297,6 +311,8 @@ impl Drop for RequestTracker {
         if self.record.error_code.is_none() {
             self.record.error_code = Some("client_disconnected".into());
         }
-        self.submit();
+        // Nobody is left to wait: the sink waits for room on a task of its own.
+        let record = self.close();
+        self.sink.record(record);
     }
 }

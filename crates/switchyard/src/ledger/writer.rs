@@ -32,7 +32,7 @@ const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_m
 /// Rows per INSERT statement. Every statement is a round trip to sqlx's
 /// SQLite worker thread, which costs more than the insert itself, so rows are
 /// sent in multi-row statements. 32 keeps well under SQLite's bind-parameter
-/// limit (32 × 25 = 800) and bounds the distinct statement texts (one per
+/// limit (32 × 26 = 832) and bounds the distinct statement texts (one per
 /// chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
 
@@ -62,6 +62,7 @@ const REQUEST_COLUMNS: &[&str] = &[
     "redactions",
     "reasoning_tokens",
     "cache_write_tokens",
+    "key_name",
 ];
 
 const ATTEMPT_COLUMNS: &[&str] = &[
@@ -230,29 +231,35 @@ async fn commit_batch(
     let total = batch.len() as u64;
     let mut retries = RETRY_BACKOFF.iter().filter(|_| retry);
     let written = loop {
-        match insert_batch(conn, stmts, batch).await {
+        let e = match insert_batch(conn, stmts, batch).await {
             Ok(w) => break Some(w),
-            Err(e) => match retries.next() {
-                Some(delay) => {
-                    tracing::warn!(path = %path.display(), error = %e, rows = total,
-                        "usage ledger batch failed; retrying");
-                    tokio::time::sleep(*delay).await;
-                }
-                None => {
-                    tracing::error!(path = %path.display(), error = %e, rows = total,
-                        "usage ledger batch failed; records lost");
-                    break None;
-                }
-            },
+            Err(e) => e,
+        };
+        shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        match retries.next() {
+            Some(delay) => {
+                tracing::warn!(path = %path.display(), error = %e, rows = total,
+                    "usage ledger batch failed; retrying");
+                tokio::time::sleep(*delay).await;
+            }
+            None => {
+                tracing::error!(path = %path.display(), error = %e, rows = total,
+                    "usage ledger batch failed; records lost");
+                break None;
+            }
         }
     };
     batch.clear();
-    let w = written.unwrap_or(0);
-    if w < total {
-        // Duplicate request ids (a bug upstream) or a lost batch.
-        shared.note_dropped(total - w, DropReason::WriteFailed);
+    match written {
+        // Rows not inserted from a committed batch had a request id already written.
+        Some(w) if w < total => shared.note_dropped(total - w, DropReason::Duplicate),
+        Some(_) => {}
+        None => shared.note_dropped(total, DropReason::WriteFailed),
     }
-    shared.written.fetch_add(w, Ordering::Relaxed);
+    shared
+        .counters
+        .written
+        .fetch_add(written.unwrap_or(0), Ordering::Relaxed);
     written
 }
 
@@ -297,7 +304,8 @@ async fn insert_batch(
                 .bind(r.policy_decision.as_deref())
                 .bind(r.redactions.as_deref())
                 .bind(to_sql_int(r.usage.reasoning_tokens))
-                .bind(to_sql_int(r.usage.cache_write_tokens));
+                .bind(to_sql_int(r.usage.cache_write_tokens))
+                .bind(r.key_name.as_deref());
         }
         let inserted = q.fetch_all(&mut *tx).await?;
         written += inserted.len() as u64;

@@ -62,13 +62,13 @@ pub async fn messages(
     .await
     {
         Ok(Reply::Full(res)) => {
-            tracker.finish(res.status().as_u16(), None);
+            tracker.finish(res.status().as_u16(), None).await;
             res
         }
         // The tracker moves into the relay, which finishes it with the stream.
         Ok(Reply::Stream(relay, events)) => (*relay).into_response(tracker, events),
         Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code));
+            tracker.finish(e.status.as_u16(), Some(e.code)).await;
             error::error_response(&e, &request_id)
         }
     };
