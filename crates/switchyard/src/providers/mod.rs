@@ -186,6 +186,37 @@ impl ProviderError {
         }
     }
 
+    /// The failure a stream's error event stands for when it comes before anything
+    /// was relayed to the client: the status the provider answers the same error with
+    /// outside a stream, so that it is retried, classed and reported like that status.
+    /// `data` is OpenAI's error JSON (`{"error":{"type","code","message"}}`, what every
+    /// stream translator emits) or Anthropic's (`{"type":"error","error":{"type",
+    /// "message"}}`, passed through unchanged); both name the kind in `error.type`.
+    pub fn from_stream_error(data: &[u8]) -> ProviderError {
+        let doc: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+        let error = doc.get("error");
+        let text = |name: &str| {
+            error
+                .and_then(|e| e.get(name))
+                .and_then(serde_json::Value::as_str)
+        };
+        let status = match (text("type").unwrap_or(""), text("code").unwrap_or("")) {
+            ("rate_limit_error", _) | (_, "rate_limit_exceeded") => StatusCode::TOO_MANY_REQUESTS,
+            ("overloaded_error", _) | (_, "upstream_overloaded") => StatusCode::SERVICE_UNAVAILABLE,
+            ("authentication_error", _) => StatusCode::UNAUTHORIZED,
+            ("permission_error", _) => StatusCode::FORBIDDEN,
+            ("not_found_error", _) => StatusCode::NOT_FOUND,
+            ("invalid_request_error", _) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ProviderError::Status {
+            status,
+            retry_after: None,
+            message: text("message").map(str::to_owned),
+            param: None,
+        }
+    }
+
     /// A low-cardinality label for the ledger and metrics.
     pub fn class(&self) -> &'static str {
         match self {
