@@ -234,3 +234,51 @@ impl ProviderError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_error_event_stands_for_its_status() {
+        let cases: [(&[u8], u16, &str); 5] = [
+            (
+                br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#,
+                429,
+                "rate_limited",
+            ),
+            (
+                br#"{"error":{"message":"busy","type":"server_error","code":"upstream_overloaded"}}"#,
+                503,
+                "overloaded",
+            ),
+            (
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                503,
+                "overloaded",
+            ),
+            (
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+                400,
+                "upstream_4xx",
+            ),
+            (b"not json", 500, "upstream_5xx"),
+        ];
+        for (data, status, class) in cases {
+            let e = ProviderError::from_stream_error(data);
+            assert_eq!(e.class(), class, "{}", String::from_utf8_lossy(data));
+            match e {
+                ProviderError::Status { status: s, .. } => assert_eq!(s.as_u16(), status),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A client-caused error is passed on, with the provider's message; the others
+        // fail over.
+        let bad = ProviderError::from_stream_error(
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+        );
+        assert!(!bad.retryable());
+        assert!(matches!(bad, ProviderError::Status { message: Some(ref m), .. } if m == "bad"));
+        assert!(ProviderError::from_stream_error(b"{}").retryable());
+    }
+}
