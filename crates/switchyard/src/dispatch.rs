@@ -26,7 +26,8 @@ use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
 use crate::ledger::tracker::RequestTracker;
 use crate::limits::{Claim, Limiter, Reservation};
 use crate::providers::{self, Endpoint, StreamDecoder, Translated};
-use crate::resilience::{full_jitter, Admission};
+use crate::resilience::full_jitter;
+use crate::routing::health::{CallPermit, InFlight};
 use crate::routing::{self, Health, Needs};
 use crate::types::time::now_ms;
 use crate::types::time::parse_duration;
@@ -90,32 +91,55 @@ pub struct Served {
 }
 
 /// A deployment quota reservation, to be corrected with actual usage.
+///
+/// Dropped without being settled, a reservation whose call was never made is given
+/// back (a hedge twin that never started, a body that could not be rendered, a request
+/// cancelled before its call); one whose call was made keeps its estimate, because the
+/// provider counted that call whether or not its answer was read.
 pub struct Capacity {
     limiter: Arc<dyn Limiter>,
-    reservation: Reservation,
+    /// `None` once settled.
+    reservation: Option<Reservation>,
     tokens_claimed: bool,
+    /// Whether the call this reservation is for was sent.
+    called: bool,
 }
 
 impl Capacity {
     /// Replaces the token estimate with the tokens actually used, off the request path.
-    pub fn settle(self, usage: &Usage) {
+    pub fn settle(mut self, usage: &Usage) {
         self.settle_counts(
             1,
             usage.prompt_tokens.saturating_add(usage.completion_tokens),
         );
     }
 
-    /// Returns a reservation whose call never happened.
-    fn release(self) {
-        self.settle_counts(0, 0);
-    }
-
-    fn settle_counts(self, requests: u64, tokens: u64) {
-        tokio::spawn(async move {
-            let actual = [requests, tokens];
-            let n = if self.tokens_claimed { 2 } else { 1 };
-            self.limiter.settle(self.reservation, &actual[..n]).await;
+    fn settle_counts(&mut self, requests: u64, tokens: u64) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        // Settling awaits the limiter, which a drop cannot; outside a runtime (only at
+        // teardown) the estimate simply stands.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let actual = if self.tokens_claimed {
+            vec![requests, tokens]
+        } else {
+            vec![requests]
+        };
+        let limiter = self.limiter.clone();
+        runtime.spawn(async move {
+            limiter.settle(reservation, &actual).await;
         });
+    }
+}
+
+impl Drop for Capacity {
+    fn drop(&mut self) {
+        if !self.called {
+            self.settle_counts(0, 0);
+        }
     }
 }
 
@@ -203,42 +227,40 @@ impl Dispatcher {
                 let candidate = &plan.candidates[i];
                 i += 1;
                 let d = &candidate.deployment;
-                let Some(gate) = self.admit(d, &job.needs, &mut skipped).await else {
+                let Some(gate) = self.admit(d, &job, &mut skipped).await else {
                     continue;
                 };
                 tried_this_round = true;
                 attempts += 1;
                 // Hedging: the first call of a request may get a twin on the next
                 // admissible deployment if it is slow to answer.
-                let twin = if attempts == 1 && attempts < retry.max_attempts {
-                    match job.model.hedge_after {
-                        Some(after) => self
-                            .next_admissible(&plan.candidates[i..], &job.needs, &mut skipped)
-                            .await
-                            .map(|(offset, twin_gate)| (after, offset, twin_gate)),
-                        None => None,
-                    }
-                } else {
-                    None
-                };
-                let outcome = match twin {
+                let hedge_after = job
+                    .model
+                    .hedge_after
+                    .filter(|_| attempts == 1 && attempts < retry.max_attempts);
+                let outcome = match hedge_after {
                     None => {
-                        self.attempt_logged(job.model, d, &job, tracker, gate, &mut make_body)
+                        self.attempt_logged(d, &job, tracker, gate, &mut make_body)
                             .await
                     }
-                    Some((after, offset, twin_gate)) => {
-                        let twin = plan.candidates[i + offset].deployment.clone();
-                        i += offset + 1;
-                        attempts += 1;
-                        self.hedged(
-                            &job,
-                            tracker,
-                            &mut make_body,
-                            (d.clone(), gate),
-                            (twin, twin_gate),
+                    Some(after) => {
+                        let rest = plan.candidates.get(i..).unwrap_or_default();
+                        let hedge = Hedge {
+                            rest,
                             after,
-                        )
-                        .await
+                            skipped: &mut skipped,
+                        };
+                        let (outcome, twin) = self
+                            .hedged(&job, tracker, &mut make_body, d, gate, hedge)
+                            .await;
+                        // A twin that was started (or tried to start) is this round's
+                        // turn of its deployment; one that never started leaves it to
+                        // the loop, which moves on to it at once if the first failed.
+                        if let Some(offset) = twin {
+                            i += offset + 1;
+                            attempts += 1;
+                        }
+                        outcome
                     }
                 };
                 match outcome {
@@ -298,42 +320,46 @@ impl Dispatcher {
         }
     }
 
-    /// Whether `d` may take a call now; if so, its quota reservation.
-    async fn admit(&self, d: &Deployment, needs: &Needs, skipped: &mut Skipped) -> Option<Gate> {
+    /// Whether `d` may take a call now; if so, the breaker's permit and the quota
+    /// reservation, both given back if the gate is dropped unused.
+    async fn admit(
+        &self,
+        d: &Deployment,
+        job: &Job<'_>,
+        skipped: &mut Skipped,
+    ) -> Option<Gate<'_>> {
         let health = self.health.of(d);
         if let Some(ms) = health.exhausted_for_ms(now_ms()) {
             skipped.capacity(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             return None;
         }
-        let admission = health.admit(Instant::now());
-        if admission == Admission::Refused {
+        // No attempt outlives its total timeout, so a probe slot held longer than that
+        // is lost and may be granted again (see `resilience::breaker`).
+        let lease = job.model.timeouts_for(d).total;
+        let Some(permit) = health.admit(Instant::now(), lease) else {
             skipped.circuit(health.reopens_in(Instant::now()).unwrap_or_default());
             return None;
-        }
-        match self.reserve(d, needs).await {
-            Ok(capacity) => Some(Gate {
-                capacity,
-                probe: admission == Admission::Probe,
-            }),
+        };
+        match self.reserve(d, &job.needs).await {
+            Ok(capacity) => Some(Gate { permit, capacity }),
             Err(retry_after) => {
-                if admission == Admission::Probe {
-                    health.release_probe();
-                }
+                // The permit is dropped here: a probe slot goes back unused.
                 skipped.capacity(retry_after);
                 None
             }
         }
     }
 
+    /// The first deployment of `rest` that admits a call now, with its offset in `rest`.
     async fn next_admissible(
         &self,
         rest: &[routing::Candidate],
-        needs: &Needs,
+        job: &Job<'_>,
         skipped: &mut Skipped,
-    ) -> Option<(usize, Gate)> {
+    ) -> Option<(usize, Arc<Deployment>, Gate<'_>)> {
         for (offset, c) in rest.iter().enumerate() {
-            if let Some(gate) = self.admit(&c.deployment, needs, skipped).await {
-                return Some((offset, gate));
+            if let Some(gate) = self.admit(&c.deployment, job, skipped).await {
+                return Some((offset, c.deployment.clone(), gate));
             }
         }
         None
@@ -374,8 +400,9 @@ impl Dispatcher {
         match self.limiter.try_reserve(&claims).await {
             Ok(reservation) => Ok(Some(Capacity {
                 limiter: self.limiter.clone(),
-                reservation,
+                reservation: Some(reservation),
                 tokens_claimed,
+                called: false,
             })),
             Err(refusal) => Err(refusal.retry_after),
         }
@@ -384,49 +411,83 @@ impl Dispatcher {
     /// One attempt with its bookkeeping: tracker, health and breaker.
     async fn attempt_logged(
         &self,
-        model: &LogicalModel,
         d: &Arc<Deployment>,
         job: &Job<'_>,
         tracker: &mut RequestTracker,
-        gate: Gate,
+        gate: Gate<'_>,
         make_body: &mut impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
+        let (call, body) = match self.begin(d, tracker, gate, make_body) {
+            Ok(started) => started,
+            Err(e) => return Err((e, d.clone())),
+        };
+        let result = self.call(d.clone(), job, body).await;
+        self.conclude(call, result, tracker)
+    }
+
+    /// Renders the body for `d` and marks the call as started. A body that cannot be
+    /// rendered fails the attempt before any call, and the gate goes back unused.
+    fn begin<'s>(
+        &'s self,
+        d: &Arc<Deployment>,
+        tracker: &mut RequestTracker,
+        mut gate: Gate<'s>,
+        make_body: &mut impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
+    ) -> Result<(Call<'s>, Rendered), ProviderError> {
         let idx = tracker.begin_attempt(d);
         let started = Instant::now();
         let body = match make_body(d) {
-            Ok(b) => b,
+            Ok(body) => body,
             Err(e) => {
                 tracker.fail_attempt(idx, &e, started);
-                gate.release(&self.health, d);
-                return Err((e, d.clone()));
+                return Err(e);
             }
         };
-        let health = self.health.of(d);
-        let in_flight = health.start_call();
-        let result = attempt(
-            &self.client(d),
-            d,
-            model.timeouts_for(d),
+        if let Some(capacity) = &mut gate.capacity {
+            capacity.called = true;
+        }
+        let call = Call {
+            deployment: d.clone(),
+            idx,
+            started,
+            sent: TokioInstant::now(),
+            gate,
+            _in_flight: self.health.of(d).start_call(),
+        };
+        Ok((call, body))
+    }
+
+    /// Makes the call. It owns its deployment so that the two calls of a hedge have
+    /// one type whatever their deployments' lifetimes.
+    async fn call(&self, d: Arc<Deployment>, job: &Job<'_>, body: Rendered) -> AttemptResult {
+        attempt(
+            &self.client(&d),
+            &d,
+            job.model.timeouts_for(&d),
             job.endpoint,
             job.stream,
             body,
         )
-        .await;
-        drop(in_flight);
-        self.conclude(d, idx, started, result, gate, tracker)
+        .await
     }
 
     /// Records the outcome of an attempt in the tracker and the deployment's health.
     fn conclude(
         &self,
-        d: &Arc<Deployment>,
-        idx: usize,
-        started: Instant,
+        call: Call<'_>,
         result: AttemptResult,
-        gate: Gate,
         tracker: &mut RequestTracker,
     ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
-        let health = self.health.of(d);
+        let Call {
+            deployment: d,
+            idx,
+            started,
+            sent,
+            gate: Gate { permit, capacity },
+            _in_flight,
+        } = call;
+        drop(_in_flight);
+        let health = self.health.of(&d);
         let now = Instant::now();
         if let Some(status) = result.status {
             tracker.attempt_status(idx, status);
@@ -436,15 +497,15 @@ impl Dispatcher {
         }
         match result.outcome {
             Ok(opened) => {
-                health.observe_latency(now.duration_since(started));
-                health.record(true, now);
+                health.observe_latency(sent.elapsed());
+                permit.record(true, now);
                 Ok(Served {
-                    deployment: d.clone(),
+                    deployment: d,
                     opened,
                     attempt: idx,
                     attempt_started: started,
                     route: String::new(),
-                    capacity: gate.capacity,
+                    capacity,
                 })
             }
             Err(e) => {
@@ -454,136 +515,140 @@ impl Dispatcher {
                     error = %e,
                     "upstream attempt failed"
                 );
-                // A client-caused 4xx says nothing about the deployment's health.
+                // A client-caused 4xx says nothing about the deployment's health; the
+                // permit, dropped unrecorded, gives a probe slot back.
                 if e.retryable() {
-                    health.record(false, now);
-                } else if gate.probe {
-                    health.release_probe();
+                    permit.record(false, now);
                 }
                 tracker.fail_attempt(idx, &e, started);
-                if let Some(capacity) = gate.capacity {
+                if let Some(capacity) = capacity {
                     // The call failed: it used no tokens; the request still counts.
                     capacity.settle(&Usage::default());
                 }
-                Err((e, d.clone()))
+                Err((e, d))
             }
         }
     }
 
-    /// Two attempts raced: `second` starts when `first` has not answered after
-    /// `after`. The first success wins; the loser is cancelled and recorded.
-    async fn hedged(
-        &self,
+    /// The first call of a request, hedged: if it has not answered after
+    /// `hedge.after`, a twin starts on the next deployment of `hedge.rest` that admits
+    /// a call then (its quota and probe slot are taken only at that moment). The first
+    /// success wins; the loser is cancelled and recorded. A first call that fails before
+    /// the delay ends the hedge at once, and the dispatch loop moves on to the next
+    /// deployment; a twin whose body cannot be rendered is recorded as failed and the
+    /// first call alone decides.
+    ///
+    /// Returns the outcome and, if a twin was taken, its offset in `hedge.rest`.
+    async fn hedged<'s>(
+        &'s self,
         job: &Job<'_>,
         tracker: &mut RequestTracker,
         make_body: &mut impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
-        first: (Arc<Deployment>, Gate),
-        second: (Arc<Deployment>, Gate),
-        after: Duration,
-    ) -> Result<Served, (ProviderError, Arc<Deployment>)> {
-        let (d1, gate1) = first;
-        let (d2, gate2) = second;
-        let body1 = make_body(&d1).map_err(|e| (e, d1.clone()))?;
-        let body2 = make_body(&d2).map_err(|e| (e, d2.clone()))?;
-        let idx1 = tracker.begin_attempt(&d1);
-        let started1 = Instant::now();
-        let h1 = self.health.of(&d1).start_call();
-        let client1 = self.client(&d1);
-        let fut1 = attempt(
-            &client1,
-            &d1,
-            job.model.timeouts_for(&d1),
-            job.endpoint,
-            job.stream,
-            body1,
-        );
+        d1: &Arc<Deployment>,
+        gate1: Gate<'s>,
+        hedge: Hedge<'_, '_>,
+    ) -> (
+        Result<Served, (ProviderError, Arc<Deployment>)>,
+        Option<usize>,
+    ) {
+        let (call1, body1) = match self.begin(d1, tracker, gate1, make_body) {
+            Ok(started) => started,
+            Err(e) => return (Err((e, d1.clone())), None),
+        };
+        let fut1 = self.call(d1.clone(), job, body1);
         tokio::pin!(fut1);
         tokio::select! {
             r = &mut fut1 => {
-                drop(h1);
-                // Answered before the hedge delay: the twin never starts.
-                gate2.release(&self.health, &d2);
-                return self.conclude(&d1, idx1, started1, r, gate1, tracker);
+                // Answered, or failed, before the hedge delay: no twin starts.
+                return (self.conclude(call1, r, tracker), None);
             }
-            () = tokio::time::sleep(after) => {}
+            () = tokio::time::sleep(hedge.after) => {}
         }
-        let idx2 = tracker.begin_attempt(&d2);
-        let started2 = Instant::now();
-        let h2 = self.health.of(&d2).start_call();
-        let client2 = self.client(&d2);
-        let fut2 = attempt(
-            &client2,
-            &d2,
-            job.model.timeouts_for(&d2),
-            job.endpoint,
-            job.stream,
-            body2,
-        );
+        let Some((offset, d2, gate2)) = self.next_admissible(hedge.rest, job, hedge.skipped).await
+        else {
+            // Nowhere to hedge to: the first call alone decides.
+            let r = fut1.await;
+            return (self.conclude(call1, r, tracker), None);
+        };
+        let (call2, body2) = match self.begin(&d2, tracker, gate2, make_body) {
+            Ok(started) => started,
+            Err(_) => {
+                // The twin's failure is recorded; the request is the first call's.
+                let r = fut1.await;
+                return (self.conclude(call1, r, tracker), Some(offset));
+            }
+        };
+        let fut2 = self.call(d2.clone(), job, body2);
         tokio::pin!(fut2);
-        let (winner_first, r) = tokio::select! {
+        let (first_won, r) = tokio::select! {
             r = &mut fut1 => (true, r),
             r = &mut fut2 => (false, r),
         };
-        let (wd, widx, wstarted, wgate, ld, lidx, lstarted, lgate) = if winner_first {
-            (
-                d1.clone(),
-                idx1,
-                started1,
-                gate1,
-                d2.clone(),
-                idx2,
-                started2,
-                gate2,
-            )
+        let (winner, loser, loser_fut) = if first_won {
+            (call1, call2, fut2)
         } else {
-            (
-                d2.clone(),
-                idx2,
-                started2,
-                gate2,
-                d1.clone(),
-                idx1,
-                started1,
-                gate1,
-            )
+            (call2, call1, fut1)
         };
         if r.outcome.is_ok() {
-            drop((h1, h2));
-            // The loser is cancelled (its future dropped, its connection closed);
-            // the provider may still bill the prompt it read.
-            tracker.cancel_attempt(lidx, &ld, lstarted, "hedge_lost", job.needs.prompt_tokens);
-            lgate.release(&self.health, &ld);
-            return self.conclude(&wd, widx, wstarted, r, wgate, tracker);
+            // The loser is cancelled: its future is dropped on return, closing its
+            // connection. The provider may still bill, and count against the quota,
+            // the prompt it read.
+            tracker.cancel_attempt(
+                loser.idx,
+                &loser.deployment,
+                loser.started,
+                "hedge_lost",
+                job.needs.prompt_tokens,
+            );
+            let Call {
+                gate: Gate { capacity, .. },
+                ..
+            } = loser;
+            if let Some(capacity) = capacity {
+                capacity.settle(&Usage {
+                    prompt_tokens: job.needs.prompt_tokens,
+                    ..Usage::default()
+                });
+            }
+            return (self.conclude(winner, r, tracker), Some(offset));
         }
         // The first to finish failed (its failure is recorded); the other decides.
-        let _failed = self.conclude(&wd, widx, wstarted, r, wgate, tracker);
-        let other = if winner_first {
-            (&mut fut2).await
-        } else {
-            (&mut fut1).await
-        };
-        drop((h1, h2));
-        self.conclude(&ld, lidx, lstarted, other, lgate, tracker)
+        let _failed = self.conclude(winner, r, tracker);
+        let other = loser_fut.await;
+        (self.conclude(loser, other, tracker), Some(offset))
     }
 }
 
-/// Permission to call a deployment: its quota reservation and whether the call is
-/// the breaker's half-open probe.
-struct Gate {
+/// Where a hedged first call may find its twin.
+struct Hedge<'r, 'k> {
+    /// The candidates after the first call's, in plan order.
+    rest: &'r [routing::Candidate],
+    /// How long the first call may go unanswered before the twin starts.
+    after: Duration,
+    skipped: &'k mut Skipped,
+}
+
+/// Permission to call a deployment: the breaker's permit (holding the half-open probe
+/// slot if this call is the probe) and the quota reservation. Both give back what they
+/// hold when dropped unused, so every way out of an attempt (an early return, the
+/// request's future dropped by a client that went away, a panic) releases them.
+struct Gate<'h> {
+    permit: CallPermit<'h>,
     capacity: Option<Capacity>,
-    probe: bool,
 }
 
-impl Gate {
-    /// Gives back what an unused gate holds.
-    fn release(self, health: &Health, d: &Deployment) {
-        if self.probe {
-            health.of(d).release_probe();
-        }
-        if let Some(capacity) = self.capacity {
-            capacity.release();
-        }
-    }
+/// An attempt whose call has started: what its conclusion needs, and the deployment's
+/// in-flight count, held until the call ends (or is dropped).
+struct Call<'h> {
+    deployment: Arc<Deployment>,
+    /// The tracker's index of the attempt.
+    idx: usize,
+    started: Instant,
+    /// When the call went out, on the runtime's clock like the attempt's deadlines (a
+    /// test can pause it): the deployment's latency is measured from here.
+    sent: TokioInstant,
+    gate: Gate<'h>,
+    _in_flight: InFlight<'h>,
 }
 
 /// Why deployments were passed over without a call.
@@ -788,6 +853,9 @@ async fn read_answer(
                     "the stream ended before its first event".into(),
                 ))
             }
+            // An error before anything was relayed is this attempt's failure, like
+            // an error status: the client has seen nothing yet, so it fails over.
+            Ok(Ok(Some(Translated::Error(data)))) => return Err(providers::stream_error(&data)),
             Ok(Ok(Some(event))) => event,
         };
         return Ok(Opened::Stream {
@@ -895,4 +963,448 @@ pub enum DispatchError {
         error: ProviderError,
         deployment: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerSink;
+    use crate::limits::InProcessLimiter;
+    use crate::resilience::BreakerState;
+    use crate::types::chat::ChatRequest;
+    use switchyard_sim::{Fault, Latency, SimHandle, SimOptions, Simulator};
+
+    /// The simulator and a dispatcher in front of it. `extra` adds models and settings.
+    struct Rig {
+        sim: SimHandle,
+        config: Config,
+        dispatcher: Dispatcher,
+    }
+
+    async fn rig(extra: &str) -> Rig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = Simulator::new(SimOptions::default())
+            .spawn(listener)
+            .await
+            .expect("simulator");
+        let text = format!(
+            r#"
+[providers.primary]
+kind = "openai"
+base_url = "{sim}/primary/v1"
+api_key = "sk-test"
+
+[providers.backup]
+kind = "openai"
+base_url = "{sim}/backup/v1"
+api_key = "sk-test"
+
+[providers.ant]
+kind = "anthropic"
+base_url = "{sim}/ant"
+api_key = "sk-ant-test"
+
+[deployments.primary]
+provider = "primary"
+model = "gpt-4o-mini"
+price = {{ input = 0.15, output = 0.60 }}
+
+[deployments.backup]
+provider = "backup"
+model = "gpt-4o-mini"
+price = {{ input = 0.15, output = 0.60 }}
+
+[deployments.limited]
+provider = "backup"
+model = "gpt-4o-mini"
+quota = {{ rpm = 1 }}
+price = {{ input = 0.15, output = 0.60 }}
+
+[deployments.ant]
+provider = "ant"
+model = "claude-haiku-4-5"
+price = {{ input = 1.0, output = 5.0 }}
+{extra}
+"#,
+            sim = sim.base_url()
+        );
+        let config = Config::parse(&text, |_| None).expect("test config is valid");
+        let dispatcher =
+            Dispatcher::new(&config, Arc::new(InProcessLimiter::new())).expect("dispatcher");
+        Rig {
+            sim,
+            config,
+            dispatcher,
+        }
+    }
+
+    impl Rig {
+        fn deployment(&self, name: &str) -> Arc<Deployment> {
+            self.config
+                .deployments
+                .iter()
+                .find(|d| d.name == name)
+                .cloned()
+                .expect("deployment")
+        }
+
+        fn model(&self, name: &str) -> Arc<LogicalModel> {
+            self.config.model(name).cloned().expect("model")
+        }
+
+        /// Dispatches one chat request to `model`; `unrenderable` names a deployment
+        /// whose body cannot be rendered. Returns the outcome and the attempts begun.
+        async fn serve(
+            &self,
+            model: &str,
+            stream: bool,
+            unrenderable: Option<&str>,
+        ) -> (Result<Served, DispatchError>, usize) {
+            let model = self.model(model);
+            let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
+                "model": model.name,
+                "messages": [{"role": "user", "content": "hello"}],
+                "stream": stream,
+            }))
+            .expect("request");
+            let caller = Constraints::default();
+            let job = Job {
+                model: &model,
+                endpoint: Endpoint::ChatCompletions,
+                stream,
+                needs: Needs::of_chat(
+                    &req,
+                    crate::limits::estimate_chat(&req, crate::config::DEFAULT_MAX_OUTPUT_TOKENS),
+                ),
+                caller: &caller,
+            };
+            let mut tracker =
+                RequestTracker::new(LedgerSink::disabled(), "test".into(), "chat.completions");
+            let outcome = self
+                .dispatcher
+                .dispatch(job, &mut tracker, |d| {
+                    if unrenderable == Some(d.name.as_str()) {
+                        return Err(ProviderError::Unsupported("this request".into()));
+                    }
+                    providers::adapter(&d.provider.kind)
+                        .chat_body(&mut req, d, stream)
+                        .map(Rendered::from)
+                })
+                .await;
+            (outcome, tracker.attempts())
+        }
+
+        /// Opens `name`'s breaker (configured to open on one failure, for 1 ms) and
+        /// waits out its open period, so that the next call to it is the probe.
+        fn half_open(&self, name: &str) {
+            let health = self.dispatcher.health.of(&self.deployment(name));
+            let permit = health
+                .admit(Instant::now(), Duration::from_secs(60))
+                .expect("closed");
+            permit.record(false, Instant::now());
+            assert_eq!(health.breaker_state(Instant::now()), BreakerState::Open);
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(health.breaker_state(Instant::now()), BreakerState::HalfOpen);
+        }
+
+        /// Waits (bounded, on the test's clock) until `instance` has received `n`
+        /// requests.
+        async fn received(&self, instance: &str, n: usize) {
+            for _ in 0..10_000 {
+                if self.sim.sim.requests(instance).len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("{instance} never received {n} requests");
+        }
+
+        /// What `admit` gives for `name` now (the gate is dropped at once).
+        async fn admissible(&self, name: &str) -> Option<bool> {
+            let model = self.model("solo");
+            let caller = Constraints::default();
+            let job = Job {
+                model: &model,
+                endpoint: Endpoint::ChatCompletions,
+                stream: false,
+                needs: Needs::default(),
+                caller: &caller,
+            };
+            let gate = self
+                .dispatcher
+                .admit(&self.deployment(name), &job, &mut Skipped::default())
+                .await;
+            gate.map(|g| g.permit.is_probe())
+        }
+    }
+
+    /// Lets spawned settlements of the limiter run.
+    async fn settle_spawned() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    const ONE_FAILURE_OPENS: &str = "[breaker]\nconsecutive_failures = 1\nopen_ms = 1\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedged_first_call_that_fails_fast_moves_on_to_the_fallback() {
+        let rig = rig(r#"
+[models.hedged]
+deployments = ["primary", "backup"]
+hedge_after_ms = 500
+
+[breaker]
+consecutive_failures = 1000
+"#)
+        .await;
+        rig.sim.sim.set_fault("primary", "*", Fault::error(500));
+        for i in 0..3 {
+            let (outcome, attempts) = rig.serve("hedged", false, None).await;
+            let served = outcome.unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+            assert_eq!(served.deployment.name, "backup", "request {i}");
+            assert_eq!(attempts, 2, "request {i}: the primary, then the fallback");
+        }
+        assert_eq!(rig.sim.sim.requests("primary").len(), 3);
+        assert_eq!(rig.sim.sim.requests("backup").len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_twin_that_cannot_be_rendered_leaves_the_request_to_the_first_call() {
+        let rig = rig(r#"
+[models.hedged]
+deployments = ["primary", "backup"]
+hedge_after_ms = 50
+retry = { max_attempts = 2 }
+"#)
+        .await;
+        rig.sim.sim.set_latency(
+            "primary",
+            "*",
+            Latency {
+                ttft_ms: 1_000,
+                chunk_delay_ms: 0,
+                chunks: None,
+            },
+        );
+        let (outcome, attempts) = rig.serve("hedged", false, Some("backup")).await;
+        let served = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(served.deployment.name, "primary");
+        assert_eq!(
+            attempts, 2,
+            "the primary and the twin that failed to render"
+        );
+        assert_eq!(rig.sim.sim.requests("primary").len(), 1);
+        assert!(rig.sim.sim.requests("backup").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_twin_takes_quota_and_probe_slot_only_when_it_starts() {
+        let rig = rig(&format!(
+            r#"
+[models.hedged]
+deployments = ["primary", "limited"]
+hedge_after_ms = 10000
+
+[models.solo]
+deployments = ["limited"]
+{ONE_FAILURE_OPENS}"#
+        ))
+        .await;
+        rig.half_open("limited");
+        rig.sim.sim.set_latency(
+            "primary",
+            "*",
+            Latency {
+                ttft_ms: 1_000,
+                chunk_delay_ms: 0,
+                chunks: None,
+            },
+        );
+        let check = async {
+            rig.received("primary", 1).await;
+            // The first call is in flight and the hedge delay has not passed: the
+            // twin's deployment still has its one request of quota and its probe slot.
+            let admitted = rig.admissible("limited").await;
+            settle_spawned().await;
+            admitted
+        };
+        let ((outcome, attempts), admitted) = tokio::join!(rig.serve("hedged", false, None), check);
+        assert_eq!(admitted, Some(true), "quota and probe slot were free");
+        let served = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(served.deployment.name, "primary");
+        assert_eq!(attempts, 1, "the twin never started");
+        assert!(rig.sim.sim.requests("backup").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_cancelled_with_its_request_gives_the_slot_back() {
+        let rig = rig(&format!(
+            "[models.solo]\ndeployments = [\"primary\"]\n{ONE_FAILURE_OPENS}"
+        ))
+        .await;
+        rig.half_open("primary");
+        rig.sim.sim.set_latency(
+            "primary",
+            "*",
+            Latency {
+                ttft_ms: 1_000,
+                chunk_delay_ms: 0,
+                chunks: None,
+            },
+        );
+        // The client goes away while the probe is in flight: its future is dropped.
+        tokio::select! {
+            _ = rig.serve("solo", false, None) => panic!("the probe answered first"),
+            () = rig.received("primary", 1) => {}
+        }
+        let health = rig.dispatcher.health.of(&rig.deployment("primary"));
+        assert_eq!(health.calls_in_flight(), 0);
+        assert_eq!(
+            rig.admissible("primary").await,
+            Some(true),
+            "the next request is the probe"
+        );
+        // And that probe decides: the primary serves again.
+        rig.sim.sim.clear();
+        let (outcome, _) = rig.serve("solo", false, None).await;
+        assert_eq!(
+            outcome.map(|s| s.deployment.name.clone()).ok().as_deref(),
+            Some("primary")
+        );
+        assert_eq!(health.breaker_state(Instant::now()), BreakerState::Closed);
+    }
+
+    // The clock is paused: the simulator's latency and dispatch's measurement of it
+    // are the same virtual milliseconds however busy the machine is, so the shares
+    // depend only on the strategy (and its random exploration).
+    #[tokio::test(start_paused = true)]
+    async fn the_latency_strategy_follows_the_faster_deployment_and_back() {
+        let rig = rig(r#"
+[models.fastest]
+strategy = "latency"
+deployments = ["primary", "backup"]
+"#)
+        .await;
+        let slow = Latency {
+            ttft_ms: 60,
+            chunk_delay_ms: 0,
+            chunks: None,
+        };
+        let mut served = Vec::new();
+        rig.sim.sim.set_latency("primary", "*", slow.clone());
+        for _ in 0..60 {
+            let (outcome, _) = rig.serve("fastest", false, None).await;
+            served.push(
+                outcome
+                    .map(|s| s.deployment.name.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        let fast = served.iter().skip(30).filter(|d| *d == "backup").count();
+        assert!(fast >= 24, "backup (fast) served {fast} of the last 30");
+
+        // The primary recovers and the backup slows down: traffic moves back.
+        rig.sim.sim.clear();
+        rig.sim.sim.set_latency("backup", "*", slow);
+        served.clear();
+        for _ in 0..120 {
+            let (outcome, _) = rig.serve("fastest", false, None).await;
+            served.push(
+                outcome
+                    .map(|s| s.deployment.name.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        let fast = served.iter().skip(90).filter(|d| *d == "primary").count();
+        assert!(
+            fast >= 24,
+            "primary (fast again) served {fast} of the last 30"
+        );
+        let primary = rig.dispatcher.health.of(&rig.deployment("primary"));
+        let backup = rig.dispatcher.health.of(&rig.deployment("backup"));
+        assert!(
+            backup.latency_us() >= Some(60_000.0),
+            "the backup's estimate is its simulated latency: {:?}",
+            backup.latency_us()
+        );
+        assert!(primary.latency_us() < backup.latency_us());
+    }
+
+    #[tokio::test]
+    async fn a_gate_dropped_unused_gives_its_quota_back() {
+        let rig = rig("[models.solo]\ndeployments = [\"limited\"]\n").await;
+        // rpm = 1: a gate that is dropped without a call leaves the request for later.
+        for _ in 0..3 {
+            assert_eq!(rig.admissible("limited").await, Some(false));
+            settle_spawned().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_was_sent_keeps_its_quota_when_dropped() {
+        let rig = rig("[models.solo]\ndeployments = [\"limited\"]\n").await;
+        let model = rig.model("solo");
+        let caller = Constraints::default();
+        let job = Job {
+            model: &model,
+            endpoint: Endpoint::ChatCompletions,
+            stream: false,
+            needs: Needs::default(),
+            caller: &caller,
+        };
+        let d = rig.deployment("limited");
+        let mut gate = rig
+            .dispatcher
+            .admit(&d, &job, &mut Skipped::default())
+            .await
+            .expect("quota free");
+        if let Some(capacity) = &mut gate.capacity {
+            capacity.called = true;
+        }
+        // The request reached the provider, which counted it: so does the quota.
+        drop(gate);
+        settle_spawned().await;
+        assert!(rig
+            .dispatcher
+            .admit(&d, &job, &mut Skipped::default())
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_first_event_is_an_error_fails_over() {
+        let rig = rig(r#"
+[models.mixed]
+deployments = ["ant", "backup"]
+
+[breaker]
+consecutive_failures = 1
+open_ms = 600000
+"#)
+        .await;
+        rig.sim.sim.set_fault(
+            "ant",
+            "*",
+            Fault::error(529)
+                .with_type("overloaded_error")
+                .mid_stream(0),
+        );
+        let (outcome, attempts) = rig.serve("mixed", true, None).await;
+        let served = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(served.deployment.name, "backup");
+        assert_eq!(attempts, 2);
+        match served.opened {
+            Opened::Stream { first, .. } => {
+                assert!(!matches!(first, Translated::Error(_)), "{first:?}");
+            }
+            Opened::Full { .. } => panic!("a stream was asked for"),
+        }
+        assert_eq!(rig.sim.sim.requests("ant").len(), 1);
+        // The failure counted against the deployment: one failure opens this breaker.
+        let ant = rig.dispatcher.health.of(&rig.deployment("ant"));
+        assert_eq!(ant.breaker_state(Instant::now()), BreakerState::Open);
+    }
 }

@@ -312,7 +312,8 @@ pub struct RawModel {
     #[serde(default)]
     pub retry: RawRetry,
     /// Hedging: when the first attempt has not answered after this many ms, start a
-    /// second one on the next deployment; the first answer wins.
+    /// second one on the next deployment; the first answer wins. A first attempt that
+    /// fails sooner moves on to the next deployment at once, as without hedging.
     pub hedge_after_ms: Option<u64>,
 }
 

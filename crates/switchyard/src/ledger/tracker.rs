@@ -147,8 +147,10 @@ impl RequestTracker {
     /// Closes an attempt as failed.
     pub fn fail_attempt(&mut self, index: usize, error: &ProviderError, started: Instant) {
         if let Some(a) = self.record.attempts.get_mut(index) {
+            // The HTTP status, when one arrived, stays: a stream that failed with an
+            // error event was still answered 200.
             if let ProviderError::Status { status, .. } = error {
-                a.status = Some(status.as_u16());
+                a.status.get_or_insert(status.as_u16());
             }
             a.error_class = Some(error.class().to_owned());
             a.latency_us = micros(started);

@@ -143,3 +143,82 @@ impl Endpoint {
         }
     }
 }
+
+/// The failure a stream's error event stands for when it comes before anything
+/// was relayed to the client: the status the provider answers the same error with
+/// outside a stream, so that it is retried, classed and reported like that status.
+/// `data` is OpenAI's error JSON (`{"error":{"type","code","message"}}`, what every
+/// stream translator emits) or Anthropic's (`{"type":"error","error":{"type",
+/// "message"}}`, passed through unchanged); both name the kind in `error.type`.
+pub fn stream_error(data: &[u8]) -> ProviderError {
+    let doc: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let error = doc.get("error");
+    let text = |name: &str| {
+        error
+            .and_then(|e| e.get(name))
+            .and_then(serde_json::Value::as_str)
+    };
+    let status = match (text("type").unwrap_or(""), text("code").unwrap_or("")) {
+        ("rate_limit_error", _) | (_, "rate_limit_exceeded") => StatusCode::TOO_MANY_REQUESTS,
+        ("overloaded_error", _) | (_, "upstream_overloaded") => StatusCode::SERVICE_UNAVAILABLE,
+        ("authentication_error", _) => StatusCode::UNAUTHORIZED,
+        ("permission_error", _) => StatusCode::FORBIDDEN,
+        ("not_found_error", _) => StatusCode::NOT_FOUND,
+        ("invalid_request_error", _) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ProviderError::Status {
+        status,
+        retry_after: None,
+        message: text("message").map(str::to_owned),
+        param: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_error_event_stands_for_its_status() {
+        let cases: [(&[u8], u16, &str); 5] = [
+            (
+                br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#,
+                429,
+                "rate_limited",
+            ),
+            (
+                br#"{"error":{"message":"busy","type":"server_error","code":"upstream_overloaded"}}"#,
+                503,
+                "overloaded",
+            ),
+            (
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                503,
+                "overloaded",
+            ),
+            (
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+                400,
+                "upstream_4xx",
+            ),
+            (b"not json", 500, "upstream_5xx"),
+        ];
+        for (data, status, class) in cases {
+            let e = stream_error(data);
+            assert_eq!(e.class(), class, "{}", String::from_utf8_lossy(data));
+            match e {
+                ProviderError::Status { status: s, .. } => assert_eq!(s.as_u16(), status),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A client-caused error is passed on, with the provider's message; the others
+        // fail over.
+        let bad = stream_error(
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+        );
+        assert!(!bad.retryable());
+        assert!(matches!(bad, ProviderError::Status { message: Some(ref m), .. } if m == "bad"));
+        assert!(stream_error(b"{}").retryable());
+    }
+}

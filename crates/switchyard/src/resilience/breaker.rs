@@ -5,6 +5,16 @@
 //! `failure_ratio`. Open: calls are refused until `open_for` has passed. Half-open:
 //! one probe call at a time is let through; its success closes the breaker, its
 //! failure opens it again.
+//!
+//! The probe slot is a lease, identified by a [`ProbeTicket`]. The call that holds it
+//! either reports its outcome ([`Breaker::record`] with the ticket) or gives it back
+//! ([`Breaker::release_probe`]); `routing::health::CallPermit` does the latter when the
+//! call is dropped for any reason (cancelled, never made, a panic). As a last resort a
+//! lease also expires: it is granted for as long as the holder's call can last (the
+//! attempt's total timeout), so a slot still held after that belongs to no live call,
+//! and the next caller gets a new probe. Without the expiry one lost slot would keep
+//! the breaker half-open and refusing forever. The ticket keeps a stale holder from
+//! giving back, or deciding with, a newer probe's slot.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -28,13 +38,24 @@ impl BreakerState {
     }
 }
 
+/// Identifies one grant of the half-open probe slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTicket(u64);
+
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Allowed,
     /// Allowed as the half-open probe; its outcome decides the state.
-    Probe,
+    Probe(ProbeTicket),
     Refused,
+}
+
+/// The probe slot while a probe holds it.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    ticket: ProbeTicket,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -45,7 +66,9 @@ pub struct Breaker {
     /// The last `window` outcomes, true = failure.
     recent: VecDeque<bool>,
     opened_at: Option<Instant>,
-    probe_in_flight: bool,
+    probe: Option<Lease>,
+    /// The number of the next probe ticket.
+    next_ticket: u64,
 }
 
 impl Breaker {
@@ -56,7 +79,8 @@ impl Breaker {
             consecutive_failures: 0,
             recent: VecDeque::with_capacity(config.window as usize),
             opened_at: None,
-            probe_in_flight: false,
+            probe: None,
+            next_ticket: 0,
         }
     }
 
@@ -82,37 +106,65 @@ impl Breaker {
         }
     }
 
-    pub fn admit(&mut self, now: Instant) -> Admission {
+    /// Whether a call may go ahead now. `lease` is the longest the call can last: a
+    /// probe slot not given back by then is taken to be lost and granted again.
+    pub fn admit(&mut self, now: Instant, lease: Duration) -> Admission {
         match self.state {
             BreakerState::Closed => Admission::Allowed,
             BreakerState::Open if self.cooled_down(now) => {
                 self.state = BreakerState::HalfOpen;
-                self.probe_in_flight = true;
-                Admission::Probe
+                self.grant_probe(now, lease)
             }
             BreakerState::Open => Admission::Refused,
-            BreakerState::HalfOpen if !self.probe_in_flight => {
-                self.probe_in_flight = true;
-                Admission::Probe
-            }
-            BreakerState::HalfOpen => Admission::Refused,
+            BreakerState::HalfOpen => match self.probe {
+                Some(held) if now < held.expires => Admission::Refused,
+                _ => self.grant_probe(now, lease),
+            },
         }
     }
 
-    /// A probe that was admitted but never made its call (e.g. no capacity) gives its
-    /// turn back.
-    pub fn release_probe(&mut self) {
-        self.probe_in_flight = false;
+    fn grant_probe(&mut self, now: Instant, lease: Duration) -> Admission {
+        let ticket = ProbeTicket(self.next_ticket);
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.probe = Some(Lease {
+            ticket,
+            // An unrepresentable expiry (a lease of centuries) falls back to the open
+            // period, which is always representable in practice.
+            expires: now
+                .checked_add(lease)
+                .or_else(|| now.checked_add(self.config.open_for))
+                .unwrap_or(now),
+        });
+        Admission::Probe(ticket)
     }
 
-    pub fn record(&mut self, success: bool, now: Instant) {
+    /// Whether `ticket` holds the probe slot now.
+    fn holds(&self, ticket: ProbeTicket) -> bool {
+        self.probe.is_some_and(|lease| lease.ticket == ticket)
+    }
+
+    /// A probe that ended without an outcome that says anything about the deployment
+    /// (never made, cancelled, a client's fault) gives its turn back.
+    pub fn release_probe(&mut self, ticket: ProbeTicket) {
+        if self.holds(ticket) {
+            self.probe = None;
+        }
+    }
+
+    /// Records a call's outcome. `probe` is the ticket the call was admitted with, if
+    /// it was the half-open probe: only the probe decides a half-open breaker.
+    pub fn record(&mut self, success: bool, probe: Option<ProbeTicket>, now: Instant) {
         match self.state {
             BreakerState::HalfOpen | BreakerState::Open => {
-                self.probe_in_flight = false;
-                if success {
-                    self.close();
-                } else {
-                    self.open(now);
+                // A call admitted before the breaker opened, or a probe whose lease
+                // expired and was granted again, ends late: the current probe decides.
+                if probe.is_some_and(|t| self.holds(t)) {
+                    self.probe = None;
+                    if success {
+                        self.close();
+                    } else {
+                        self.open(now);
+                    }
                 }
                 return;
             }
@@ -139,6 +191,7 @@ impl Breaker {
     fn open(&mut self, now: Instant) {
         self.state = BreakerState::Open;
         self.opened_at = Some(now);
+        self.probe = None;
     }
 
     fn close(&mut self) {
@@ -146,12 +199,15 @@ impl Breaker {
         self.opened_at = None;
         self.consecutive_failures = 0;
         self.recent.clear();
+        self.probe = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LEASE: Duration = Duration::from_secs(2);
 
     fn config() -> BreakerConfig {
         BreakerConfig {
@@ -162,34 +218,55 @@ mod tests {
         }
     }
 
+    fn probe(admission: Admission) -> ProbeTicket {
+        match admission {
+            Admission::Probe(t) => t,
+            other => panic!("expected a probe, got {other:?}"),
+        }
+    }
+
+    /// A breaker opened at the returned instant.
+    fn opened() -> (Breaker, Instant) {
+        let mut b = Breaker::new(config());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(false, None, t0);
+        }
+        assert_eq!(b.state(t0), BreakerState::Open);
+        (b, t0)
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_probes_after_cooldown() {
         let mut b = Breaker::new(config());
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(b.admit(t0), Admission::Allowed);
-            b.record(false, t0);
+            assert_eq!(b.admit(t0, LEASE), Admission::Allowed);
+            b.record(false, None, t0);
         }
         assert_eq!(b.state(t0), BreakerState::Closed);
-        b.record(false, t0);
+        b.record(false, None, t0);
         assert_eq!(b.state(t0), BreakerState::Open);
-        assert_eq!(b.admit(t0 + Duration::from_secs(1)), Admission::Refused);
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(1), LEASE),
+            Admission::Refused
+        );
         assert_eq!(
             b.reopens_in(t0 + Duration::from_secs(1)),
             Some(Duration::from_secs(4))
         );
         let later = t0 + Duration::from_secs(5);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
-        assert_eq!(b.admit(later), Admission::Probe);
+        let first = probe(b.admit(later, LEASE));
         // Only one probe at a time.
-        assert_eq!(b.admit(later), Admission::Refused);
-        b.record(false, later);
+        assert_eq!(b.admit(later, LEASE), Admission::Refused);
+        b.record(false, Some(first), later);
         assert_eq!(b.state(later), BreakerState::Open);
         let again = later + Duration::from_secs(5);
-        assert_eq!(b.admit(again), Admission::Probe);
-        b.record(true, again);
+        let second = probe(b.admit(again, LEASE));
+        b.record(true, Some(second), again);
         assert_eq!(b.state(again), BreakerState::Closed);
-        assert_eq!(b.admit(again), Admission::Allowed);
+        assert_eq!(b.admit(again, LEASE), Admission::Allowed);
     }
 
     #[test]
@@ -198,10 +275,10 @@ mod tests {
         let t = Instant::now();
         // Alternate: never 3 in a row, but 50% of a full window of 10.
         for i in 0..9 {
-            b.record(i % 2 == 1, t);
+            b.record(i % 2 == 1, None, t);
         }
         assert_eq!(b.state(t), BreakerState::Closed, "window not full yet");
-        b.record(false, t);
+        b.record(false, None, t);
         assert_eq!(b.state(t), BreakerState::Open);
     }
 
@@ -210,25 +287,57 @@ mod tests {
         let mut b = Breaker::new(config());
         let t = Instant::now();
         for _ in 0..10 {
-            b.record(false, t);
-            b.record(false, t);
-            b.record(true, t);
-            b.record(true, t);
-            b.record(true, t);
+            b.record(false, None, t);
+            b.record(false, None, t);
+            b.record(true, None, t);
+            b.record(true, None, t);
+            b.record(true, None, t);
         }
         assert_eq!(b.state(t), BreakerState::Closed);
     }
 
     #[test]
     fn an_unused_probe_gives_its_turn_back() {
-        let mut b = Breaker::new(config());
-        let t = Instant::now();
-        for _ in 0..3 {
-            b.record(false, t);
-        }
-        let later = t + Duration::from_secs(6);
-        assert_eq!(b.admit(later), Admission::Probe);
-        b.release_probe();
-        assert_eq!(b.admit(later), Admission::Probe);
+        let (mut b, t0) = opened();
+        let later = t0 + Duration::from_secs(6);
+        let ticket = probe(b.admit(later, LEASE));
+        b.release_probe(ticket);
+        probe(b.admit(later, LEASE));
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_expires_after_its_lease() {
+        let (mut b, t0) = opened();
+        let half_open = t0 + Duration::from_secs(5);
+        let lost = probe(b.admit(half_open, LEASE));
+        // Held: refused until the lease has run out, then granted again.
+        assert_eq!(
+            b.admit(half_open + LEASE - Duration::from_millis(1), LEASE),
+            Admission::Refused
+        );
+        let renewed = probe(b.admit(half_open + LEASE, LEASE));
+        assert_ne!(lost, renewed);
+        // The lost holder, turning up late, neither frees nor decides the new probe.
+        b.release_probe(lost);
+        assert_eq!(b.admit(half_open + LEASE, LEASE), Admission::Refused);
+        b.record(true, Some(lost), half_open + LEASE);
+        assert_eq!(b.state(half_open + LEASE), BreakerState::HalfOpen);
+        b.record(true, Some(renewed), half_open + LEASE);
+        assert_eq!(b.state(half_open + LEASE), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_call_admitted_before_the_breaker_opened_does_not_decide_it() {
+        let (mut b, t0) = opened();
+        // A straggler that was admitted while closed succeeds while open: still open.
+        b.record(true, None, t0);
+        assert_eq!(b.state(t0), BreakerState::Open);
+        let half_open = t0 + Duration::from_secs(5);
+        let ticket = probe(b.admit(half_open, LEASE));
+        // Another straggler fails while the probe is out: the probe keeps its slot.
+        b.record(false, None, half_open);
+        assert_eq!(b.admit(half_open, LEASE), Admission::Refused);
+        b.record(true, Some(ticket), half_open);
+        assert_eq!(b.state(half_open), BreakerState::Closed);
     }
 }

@@ -5,4 +5,4 @@ mod backoff;
 mod breaker;
 
 pub use backoff::full_jitter;
-pub use breaker::{Admission, Breaker, BreakerState};
+pub use breaker::{Admission, Breaker, BreakerState, ProbeTicket};

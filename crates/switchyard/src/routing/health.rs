@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::{BreakerConfig, Deployment};
-use crate::resilience::{Admission, Breaker, BreakerState};
+use crate::resilience::{Admission, Breaker, BreakerState, ProbeTicket};
 
 /// Weight of a new sample that is below the estimate. Samples above it replace it
 /// at once (peak-EWMA): a deployment that slows down is noticed immediately, one
@@ -70,16 +70,21 @@ impl DeploymentHealth {
         self.breaker().reopens_in(now)
     }
 
-    pub fn admit(&self, now: Instant) -> Admission {
-        self.breaker().admit(now)
-    }
-
-    pub fn release_probe(&self) {
-        self.breaker().release_probe();
-    }
-
-    pub fn record(&self, success: bool, now: Instant) {
-        self.breaker().record(success, now);
+    /// Asks the breaker for one call; `None` when it refuses. `lease` is the longest
+    /// the call can last (its total timeout), after which a half-open probe slot it
+    /// still holds is granted to another caller.
+    pub fn admit(&self, now: Instant, lease: Duration) -> Option<CallPermit<'_>> {
+        match self.breaker().admit(now, lease) {
+            Admission::Refused => None,
+            Admission::Allowed => Some(CallPermit {
+                health: self,
+                probe: None,
+            }),
+            Admission::Probe(ticket) => Some(CallPermit {
+                health: self,
+                probe: Some(ticket),
+            }),
+        }
     }
 
     pub fn mark_exhausted(&self, until_ms: i64) {
@@ -93,10 +98,45 @@ impl DeploymentHealth {
         (until > now_ms).then(|| until - now_ms)
     }
 
+    #[cfg(test)]
+    pub fn calls_in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Counts a call in flight until the guard is dropped.
     pub fn start_call(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
+    }
+}
+
+/// The breaker's permission for one call. If the call is the half-open probe, the
+/// permit holds the probe slot until [`CallPermit::record`] reports the outcome;
+/// dropped without that (the call was never made, was cancelled with its request,
+/// ended with a client's error, or its task panicked) it gives the slot back, so no
+/// way out of an attempt can leave the breaker waiting for a probe that is gone.
+pub struct CallPermit<'a> {
+    health: &'a DeploymentHealth,
+    probe: Option<ProbeTicket>,
+}
+
+impl CallPermit<'_> {
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Reports the call's outcome to the breaker.
+    pub fn record(mut self, success: bool, now: Instant) {
+        let probe = self.probe.take();
+        self.health.breaker().record(success, probe, now);
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.probe.take() {
+            self.health.breaker().release_probe(ticket);
+        }
     }
 }
 
@@ -131,6 +171,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn health() -> DeploymentHealth {
         DeploymentHealth::new(BreakerConfig {
@@ -172,6 +213,52 @@ mod tests {
         assert_eq!(h.score(), idle * 3.0);
         drop(_a);
         assert_eq!(h.score(), idle * 2.0);
+    }
+
+    #[test]
+    fn a_probe_permit_dropped_unrecorded_gives_the_slot_back() {
+        let h = DeploymentHealth::new(BreakerConfig {
+            consecutive_failures: 1,
+            failure_ratio: 1.0,
+            window: 10,
+            open_for: Duration::ZERO,
+        });
+        let lease = Duration::from_secs(60);
+        let now = Instant::now();
+        h.admit(now, lease).expect("closed").record(false, now);
+        let probe = h.admit(now, lease).expect("half-open");
+        assert!(probe.is_probe());
+        assert!(h.admit(now, lease).is_none(), "one probe at a time");
+        // However the call ends without an outcome (cancelled, never made, a panic
+        // unwinding through it), dropping the permit frees the slot.
+        drop(probe);
+        let next = h.admit(now, lease).expect("the slot is free again");
+        assert!(next.is_probe());
+        next.record(true, now);
+        assert_eq!(h.breaker_state(now), BreakerState::Closed);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.admit(now, lease).expect("closed").record(false, now);
+            let _probe = h.admit(now, lease).expect("half-open");
+            panic!("the call's task panicked");
+        }));
+        assert!(unwound.is_err());
+        assert!(h.admit(now, lease).is_some_and(|p| p.is_probe()));
+    }
+
+    #[test]
+    fn an_in_flight_guard_is_released_when_its_call_is_dropped() {
+        let h = health();
+        let call = async {
+            let _in_flight = h.start_call();
+            std::future::pending::<()>().await;
+        };
+        let mut call = Box::pin(call);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(h.calls_in_flight(), 1);
+        drop(call);
+        assert_eq!(h.calls_in_flight(), 0);
     }
 
     #[test]
