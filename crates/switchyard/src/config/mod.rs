@@ -72,6 +72,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ImagesConfig {
     pub max_bytes: usize,
+    /// Most bytes fetched for all the images of one request together.
+    pub max_total_bytes: usize,
     pub timeout: Duration,
     /// Hosts or addresses exempt from the private-address refusal.
     pub allow_hosts: Vec<String>,
@@ -345,6 +347,8 @@ const DEFAULT_POOL_IDLE_MS: u64 = 90_000;
 const DEFAULT_POOL_MAX_IDLE: usize = 256;
 const DEFAULT_FIRST_BYTE_MS: u64 = 60_000;
 const DEFAULT_TOTAL_MS: u64 = 600_000;
+/// Two images at the per-image default, base64 in memory at about 4/3 of that.
+const DEFAULT_IMAGES_TOTAL_BYTES: usize = 50 * 1024 * 1024;
 
 impl Config {
     /// Reads, parses and validates a file, taking secrets from the process environment.
@@ -902,6 +906,11 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         None => 20 * 1024 * 1024,
     };
+    let max_total_bytes = match raw.max_total_bytes {
+        Some(0) => return Err(err("images.max_total_bytes", "must be greater than 0")),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => DEFAULT_IMAGES_TOTAL_BYTES,
+    };
     let timeout = millis(raw.timeout_ms, 10_000, "images.timeout_ms")?;
     for (i, h) in raw.allow_hosts.iter().enumerate() {
         let bare = h.trim_start_matches('[').trim_end_matches(']');
@@ -915,6 +924,7 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
     }
     Ok(ImagesConfig {
         max_bytes,
+        max_total_bytes,
         timeout,
         allow_hosts: raw
             .allow_hosts

@@ -56,6 +56,10 @@ pub struct RawConfig {
 pub struct RawImages {
     /// Largest image fetched, in bytes; a larger one is refused with 400. Default 20 MiB.
     pub max_bytes: Option<u64>,
+    /// Most bytes fetched for all the images of one request together; the request is
+    /// refused with 400 once its images pass it (the gateway holds them in memory, as
+    /// base64, while the request is served). Default 50 MiB.
+    pub max_total_bytes: Option<u64>,
     /// Time allowed for one image fetch (resolution, connect, body), in ms. Default 10000.
     pub timeout_ms: Option<u64>,
     /// Hosts or IP addresses that may be fetched even though they are private,
