@@ -220,7 +220,10 @@ pub struct RawProvider {
 pub struct RawDeployment {
     /// Name of an entry under `[providers]`.
     pub provider: String,
-    /// The model as the provider names it (for Azure: the deployment name).
+    /// The model as the provider names it (for Azure: the deployment name). For
+    /// `openai` and `azure`, a name of a reasoning family (`o1`, `o3`, `o4-mini`,
+    /// `gpt-5`…) gets the output limit as `max_completion_tokens`, the only field those
+    /// models take; name Azure deployments of them after the model.
     pub model: String,
     /// Where it runs, e.g. `eu-west`; informational for now, routing uses it later.
     pub region: Option<String>,
