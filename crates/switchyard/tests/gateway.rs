@@ -717,3 +717,70 @@ async fn health_and_readiness_and_drain() {
     .expect("count");
     assert_eq!(n, 1);
 }
+
+/// Shutdown in its order: `/readyz` fails first while new connections are still
+/// accepted and served (load balancers need that time to stop sending), and only
+/// after `server.drain_grace_ms` does the listener close.
+#[tokio::test]
+async fn readyz_fails_through_the_grace_before_the_listener_closes() {
+    // Long enough for a few loopback requests, whatever the machine's load; the test
+    // asserts what happens in it, not how long it lasts.
+    let mut h = Harness::start_with_grace(|_| String::new(), 2000).await;
+    // A fresh connection per request: what is checked is that the listener accepts.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(
+        ready(fresh.clone(), h.base.clone()).await.expect("ready"),
+        200
+    );
+
+    let gateway = h.gateway.take().expect("running");
+    let addr = gateway.addr();
+    let shutdown = tokio::spawn(gateway.shutdown());
+
+    // The readiness check fails as soon as shutdown begins...
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let status = ready(fresh.clone(), h.base.clone()).await;
+        let failing = status.as_ref().is_ok_and(|s| *s == 503);
+        statuses.push(status.map_err(|e| e.to_string()));
+        if failing {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        matches!(statuses.last(), Some(Ok(503))),
+        "/readyz did not answer 503 during the grace: {statuses:?}"
+    );
+    // ...while a new connection is still accepted and its request served.
+    let res = fresh
+        .post(format!("{}/v1/chat/completions", h.base))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "gpt-4o-mini", "messages": user("still there?")}))
+        .send()
+        .await
+        .expect("accepted during the grace");
+    assert_eq!(res.status(), 200);
+    assert!(json_of(res).await["choices"][0]["message"]["content"].is_string());
+
+    let report = shutdown.await.expect("join").expect("shutdown");
+    assert!(report.drained);
+    assert_eq!(
+        report.ledger.written, 1,
+        "the request served in the grace is in the ledger"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed once shutdown returns"
+    );
+}

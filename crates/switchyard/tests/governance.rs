@@ -30,6 +30,7 @@ fn config_text(sim: &str, db: &str, extra: &str) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+drain_grace_ms = 0
 drain_timeout_ms = 5000
 
 [ledger]

@@ -98,6 +98,8 @@ pub struct BreakerConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// How long `/readyz` fails before the listener closes, on shutdown.
+    pub drain_grace: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -341,7 +343,10 @@ pub struct RetryPolicy {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
-const DEFAULT_DRAIN_MS: u64 = 30_000;
+// Grace and drain together leave 5 s of a 30 s orchestrator grace period for the
+// ledger's flush.
+const DEFAULT_DRAIN_GRACE_MS: u64 = 5_000;
+const DEFAULT_DRAIN_MS: u64 = 20_000;
 const DEFAULT_CONNECT_MS: u64 = 5_000;
 const DEFAULT_POOL_IDLE_MS: u64 = 90_000;
 const DEFAULT_POOL_MAX_IDLE: usize = 256;
@@ -524,6 +529,10 @@ fn validate(
     let server = ServerConfig {
         listen,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        drain_grace: match raw.server.drain_grace_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_millis(DEFAULT_DRAIN_GRACE_MS),
+        },
         drain_timeout: millis(
             raw.server.drain_timeout_ms,
             DEFAULT_DRAIN_MS,

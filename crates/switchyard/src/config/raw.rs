@@ -76,7 +76,13 @@ pub struct RawServer {
     pub listen: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 16 MiB.
     pub max_body_bytes: Option<u64>,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in ms. Default 30000.
+    /// On SIGTERM/SIGINT, how long `/readyz` fails while the gateway still accepts and
+    /// serves requests, before the listener closes, in ms: the time load balancers need
+    /// to see the failing check and stop sending. Default 5000; 0 closes at once.
+    pub drain_grace_ms: Option<u64>,
+    /// After the grace, how long in-flight requests may take to finish, in ms. Default
+    /// 20000, so that the grace, the drain and the ledger's flush fit the 30 s an
+    /// orchestrator (Kubernetes' `terminationGracePeriodSeconds`) waits before killing.
     pub drain_timeout_ms: Option<u64>,
 }
 

@@ -101,6 +101,21 @@ fn parses_a_full_config() {
 }
 
 #[test]
+fn the_default_shutdown_fits_a_30_second_orchestrator_grace_period() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    assert_eq!(c.server.drain_grace, Duration::from_millis(5_000));
+    assert_eq!(c.server.drain_timeout, Duration::from_millis(20_000));
+    // What is left of the 30 s is the ledger's flush.
+    assert!(c.server.drain_grace + c.server.drain_timeout <= Duration::from_secs(25));
+    let c = Config::parse(
+        &GOOD.replace("max_body_bytes = 1000", "drain_grace_ms = 0"),
+        env,
+    )
+    .expect("valid");
+    assert!(c.server.drain_grace.is_zero(), "0 closes at once");
+}
+
+#[test]
 fn secrets_never_print() {
     let c = Config::parse(GOOD, env).expect("valid");
     let dump = format!("{c:?}");
