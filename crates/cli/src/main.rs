@@ -311,6 +311,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {
                 Ok(c) => {
+                    for w in c.warnings() {
+                        eprintln!("{}: warning: {w}", path.display());
+                    }
                     println!(
                         "{}: ok ({} providers, {} deployments, {} models, {} keys)",
                         path.display(),

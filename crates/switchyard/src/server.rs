@@ -63,6 +63,9 @@ impl Gateway {
             addr: config.server.listen,
             source,
         })?;
+        for w in config.warnings() {
+            tracing::warn!(field = %w.path, "{}", w.message);
+        }
         let ledger = match &config.ledger.path {
             Some(path) => Some(Ledger::open(LedgerOptions::new(path)).await?),
             None => None,

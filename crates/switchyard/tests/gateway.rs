@@ -784,3 +784,81 @@ async fn readyz_fails_through_the_grace_before_the_listener_closes() {
         "the listener is closed once shutdown returns"
     );
 }
+
+/// An upstream that does not know the deployment's model (404, Bedrock's
+/// `ResourceNotFoundException`) or redirects is the gateway's misconfiguration: the
+/// next deployment serves, and when none can, the client gets a 502 that names the
+/// deployment, never the provider's message or URL.
+#[tokio::test]
+async fn misconfigured_deployments_fail_over_and_answer_502() {
+    let mut h = Harness::start_with_sim(|sim| {
+        format!(
+            r#"
+[providers.br-primary]
+kind = "bedrock"
+base_url = "{sim}/primary"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[deployments.br-wrong]
+provider = "br-primary"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[models.bedrock-first]
+deployments = ["br-wrong", "backup-mini"]
+"#
+        )
+    })
+    .await;
+    for (fault, model) in [
+        (Fault::error(404), "failover"),
+        (Fault::error(307), "failover"),
+        (
+            Fault::error(404).with_type("ResourceNotFoundException"),
+            "bedrock-first",
+        ),
+    ] {
+        h.sim.sim.clear_faults();
+        h.sim.sim.set_fault("primary", "*", fault.clone());
+        let res = h
+            .chat(json!({"model": model, "messages": user("hi")}))
+            .await;
+        assert_eq!(res.status(), 200, "{fault:?}");
+        assert_eq!(
+            res.headers()["x-switchyard-deployment"],
+            "backup-mini",
+            "{fault:?}"
+        );
+    }
+    assert_eq!(h.sim.sim.requests("primary").len(), 3, "each tried once");
+
+    h.sim.sim.clear_faults();
+    h.sim.sim.set_fault("primary", "*", Fault::error(404));
+    let res = h
+        .chat(json!({"model": "primary-only", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 502);
+    let body = json_of(res).await;
+    assert_openai_error(&body, "deployment_misconfigured");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("`primary-mini`"), "{message}");
+    for leak in ["http", "127.0.0.1", "/primary", "gpt-4o-mini"] {
+        assert!(!message.contains(leak), "`{leak}` in {message}");
+    }
+    assert_eq!(
+        h.sim.sim.requests("primary").len(),
+        4,
+        "no second round for a deployment the upstream does not know"
+    );
+
+    let db = h.finish().await;
+    let classes: Vec<String> = sqlx::query_scalar(
+        "SELECT error_class FROM attempts WHERE deployment IN ('primary-mini', 'br-wrong') ORDER BY started_at_ms",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("attempts");
+    assert_eq!(classes, ["misconfigured"; 4]);
+}

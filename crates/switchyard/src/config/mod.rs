@@ -131,6 +131,51 @@ pub struct Provider {
     pub api_key: Option<Secret>,
 }
 
+impl Provider {
+    /// The URL the provider is reached at, and the field that sets it.
+    pub fn base_url(&self) -> (&str, &'static str) {
+        self.kind.base_url()
+    }
+}
+
+/// Whether `url` is plain `http://` to a host other than this machine, so that what
+/// it carries (the credential, the prompts) crosses a network unencrypted.
+fn is_insecure_remote(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if parsed.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = parsed.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => {
+            // `localhost` and its subdomains resolve to loopback (RFC 6761).
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            !(name == "localhost" || name.ends_with(".localhost"))
+        }
+    }
+}
+
+/// Something valid but unwise in a configuration, for `config check` and the log at
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Dotted path of the field, e.g. `providers.vllm.base_url`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderKind {
     /// OpenAI or any server that speaks its API. `base_url` has no trailing slash.
@@ -175,6 +220,19 @@ pub struct AwsCredentials {
 }
 
 impl ProviderKind {
+    /// The URL the provider is reached at, and the field that sets it.
+    pub fn base_url(&self) -> (&str, &'static str) {
+        match self {
+            ProviderKind::Azure { endpoint, .. } => (endpoint, "endpoint"),
+            ProviderKind::OpenAi { base_url }
+            | ProviderKind::Anthropic { base_url, .. }
+            | ProviderKind::Bedrock { base_url, .. }
+            | ProviderKind::Mistral { base_url }
+            | ProviderKind::Gemini { base_url, .. }
+            | ProviderKind::Vertex { base_url, .. } => (base_url, "base_url"),
+        }
+    }
+
     /// The low-cardinality name used in headers, logs and the ledger.
     pub fn label(&self) -> &'static str {
         match self {
@@ -381,6 +439,24 @@ impl Config {
 
     pub fn model(&self, name: &str) -> Option<&Arc<LogicalModel>> {
         self.models.get(name)
+    }
+
+    /// What is allowed but unwise: providers reached over plain HTTP off this machine
+    /// (permitted by their `allow_insecure_http`).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        self.providers
+            .iter()
+            .filter_map(|p| {
+                let (url, field) = p.base_url();
+                is_insecure_remote(url).then(|| ConfigWarning {
+                    path: format!("providers.{}.{field}", path_key(&p.name)),
+                    message: format!(
+                        "`{url}` is plain http:// to another machine: the credential and \
+                         the prompts cross the network in clear text"
+                    ),
+                })
+            })
+            .collect()
     }
 }
 
@@ -708,6 +784,17 @@ fn validate(
                 }
             },
         };
+        let (url, field) = kind.base_url();
+        if is_insecure_remote(url) && p.allow_insecure_http != Some(true) {
+            return Err(err(
+                format!("{at}.{field}"),
+                format!(
+                    "`{url}` is plain http:// to another machine, which would send the \
+                     credential and the prompts in clear text; use https://, or set \
+                     `{at}.allow_insecure_http = true` to accept that"
+                ),
+            ));
+        }
         let api_key = p
             .api_key
             .as_deref()

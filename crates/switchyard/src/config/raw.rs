@@ -219,6 +219,12 @@ pub struct RawProvider {
     pub project: Option<String>,
     /// vertex: the location, e.g. `us-central1`, or `global`.
     pub location: Option<String>,
+    /// Allows an `http://` `base_url` (azure: `endpoint`) that points off this machine.
+    /// Without TLS the credential and every prompt cross the network in clear text, so
+    /// the gateway refuses to start with one unless this is `true`; `config check`
+    /// still warns. Loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) need no
+    /// permission. Default false.
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -77,9 +77,14 @@ struct ErrorEnvelope {
 struct ErrorBody {
     message: Option<String>,
     param: Option<String>,
+    /// OpenAI's `code` is a string; some compatible servers send a number.
+    #[serde(default)]
+    code: Option<serde_json::Value>,
 }
 
-/// Classifies a non-success answer. `body` is the (bounded) error body.
+/// Classifies a non-success answer. `body` is the (bounded) error body. An unknown
+/// model (`model_not_found`), an unknown Azure deployment (`DeploymentNotFound`), any
+/// 404 or a redirect is the deployment's misconfiguration.
 pub fn status_error(
     status: http::StatusCode,
     headers: &http::HeaderMap,
@@ -88,10 +93,17 @@ pub fn status_error(
     let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .and_then(|e| e.error);
-    let (message, param) = match parsed {
-        Some(e) => (e.message, e.param),
-        None => (None, None),
+    let (message, param, code) = match parsed {
+        Some(e) => (e.message, e.param, e.code),
+        None => (None, None, None),
     };
+    let code = code.as_ref().and_then(serde_json::Value::as_str);
+    if matches!(code, Some("model_not_found" | "DeploymentNotFound")) {
+        return ProviderError::misconfigured(status, message.as_deref());
+    }
+    if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
+        return e;
+    }
     ProviderError::Status {
         status,
         retry_after: headers.get(RETRY_AFTER).cloned(),
@@ -569,6 +581,31 @@ mod tests {
                 "{label}: {body}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_models_deployments_and_redirects_are_misconfigurations() {
+        let h = http::HeaderMap::new();
+        let s = |n: u16| http::StatusCode::from_u16(n).expect("status");
+        let cases = [
+            ("openai 404", status_error(s(404), &h, br#"{"error":{"message":"The model `gpt-9` does not exist","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#)),
+            ("azure", status_error(s(404), &h, br#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#)),
+            ("code at 400", status_error(s(400), &h, br#"{"error":{"message":"no","code":"model_not_found"}}"#)),
+            ("bare 404", status_error(s(404), &h, b"404 page not found")),
+            ("redirect", status_error(s(301), &h, b"")),
+            ("numeric code", status_error(s(404), &h, br#"{"error":{"message":"gone","code":404}}"#)),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
+        }
+        let client = status_error(
+            s(400),
+            &h,
+            br#"{"error":{"message":"bad","code":"invalid_value"}}"#,
+        );
+        assert_eq!(client.class(), "upstream_4xx");
     }
 
     #[test]
