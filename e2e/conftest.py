@@ -271,11 +271,13 @@ def start_sim(workdir: Path, api_key: Optional[str] = None, name: str = "sim") -
 
 
 def gateway_config(port: int, ledger: Path, sim_url: str, key: str = "sy-e2e-key-0123456789",
-                   drain_timeout_ms: int = 10000) -> str:
-    """A minimal gateway configuration: one logical model on one simulator deployment."""
+                   drain_timeout_ms: int = 10000, drain_grace_ms: int = 0) -> str:
+    """A minimal gateway configuration: one logical model on one simulator deployment.
+    No readiness grace by default: no load balancer sits in front of these tests."""
     return f"""\
 [server]
 listen = "127.0.0.1:{port}"
+drain_grace_ms = {drain_grace_ms}
 drain_timeout_ms = {drain_timeout_ms}
 
 [ledger]

@@ -1,5 +1,6 @@
-"""SIGTERM under load: `switchyard serve` stops accepting, lets every request it had
-accepted finish, writes every one of them to the ledger, and exits 0.
+"""SIGTERM under load: `switchyard serve` fails `/readyz` first while it still accepts
+(for `server.drain_grace_ms`), then stops accepting, lets every request it had accepted
+finish, writes every one of them to the ledger, and exits 0.
 
 How each request is judged, without relying on timing: every request carries a unique
 tag in its prompt, and the simulator records what reached it. A request that reached the
@@ -28,6 +29,8 @@ WORKERS = 16
 MAX_REQUESTS_PER_WORKER = 60  # bound, in case the gateway never stops
 KEY = "sy-e2e-key-0123456789"
 DRAIN_TIMEOUT_MS = 10_000
+# Short enough that the slow stream (~3 s) is still draining when the listener closes.
+DRAIN_GRACE_MS = 1_000
 LOAD_BEFORE_SIGNAL_S = 1.0
 
 
@@ -55,7 +58,9 @@ CONNECTION_ERRORS = (
 
 def config_with_slow_model(port: int, ledger, sim_url: str) -> str:
     return (
-        gateway_config(port, ledger, sim_url, key=KEY, drain_timeout_ms=DRAIN_TIMEOUT_MS)
+        gateway_config(
+            port, ledger, sim_url, key=KEY, drain_timeout_ms=DRAIN_TIMEOUT_MS, drain_grace_ms=DRAIN_GRACE_MS
+        )
         + """
 [deployments.sim-slow]
 provider = "sim"
@@ -188,6 +193,25 @@ def test_sigterm_under_load_drains_and_records_everything(sim_factory, serve, tm
     signal_at[0] = time.monotonic()
     signalled.set()
     proc.signal(signal.SIGTERM)
+
+    # First /readyz fails while new connections are still accepted and answered (the
+    # grace), so that a load balancer stops sending before anything is refused.
+    readyz_seen: list = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        try:
+            with httpx.Client(timeout=2) as fresh:
+                status = fresh.get(f"{gw.root_url}/readyz").status_code
+        except httpx.HTTPError as e:
+            readyz_seen.append(type(e).__name__)
+            break
+        readyz_seen.append(status)
+        if status == 503:
+            break
+        time.sleep(0.01)
+    assert readyz_seen and readyz_seen[-1] == 503, (
+        f"/readyz did not answer 503 before the listener closed: {readyz_seen}"
+    )
 
     # While the slow stream still drains, a new connection must be refused.
     refused_while_draining = None

@@ -42,7 +42,8 @@ struct Cli {
 enum Command {
     /// Run the gateway with the configuration file (--config).
     ///
-    /// Stops on SIGTERM or SIGINT: stops accepting, drains in-flight requests up to
+    /// Stops on SIGTERM or SIGINT: fails /readyz for server.drain_grace_ms while still
+    /// serving, stops accepting, drains in-flight requests up to
     /// server.drain_timeout_ms, flushes the ledger, exits 0.
     Serve,
     /// Run the gateway wired to the built-in provider simulator: no account, no
@@ -328,6 +329,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             eprintln!("{}: {e}", path.display());
                             return Ok(ExitCode::from(2));
                         }
+                    }
+                    for w in c.warnings() {
+                        eprintln!("{}: warning: {w}", path.display());
                     }
                     println!(
                         "{}: ok ({} providers, {} deployments, {} models, {} keys)",

@@ -17,6 +17,8 @@ pub fn config(
         r#"
 [server]
 listen = "{listen}"
+# No load balancer sits in front of the demo: Ctrl-C closes the listener at once.
+drain_grace_ms = 0
 
 [ledger]
 path = {ledger:?}

@@ -287,10 +287,8 @@ impl Dispatcher {
                             }
                         }
                         let retryable = e.retryable();
-                        // Another round helps only after a failure that may pass: a
-                        // request a provider cannot translate will not translate later.
-                        worth_another_round |=
-                            retryable && !matches!(e, ProviderError::Unsupported(_));
+                        // Another round helps only after a failure that may pass.
+                        worth_another_round |= e.may_pass();
                         last = Some((e, failed));
                         if !retryable {
                             break 'rounds;
@@ -509,12 +507,25 @@ impl Dispatcher {
                 })
             }
             Err(e) => {
-                tracing::warn!(
-                    request_id = tracker.request_id(),
-                    deployment = %d.name,
-                    error = %e,
-                    "upstream attempt failed"
-                );
+                if matches!(e, ProviderError::Misconfigured { .. }) {
+                    // The operator's to fix, and every request routed here pays for
+                    // it until then (the breaker limits how often): say it loudly.
+                    tracing::error!(
+                        request_id = tracker.request_id(),
+                        deployment = %d.name,
+                        upstream_model = %d.upstream_model,
+                        provider = %d.provider.name,
+                        error = %e,
+                        "deployment misconfigured: the upstream does not serve what it names"
+                    );
+                } else {
+                    tracing::warn!(
+                        request_id = tracker.request_id(),
+                        deployment = %d.name,
+                        error = %e,
+                        "upstream attempt failed"
+                    );
+                }
                 // A client-caused 4xx says nothing about the deployment's health; the
                 // permit, dropped unrecorded, gives a probe slot back.
                 if e.retryable() {

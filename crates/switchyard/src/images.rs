@@ -111,11 +111,15 @@ fn is_remote(url: &str) -> bool {
 }
 
 /// Replaces every http(s) image URL in `req` with a `data:` URL of the fetched
-/// bytes. On failure, the error names the part (`messages[i].content[j].image_url.url`).
+/// bytes, once per request (every attempt then renders the same bytes). The images
+/// of one request share `images.max_total_bytes`: a fetch stops as soon as it would
+/// pass what the earlier images left. On failure, the error names the part
+/// (`messages[i].content[j].image_url.url`).
 pub async fn inline_images(
     config: &ImagesConfig,
     req: &mut ChatRequest,
 ) -> Result<(), (String, FetchError)> {
+    let mut left = config.max_total_bytes;
     for (i, m) in req.messages.iter_mut().enumerate() {
         let Some(MessageContent::Parts(parts)) = &mut m.content else {
             continue;
@@ -128,16 +132,68 @@ pub async fn inline_images(
                 continue;
             }
             let at = format!("messages[{i}].content[{j}].image_url.url");
-            let data = fetch(config, &image.url).await.map_err(|e| (at, e))?;
+            let limit = if left < config.max_bytes {
+                Limit::Total {
+                    left,
+                    total: config.max_total_bytes,
+                }
+            } else {
+                Limit::Image(config.max_bytes)
+            };
+            let (data, fetched) = fetch_within(config, &image.url, limit)
+                .await
+                .map_err(|e| (at, e))?;
+            left = left.saturating_sub(fetched);
             image.url = data;
         }
     }
     Ok(())
 }
 
+/// The most bytes one fetch may read, and which setting says so.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// `images.max_bytes`.
+    Image(usize),
+    /// What the request's earlier images left of `images.max_total_bytes`.
+    Total { left: usize, total: usize },
+}
+
+impl Limit {
+    fn bytes(self) -> usize {
+        match self {
+            Limit::Image(n) => n,
+            Limit::Total { left, .. } => left,
+        }
+    }
+
+    fn exceeded(self) -> FetchError {
+        match self {
+            Limit::Image(n) => fail(format!(
+                "the image is larger than {n} bytes (`images.max_bytes`)"
+            )),
+            Limit::Total { total, .. } => fail(format!(
+                "the request's images are larger than {total} bytes in all \
+                 (`images.max_total_bytes`)"
+            )),
+        }
+    }
+}
+
 /// Fetches one image under the rules and returns it as a `data:` URL.
 pub async fn fetch(config: &ImagesConfig, url: &str) -> Result<String, FetchError> {
-    match tokio::time::timeout(config.timeout, fetch_inner(config, url)).await {
+    fetch_within(config, url, Limit::Image(config.max_bytes))
+        .await
+        .map(|(data, _)| data)
+}
+
+/// Fetches one image of at most `limit` bytes: its `data:` URL and its size.
+async fn fetch_within(
+    config: &ImagesConfig,
+    url: &str,
+    limit: Limit,
+) -> Result<(String, usize), FetchError> {
+    match tokio::time::timeout(config.timeout, fetch_inner(config, url, limit)).await {
         Ok(r) => r,
         Err(_) => Err(fail(format!(
             "fetching the image took longer than {} ms",
@@ -146,7 +202,11 @@ pub async fn fetch(config: &ImagesConfig, url: &str) -> Result<String, FetchErro
     }
 }
 
-async fn fetch_inner(config: &ImagesConfig, url: &str) -> Result<String, FetchError> {
+async fn fetch_inner(
+    config: &ImagesConfig,
+    url: &str,
+    limit: Limit,
+) -> Result<(String, usize), FetchError> {
     let mut url = reqwest::Url::parse(url).map_err(|e| fail(format!("invalid URL: {e}")))?;
     for _ in 0..=MAX_REDIRECTS {
         let res = get_checked(config, &url).await?;
@@ -167,7 +227,7 @@ async fn fetch_inner(config: &ImagesConfig, url: &str) -> Result<String, FetchEr
                 res.status().as_u16()
             )));
         }
-        return read_image(config, res).await;
+        return read_image(limit, res).await;
     }
     Err(fail(format!("more than {MAX_REDIRECTS} redirects")))
 }
@@ -193,23 +253,26 @@ async fn get_checked(
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
+        // The resolver's own message is left out: it may describe the gateway's
+        // network to the client.
         Err(_) => tokio::net::lookup_host((bare, port))
             .await
-            .map_err(|e| fail(format!("cannot resolve `{bare}`: {e}")))?
+            .map_err(|_| fail("the image host could not be resolved"))?
             .collect(),
     };
     if addrs.is_empty() {
-        return Err(fail(format!("`{bare}` resolves to no address")));
+        return Err(fail("the image host could not be resolved"));
     }
     // Every address must pass: a host with one public and one private address is
-    // refused, so that no choice made later can reach the private one.
+    // refused, so that no choice made later can reach the private one. The message
+    // gives the reason only, never the address: which private address a name
+    // resolves to is the gateway's network, not the client's business.
     for a in &addrs {
         if is_restricted(a.ip()) && !allowed(config, &host, Some(a.ip())) {
-            return Err(fail(format!(
-                "`{bare}` resolves to {}, a private, loopback or link-local address \
+            return Err(fail(
+                "the image host is a private, loopback or link-local address \
                  (allow it with `images.allow_hosts`)",
-                a.ip()
-            )));
+            ));
         }
     }
     let client = reqwest::Client::builder()
@@ -223,28 +286,31 @@ async fn get_checked(
         .get(url.clone())
         .send()
         .await
-        .map_err(|e| fail(format!("fetch failed: {}", without_url(e))))
+        .map_err(|e| fail(fetch_failure(&e)))
 }
 
-fn without_url(e: reqwest::Error) -> String {
-    e.without_url().to_string()
+/// What went wrong with a fetch, as a class: the error's own text may carry the
+/// address the connection went to.
+fn fetch_failure(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "the image server did not answer in time"
+    } else if e.is_connect() {
+        "the image server could not be reached"
+    } else {
+        "the image could not be fetched"
+    }
 }
 
 async fn read_image(
-    config: &ImagesConfig,
+    limit: Limit,
     mut res: reqwest::Response,
-) -> Result<String, FetchError> {
-    let too_large = || {
-        fail(format!(
-            "the image is larger than {} bytes (`images.max_bytes`)",
-            config.max_bytes
-        ))
-    };
+) -> Result<(String, usize), FetchError> {
+    let max = limit.bytes();
     if res
         .content_length()
-        .is_some_and(|n| n > config.max_bytes as u64)
+        .is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX))
     {
-        return Err(too_large());
+        return Err(limit.exceeded());
     }
     let declared = res
         .headers()
@@ -261,10 +327,10 @@ async fn read_image(
     while let Some(chunk) = res
         .chunk()
         .await
-        .map_err(|e| fail(format!("reading the image failed: {}", without_url(e))))?
+        .map_err(|e| fail(format!("reading the image failed: {}", fetch_failure(&e))))?
     {
-        if bytes.len() + chunk.len() > config.max_bytes {
-            return Err(too_large());
+        if bytes.len() + chunk.len() > max {
+            return Err(limit.exceeded());
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -272,10 +338,11 @@ async fn read_image(
         .map(str::to_owned)
         .or(declared.filter(|m| m.starts_with("image/")))
         .ok_or_else(|| fail("the URL did not return an image"))?;
-    Ok(format!(
+    let data = format!(
         "data:{mime};base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&bytes)
-    ))
+    );
+    Ok((data, bytes.len()))
 }
 
 /// The image type from the bytes' signature.
@@ -376,6 +443,7 @@ mod tests {
     fn config(allow: &[&str]) -> ImagesConfig {
         ImagesConfig {
             max_bytes: 1024,
+            max_total_bytes: 4096,
             timeout: Duration::from_secs(2),
             allow_hosts: allow.iter().map(|s| s.to_string()).collect(),
         }

@@ -64,6 +64,9 @@ impl Gateway {
             addr: config.server.listen,
             source,
         })?;
+        for w in config.warnings() {
+            tracing::warn!(field = %w.path, "{}", w.message);
+        }
         let ledger = match &config.ledger.path {
             Some(path) => Some(
                 Ledger::open(LedgerOptions {
@@ -118,10 +121,18 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish up to the drain timeout, then
-    /// flushes the ledger.
+    /// Fails `/readyz` for `server.drain_grace_ms` while still serving, then stops
+    /// accepting, lets in-flight requests finish up to the drain timeout, and flushes
+    /// the ledger.
     pub async fn shutdown(self) -> Result<ShutdownReport, StartError> {
         self.state.draining.store(true, Ordering::Relaxed);
+        // Load balancers only stop sending once they have seen `/readyz` fail; closing
+        // the listener before that would refuse the traffic still on its way.
+        let grace = self.state.config.server.drain_grace;
+        if !grace.is_zero() {
+            tracing::info!(?grace, "draining: /readyz fails, still accepting");
+            tokio::time::sleep(grace).await;
+        }
         self.stop.cancel();
         let deadline = self.state.config.server.drain_timeout;
         let mut serve = self.serve;

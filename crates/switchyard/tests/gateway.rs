@@ -718,3 +718,148 @@ async fn health_and_readiness_and_drain() {
     .expect("count");
     assert_eq!(n, 1);
 }
+
+/// Shutdown in its order: `/readyz` fails first while new connections are still
+/// accepted and served (load balancers need that time to stop sending), and only
+/// after `server.drain_grace_ms` does the listener close.
+#[tokio::test]
+async fn readyz_fails_through_the_grace_before_the_listener_closes() {
+    // Long enough for a few loopback requests, whatever the machine's load; the test
+    // asserts what happens in it, not how long it lasts.
+    let mut h = Harness::start_with_grace(|_| String::new(), 2000).await;
+    // A fresh connection per request: what is checked is that the listener accepts.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(
+        ready(fresh.clone(), h.base.clone()).await.expect("ready"),
+        200
+    );
+
+    let gateway = h.gateway.take().expect("running");
+    let addr = gateway.addr();
+    let shutdown = tokio::spawn(gateway.shutdown());
+
+    // The readiness check fails as soon as shutdown begins...
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let status = ready(fresh.clone(), h.base.clone()).await;
+        let failing = status.as_ref().is_ok_and(|s| *s == 503);
+        statuses.push(status.map_err(|e| e.to_string()));
+        if failing {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        matches!(statuses.last(), Some(Ok(503))),
+        "/readyz did not answer 503 during the grace: {statuses:?}"
+    );
+    // ...while a new connection is still accepted and its request served.
+    let res = fresh
+        .post(format!("{}/v1/chat/completions", h.base))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "gpt-4o-mini", "messages": user("still there?")}))
+        .send()
+        .await
+        .expect("accepted during the grace");
+    assert_eq!(res.status(), 200);
+    assert!(json_of(res).await["choices"][0]["message"]["content"].is_string());
+
+    let report = shutdown.await.expect("join").expect("shutdown");
+    assert!(report.drained);
+    assert_eq!(
+        report.ledger.written, 1,
+        "the request served in the grace is in the ledger"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed once shutdown returns"
+    );
+}
+
+/// An upstream that does not know the deployment's model (404, Bedrock's
+/// `ResourceNotFoundException`) or redirects is the gateway's misconfiguration: the
+/// next deployment serves, and when none can, the client gets a 502 that names the
+/// deployment, never the provider's message or URL.
+#[tokio::test]
+async fn misconfigured_deployments_fail_over_and_answer_502() {
+    let mut h = Harness::start_with_sim(|sim| {
+        format!(
+            r#"
+[providers.br-primary]
+kind = "bedrock"
+base_url = "{sim}/primary"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[deployments.br-wrong]
+provider = "br-primary"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[models.bedrock-first]
+deployments = ["br-wrong", "backup-mini"]
+"#
+        )
+    })
+    .await;
+    for (fault, model) in [
+        (Fault::error(404), "failover"),
+        (Fault::error(307), "failover"),
+        (
+            Fault::error(404).with_type("ResourceNotFoundException"),
+            "bedrock-first",
+        ),
+    ] {
+        h.sim.sim.clear_faults();
+        h.sim.sim.set_fault("primary", "*", fault.clone());
+        let res = h
+            .chat(json!({"model": model, "messages": user("hi")}))
+            .await;
+        assert_eq!(res.status(), 200, "{fault:?}");
+        assert_eq!(
+            res.headers()["x-switchyard-deployment"],
+            "backup-mini",
+            "{fault:?}"
+        );
+    }
+    assert_eq!(h.sim.sim.requests("primary").len(), 3, "each tried once");
+
+    h.sim.sim.clear_faults();
+    h.sim.sim.set_fault("primary", "*", Fault::error(404));
+    let res = h
+        .chat(json!({"model": "primary-only", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 502);
+    let body = json_of(res).await;
+    assert_openai_error(&body, "deployment_misconfigured");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("`primary-mini`"), "{message}");
+    for leak in ["http", "127.0.0.1", "/primary", "gpt-4o-mini"] {
+        assert!(!message.contains(leak), "`{leak}` in {message}");
+    }
+    assert_eq!(
+        h.sim.sim.requests("primary").len(),
+        4,
+        "no second round for a deployment the upstream does not know"
+    );
+
+    let db = h.finish().await;
+    let classes: Vec<String> = sqlx::query_scalar(
+        "SELECT error_class FROM attempts WHERE deployment IN ('primary-mini', 'br-wrong') ORDER BY started_at_ms",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("attempts");
+    assert_eq!(classes, ["misconfigured"; 4]);
+}

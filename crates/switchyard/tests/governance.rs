@@ -39,6 +39,7 @@ fn config_text(sim: &str, db: &str, extra: &str) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+drain_grace_ms = 0
 drain_timeout_ms = 5000
 
 [ledger]
@@ -487,6 +488,71 @@ async fn max_tokens_policy_caps_requests() {
     let seen = gw.sim.sim.requests("");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["max_tokens"], 50);
+}
+
+/// Reasoning models (o1, o3, o4-mini, gpt-5…) refuse `max_tokens`: a policy's limit
+/// and the client's own reach them as `max_completion_tokens`, while an
+/// OpenAI-compatible server gets the `max_tokens` it knows.
+#[tokio::test]
+async fn output_limits_reach_each_model_in_the_field_it_takes() {
+    let gw = Gw::start_with(
+        r#"
+[deployments.oa-o3]
+provider = "oa"
+model = "o3-mini"
+
+[deployments.az-o4]
+provider = "az"
+model = "o4-mini"
+
+[models.reasoner]
+deployments = ["oa-o3"]
+
+[models.az-reasoner]
+deployments = ["az-o4"]
+"#,
+    )
+    .await;
+    let (capped, _) = gw
+        .create_key(json!({"name": "capped", "policy": {"max_tokens": 64}}))
+        .await;
+    // The last request the simulator instance got: its two output-limit fields.
+    let sent = |instance: &str| {
+        let seen = gw.sim.sim.requests(instance);
+        let body = seen.last().map(|r| r.body.clone()).unwrap_or_default();
+        (
+            body["max_tokens"].clone(),
+            body["max_completion_tokens"].clone(),
+        )
+    };
+
+    // The policy's limit, for a request without one.
+    let res = gw.chat_as(&capped, hello("reasoner")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        sent(""),
+        (Value::Null, json!(64)),
+        "policy limit at o3-mini"
+    );
+
+    // The client's own legacy `max_tokens`, at an Azure reasoning deployment.
+    let mut body = hello("az-reasoner");
+    body["max_tokens"] = json!(33);
+    let res = gw.chat_as(STATIC_KEY, body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        sent("azure"),
+        (Value::Null, json!(33)),
+        "client limit at o4-mini"
+    );
+
+    // An OpenAI-compatible server (the simulator's address is not OpenAI's) serving
+    // a non-reasoning model gets `max_tokens`.
+    let mut body = hello("mini");
+    body["max_completion_tokens"] = json!(21);
+    let res = gw.chat_as(STATIC_KEY, body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(sent(""), (json!(21), Value::Null), "compatible server");
 }
 
 #[tokio::test]

@@ -192,3 +192,127 @@ async fn the_anthropic_ingress_fetches_url_images_for_bedrock() {
     assert_eq!(body["type"], "message", "{body}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// The same request with `n` copies of one image URL.
+fn with_images(model: &str, url: &str, n: usize) -> Value {
+    let mut content = vec![json!({"type": "text", "text": "Compare these pictures"})];
+    content.extend((0..n).map(|_| json!({"type": "image_url", "image_url": {"url": url}})));
+    json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+#[tokio::test]
+async fn the_images_of_one_request_share_a_total_cap() {
+    let (images, hits) = image_server().await;
+    let png_len = base64::engine::general_purpose::STANDARD
+        .decode(PNG)
+        .expect("png")
+        .len();
+    // Two images fit, the third passes the total although it is under `max_bytes`.
+    let total = png_len * 2 + png_len / 2;
+    let h = Harness::start_with_sim(|sim| {
+        config(
+            sim,
+            &format!("[images]\nmax_total_bytes = {total}\nallow_hosts = [\"127.0.0.1\"]\n"),
+        )
+    })
+    .await;
+    let url = format!("{images}/cat.png");
+    let (status, body) = json_of(h.chat(with_images("img-bedrock", &url, 2)).await).await;
+    assert_eq!(status, 200, "two images are within the total: {body}");
+    let (status, body) = json_of(h.chat(with_images("img-bedrock", &url, 5)).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["param"], "messages[0].content[3].image_url.url",
+        "the third image is the one that passes the total: {body}"
+    );
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("images.max_total_bytes"), "{message}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2 + 3,
+        "the fetching stopped at the image that passed the total"
+    );
+    assert_eq!(
+        h.sim.sim.requests("").len(),
+        1,
+        "the refused request never reached Bedrock"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_host_is_not_told_which_address_it_resolved_to() {
+    let (images, hits) = image_server().await;
+    let port = images.rsplit(':').next().expect("port");
+    let h = Harness::start_with_sim(|sim| config(sim, "")).await;
+    let (status, body) = json_of(
+        h.chat(with_image(
+            "img-bedrock",
+            &format!("http://localhost:{port}/cat.png"),
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["param"], "messages[0].content[1].image_url.url",
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("loopback"), "the reason class: {message}");
+    for address in ["127.0.0.1", "::1"] {
+        assert!(
+            !message.contains(address),
+            "the resolved address leaked: {message}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "never connected");
+}
+
+#[tokio::test]
+async fn images_are_fetched_once_per_request_not_per_attempt() {
+    let (images, hits) = image_server().await;
+    let h = Harness::start_with_sim(|sim| {
+        format!(
+            r#"
+{}
+[providers.i-bedrock-primary]
+kind = "bedrock"
+base_url = "{sim}/primary"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[deployments.i-bedrock-primary]
+provider = "i-bedrock-primary"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[models.img-failover]
+deployments = ["i-bedrock-primary", "i-bedrock"]
+"#,
+            config(sim, "[images]\nallow_hosts = [\"127.0.0.1\"]\n")
+        )
+    })
+    .await;
+    h.sim
+        .sim
+        .set_fault("primary", "*", switchyard_sim::Fault::error(500));
+    let res = h
+        .chat(with_images("img-failover", &format!("{images}/cat.png"), 2))
+        .await;
+    assert_eq!(
+        res.headers()["x-switchyard-deployment"],
+        "i-bedrock",
+        "the backup served"
+    );
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !h.sim.sim.requests("primary").is_empty(),
+        "the primary was tried first"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "each image fetched once, whatever the number of attempts"
+    );
+}

@@ -228,6 +228,16 @@ impl ApiError {
                 "unsupported_by_deployment",
                 format!("Deployment `{deployment}` cannot serve this request: {what}."),
             ),
+            // Neither the provider's message nor its URL: they describe the gateway's
+            // setup, which is for its operator (the log has them), not its clients.
+            P::Misconfigured { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "deployment_misconfigured",
+                format!(
+                    "Deployment `{deployment}` is misconfigured: its provider does not serve the model or deployment it names."
+                ),
+            ),
             P::Status {
                 status,
                 retry_after,

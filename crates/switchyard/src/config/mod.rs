@@ -75,6 +75,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ImagesConfig {
     pub max_bytes: usize,
+    /// Most bytes fetched for all the images of one request together.
+    pub max_total_bytes: usize,
     pub timeout: Duration,
     /// Hosts or addresses exempt from the private-address refusal.
     pub allow_hosts: Vec<String>,
@@ -99,6 +101,8 @@ pub struct BreakerConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// How long `/readyz` fails before the listener closes, on shutdown.
+    pub drain_grace: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -150,6 +154,51 @@ pub struct Provider {
     pub api_key: Option<Secret>,
 }
 
+impl Provider {
+    /// The URL the provider is reached at, and the field that sets it.
+    pub fn base_url(&self) -> (&str, &'static str) {
+        self.kind.base_url()
+    }
+}
+
+/// Whether `url` is plain `http://` to a host other than this machine, so that what
+/// it carries (the credential, the prompts) crosses a network unencrypted.
+fn is_insecure_remote(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if parsed.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = parsed.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => {
+            // `localhost` and its subdomains resolve to loopback (RFC 6761).
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            !(name == "localhost" || name.ends_with(".localhost"))
+        }
+    }
+}
+
+/// Something valid but unwise in a configuration, for `config check` and the log at
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Dotted path of the field, e.g. `providers.vllm.base_url`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderKind {
     /// OpenAI or any server that speaks its API. `base_url` has no trailing slash.
@@ -194,6 +243,19 @@ pub struct AwsCredentials {
 }
 
 impl ProviderKind {
+    /// The URL the provider is reached at, and the field that sets it.
+    pub fn base_url(&self) -> (&str, &'static str) {
+        match self {
+            ProviderKind::Azure { endpoint, .. } => (endpoint, "endpoint"),
+            ProviderKind::OpenAi { base_url }
+            | ProviderKind::Anthropic { base_url, .. }
+            | ProviderKind::Bedrock { base_url, .. }
+            | ProviderKind::Mistral { base_url }
+            | ProviderKind::Gemini { base_url, .. }
+            | ProviderKind::Vertex { base_url, .. } => (base_url, "base_url"),
+        }
+    }
+
     /// The low-cardinality name used in headers, logs and the ledger.
     pub fn label(&self) -> &'static str {
         match self {
@@ -387,12 +449,17 @@ pub struct RetryPolicy {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
-const DEFAULT_DRAIN_MS: u64 = 30_000;
+// Grace and drain together leave 5 s of a 30 s orchestrator grace period for the
+// ledger's flush.
+const DEFAULT_DRAIN_GRACE_MS: u64 = 5_000;
+const DEFAULT_DRAIN_MS: u64 = 20_000;
 const DEFAULT_CONNECT_MS: u64 = 5_000;
 const DEFAULT_POOL_IDLE_MS: u64 = 90_000;
 const DEFAULT_POOL_MAX_IDLE: usize = 256;
 const DEFAULT_FIRST_BYTE_MS: u64 = 60_000;
 const DEFAULT_TOTAL_MS: u64 = 600_000;
+/// Two images at the per-image default, base64 in memory at about 4/3 of that.
+const DEFAULT_IMAGES_TOTAL_BYTES: usize = 50 * 1024 * 1024;
 
 impl Config {
     /// Reads, parses and validates a file, taking secrets from the process environment.
@@ -420,6 +487,24 @@ impl Config {
 
     pub fn model(&self, name: &str) -> Option<&Arc<LogicalModel>> {
         self.models.get(name)
+    }
+
+    /// What is allowed but unwise: providers reached over plain HTTP off this machine
+    /// (permitted by their `allow_insecure_http`).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        self.providers
+            .iter()
+            .filter_map(|p| {
+                let (url, field) = p.base_url();
+                is_insecure_remote(url).then(|| ConfigWarning {
+                    path: format!("providers.{}.{field}", path_key(&p.name)),
+                    message: format!(
+                        "`{url}` is plain http:// to another machine: the credential and \
+                         the prompts cross the network in clear text"
+                    ),
+                })
+            })
+            .collect()
     }
 }
 
@@ -568,6 +653,10 @@ fn validate(
     let server = ServerConfig {
         listen,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        drain_grace: match raw.server.drain_grace_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_millis(DEFAULT_DRAIN_GRACE_MS),
+        },
         drain_timeout: millis(
             raw.server.drain_timeout_ms,
             DEFAULT_DRAIN_MS,
@@ -735,6 +824,17 @@ fn validate(
                 }
             },
         };
+        let (url, field) = kind.base_url();
+        if is_insecure_remote(url) && p.allow_insecure_http != Some(true) {
+            return Err(err(
+                format!("{at}.{field}"),
+                format!(
+                    "`{url}` is plain http:// to another machine, which would send the \
+                     credential and the prompts in clear text; use https://, or set \
+                     `{at}.allow_insecure_http = true` to accept that"
+                ),
+            ));
+        }
         let api_key = p
             .api_key
             .as_deref()
@@ -942,6 +1042,11 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         None => 20 * 1024 * 1024,
     };
+    let max_total_bytes = match raw.max_total_bytes {
+        Some(0) => return Err(err("images.max_total_bytes", "must be greater than 0")),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => DEFAULT_IMAGES_TOTAL_BYTES,
+    };
     let timeout = millis(raw.timeout_ms, 10_000, "images.timeout_ms")?;
     for (i, h) in raw.allow_hosts.iter().enumerate() {
         let bare = h.trim_start_matches('[').trim_end_matches(']');
@@ -955,6 +1060,7 @@ fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
     }
     Ok(ImagesConfig {
         max_bytes,
+        max_total_bytes,
         timeout,
         allow_hosts: raw
             .allow_hosts

@@ -56,6 +56,10 @@ pub struct RawConfig {
 pub struct RawImages {
     /// Largest image fetched, in bytes; a larger one is refused with 400. Default 20 MiB.
     pub max_bytes: Option<u64>,
+    /// Most bytes fetched for all the images of one request together; the request is
+    /// refused with 400 once its images pass it (the gateway holds them in memory, as
+    /// base64, while the request is served). Default 50 MiB.
+    pub max_total_bytes: Option<u64>,
     /// Time allowed for one image fetch (resolution, connect, body), in ms. Default 10000.
     pub timeout_ms: Option<u64>,
     /// Hosts or IP addresses that may be fetched even though they are private,
@@ -72,7 +76,13 @@ pub struct RawServer {
     pub listen: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 16 MiB.
     pub max_body_bytes: Option<u64>,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in ms. Default 30000.
+    /// On SIGTERM/SIGINT, how long `/readyz` fails while the gateway still accepts and
+    /// serves requests, before the listener closes, in ms: the time load balancers need
+    /// to see the failing check and stop sending. Default 5000; 0 closes at once.
+    pub drain_grace_ms: Option<u64>,
+    /// After the grace, how long in-flight requests may take to finish, in ms. Default
+    /// 20000, so that the grace, the drain and the ledger's flush fit the 30 s an
+    /// orchestrator (Kubernetes' `terminationGracePeriodSeconds`) waits before killing.
     pub drain_timeout_ms: Option<u64>,
 }
 
@@ -219,6 +229,12 @@ pub struct RawProvider {
     pub project: Option<String>,
     /// vertex: the location, e.g. `us-central1`, or `global`.
     pub location: Option<String>,
+    /// Allows an `http://` `base_url` (azure: `endpoint`) that points off this machine.
+    /// Without TLS the credential and every prompt cross the network in clear text, so
+    /// the gateway refuses to start with one unless this is `true`; `config check`
+    /// still warns. Loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) need no
+    /// permission. Default false.
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,7 +242,10 @@ pub struct RawProvider {
 pub struct RawDeployment {
     /// Name of an entry under `[providers]`.
     pub provider: String,
-    /// The model as the provider names it (for Azure: the deployment name).
+    /// The model as the provider names it (for Azure: the deployment name). For
+    /// `openai` and `azure`, a name of a reasoning family (`o1`, `o3`, `o4-mini`,
+    /// `gpt-5`…) gets the output limit as `max_completion_tokens`, the only field those
+    /// models take; name Azure deployments of them after the model.
     pub model: String,
     /// Where it runs, e.g. `eu-west`; informational for now, routing uses it later.
     pub region: Option<String>,

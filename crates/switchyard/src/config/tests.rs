@@ -102,6 +102,67 @@ fn parses_a_full_config() {
 }
 
 #[test]
+fn the_default_shutdown_fits_a_30_second_orchestrator_grace_period() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    assert_eq!(c.server.drain_grace, Duration::from_millis(5_000));
+    assert_eq!(c.server.drain_timeout, Duration::from_millis(20_000));
+    // What is left of the 30 s is the ledger's flush.
+    assert!(c.server.drain_grace + c.server.drain_timeout <= Duration::from_secs(25));
+    let c = Config::parse(
+        &GOOD.replace("max_body_bytes = 1000", "drain_grace_ms = 0"),
+        env,
+    )
+    .expect("valid");
+    assert!(c.server.drain_grace.is_zero(), "0 closes at once");
+}
+
+#[test]
+fn plain_http_off_this_machine_needs_allow_insecure_http_and_warns() {
+    let with = |url: &str, extra: &str| {
+        GOOD.replace(
+            r#"base_url = "https://api.openai.com/v1/""#,
+            &format!("base_url = \"{url}\"\n{extra}"),
+        )
+    };
+    // Loopback is this machine: no permission needed, nothing to warn about.
+    for url in [
+        "http://127.0.0.1:8000/v1",
+        "http://127.1.2.3/v1",
+        "http://localhost:11434/v1",
+        "http://[::1]:8000/v1",
+        "https://vllm.internal/v1",
+    ] {
+        let c = Config::parse(&with(url, ""), env).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.warnings(), [], "{url}");
+    }
+    for url in ["http://vllm.internal:8000/v1", "http://10.0.0.7/v1"] {
+        let e = Config::parse(&with(url, ""), env).expect_err(url);
+        assert_eq!(e.path, "providers.openai.base_url", "{url}");
+        assert!(e.line.is_some(), "{url}");
+        assert!(
+            e.message
+                .contains("providers.openai.allow_insecure_http = true"),
+            "{url}: {e}"
+        );
+        let c = Config::parse(&with(url, "allow_insecure_http = true"), env).expect(url);
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1, "{url}: {warnings:?}");
+        assert_eq!(warnings[0].path, "providers.openai.base_url");
+        assert!(warnings[0].message.contains("clear text"), "{warnings:?}");
+    }
+    // Azure's URL is its `endpoint`.
+    let e = Config::parse(
+        &GOOD.replace(
+            r#"endpoint = "https://res.openai.azure.com""#,
+            r#"endpoint = "http://res.openai.azure.com""#,
+        ),
+        env,
+    )
+    .expect_err("azure over http");
+    assert_eq!(e.path, "providers.azure-eu.endpoint");
+}
+
+#[test]
 fn secrets_never_print() {
     let c = Config::parse(GOOD, env).expect("valid");
     let dump = format!("{c:?}");

@@ -488,6 +488,8 @@ impl Governance {
                 }
                 Some(_) => {}
                 // Without a limit the output has no bound; the policy's maximum gives it one.
+                // Each provider adapter moves it to the field its upstream takes
+                // (reasoning models: `max_completion_tokens`).
                 None => req.max_tokens = Some(max),
             }
         }

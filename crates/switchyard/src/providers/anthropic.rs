@@ -518,6 +518,14 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
     let error = serde_json::from_slice::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_default();
+    // `not_found_error`: no such model (or path) at this endpoint.
+    let message = (!error.message.is_empty()).then_some(error.message);
+    if error.kind == "not_found_error" {
+        return ProviderError::misconfigured(status, message.as_deref());
+    }
+    if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
+        return e;
+    }
     let status = if status.as_u16() == 529 || error.kind == "overloaded_error" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -526,7 +534,7 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
     ProviderError::Status {
         status,
         retry_after: headers.get(RETRY_AFTER).cloned(),
-        message: (!error.message.is_empty()).then_some(error.message),
+        message,
         param: None,
     }
 }
@@ -648,6 +656,20 @@ mod tests {
             let items =
                 golden::decode_every_way(&|| Box::new(AnthropicStream::new()), sse.as_bytes());
             assert_eq!(Value::Array(items), case["openai"], "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_models_and_redirects_are_misconfigurations() {
+        let h = HeaderMap::new();
+        let cases = [
+            ("not_found_error", status_error(StatusCode::NOT_FOUND, &h, br#"{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}"#)),
+            ("redirect", status_error(StatusCode::TEMPORARY_REDIRECT, &h, b"")),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
         }
     }
 

@@ -680,8 +680,10 @@ fn exception_name(headers: &HeaderMap, body: &Value) -> String {
 }
 
 /// A Bedrock error answer → status and retryability. Throttling is 429; a model
-/// error (424) is the upstream's failure, 502; a model timeout is a timeout;
-/// validation and other client errors stay 4xx and are not retried.
+/// error (424) is the upstream's failure, 502; a model timeout is a timeout; an
+/// unknown model (`ResourceNotFoundException`), a 404 or a redirect is the
+/// deployment's misconfiguration; validation and other client errors stay 4xx and
+/// are not retried.
 pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let name = exception_name(headers, &parsed);
@@ -690,6 +692,13 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
         .or_else(|| parsed.get("Message"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // No such model (or inference profile) in this account and region.
+    if name == "ResourceNotFoundException" {
+        return ProviderError::misconfigured(status, message.as_deref());
+    }
+    if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
+        return e;
+    }
     let status = match name.as_str() {
         "ThrottlingException" | "ModelNotReadyException" => StatusCode::TOO_MANY_REQUESTS,
         "ModelTimeoutException" => return ProviderError::Timeout { phase: "model" },
@@ -986,6 +995,25 @@ mod tests {
             .expect("built");
         assert_eq!(bearer.headers()["authorization"], "Bearer bedrock-key");
         assert_eq!(bearer.url().path(), "/model/m/converse-stream");
+    }
+
+    #[test]
+    fn unknown_models_and_redirects_are_misconfigurations() {
+        let mut named = HeaderMap::new();
+        named.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ResourceNotFoundException:http://internal.amazon.com/"),
+        );
+        let cases = [
+            ("header", status_error(StatusCode::NOT_FOUND, &named, br#"{"message":"Model not found"}"#)),
+            ("body", status_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"__type":"com.amazon#ResourceNotFoundException","message":"no such profile"}"#)),
+            ("redirect", status_error(StatusCode::FOUND, &HeaderMap::new(), b"")),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
+        }
     }
 
     #[test]

@@ -668,13 +668,22 @@ struct WireError {
 }
 
 /// A Google error answer. A refused API key (400 `API_KEY_INVALID`) is our
-/// credential's fault, so it counts as 401; `RetryInfo.retryDelay` becomes
+/// credential's fault, so it counts as 401; `NOT_FOUND`, a 404 or a redirect is the
+/// deployment's misconfiguration; `RetryInfo.retryDelay` becomes
 /// `retry-after` when the header is missing.
 pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let error = serde_json::from_slice::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_default();
     let reason = |r: &str| error.details.iter().any(|d| d["reason"] == r);
+    // NOT_FOUND: no such model, or no such project or location on Vertex AI.
+    let message = (!error.message.is_empty()).then_some(error.message.as_str());
+    if error.status == "NOT_FOUND" {
+        return ProviderError::misconfigured(status, message);
+    }
+    if let Some(e) = ProviderError::misconfigured_status(status, message) {
+        return e;
+    }
     let status = match error.status.as_str() {
         _ if reason("API_KEY_INVALID") => StatusCode::UNAUTHORIZED,
         "RESOURCE_EXHAUSTED" => StatusCode::TOO_MANY_REQUESTS,
@@ -862,6 +871,21 @@ mod tests {
             "http://v/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
         );
         assert_eq!(req.headers()["authorization"], "Bearer k-123");
+    }
+
+    #[test]
+    fn unknown_models_and_redirects_are_misconfigurations() {
+        let h = HeaderMap::new();
+        let cases = [
+            ("NOT_FOUND", status_error(StatusCode::NOT_FOUND, &h, br#"{"error":{"code":404,"message":"models/gemini-9 is not found","status":"NOT_FOUND"}}"#)),
+            ("bare 404", status_error(StatusCode::NOT_FOUND, &h, b"")),
+            ("redirect", status_error(StatusCode::MOVED_PERMANENTLY, &h, b"")),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ fn stream_error(data: &[u8]) -> Option<Bytes> {
 
 /// A Mistral error answer: `{"object":"error","message",…}`, `{"detail":…}` (401,
 /// 422) or `{"message"}` (429). A 422 (a field missing or invalid) is the client's
-/// 400.
+/// 400; a 404 or a redirect is the deployment's misconfiguration.
 pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |v: &Value| match v {
@@ -247,6 +247,9 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
         .get("message")
         .and_then(text)
         .or_else(|| parsed.get("detail").and_then(text));
+    if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
+        return e;
+    }
     let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
         StatusCode::BAD_REQUEST
     } else {
@@ -401,6 +404,26 @@ mod tests {
         assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_eq!(a, tool_call_id("call_abc123def456ghi789jkl0"));
         assert_ne!(a, tool_call_id("toolu_01A"));
+    }
+
+    #[test]
+    fn unknown_models_and_redirects_are_misconfigurations() {
+        let h = HeaderMap::new();
+        let cases = [
+            (
+                "404",
+                status_error(StatusCode::NOT_FOUND, &h, br#"{"detail":"Not Found"}"#),
+            ),
+            (
+                "redirect",
+                status_error(StatusCode::PERMANENT_REDIRECT, &h, b""),
+            ),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
+        }
     }
 
     #[test]

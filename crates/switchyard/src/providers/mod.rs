@@ -167,10 +167,14 @@ pub fn stream_error(data: &[u8]) -> ProviderError {
         ("invalid_request_error", _) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    let message = text("message");
+    if let Some(misconfigured) = ProviderError::misconfigured_status(status, message) {
+        return misconfigured;
+    }
     ProviderError::Status {
         status,
         retry_after: None,
-        message: text("message").map(str::to_owned),
+        message: message.map(str::to_owned),
         param: None,
     }
 }

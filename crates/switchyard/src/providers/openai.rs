@@ -78,9 +78,14 @@ struct ErrorEnvelope {
 struct ErrorBody {
     message: Option<String>,
     param: Option<String>,
+    /// OpenAI's `code` is a string; some compatible servers send a number.
+    #[serde(default)]
+    code: Option<serde_json::Value>,
 }
 
-/// Classifies a non-success answer. `body` is the (bounded) error body.
+/// Classifies a non-success answer. `body` is the (bounded) error body. An unknown
+/// model (`model_not_found`), an unknown Azure deployment (`DeploymentNotFound`), any
+/// 404 or a redirect is the deployment's misconfiguration.
 pub fn status_error(
     status: http::StatusCode,
     headers: &http::HeaderMap,
@@ -89,10 +94,17 @@ pub fn status_error(
     let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .and_then(|e| e.error);
-    let (message, param) = match parsed {
-        Some(e) => (e.message, e.param),
-        None => (None, None),
+    let (message, param, code) = match parsed {
+        Some(e) => (e.message, e.param, e.code),
+        None => (None, None, None),
     };
+    let code = code.as_ref().and_then(serde_json::Value::as_str);
+    if matches!(code, Some("model_not_found" | "DeploymentNotFound")) {
+        return ProviderError::misconfigured(status, message.as_deref());
+    }
+    if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
+        return e;
+    }
     ProviderError::Status {
         status,
         retry_after: headers.get(RETRY_AFTER).cloned(),
@@ -189,6 +201,54 @@ pub fn translate_chunk(data: Bytes) -> Result<Translated, ProviderError> {
     })
 }
 
+/// Whether an OpenAI model name is of a reasoning family (o1, o3, o4-mini, gpt-5…),
+/// which takes `max_completion_tokens` and refuses the legacy `max_tokens`. For Azure
+/// the name is the deployment's, which by convention names the model it serves.
+pub fn is_reasoning_model(name: &str) -> bool {
+    // `openai/o3` as some routers and proxies spell it.
+    let name = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
+    let o_series = ["o1", "o3", "o4"].iter().any(|family| {
+        name.strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    });
+    o_series || name.starts_with("gpt-5")
+}
+
+/// Whether an `openai` provider is OpenAI's own API rather than a server that speaks
+/// its protocol.
+fn is_openai_itself(base_url: &str) -> bool {
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.eq_ignore_ascii_case("api.openai.com"))
+        })
+        .unwrap_or(false)
+}
+
+/// Puts the output limit (the client's, or the one a policy set) in the field this
+/// upstream takes: reasoning models only take `max_completion_tokens`; OpenAI-
+/// compatible servers know `max_tokens` (many ignore the newer field, leaving the
+/// output unbounded); OpenAI and Azure otherwise get the field the client used.
+/// `max_completion_tokens` wins when both are set, as OpenAI defines it.
+fn fit_output_limit(req: &mut ChatRequest, deployment: &Deployment) {
+    if is_reasoning_model(&deployment.upstream_model) {
+        if let Some(n) = req.max_tokens.take() {
+            req.max_completion_tokens.get_or_insert(n);
+        }
+        return;
+    }
+    let compatible_server = match &deployment.provider.kind {
+        ProviderKind::OpenAi { base_url } => !is_openai_itself(base_url),
+        _ => false,
+    };
+    if compatible_server {
+        if let Some(n) = req.max_completion_tokens.take() {
+            req.max_tokens = Some(n);
+        }
+    }
+}
+
 /// The adapter for OpenAI and Azure OpenAI: bodies pass through with the model name
 /// swapped, answers are already in the canonical shape.
 pub struct OpenAiAdapter;
@@ -201,6 +261,7 @@ impl Adapter for OpenAiAdapter {
         stream: bool,
     ) -> Result<Vec<u8>, ProviderError> {
         deployment.upstream_model.clone_into(&mut req.model);
+        fit_output_limit(req, deployment);
         if stream {
             // Always ask for usage, so the ledger is right even when the client did
             // not; the relay hides the usage chunk from clients that did not ask.
@@ -445,6 +506,107 @@ mod tests {
             .expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert!(v.get("stream_options").is_none());
+    }
+
+    /// The body the adapter renders for `req` at a deployment of `model` on `kind`.
+    fn rendered(kind: ProviderKind, model: &str, req: serde_json::Value) -> serde_json::Value {
+        let mut req: ChatRequest = serde_json::from_value(req).expect("request");
+        let body = OpenAiAdapter
+            .chat_body(&mut req, &deployment(kind, model), false)
+            .expect("body");
+        serde_json::from_slice(&body).expect("json")
+    }
+
+    #[test]
+    fn reasoning_families_are_recognised_by_name() {
+        for name in [
+            "o1",
+            "o1-mini",
+            "o3",
+            "o3-mini-2025-01-31",
+            "o4-mini",
+            "gpt-5",
+            "gpt-5-mini",
+            "GPT-5.1",
+            "openai/o3",
+        ] {
+            assert!(is_reasoning_model(name), "{name}");
+        }
+        for name in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "o10x",
+            "omni",
+            "llama-3-70b",
+        ] {
+            assert!(!is_reasoning_model(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_output_limit_goes_in_the_field_the_upstream_takes() {
+        let openai = || ProviderKind::OpenAi {
+            base_url: "https://api.openai.com/v1".into(),
+        };
+        let compatible = || ProviderKind::OpenAi {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+        };
+        let azure = || ProviderKind::Azure {
+            endpoint: "https://r.openai.azure.com".into(),
+            api: AzureApi::V1,
+        };
+        let legacy = serde_json::json!({"model": "m", "messages": [], "max_tokens": 7});
+        let current = serde_json::json!({"model": "m", "messages": [], "max_completion_tokens": 7});
+        let both = serde_json::json!({"model": "m", "messages": [], "max_tokens": 9, "max_completion_tokens": 7});
+        // (kind, model, request) -> (max_tokens, max_completion_tokens) sent.
+        let cases = [
+            (openai(), "o3-mini", &legacy, None, Some(7)),
+            (openai(), "gpt-5", &both, None, Some(7)),
+            (azure(), "o4-mini", &legacy, None, Some(7)),
+            (compatible(), "o1", &legacy, None, Some(7)),
+            (openai(), "gpt-4o", &current, None, Some(7)),
+            (openai(), "gpt-4o", &legacy, Some(7), None),
+            (azure(), "gpt-4o", &current, None, Some(7)),
+            (compatible(), "llama-3", &current, Some(7), None),
+            (compatible(), "llama-3", &both, Some(7), None),
+            (compatible(), "llama-3", &legacy, Some(7), None),
+        ];
+        for (kind, model, req, max_tokens, max_completion_tokens) in cases {
+            let label = format!("{} {model} {req}", kind.label());
+            let body = rendered(kind, model, req.clone());
+            assert_eq!(body["max_tokens"].as_u64(), max_tokens, "{label}: {body}");
+            assert_eq!(
+                body["max_completion_tokens"].as_u64(),
+                max_completion_tokens,
+                "{label}: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_models_deployments_and_redirects_are_misconfigurations() {
+        let h = http::HeaderMap::new();
+        let s = |n: u16| http::StatusCode::from_u16(n).expect("status");
+        let cases = [
+            ("openai 404", status_error(s(404), &h, br#"{"error":{"message":"The model `gpt-9` does not exist","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#)),
+            ("azure", status_error(s(404), &h, br#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#)),
+            ("code at 400", status_error(s(400), &h, br#"{"error":{"message":"no","code":"model_not_found"}}"#)),
+            ("bare 404", status_error(s(404), &h, b"404 page not found")),
+            ("redirect", status_error(s(301), &h, b"")),
+            ("numeric code", status_error(s(404), &h, br#"{"error":{"message":"gone","code":404}}"#)),
+        ];
+        for (what, e) in &cases {
+            assert_eq!(e.class(), "misconfigured", "{what}: {e:?}");
+            assert!(e.retryable(), "{what}: another deployment may serve it");
+            assert!(!e.may_pass(), "{what}: no second round");
+        }
+        let client = status_error(
+            s(400),
+            &h,
+            br#"{"error":{"message":"bad","code":"invalid_value"}}"#,
+        );
+        assert_eq!(client.class(), "upstream_4xx");
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum ProviderError {
     /// another deployment may be able to.
     #[error("unsupported by this provider: {0}")]
     Unsupported(String),
+    /// The upstream does not know what the deployment names (its model or deployment
+    /// name, its path) or answered with a redirect: the gateway's configuration is
+    /// wrong, not the client's request, and another deployment may serve it. `detail`
+    /// (the provider's message) is for the log only.
+    #[error("misconfigured deployment: the upstream answered {status}: {detail}")]
+    Misconfigured { status: StatusCode, detail: String },
     /// The upstream answered with an error status.
     #[error("status {status}")]
     Status {
@@ -37,7 +43,8 @@ impl ProviderError {
             ProviderError::Timeout { .. }
             | ProviderError::Connect(_)
             | ProviderError::Protocol(_)
-            | ProviderError::Unsupported(_) => true,
+            | ProviderError::Unsupported(_)
+            | ProviderError::Misconfigured { .. } => true,
             ProviderError::Status { status, .. } => {
                 // 401/403 are our credential's fault at this deployment; another
                 // deployment has its own credential.
@@ -53,6 +60,7 @@ impl ProviderError {
             ProviderError::Connect(_) => "connect",
             ProviderError::Protocol(_) => "bad_response",
             ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::Misconfigured { .. } => "misconfigured",
             ProviderError::Status { status, .. } => match status.as_u16() {
                 429 => "rate_limited",
                 401 | 403 => "upstream_auth",
@@ -60,6 +68,34 @@ impl ProviderError {
                 s if s >= 500 => "upstream_5xx",
                 _ => "upstream_4xx",
             },
+        }
+    }
+
+    /// Whether going round the deployments again within this request may help: not
+    /// for a request a provider cannot translate, nor for a deployment the upstream
+    /// does not know; neither changes in a few seconds.
+    pub fn may_pass(&self) -> bool {
+        self.retryable()
+            && !matches!(
+                self,
+                ProviderError::Unsupported(_) | ProviderError::Misconfigured { .. }
+            )
+    }
+
+    /// The misconfiguration error for `status` when the status alone says the
+    /// deployment is wrong: 404 (the upstream has no such model, deployment or path)
+    /// or a redirect (never followed: it would carry the credential to another URL).
+    /// Each provider's classification calls it, after its own error codes.
+    pub fn misconfigured_status(status: StatusCode, detail: Option<&str>) -> Option<Self> {
+        (status == StatusCode::NOT_FOUND || status.is_redirection())
+            .then(|| ProviderError::misconfigured(status, detail))
+    }
+
+    /// A misconfiguration the provider named with its own error code.
+    pub fn misconfigured(status: StatusCode, detail: Option<&str>) -> Self {
+        ProviderError::Misconfigured {
+            status,
+            detail: detail.unwrap_or("no explanation").to_owned(),
         }
     }
 }

@@ -26,12 +26,13 @@ pub struct Harness {
 }
 
 /// A config with one model per scenario the tests need. `{sim}` is the simulator.
-fn config_text(sim: &str, ledger: &str, extra: &str) -> String {
+fn config_text(sim: &str, ledger: &str, extra: &str, grace_ms: u64) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 max_body_bytes = 65536
+drain_grace_ms = {grace_ms}
 drain_timeout_ms = 5000
 
 [timeouts]
@@ -138,7 +139,13 @@ impl Harness {
     }
 
     /// Like `start_with`, with extra config that may name the simulator's base URL.
+    /// Shutdown closes the listener at once (no readiness grace).
     pub async fn start_with_sim(extra: impl FnOnce(&str) -> String) -> Harness {
+        Harness::start_with_grace(extra, 0).await
+    }
+
+    /// Like `start_with_sim`, with `server.drain_grace_ms = grace_ms`.
+    pub async fn start_with_grace(extra: impl FnOnce(&str) -> String, grace_ms: u64) -> Harness {
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let sim = Simulator::new(SimOptions::default())
             .spawn(sim_listener)
@@ -151,6 +158,7 @@ impl Harness {
             &sim.base_url(),
             ledger.to_str().expect("utf-8 path"),
             &extra,
+            grace_ms,
         );
         let config = Config::parse(&text, |_| None).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
