@@ -220,11 +220,10 @@ impl Dispatcher {
             let mut worth_another_round = false;
             let mut longest_retry_after = Duration::ZERO;
             let mut i = 0;
-            while i < plan.candidates.len() {
+            while let Some(candidate) = plan.candidates.get(i) {
                 if attempts >= retry.max_attempts {
                     break 'rounds;
                 }
-                let candidate = &plan.candidates[i];
                 i += 1;
                 let d = &candidate.deployment;
                 let Some(gate) = self.admit(d, &job, &mut skipped).await else {

@@ -12,6 +12,11 @@
 //! every input that is JSON (or an SSE stream of JSON events) once more with one
 //! value swapped for such an odd one ([`retyped`]), chosen by the input itself.
 
+// The `expect`s here are the harness's oracles ("rendered bodies are JSON"): a fuzz
+// harness reports a bug by panicking, so these must panic. The two on the fuzzing
+// config are on a constant that the regression tests load on every run.
+#![allow(clippy::expect_used)]
+
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -314,10 +319,12 @@ pub fn stream(kind: usize, input: &[u8]) {
 fn stream_once(kind: usize, input: &[u8]) {
     let deployments = deployments();
     let kind = kind % deployments.len();
-    let d = &deployments[kind];
+    let Some(d) = deployments.get(kind) else {
+        return;
+    };
     let forwards_upstream_bytes = matches!(
-        crate::providers::KINDS[kind],
-        "openai" | "azure" | "mistral"
+        crate::providers::KINDS.get(kind),
+        Some(&("openai" | "azure" | "mistral"))
     );
     let Some((&n, rest)) = input.split_first() else {
         return;
@@ -397,7 +404,9 @@ fn bedrock_events_once(input: &[u8], retype: Option<usize>) {
         let odd = retype.and_then(|r| retyped(payload, r.wrapping_add(i)));
         let payload = odd.as_deref().unwrap_or(payload);
         sizes = selector;
-        let (message_type, name) = EVENTS[usize::from(selector) % EVENTS.len()];
+        let Some(&(message_type, name)) = EVENTS.get(usize::from(selector) % EVENTS.len()) else {
+            continue;
+        };
         let name_header = if message_type == "exception" {
             ":exception-type"
         } else if message_type == "error" {
@@ -474,13 +483,15 @@ pub fn response(kind: usize, input: &[u8]) {
 fn response_once(kind: usize, input: &[u8]) {
     let deployments = deployments();
     let kind = kind % deployments.len();
-    let d = &deployments[kind];
+    let Some(d) = deployments.get(kind) else {
+        return;
+    };
     let a = adapter(&d.provider.kind);
     if let Ok((body, _)) = a.response(Endpoint::ChatCompletions, d, Bytes::copy_from_slice(input)) {
         // As in `stream`: OpenAI-shaped protocols forward the upstream's body.
         if matches!(
-            crate::providers::KINDS[kind],
-            "openai" | "azure" | "mistral"
+            crate::providers::KINDS.get(kind),
+            Some(&("openai" | "azure" | "mistral"))
         ) {
             let _: serde::de::IgnoredAny =
                 serde_json::from_slice(&body).expect("responses are JSON");

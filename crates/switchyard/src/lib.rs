@@ -3,6 +3,20 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of this crate.
 
+// A panic aborts the request being served, or for good a background task such as the
+// ledger writer, on one odd request or upstream byte; so the library's own code may
+// not index, slice, unwrap or panic. Unit tests may: a panic there is a failed check.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 pub mod admin;
 pub mod api;
 pub mod config;

@@ -362,7 +362,9 @@ async fn create_key(
     reload(&state).await;
     let mut out = key_json(&state, &row);
     // Shown once: only its hash is kept.
-    out["key"] = Value::String(secret);
+    if let Some(fields) = out.as_object_mut() {
+        fields.insert("key".into(), Value::String(secret));
+    }
     (StatusCode::CREATED, Json(out)).into_response()
 }
 

@@ -66,7 +66,7 @@ pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
 }
 
 fn strip_position(msg: &str) -> &str {
-    msg.find(" at line ").map_or(msg, |i| &msg[..i])
+    msg.split_once(" at line ").map_or(msg, |(head, _)| head)
 }
 
 impl ChatRequest {

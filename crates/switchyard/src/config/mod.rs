@@ -521,8 +521,9 @@ fn from_toml_error(src: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 fn line_at(src: &str, offset: usize) -> usize {
-    src.as_bytes()[..offset.min(src.len())]
+    src.as_bytes()
         .iter()
+        .take(offset)
         .filter(|&&b| b == b'\n')
         .count()
         + 1
@@ -568,21 +569,28 @@ fn path_segments(path: &str) -> Vec<Segment<'_>> {
     let mut rest = path;
     while !rest.is_empty() {
         if let Some(quoted) = rest.strip_prefix('"') {
-            let Some(end) = quoted.find('"') else { break };
-            out.push(Segment::Key(&quoted[..end]));
-            rest = &quoted[end + 1..];
+            let Some((key, after)) = quoted.split_once('"') else {
+                break;
+            };
+            out.push(Segment::Key(key));
+            rest = after;
         } else if let Some(indexed) = rest.strip_prefix('[') {
-            let Some(end) = indexed.find(']') else { break };
-            if let Ok(n) = indexed[..end].parse() {
+            let Some((index, after)) = indexed.split_once(']') else {
+                break;
+            };
+            if let Ok(n) = index.parse() {
                 out.push(Segment::Index(n));
             }
-            rest = &indexed[end + 1..];
+            rest = after;
         } else if let Some(next) = rest.strip_prefix('.') {
             rest = next;
         } else {
-            let end = rest.find(['.', '[']).unwrap_or(rest.len());
-            out.push(Segment::Key(&rest[..end]));
-            rest = &rest[end..];
+            let (key, after) = rest
+                .find(['.', '['])
+                .and_then(|end| rest.split_at_checked(end))
+                .unwrap_or((rest, ""));
+            out.push(Segment::Key(key));
+            rest = after;
         }
     }
     out

@@ -28,13 +28,11 @@ impl Secret {
     ) -> Result<Secret, ConfigError> {
         let mut out = String::with_capacity(template.len());
         let mut rest = template;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
+        while let Some((literal, after)) = rest.split_once("${") {
+            out.push_str(literal);
+            let Some((name, tail)) = after.split_once('}') else {
                 return Err(err(path, "has `${` without a closing `}`"));
             };
-            let name = &after[..end];
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
@@ -47,7 +45,7 @@ impl Secret {
                 return Err(err(path, format!("environment variable {name} is not set")));
             };
             out.push_str(&value);
-            rest = &after[end + 1..];
+            rest = tail;
         }
         out.push_str(rest);
         if out.is_empty() {

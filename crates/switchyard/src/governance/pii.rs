@@ -254,23 +254,24 @@ fn is_card(s: &str) -> bool {
         let groups: Vec<usize> = s.split(first as char).map(str::len).collect();
         // 4-4-4-4(-3), 4-4-4-3, and Amex/Diners 4-6-5 / 4-6-4; a short tail group
         // (`… 0130 01`) is an account number's, not a card's.
-        let wide = groups.len() == 3 && groups[0] == 4 && groups[1] == 6;
+        let wide = matches!(groups.as_slice(), [4, 6, _]);
         let fours = groups.iter().take(groups.len() - 1).all(|&g| g == 4);
         if !(wide || fours) || groups.last().is_some_and(|&g| g < 3) {
             return false;
         }
     }
     let prefix = |n: usize| -> u32 {
-        digits[..n]
+        digits
             .iter()
+            .take(n)
             .fold(0, |acc, d| acc * 10 + u32::from(d - b'0'))
     };
-    let known = match digits[0] {
-        b'4' => true,                                                  // Visa
-        b'5' => (51..=55).contains(&prefix(2)),                        // Mastercard
-        b'2' => (2221..=2720).contains(&prefix(4)),                    // Mastercard 2-series
-        b'3' => matches!(prefix(2), 34 | 37 | 35 | 36 | 38 | 39 | 30), // Amex, JCB, Diners
-        b'6' => {
+    let known = match digits.first() {
+        Some(b'4') => true,                                                  // Visa
+        Some(b'5') => (51..=55).contains(&prefix(2)),                        // Mastercard
+        Some(b'2') => (2221..=2720).contains(&prefix(4)),                    // Mastercard 2-series
+        Some(b'3') => matches!(prefix(2), 34 | 37 | 35 | 36 | 38 | 39 | 30), // Amex, JCB, Diners
+        Some(b'6') => {
             prefix(4) == 6011
                 || prefix(2) == 65
                 || (644..=649).contains(&prefix(3))
@@ -414,17 +415,21 @@ fn ssn_valid(area: &str, group: &str, serial: &str) -> bool {
 /// NANP: area code and exchange start with 2–9; separators consistent.
 fn nanp_valid(s: &str) -> bool {
     let mut digits: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
-    if digits.len() == 11 && digits[0] == b'1' {
+    if digits.len() == 11 && digits.first() == Some(&b'1') {
         digits.remove(0);
     }
-    if digits.len() != 10 || digits[0] < b'2' || digits[3] < b'2' {
+    let [area, _, _, exchange, ..] = digits.as_slice() else {
+        return false;
+    };
+    if digits.len() != 10 || *area < b'2' || *exchange < b'2' {
         return false;
     }
     if s.contains('(') {
         return true;
     }
     let seps: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_digit()).collect();
-    seps.windows(2).all(|w| w[0] == w[1])
+    seps.first()
+        .is_none_or(|first| seps.iter().all(|c| c == first))
 }
 
 /// An international match may swallow a trailing separator; end on a digit.

@@ -130,6 +130,15 @@ impl Statements {
     }
 }
 
+/// The insert of `rows` rows from `table`. Chunks never exceed `ROWS_PER_STATEMENT`,
+/// which the tables cover, so the error is for a table built wrong, not for data.
+fn statement(table: &[String], rows: usize) -> Result<&str, sqlx::Error> {
+    table
+        .get(rows)
+        .map(String::as_str)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("no insert prepared for {rows} rows")))
+}
+
 /// Runs until cancelled (or every sender is gone), then drains the queue and
 /// closes the connection. Returns the number of request rows written.
 /// How long the writer waits for a batch to fill before it commits what it has.
@@ -277,7 +286,7 @@ async fn insert_batch(
     let mut written = 0u64;
     let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::query(&stmts.requests[chunk.len()]);
+        let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
         for r in chunk {
             q = q
                 .bind(&r.request_id)
@@ -328,7 +337,7 @@ async fn insert_batch(
         }
     }
     for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::query(&stmts.attempts[chunk.len()]);
+        let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
         for &(request_id, a) in chunk {
             q = q
                 .bind(request_id)

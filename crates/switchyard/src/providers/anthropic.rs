@@ -95,8 +95,8 @@ pub fn request_body(
                     "input_schema": f.parameters.clone()
                         .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
                 });
-                if let Some(d) = &f.description {
-                    tool["description"] = json!(d);
+                if let (Some(d), Some(fields)) = (&f.description, tool.as_object_mut()) {
+                    fields.insert("description".into(), json!(d));
                 }
                 tool
             })

@@ -111,8 +111,8 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
                         "inputSchema": {"json": f.parameters.clone()
                             .unwrap_or_else(|| json!({"type": "object", "properties": {}}))},
                     });
-                    if let Some(d) = &f.description {
-                        spec["description"] = json!(d);
+                    if let (Some(d), Some(fields)) = (&f.description, spec.as_object_mut()) {
+                        fields.insert("description".into(), json!(d));
                     }
                     json!({"toolSpec": spec})
                 })
@@ -128,8 +128,8 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
                     .map(|name| json!({"tool": {"name": name}})),
                 _ => None,
             };
-            if let Some(c) = choice.filter(|_| !none) {
-                config["toolChoice"] = c;
+            if let (Some(c), Some(fields)) = (choice.filter(|_| !none), config.as_object_mut()) {
+                fields.insert("toolChoice".into(), c);
             }
             body.insert("toolConfig".into(), config);
         }

@@ -138,8 +138,8 @@ impl ChunkWriter {
             "model": self.model,
             "choices": choices,
         });
-        if let Some(u) = &usage {
-            body["usage"] = usage_json(u);
+        if let (Some(u), Some(fields)) = (&usage, body.as_object_mut()) {
+            fields.insert("usage".into(), usage_json(u));
         }
         self.queue.push_back(Translated::Chunk {
             data: Bytes::from(body.to_string()),

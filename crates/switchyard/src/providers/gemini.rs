@@ -126,15 +126,16 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
             .iter()
             .filter_map(|t| t.function.as_ref())
             .map(|f| {
-                let mut decl = json!({"name": f.name});
+                let mut decl = Map::new();
+                decl.insert("name".into(), json!(f.name));
                 if let Some(d) = &f.description {
-                    decl["description"] = json!(d);
+                    decl.insert("description".into(), json!(d));
                 }
                 if let Some(p) = &f.parameters {
                     // `parameters` takes only an OpenAPI subset; this takes JSON Schema.
-                    decl["parametersJsonSchema"] = p.clone();
+                    decl.insert("parametersJsonSchema".into(), p.clone());
                 }
-                decl
+                Value::Object(decl)
             })
             .collect();
         body.insert(

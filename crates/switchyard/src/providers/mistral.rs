@@ -51,7 +51,8 @@ pub fn tool_call_id(id: &str) -> String {
     Sha256::digest(id.as_bytes())
         .iter()
         .take(9)
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .filter_map(|b| ALPHABET.get(usize::from(*b) % ALPHABET.len()))
+        .map(|&c| char::from(c))
         .collect()
 }
 
@@ -161,10 +162,10 @@ impl MistralStream {
         });
         if let (Some(usage), Some(usage_json)) = (usage, usage_json.filter(|u| !u.is_null())) {
             let usage_chunk = json!({
-                "id": chunk["id"],
+                "id": chunk.get("id"),
                 "object": "chat.completion.chunk",
-                "created": chunk["created"],
-                "model": chunk["model"],
+                "created": chunk.get("created"),
+                "model": chunk.get("model"),
                 "choices": [],
                 "usage": usage_json,
             });
@@ -216,7 +217,9 @@ fn stream_error(data: &[u8]) -> Option<Bytes> {
     let v: Value = serde_json::from_slice(data).ok()?;
     let is_error = v.get("choices").is_none()
         && v.get("error").is_none()
-        && (v["object"] == "error" || v.get("message").is_some() || v.get("detail").is_some());
+        && (v.get("object").is_some_and(|o| o == "error")
+            || v.get("message").is_some()
+            || v.get("detail").is_some());
     if !is_error {
         return None;
     }
@@ -225,7 +228,7 @@ fn stream_error(data: &[u8]) -> Option<Bytes> {
         Some(other) => other.to_string(),
         None => "Mistral reported an error.".to_owned(),
     };
-    let (kind, code) = match v["type"].as_str() {
+    let (kind, code) = match v.get("type").and_then(Value::as_str) {
         _ if message.contains("rate limit") => ("rate_limit_error", "rate_limit_exceeded"),
         Some("invalid_request_error") => ("invalid_request_error", "upstream_rejected"),
         _ => ("server_error", "upstream_error"),

@@ -45,7 +45,7 @@ impl SseDecoder {
                 return Ok(None);
             };
             // A lone `\r` at the end of the buffer may be the first half of `\r\n`.
-            if self.buf[nl] == b'\r' && nl + 1 == self.buf.len() {
+            if nl + 1 == self.buf.len() && self.buf.ends_with(b"\r") {
                 return Ok(None);
             }
             let line = self.buf.split_to(nl).freeze();
@@ -63,16 +63,16 @@ impl SseDecoder {
                 }
                 continue;
             }
-            if line[0] == b':' {
+            if line.starts_with(b":") {
                 continue; // a comment, e.g. a keep-alive
             }
-            let (field, value) = match line.iter().position(|&b| b == b':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-                }
-                None => (&line[..], &b""[..]),
-            };
+            // `field:value`, the value's one leading space dropped; a line without a
+            // colon is a field with an empty value.
+            let mut parts = line.splitn(2, |&b| b == b':');
+            let field = parts.next().unwrap_or_default();
+            let value = parts
+                .next()
+                .map_or(b"".as_slice(), |v| v.strip_prefix(b" ").unwrap_or(v));
             match field {
                 b"data" => {
                     let data = self.data.get_or_insert_with(BytesMut::new);

@@ -151,20 +151,24 @@ impl Drop for InFlight<'_> {
 /// Health of every deployment, indexed by `Deployment::index`.
 pub struct Health {
     deployments: Vec<DeploymentHealth>,
+    /// Answers for a deployment when the table is empty, so that `of` needs no panic.
+    spare: DeploymentHealth,
 }
 
 impl Health {
     pub fn new(count: usize, breaker: BreakerConfig) -> Self {
         Health {
             deployments: (0..count).map(|_| DeploymentHealth::new(breaker)).collect(),
+            spare: DeploymentHealth::new(breaker),
         }
     }
 
     pub fn of(&self, deployment: &Deployment) -> &DeploymentHealth {
         // Deployment indexes come from the same config that sized this table.
-        &self.deployments[deployment
-            .index
-            .min(self.deployments.len().saturating_sub(1))]
+        self.deployments
+            .get(deployment.index)
+            .or_else(|| self.deployments.last())
+            .unwrap_or(&self.spare)
     }
 }
 

@@ -267,11 +267,12 @@ pub fn plan(
                 if b >= a {
                     b += 1;
                 }
-                let first = if score(&ordered[a]) <= score(&ordered[b]) {
-                    a
-                } else {
-                    b
-                };
+                // `a` and `b` are below `ordered.len()` by construction, so both are found.
+                let a_first = ordered
+                    .get(a)
+                    .zip(ordered.get(b))
+                    .is_none_or(|(x, y)| score(x) <= score(y));
+                let first = if a_first { a } else { b };
                 let t = ordered.remove(first);
                 ordered.insert(0, t);
             }

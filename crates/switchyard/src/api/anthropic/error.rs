@@ -28,8 +28,8 @@ pub fn error_json(e: &ApiError, request_id: Option<&str>) -> serde_json::Value {
         "type": "error",
         "error": {"type": error_type(e.status), "message": e.message},
     });
-    if let Some(id) = request_id {
-        body["request_id"] = json!(id);
+    if let (Some(id), Some(fields)) = (request_id, body.as_object_mut()) {
+        fields.insert("request_id".into(), json!(id));
     }
     body
 }

@@ -245,9 +245,10 @@ impl Encoder for AnthropicEvents {
 
     fn upstream_error(&mut self, data: &Bytes) -> Bytes {
         let error = serde_json::from_slice::<Value>(data).unwrap_or_default();
-        let error = &error["error"];
-        let message = error["message"]
-            .as_str()
+        let error = error.get("error").unwrap_or(&Value::Null);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
             .unwrap_or("The upstream reported an error in the stream.");
         let mut out = BytesMut::new();
         event(
