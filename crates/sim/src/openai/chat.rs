@@ -12,7 +12,7 @@ use super::chat_request::{parse_chat, ChatRequest, Format, Tool, ToolChoice};
 use super::{
     fault_error, plain_response, timed_body, unix_now, Ctx, Dialect, Event, Payload, ABORT_GRACE,
 };
-use crate::conversation::{pick_tools, Choice};
+use crate::conversation::{fragments, group_tokens, pick_tools, Choice};
 use crate::generate::{
     self, alnum, derive_seed, fixed_tokens, message_text, prose_tokens, text_tokens, word_tokens,
     Rng,
@@ -360,37 +360,6 @@ fn sse(json: &Value) -> Bytes {
     Bytes::from(format!("data: {json}\n\n"))
 }
 
-/// Groups `tokens` into `chunks` pieces (default: one token per piece).
-fn group_tokens(tokens: &[String], chunks: Option<u32>) -> Vec<String> {
-    let Some(k) = chunks.filter(|k| *k > 0) else {
-        return tokens.to_vec();
-    };
-    let k = (k as usize).min(tokens.len()).max(1);
-    let per = tokens.len() / k;
-    let extra = tokens.len() % k;
-    let mut out = Vec::with_capacity(k);
-    let mut start = 0;
-    for i in 0..k {
-        let take = per + usize::from(i < extra);
-        if take == 0 {
-            continue;
-        }
-        out.push(tokens[start..start + take].concat());
-        start += take;
-    }
-    out
-}
-
-/// Splits a tool call's arguments into at least two fragments (when it has 2+ chars).
-fn argument_fragments(arguments: &str) -> Vec<String> {
-    let chars: Vec<char> = arguments.chars().collect();
-    if chars.len() < 2 {
-        return vec![arguments.to_string()];
-    }
-    let size = chars.len().div_ceil(3).max(1);
-    chars.chunks(size).map(|c| c.iter().collect()).collect()
-}
-
 /// The `data:` payloads of a streamed answer, in order (without `[DONE]`).
 fn stream_payloads(
     dialect: Dialect,
@@ -467,7 +436,7 @@ fn stream_payloads(
                             None,
                             false,
                         ));
-                        for fragment in argument_fragments(&call.arguments) {
+                        for fragment in fragments(&call.arguments) {
                             seq.push(choice(
                                 i,
                                 json!({"tool_calls": [{
@@ -732,9 +701,9 @@ mod tests {
         assert_eq!(g, ["t0t1t2", "t3t4", "t5t6"]);
         assert_eq!(group_tokens(&tokens, Some(50)).len(), 7);
         assert!(group_tokens(&[], Some(3)).is_empty());
-        let f = argument_fragments("{\"city\":\"Paris\"}");
+        let f = fragments("{\"city\":\"Paris\"}");
         assert!(f.len() >= 2);
         assert_eq!(f.concat(), "{\"city\":\"Paris\"}");
-        assert_eq!(argument_fragments("{}"), ["{", "}"]);
+        assert_eq!(fragments("{}"), ["{", "}"]);
     }
 }
