@@ -862,4 +862,15 @@ deployments = ["br-wrong", "backup-mini"]
     .await
     .expect("attempts");
     assert_eq!(classes, ["misconfigured"; 4]);
+    // The upstream's status is kept on the attempt, for the operator to see.
+    let statuses: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT status FROM attempts WHERE deployment IN ('primary-mini', 'br-wrong') ORDER BY started_at_ms",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("attempts");
+    assert!(
+        statuses.iter().all(|s| s.is_some_and(|s| s == 404 || (300..400).contains(&s))),
+        "{statuses:?}"
+    );
 }
