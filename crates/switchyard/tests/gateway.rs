@@ -870,7 +870,9 @@ deployments = ["br-wrong", "backup-mini"]
     .await
     .expect("attempts");
     assert!(
-        statuses.iter().all(|s| s.is_some_and(|s| s == 404 || (300..400).contains(&s))),
+        statuses
+            .iter()
+            .all(|s| s.is_some_and(|s| s == 404 || (300..400).contains(&s))),
         "{statuses:?}"
     );
 }
