@@ -149,9 +149,7 @@ impl RequestTracker {
         if let Some(a) = self.record.attempts.get_mut(index) {
             // The HTTP status, when one arrived, stays: a stream that failed with an
             // error event was still answered 200.
-            if let ProviderError::Status { status, .. }
-            | ProviderError::Misconfigured { status, .. } = error
-            {
+            if let Some(status) = error.upstream_status() {
                 a.status.get_or_insert(status.as_u16());
             }
             a.error_class = Some(error.class().to_owned());

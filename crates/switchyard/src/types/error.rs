@@ -53,6 +53,16 @@ impl ProviderError {
         }
     }
 
+    /// The HTTP status the upstream answered with, when the failure is one.
+    pub fn upstream_status(&self) -> Option<StatusCode> {
+        match self {
+            ProviderError::Status { status, .. } | ProviderError::Misconfigured { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
     /// A low-cardinality label for the ledger and metrics.
     pub fn class(&self) -> &'static str {
         match self {
