@@ -32,6 +32,7 @@ pub mod providers;
 pub mod resilience;
 pub mod routing;
 pub mod server;
+pub mod storage;
 pub mod types;
 
 pub use config::{Config, ConfigError};
