@@ -238,6 +238,46 @@ async fn error_code(res: reqwest::Response) -> String {
         .to_owned()
 }
 
+/// `GET /admin/health` shows a provider's 429 with `retry-after` as exhaustion of that
+/// deployment only, and needs the admin token.
+#[tokio::test]
+async fn admin_health_shows_a_deployment_exhausted_by_its_provider() {
+    let gw = Gw::start().await;
+    gw.sim.sim.set_fault(
+        "",
+        "gpt-4o-mini",
+        switchyard_sim::Fault::error(429).retry_after(90).times(1),
+    );
+    let r = gw.chat_as(STATIC_KEY, hello("chat")).await;
+    assert_eq!(r.status(), 200, "failed over to az-eu");
+    let (status, health) = gw.admin(reqwest::Method::GET, "/admin/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    let of = |name: &str| {
+        health["deployments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} in {health}"))
+    };
+    let exhausted = of("oa-mini")["exhausted_for_ms"]
+        .as_i64()
+        .expect("exhausted");
+    assert!(exhausted > 0 && exhausted <= 90_000, "{exhausted}");
+    assert_eq!(of("oa-mini")["breaker"], "closed");
+    assert!(of("az-eu")["exhausted_for_ms"].is_null(), "{health}");
+    assert_eq!(of("az-eu")["calls_in_flight"], 0);
+    assert!(
+        of("az-eu")["latency_ms"].as_f64().is_some(),
+        "az-eu answered: {health}"
+    );
+    let anonymous = gw
+        .http
+        .get(format!("{}/admin/health", gw.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status(), 401);
+}
+
 #[tokio::test]
 async fn admin_api_refuses_without_the_admin_token() {
     let gw = Gw::start().await;

@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/keys/{id}", get(get_key).patch(update_key))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/spend", get(spend))
+        .route("/admin/health", get(health))
         .route("/v1/spend", get(spend))
 }
 
@@ -424,6 +425,34 @@ struct SpendParams {
     by: Option<String>,
     since: Option<String>,
     team: Option<String>,
+}
+
+/// `GET /admin/health`: what this replica knows of each deployment right now: breaker
+/// state, provider-reported exhaustion (its own or shared by other replicas), calls in
+/// flight and the latency estimate routing uses.
+async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    try_api!(admin_only(&state, &headers));
+    let now = std::time::Instant::now();
+    let now_ms = time::now_ms();
+    let data: Vec<Value> = state
+        .config
+        .deployments
+        .iter()
+        .map(|d| {
+            let h = state.dispatcher.health.of(d);
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            json!({
+                "name": d.name,
+                "provider": d.provider.name,
+                "breaker": h.breaker_state(now).label(),
+                "breaker_reopens_in_ms": h.reopens_in(now).map(ms),
+                "exhausted_for_ms": h.exhausted_for_ms(now_ms),
+                "calls_in_flight": h.calls_in_flight(),
+                "latency_ms": h.latency_us().map(|us| us / 1000.0),
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "deployments": data})).into_response()
 }
 
 /// `GET /admin/spend` and `GET /v1/spend`: the admin sees everything (optionally one

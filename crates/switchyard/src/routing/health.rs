@@ -98,7 +98,7 @@ impl DeploymentHealth {
         (until > now_ms).then(|| until - now_ms)
     }
 
-    #[cfg(test)]
+    /// Calls to this deployment under way now.
     pub fn calls_in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
