@@ -28,6 +28,8 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
     #[error(transparent)]
     Governance(#[from] crate::governance::GovernanceError),
+    #[error(transparent)]
+    State(#[from] crate::storage::redis::StateError),
 }
 
 /// What shutdown found.
@@ -81,10 +83,27 @@ impl Gateway {
         let sink = ledger
             .as_ref()
             .map_or_else(LedgerSink::disabled, Ledger::sink);
+        // Shared run-time state when `[state]` says so, else in-process.
+        let shared = match &config.state {
+            Some(s) => Some(crate::storage::redis::Redis::connect(s).await?),
+            None => None,
+        };
         // One limiter for the callers' rate limits and the deployments' capacity.
-        let limiter: Arc<dyn crate::limits::Limiter> = Arc::new(InProcessLimiter::new());
+        let limiter: Arc<dyn crate::limits::Limiter> = match &shared {
+            Some(redis) => Arc::new(crate::limits::redis::RedisLimiter::new(redis.clone())),
+            None => Arc::new(InProcessLimiter::new()),
+        };
         let dispatcher = Dispatcher::new(&config, limiter.clone())?;
-        let governance = crate::governance::Governance::open(&config, limiter).await?;
+        if let Some(redis) = &shared {
+            let names = config
+                .deployments
+                .iter()
+                .map(|d| Arc::from(d.name.as_str()))
+                .collect();
+            dispatcher.health.share(names, redis.clone());
+        }
+        let governance =
+            crate::governance::Governance::open_shared(&config, limiter, shared).await?;
         let state =
             Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
         let app = api::router(state.clone(), crate::admin::routes());

@@ -135,9 +135,13 @@ fn check_policy(p: &Policy) -> Result<(), ApiError> {
 }
 
 /// A budget's state; `id` is the key's id, or the team's name.
-fn budget_json(state: &AppState, scope: Scope, id: &str, b: &Budget) -> Value {
+async fn budget_json(state: &AppState, scope: Scope, id: &str, b: &Budget) -> Value {
     let now = time::now_ms();
-    let s = state.governance.budgets().status(scope, id, b.period, now);
+    let s = state
+        .governance
+        .budgets()
+        .status(scope, id, b.period, now)
+        .await;
     let (_, next) = b.period.bounds(now);
     json!({
         "period": b.period.as_str(),
@@ -150,16 +154,27 @@ fn budget_json(state: &AppState, scope: Scope, id: &str, b: &Budget) -> Value {
     })
 }
 
-fn team_json(state: &AppState, t: &TeamRow) -> Value {
+/// Every budget's state, in order (they may live in Redis: one read each).
+async fn budgets_json(state: &AppState, scope: Scope, id: &str, budgets: &[Budget]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(budgets.len());
+    for b in budgets {
+        out.push(budget_json(state, scope, id, b).await);
+    }
+    out
+}
+
+async fn team_json(state: &AppState, t: &TeamRow) -> Value {
+    let budgets = budgets_json(state, Scope::Team, &t.name, &t.budgets).await;
     json!({
         "name": t.name,
         "policy": t.policy,
-        "budgets": t.budgets.iter().map(|b| budget_json(state, Scope::Team, &t.name, b)).collect::<Vec<_>>(),
+        "budgets": budgets,
         "created_at": time::format_rfc3339(t.created_at_ms),
     })
 }
 
-fn key_json(state: &AppState, k: &KeyRow) -> Value {
+async fn key_json(state: &AppState, k: &KeyRow) -> Value {
+    let budgets = budgets_json(state, Scope::Key, &k.id, &k.budgets).await;
     let now = time::now_ms();
     let status = if k.revoked_at_ms.is_some() {
         "revoked"
@@ -175,7 +190,7 @@ fn key_json(state: &AppState, k: &KeyRow) -> Value {
         "prefix": k.prefix,
         "status": status,
         "policy": k.policy,
-        "budgets": k.budgets.iter().map(|b| budget_json(state, Scope::Key, &k.id, b)).collect::<Vec<_>>(),
+        "budgets": budgets,
         "created_at": time::format_rfc3339(k.created_at_ms),
         "expires_at": k.expires_at_ms.map(time::format_rfc3339),
         "revoked_at": k.revoked_at_ms.map(time::format_rfc3339),
@@ -195,7 +210,10 @@ async fn list_teams(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     try_api!(admin_only(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let teams = try_api!(store.teams().await.map_err(store_error));
-    let data: Vec<Value> = teams.iter().map(|t| team_json(&state, t)).collect();
+    let mut data: Vec<Value> = Vec::with_capacity(teams.len());
+    for t in &teams {
+        data.push(team_json(&state, t).await);
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -224,7 +242,7 @@ async fn create_team(
         .await
         .map_err(store_error));
     reload(&state).await;
-    (StatusCode::CREATED, Json(team_json(&state, &team))).into_response()
+    (StatusCode::CREATED, Json(team_json(&state, &team).await)).into_response()
 }
 
 async fn get_team(
@@ -235,7 +253,7 @@ async fn get_team(
     try_api!(admin_only(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let team = try_api!(store.team(&name).await.map_err(store_error));
-    Json(team_json(&state, &team)).into_response()
+    Json(team_json(&state, &team).await).into_response()
 }
 
 #[derive(Deserialize)]
@@ -274,7 +292,7 @@ async fn update_team(
         .await
         .map_err(store_error));
     reload(&state).await;
-    Json(team_json(&state, &team)).into_response()
+    Json(team_json(&state, &team).await).into_response()
 }
 
 #[derive(Deserialize)]
@@ -290,7 +308,10 @@ async fn list_keys(
     try_api!(admin_only(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let keys = try_api!(store.keys(f.team.as_deref()).await.map_err(store_error));
-    let data: Vec<Value> = keys.iter().map(|k| key_json(&state, k)).collect();
+    let mut data: Vec<Value> = Vec::with_capacity(keys.len());
+    for k in &keys {
+        data.push(key_json(&state, k).await);
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -361,7 +382,7 @@ async fn create_key(
         .await
         .map_err(store_error));
     reload(&state).await;
-    let mut out = key_json(&state, &row);
+    let mut out = key_json(&state, &row).await;
     // Shown once: only its hash is kept.
     if let Some(fields) = out.as_object_mut() {
         fields.insert("key".into(), Value::String(secret));
@@ -377,7 +398,7 @@ async fn get_key(
     try_api!(admin_only(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let key = try_api!(store.key(&id).await.map_err(store_error));
-    Json(key_json(&state, &key)).into_response()
+    Json(key_json(&state, &key).await).into_response()
 }
 
 async fn update_key(
@@ -395,7 +416,7 @@ async fn update_key(
         .await
         .map_err(store_error));
     reload(&state).await;
-    Json(key_json(&state, &key)).into_response()
+    Json(key_json(&state, &key).await).into_response()
 }
 
 async fn revoke_key(
@@ -410,7 +431,7 @@ async fn revoke_key(
         .await
         .map_err(store_error));
     reload(&state).await;
-    Json(key_json(&state, &key)).into_response()
+    Json(key_json(&state, &key).await).into_response()
 }
 
 /// A change made here takes effect at once in this gateway (others poll the store).

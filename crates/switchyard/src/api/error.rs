@@ -192,6 +192,12 @@ impl ApiError {
                 "budget_exceeded",
                 None,
             ),
+            Refusal::StateUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "state_unavailable",
+                None,
+            ),
         };
         ApiError {
             param,

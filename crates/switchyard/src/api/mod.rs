@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::governance::{Governance, Principal};
 use crate::ledger::LedgerSink;
+use crate::storage::redis::StateStatus;
 use error::ApiError;
 
 /// Everything a request handler needs, shared by all of them.
@@ -160,7 +161,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
         return res;
     }
-    Json(json!({"status": "ready"})).into_response()
+    // With `[state]`, the body says whether this replica's limits and budgets are
+    // shared or (Redis unreachable, `local` mode) its own; in `closed` mode it cannot
+    // serve then, and says so with 503.
+    match state.governance.shared_state().map(|r| r.status()) {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(StateStatus::Unavailable) => {
+            let mut res = Json(json!({"status": "state_unavailable", "state": "unavailable"}))
+                .into_response();
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            res
+        }
+        Some(s) => Json(json!({"status": "ready", "state": s.as_str()})).into_response(),
+    }
 }
 
 async fn route_not_found(uri: Uri) -> Response {

@@ -69,6 +69,37 @@ pub struct Config {
     pub admin: AdminConfig,
     pub governance: GovernanceSettings,
     pub images: ImagesConfig,
+    /// Shared run-time state (`[state]`); `None`: in-process state.
+    pub state: Option<StateConfig>,
+}
+
+/// Where replicas share their run-time state (`[state]`).
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub redis_url: Secret,
+    /// Prefix of every key and channel, e.g. `switchyard:`.
+    pub prefix: String,
+    pub on_unavailable: OnUnavailable,
+    /// Longest wait for one Redis call.
+    pub timeout: Duration,
+}
+
+/// What a replica does while its shared state is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Serve with in-process state.
+    Local,
+    /// Refuse requests with 503 `state_unavailable`.
+    Closed,
+}
+
+impl OnUnavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Local => "local",
+            OnUnavailable::Closed => "closed",
+        }
+    }
 }
 
 /// How the gateway fetches image URLs for providers that need bytes (`[images]`).
@@ -1028,6 +1059,7 @@ fn validate(
     };
 
     let images = validate_images(raw.images)?;
+    let state = raw.state.map(|s| validate_state(s, env)).transpose()?;
 
     Ok(Config {
         server,
@@ -1041,6 +1073,63 @@ fn validate(
         admin,
         governance,
         images,
+        state,
+    })
+}
+
+/// Longest `state.timeout_ms`: a Redis call slower than this is an outage, not a delay.
+const MAX_STATE_TIMEOUT_MS: u64 = 10_000;
+
+fn validate_state(
+    raw: raw::RawState,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StateConfig, ConfigError> {
+    let Some(url) = raw.redis_url.as_deref() else {
+        return Err(err(
+            "state.redis_url",
+            "is required in [state], e.g. \"${SWITCHYARD_REDIS_URL}\"",
+        ));
+    };
+    let redis_url = Secret::resolve(url, "state.redis_url", env)?;
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| redis_url.expose().starts_with(s));
+    if !scheme_ok {
+        // The value may hold a password: the message does not repeat it.
+        return Err(err(
+            "state.redis_url",
+            "is not a redis://, rediss:// or unix:// URL",
+        ));
+    }
+    let prefix = raw.prefix.unwrap_or_else(|| "switchyard:".to_owned());
+    if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(
+            "state.prefix",
+            "must be at most 64 characters, without spaces or control characters",
+        ));
+    }
+    let on_unavailable = match raw.on_unavailable.as_deref() {
+        None | Some("local") => OnUnavailable::Local,
+        Some("closed") => OnUnavailable::Closed,
+        Some(other) => {
+            return Err(err(
+                "state.on_unavailable",
+                format!("unknown mode `{other}`; expected local or closed"),
+            ))
+        }
+    };
+    let timeout = millis(raw.timeout_ms, 250, "state.timeout_ms")?;
+    if timeout > Duration::from_millis(MAX_STATE_TIMEOUT_MS) {
+        return Err(err(
+            "state.timeout_ms",
+            format!("must be at most {MAX_STATE_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(StateConfig {
+        redis_url,
+        prefix,
+        on_unavailable,
+        timeout,
     })
 }
 

@@ -49,6 +49,28 @@ pub struct RawConfig {
     /// bytes (Bedrock).
     #[serde(default)]
     pub images: RawImages,
+    /// Run-time state shared by replicas (rate limits, quotas, budgets, provider
+    /// exhaustion, breakers) in Redis. Without it each process keeps its own, in memory.
+    pub state: Option<RawState>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Redis URL, as `"${SWITCHYARD_REDIS_URL}"` (`redis://[:password@]host:port/db`, or
+    /// `rediss://` for TLS). Required in `[state]`.
+    pub redis_url: Option<String>,
+    /// Prefix of every key and channel the gateway uses, so that several gateways (or
+    /// other programs) can share one Redis. Default `switchyard:`.
+    pub prefix: Option<String>,
+    /// What a replica does while Redis is unreachable: `local` keeps serving with its
+    /// own in-process state (limits and budgets then count per replica) and says so in
+    /// the log and on `/readyz`; `closed` answers 503 `state_unavailable` to requests
+    /// until Redis is back. Default `local`.
+    pub on_unavailable: Option<String>,
+    /// Longest wait for one Redis call, in ms; a call that takes longer counts as Redis
+    /// being unreachable. Default 250.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -459,3 +459,45 @@ fn images_errors_name_the_field() {
     let src = format!("{GOOD}\n[images]\nallow = []\n");
     assert!(error_of(&src).to_string().contains("allow"));
 }
+
+#[test]
+fn state_is_optional_with_defaults() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    assert!(c.state.is_none(), "no [state]: in-process state");
+    let src = format!("{GOOD}\n[state]\nredis_url = \"redis://127.0.0.1:6379/\"\n");
+    let s = Config::parse(&src, env)
+        .expect("valid")
+        .state
+        .expect("state");
+    assert_eq!(s.prefix, "switchyard:");
+    assert_eq!(s.on_unavailable, OnUnavailable::Local);
+    assert_eq!(s.timeout, Duration::from_millis(250));
+    assert_eq!(s.redis_url.expose(), "redis://127.0.0.1:6379/");
+    let src = format!(
+        "{GOOD}\n[state]\nredis_url = \"redis://127.0.0.1:1/\"\nprefix = \"gw1:\"\non_unavailable = \"closed\"\ntimeout_ms = 50\n"
+    );
+    let s = Config::parse(&src, env)
+        .expect("valid")
+        .state
+        .expect("state");
+    assert_eq!(
+        (s.prefix.as_str(), s.on_unavailable, s.timeout),
+        ("gw1:", OnUnavailable::Closed, Duration::from_millis(50))
+    );
+}
+
+#[test]
+fn state_errors_name_the_field_and_hide_the_url() {
+    let src = format!("{GOOD}\n[state]\nprefix = \"x:\"\n");
+    assert_eq!(error_of(&src).path, "state.redis_url");
+    let src = format!("{GOOD}\n[state]\nredis_url = \"http://:hunter2@h/\"\n");
+    let e = error_of(&src);
+    assert_eq!(e.path, "state.redis_url");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let src = format!("{GOOD}\n[state]\nredis_url = \"redis://h/\"\non_unavailable = \"open\"\n");
+    assert_eq!(error_of(&src).path, "state.on_unavailable");
+    let src = format!("{GOOD}\n[state]\nredis_url = \"redis://h/\"\ntimeout_ms = 0\n");
+    assert_eq!(error_of(&src).path, "state.timeout_ms");
+    let src = format!("{GOOD}\n[state]\nredis_url = \"redis://h/\"\nprefix = \"a b\"\n");
+    assert_eq!(error_of(&src).path, "state.prefix");
+}

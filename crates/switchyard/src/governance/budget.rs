@@ -8,15 +8,21 @@
 //! therefore never spend more than the limit, unless a request costs more than its bound
 //! (which a bound from `max_tokens` rules out), and then only by that excess.
 //!
-//! Counters live in memory (one mutex, never held across an await) and are seeded from
-//! the ledger when a budget is first seen, so a restart does not forget what was spent.
+//! Counters live behind the [`Budgets`] trait: in memory ([`BudgetBook`], one mutex,
+//! never held across an await) or in Redis ([`redis::RedisBudgets`], shared by
+//! replicas). Either is seeded from the ledger when a budget is first seen, so a
+//! restart does not forget what was spent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::future::{BoxFuture, FutureExt};
+
 use crate::config::policy::{Budget, Period};
 use crate::types::money::nano_to_usd_string;
+
+pub mod redis;
 
 /// Whose budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +65,9 @@ struct Counter {
 #[derive(Debug, Default)]
 pub struct Hold {
     entries: Vec<HoldEntry>,
+    /// Held in shared state ([`redis::RedisBudgets`]) rather than in process: settled
+    /// where it was taken.
+    remote: bool,
 }
 
 #[derive(Debug)]
@@ -106,6 +115,117 @@ impl Exceeded {
             nano_to_usd_string(self.reserved_nano_usd),
             nano_to_usd_string(self.limit_nano_usd),
         )
+    }
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// A budget has no room.
+    Exceeded(Exceeded),
+    /// The shared counters are unreachable and `state.on_unavailable = "closed"`.
+    StateUnavailable,
+}
+
+/// Where budget counters live. Every implementation reserves all or none across the
+/// applied budgets and is exact under concurrency (for [`redis::RedisBudgets`]: across
+/// replicas).
+pub trait Budgets: Send + Sync + 'static {
+    /// Whether this budget's counter for the current period does not exist yet (it
+    /// needs seeding from the ledger).
+    fn needs_seed<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a Arc<str>,
+        period: Period,
+        now_ms: i64,
+    ) -> BoxFuture<'a, bool>;
+    /// Sets the spend of a period from the ledger, unless the counter already runs.
+    fn seed<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a Arc<str>,
+        period: Period,
+        period_start: i64,
+        spent: i64,
+    ) -> BoxFuture<'a, ()>;
+    /// Reserves `amount` nano-USD in every applied budget, all or none.
+    fn reserve<'a>(
+        &'a self,
+        applied: &'a [Applied],
+        amount: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Hold, Denied>>;
+    /// Replaces a hold by the actual cost.
+    fn settle(&self, hold: Hold, actual: i64) -> BoxFuture<'_, ()>;
+    /// The state of a budget of the key with this id (or of the team of this name).
+    fn status<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a str,
+        period: Period,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Status>;
+    /// Warnings reported so far (thresholds crossed).
+    fn warnings(&self) -> u64;
+    /// Requests refused for budget so far.
+    fn refusals(&self) -> u64;
+}
+
+impl Budgets for BudgetBook {
+    fn needs_seed<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a Arc<str>,
+        period: Period,
+        now_ms: i64,
+    ) -> BoxFuture<'a, bool> {
+        futures_util::future::ready(!self.is_seeded(scope, id, period, now_ms)).boxed()
+    }
+
+    fn seed<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a Arc<str>,
+        period: Period,
+        period_start: i64,
+        spent: i64,
+    ) -> BoxFuture<'a, ()> {
+        BudgetBook::seed(self, scope, id, period, period_start, spent);
+        futures_util::future::ready(()).boxed()
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        applied: &'a [Applied],
+        amount: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Hold, Denied>> {
+        let r = BudgetBook::reserve(self, applied, amount, now_ms).map_err(Denied::Exceeded);
+        futures_util::future::ready(r).boxed()
+    }
+
+    fn settle(&self, hold: Hold, actual: i64) -> BoxFuture<'_, ()> {
+        BudgetBook::settle(self, hold, actual);
+        futures_util::future::ready(()).boxed()
+    }
+
+    fn status<'a>(
+        &'a self,
+        scope: Scope,
+        id: &'a str,
+        period: Period,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Status> {
+        futures_util::future::ready(BudgetBook::status(self, scope, id, period, now_ms)).boxed()
+    }
+
+    fn warnings(&self) -> u64 {
+        BudgetBook::warnings(self)
+    }
+
+    fn refusals(&self) -> u64 {
+        BudgetBook::refusals(self)
     }
 }
 

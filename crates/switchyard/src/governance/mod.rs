@@ -33,11 +33,12 @@ use crate::config::{Config, GovernanceSettings};
 use crate::ledger::tracker::{RequestTracker, Settle};
 use crate::ledger::{SpendReader, SpentBy};
 use crate::limits::{self, Claim, InProcessLimiter, Limiter, Reservation, TokenEstimate};
+use crate::storage::redis::Redis;
 use crate::types::chat::{ChatRequest, EmbeddingsRequest, MessageContent};
 use crate::types::time;
 use crate::types::Price;
 use crate::types::Usage;
-use budget::{Applied, BudgetBook, Hold, Scope};
+use budget::{Applied, BudgetBook, Budgets, Denied, Hold, Scope};
 pub use policy::{DataPolicy, EffectivePolicy};
 pub use refusal::Refusal;
 use store::{KeyRow, Store, StoreError, TeamRow};
@@ -144,7 +145,10 @@ pub struct Governance {
     settings: GovernanceSettings,
     detector: pii::PiiDetector,
     limiter: Arc<dyn Limiter>,
-    budgets: Arc<BudgetBook>,
+    budgets: Arc<dyn Budgets>,
+    /// Shared run-time state (`[state]`), whose `closed` mode refuses requests while
+    /// Redis is unreachable.
+    shared: Option<Arc<Redis>>,
     store: Option<Store>,
     /// The ledger's file, where budgets read the spend so far; it need not be the
     /// store's file (`governance.store`). `None` when no ledger is kept.
@@ -217,10 +221,15 @@ fn sha256(s: &str) -> [u8; 32] {
 impl Governance {
     /// Governance from the config file alone: its `[[keys]]`, no store.
     pub fn from_config(config: &Config) -> Governance {
-        Governance::build(config, None, Arc::new(InProcessLimiter::new()))
+        Governance::build(config, None, Arc::new(InProcessLimiter::new()), None)
     }
 
-    fn build(config: &Config, store: Option<Store>, limiter: Arc<dyn Limiter>) -> Governance {
+    fn build(
+        config: &Config,
+        store: Option<Store>,
+        limiter: Arc<dyn Limiter>,
+        shared: Option<Arc<Redis>>,
+    ) -> Governance {
         let settings = config.governance.clone();
         // Validation compiled the custom patterns already; this cannot fall back.
         let detector = pii::PiiDetector::new(&settings.pii_patterns)
@@ -247,7 +256,11 @@ impl Governance {
         Governance {
             detector,
             limiter,
-            budgets: Arc::new(BudgetBook::new()),
+            budgets: match &shared {
+                Some(redis) => Arc::new(budget::redis::RedisBudgets::new(redis.clone())),
+                None => Arc::new(BudgetBook::new()),
+            },
+            shared,
             store,
             ledger: config.ledger.path.clone(),
             static_keys,
@@ -267,6 +280,16 @@ impl Governance {
         config: &Config,
         limiter: Arc<dyn Limiter>,
     ) -> Result<Arc<Governance>, GovernanceError> {
+        Governance::open_shared(config, limiter, None).await
+    }
+
+    /// Like [`Governance::open`], with budgets in Redis when `shared` is given (the
+    /// limiter is then the Redis one too: `server.rs` builds both from `[state]`).
+    pub async fn open_shared(
+        config: &Config,
+        limiter: Arc<dyn Limiter>,
+        shared: Option<Arc<Redis>>,
+    ) -> Result<Arc<Governance>, GovernanceError> {
         let store = match &config.governance.store {
             Some(path) => {
                 let store = Store::open(path).await?;
@@ -276,7 +299,7 @@ impl Governance {
             None => None,
         };
         let has_store = store.is_some();
-        let gov = Arc::new(Governance::build(config, store, limiter));
+        let gov = Arc::new(Governance::build(config, store, limiter, shared));
         if has_store {
             gov.reload().await?;
             let weak = Arc::downgrade(&gov);
@@ -296,8 +319,13 @@ impl Governance {
         self.limiter.clone()
     }
 
-    pub fn budgets(&self) -> &BudgetBook {
-        &self.budgets
+    pub fn budgets(&self) -> &dyn Budgets {
+        &*self.budgets
+    }
+
+    /// The shared state's handle, when `[state]` is configured.
+    pub fn shared_state(&self) -> Option<&Arc<Redis>> {
+        self.shared.as_ref()
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -380,7 +408,7 @@ impl Governance {
             for a in &p.budgets {
                 let period = a.budget.period;
                 if seen.insert((a.scope, a.id.clone(), period))
-                    && !self.budgets.is_seeded(a.scope, &a.id, period, now)
+                    && self.budgets.needs_seed(a.scope, &a.id, period, now).await
                 {
                     pending.push(a);
                 }
@@ -413,7 +441,9 @@ impl Governance {
                 }),
                 None => 0,
             };
-            self.budgets.seed(a.scope, &a.id, period, start, spent);
+            self.budgets
+                .seed(a.scope, &a.id, period, start, spent)
+                .await;
         }
         if let Some(r) = reader {
             r.close().await;
@@ -633,9 +663,17 @@ impl Governance {
         tracker: &mut RequestTracker,
         out_headers: &mut HeaderMap,
     ) -> Result<Admission, Refusal> {
+        if self.shared.as_ref().is_some_and(|r| r.refuses()) {
+            tracker.set_policy_decision("denied:state_unavailable");
+            return Err(Refusal::StateUnavailable);
+        }
         let (claims, meta) = claims_for(p, model, estimate.total());
         let reservation = match self.limiter.try_reserve(&claims).await {
             Ok(r) => r,
+            Err(refusal) if refusal.state_unavailable => {
+                tracker.set_policy_decision("denied:state_unavailable");
+                return Err(Refusal::StateUnavailable);
+            }
             Err(refusal) => {
                 let m = claims
                     .iter()
@@ -661,9 +699,19 @@ impl Governance {
             }
         };
         let bound = upper_bound_cost(estimate, prices);
-        let hold = match self.budgets.reserve(&p.budgets, bound, time::now_ms()) {
+        let hold = match self
+            .budgets
+            .reserve(&p.budgets, bound, time::now_ms())
+            .await
+        {
             Ok(h) => h,
-            Err(exceeded) => {
+            Err(Denied::StateUnavailable) => {
+                let zeros = vec![0; claims.len()];
+                self.limiter.settle(reservation, &zeros).await;
+                tracker.set_policy_decision("denied:state_unavailable");
+                return Err(Refusal::StateUnavailable);
+            }
+            Err(Denied::Exceeded(exceeded)) => {
                 // Refused requests do not count against the rate limits.
                 let zeros = vec![0; claims.len()];
                 self.limiter.settle(reservation, &zeros).await;
@@ -766,7 +814,7 @@ pub struct Ticket {
     reservation: Reservation,
     /// Per claim: whether it counts tokens (else requests).
     tokens: Vec<bool>,
-    budgets: Arc<BudgetBook>,
+    budgets: Arc<dyn Budgets>,
     hold: Hold,
 }
 
@@ -782,7 +830,8 @@ impl std::fmt::Debug for Ticket {
 impl Settle for Ticket {
     /// Replaces the reservations by what the request really used and cost.
     fn settle(self: Box<Self>, usage: &Usage, cost_nano_usd: i64) {
-        self.budgets.settle(self.hold, cost_nano_usd);
+        let budgets = self.budgets;
+        let hold = self.hold;
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         let actual: Vec<u64> = self
             .tokens
@@ -791,8 +840,11 @@ impl Settle for Ticket {
             .collect();
         let limiter = self.limiter;
         let reservation = self.reservation;
-        let mut fut = Box::pin(async move { limiter.settle(reservation, &actual).await });
-        // The in-process limiter is done at once; a remote one finishes in the background.
+        let mut fut = Box::pin(async move {
+            budgets.settle(hold, cost_nano_usd).await;
+            limiter.settle(reservation, &actual).await;
+        });
+        // In-process state is done at once; shared state finishes in the background.
         if (&mut fut).now_or_never().is_none() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(fut);

@@ -43,6 +43,8 @@ pub enum Refusal {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// Shared state (Redis) is unreachable and `state.on_unavailable = "closed"`.
+    StateUnavailable,
 }
 
 impl Refusal {
@@ -76,6 +78,7 @@ impl Refusal {
                 format_reset(*retry_after)
             ),
             Refusal::BudgetExceeded { message, .. } => message.clone(),
+            Refusal::StateUnavailable => "The gateway's shared state is unavailable; limits and budgets cannot be checked. Please try again shortly.".into(),
         }
     }
 
@@ -91,6 +94,7 @@ impl Refusal {
             Refusal::BudgetExceeded {
                 retry_after_secs, ..
             } => *retry_after_secs,
+            Refusal::StateUnavailable => Some(1),
             _ => None,
         }
     }

@@ -33,7 +33,8 @@
 //! awaits. A Redis implementation does the same inside one Lua script per call: a sorted
 //! set per window (score = time, member = sequence) plus a hash of amounts and a running
 //! total, trimmed with `ZREMRANGEBYSCORE`, checked and appended for every claim before
-//! the script returns; `settle` rewrites the members it reserved.
+//! the script returns; `settle` rewrites the members it reserved. That is
+//! [`redis::RedisLimiter`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -62,6 +63,9 @@ pub struct Claim {
 #[derive(Debug, Default)]
 pub struct Reservation {
     slots: Vec<Slot>,
+    /// Taken in shared state ([`redis::RedisLimiter`]) rather than in process: settled
+    /// where it was taken.
+    remote: bool,
 }
 
 #[derive(Debug)]
@@ -99,10 +103,16 @@ pub struct Refusal {
     /// When the claim would fit, if nothing else is admitted meanwhile. For an amount
     /// larger than the limit (it never fits) this is the window's period.
     pub retry_after: Duration,
+    /// Not a full window: the shared state that holds it is unreachable and the
+    /// configuration says to refuse rather than count locally (`on_unavailable = "closed"`).
+    pub state_unavailable: bool,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.state_unavailable {
+            return write!(f, "the shared state holding `{}` is unavailable", self.key);
+        }
         write!(
             f,
             "limit {} of `{}` reached ({} left; retry after {:?})",
@@ -316,6 +326,7 @@ impl InProcessLimiter {
                     limit: claim.limit,
                     remaining,
                     retry_after,
+                    state_unavailable: false,
                 };
                 // Undo what this call appended (newest last, so pop in reverse).
                 for slot in slots.iter().rev() {
@@ -336,7 +347,10 @@ impl InProcessLimiter {
                 amount: claim.amount,
             });
         }
-        Ok(Reservation { slots })
+        Ok(Reservation {
+            slots,
+            remote: false,
+        })
     }
 
     fn settle_now(&self, reservation: Reservation, actual: &[u64]) {
@@ -506,6 +520,8 @@ pub fn estimate_embedding_tokens(input: &serde_json::Value) -> u64 {
         _ => 0,
     }
 }
+
+pub mod redis;
 
 #[cfg(test)]
 mod tests;

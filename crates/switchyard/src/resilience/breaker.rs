@@ -188,6 +188,23 @@ impl Breaker {
         }
     }
 
+    /// Opens the breaker until `now + for_` because another replica's breaker for the
+    /// same deployment opened; a breaker already open for longer stays as it is. The
+    /// local counts are kept: they are this replica's own evidence.
+    pub fn force_open(&mut self, now: Instant, for_: Duration) {
+        if self.state == BreakerState::Open && self.reopens_in(now).is_some_and(|r| r >= for_) {
+            return;
+        }
+        // Opened at `now + for_ - open_for`, so that it cools down at `now + for_`.
+        let opened_at = now
+            .checked_add(for_)
+            .and_then(|until| until.checked_sub(self.config.open_for))
+            .unwrap_or(now);
+        self.state = BreakerState::Open;
+        self.opened_at = Some(opened_at);
+        self.probe = None;
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = BreakerState::Open;
         self.opened_at = Some(now);

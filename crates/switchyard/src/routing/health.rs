@@ -1,10 +1,18 @@
 //! What the gateway has learned about each deployment at run time: its recent
 //! latency, its circuit breaker, and whether its provider said it is out of capacity.
 //! One entry per deployment, shared by every logical model that uses it.
+//!
+//! The state is always local (the hot path reads atomics and one mutex, never the
+//! network). With `[state]`, two facts also travel between replicas: a provider's
+//! exhaustion and a breaker's opening; see [`shared`].
+
+pub mod shared;
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use crate::config::{BreakerConfig, Deployment};
 use crate::resilience::{Admission, Breaker, BreakerState, ProbeTicket};
@@ -21,15 +29,37 @@ pub struct DeploymentHealth {
     /// Unix ms until which the provider said this deployment has no capacity.
     exhausted_until_ms: AtomicI64,
     breaker: Mutex<Breaker>,
+    /// This deployment's index, as the facts sent to other replicas name it.
+    index: usize,
+    /// Where facts for the other replicas go, once sharing is on.
+    outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
 }
 
 impl DeploymentHealth {
     fn new(config: BreakerConfig) -> Self {
+        DeploymentHealth::with_outbox(config, usize::MAX, Arc::new(OnceLock::new()))
+    }
+
+    fn with_outbox(
+        config: BreakerConfig,
+        index: usize,
+        outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
+    ) -> Self {
         DeploymentHealth {
             latency_us: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicU32::new(0),
             exhausted_until_ms: AtomicI64::new(0),
             breaker: Mutex::new(Breaker::new(config)),
+            index,
+            outbox,
+        }
+    }
+
+    /// Tells the other replicas, if sharing is on. Never waits: a full queue drops
+    /// the fact (each replica still acts on what it sees itself).
+    fn publish(&self, fact: shared::Fact) {
+        if let Some(tx) = self.outbox.get() {
+            let _ = tx.try_send(fact);
         }
     }
 
@@ -88,8 +118,16 @@ impl DeploymentHealth {
     }
 
     pub fn mark_exhausted(&self, until_ms: i64) {
-        self.exhausted_until_ms
+        let before = self
+            .exhausted_until_ms
             .fetch_max(until_ms, Ordering::Relaxed);
+        if until_ms > before {
+            let now = crate::types::time::now_ms();
+            self.publish(shared::Fact::Exhausted {
+                index: self.index,
+                for_ms: shared::clamp_ms(until_ms.saturating_sub(now)),
+            });
+        }
     }
 
     /// Milliseconds until the provider-reported exhaustion ends, if it is in force.
@@ -128,7 +166,20 @@ impl CallPermit<'_> {
     /// Reports the call's outcome to the breaker.
     pub fn record(mut self, success: bool, now: Instant) {
         let probe = self.probe.take();
-        self.health.breaker().record(success, probe, now);
+        let opened_for = {
+            let mut breaker = self.health.breaker();
+            let before = breaker.state(now);
+            breaker.record(success, probe, now);
+            (before != BreakerState::Open && breaker.state(now) == BreakerState::Open)
+                .then(|| breaker.reopens_in(now))
+                .flatten()
+        };
+        if let Some(open_for) = opened_for {
+            self.health.publish(shared::Fact::BreakerOpen {
+                index: self.health.index,
+                for_ms: shared::clamp_ms(i64::try_from(open_for.as_millis()).unwrap_or(i64::MAX)),
+            });
+        }
     }
 }
 
@@ -150,16 +201,22 @@ impl Drop for InFlight<'_> {
 
 /// Health of every deployment, indexed by `Deployment::index`.
 pub struct Health {
-    deployments: Vec<DeploymentHealth>,
+    deployments: Arc<[DeploymentHealth]>,
     /// Answers for a deployment when the table is empty, so that `of` needs no panic.
     spare: DeploymentHealth,
+    /// Shared by every entry: set once when sharing starts.
+    outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
 }
 
 impl Health {
     pub fn new(count: usize, breaker: BreakerConfig) -> Self {
+        let outbox = Arc::new(OnceLock::new());
         Health {
-            deployments: (0..count).map(|_| DeploymentHealth::new(breaker)).collect(),
+            deployments: (0..count)
+                .map(|i| DeploymentHealth::with_outbox(breaker, i, outbox.clone()))
+                .collect(),
             spare: DeploymentHealth::new(breaker),
+            outbox,
         }
     }
 

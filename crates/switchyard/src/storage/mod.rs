@@ -5,3 +5,5 @@
 //! This module owns connections, pools, migrations and the Redis connection with its
 //! script loading; the concerns above it (ledger, limits, governance, routing) keep
 //! their own queries and scripts and reach the engines through it.
+
+pub mod redis;
