@@ -28,6 +28,8 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
     #[error(transparent)]
     Governance(#[from] crate::governance::GovernanceError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// What shutdown found.
@@ -67,12 +69,16 @@ impl Gateway {
         for w in config.warnings() {
             tracing::warn!(field = %w.path, "{}", w.message);
         }
-        let ledger = match &config.ledger.path {
-            Some(path) => Some(
+        // The ledger's and the key store's databases: SQLite files, or one
+        // PostgreSQL pool for both.
+        let storage = crate::storage::Storage::open(&config).await?;
+        let ledger = match &storage.ledger {
+            Some(db) => Some(
                 Ledger::open(LedgerOptions {
                     on_overload: config.ledger.on_overload,
                     max_wait: config.ledger.max_wait,
-                    ..LedgerOptions::new(path)
+                    retention_days: config.ledger.retention_days,
+                    ..LedgerOptions::on(db.clone())
                 })
                 .await?,
             ),
@@ -84,7 +90,7 @@ impl Gateway {
         // One limiter for the callers' rate limits and the deployments' capacity.
         let limiter: Arc<dyn crate::limits::Limiter> = Arc::new(InProcessLimiter::new());
         let dispatcher = Dispatcher::new(&config, limiter.clone())?;
-        let governance = crate::governance::Governance::open(&config, limiter).await?;
+        let governance = crate::governance::Governance::open_on(&config, &storage, limiter).await?;
         let state =
             Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
         let app = api::router(state.clone(), crate::admin::routes());
