@@ -2,13 +2,12 @@
 //! default the ledger's SQLite file). A running gateway notices a change within
 //! `governance.refresh_ms` (250 ms by default).
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use switchyard::config::policy::{BudgetInput, UsdAmount};
 use switchyard::governance::store::{KeyRow, NewKey, Store, TeamRow, Update};
 use switchyard::governance::{Budget, PiiMode, Policy};
+use switchyard::storage::Database;
 use switchyard::types::money::nano_to_usd_string;
 use switchyard::types::time;
 
@@ -203,8 +202,8 @@ fn print_team(t: &TeamRow) {
     );
 }
 
-pub async fn keys(store: &Path, command: KeysCommand, static_names: &[String]) -> Result<()> {
-    let store = Store::open(store).await?;
+pub async fn keys(store: &Database, command: KeysCommand, static_names: &[String]) -> Result<()> {
+    let store = Store::open_on(store).await?;
     match command {
         KeysCommand::Create {
             name,
@@ -249,8 +248,8 @@ pub async fn keys(store: &Path, command: KeysCommand, static_names: &[String]) -
     Ok(())
 }
 
-pub async fn teams(store: &Path, command: TeamsCommand) -> Result<()> {
-    let store = Store::open(store).await?;
+pub async fn teams(store: &Database, command: TeamsCommand) -> Result<()> {
+    let store = Store::open_on(store).await?;
     match command {
         TeamsCommand::Create { name, policy } => {
             let team = store

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::ledger::{render_spend_table, spend_query, SpendGroup, SpendQuery};
+use switchyard::storage::{Database, Storage};
 use switchyard::{shutdown_signal, Config, Gateway};
 use switchyard_sim::{SimOptions, Simulator};
 
@@ -102,7 +103,8 @@ enum Command {
         /// Only requests since this UTC date (YYYY-MM-DD).
         #[arg(long)]
         since: Option<String>,
-        /// The ledger file; by default the one the configuration names.
+        /// The ledger file; by default the configuration's ledger (its file, or its
+        /// PostgreSQL database with `[storage] kind = "postgres"`).
         #[arg(long)]
         ledger: Option<PathBuf>,
         /// Only this team's requests.
@@ -114,7 +116,7 @@ enum Command {
         #[command(subcommand)]
         command: governance::KeysCommand,
         /// The store file; by default the configuration's (`governance.store`, else the
-        /// ledger's file).
+        /// ledger's file, or the PostgreSQL database of `[storage]`).
         #[arg(long, global = true)]
         store: Option<PathBuf>,
     },
@@ -321,8 +323,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => {
                     // The config file's keys may not reuse the names of the store's
                     // virtual keys; the gateway refuses to start with such a file.
-                    if let Some(store) = c.governance.store.as_ref().filter(|p| p.exists()) {
-                        let store = switchyard::governance::store::Store::open(store).await?;
+                    let store = match &c.storage {
+                        switchyard::config::StorageConfig::Postgres(_) => {
+                            // The database may not be reachable from where the file
+                            // is checked; the gateway makes the same check at start.
+                            match Storage::open(&c).await {
+                                Ok(s) => s.store,
+                                Err(e) => {
+                                    eprintln!(
+                                        "{}: warning: key names not checked against the store: {e}",
+                                        path.display()
+                                    );
+                                    None
+                                }
+                            }
+                        }
+                        switchyard::config::StorageConfig::Sqlite => c
+                            .governance
+                            .store
+                            .clone()
+                            .filter(|p| p.exists())
+                            .map(Database::Sqlite),
+                    };
+                    if let Some(db) = store {
+                        let store = switchyard::governance::store::Store::open_on(&db).await?;
                         let checked = switchyard::governance::check_key_names(&c, &store).await;
                         store.close().await;
                         if let Err(e) = checked {
@@ -350,13 +374,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Keys { command, store } => {
-            let (path, static_names) = store_of(&cli.config, store)?;
-            governance::keys(&path, command, &static_names).await?;
+            let (db, static_names) = store_of(&cli.config, store).await?;
+            governance::keys(&db, command, &static_names).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Teams { command, store } => {
-            let (path, _) = store_of(&cli.config, store)?;
-            governance::teams(&path, command).await?;
+            let (db, _) = store_of(&cli.config, store).await?;
+            governance::teams(&db, command).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Spend {
@@ -365,14 +389,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ledger,
             team,
         } => {
-            let path = match ledger {
-                Some(p) => p,
-                None => load(&cli.config)?
+            let db = match ledger {
+                Some(p) => Database::Sqlite(p),
+                None => Storage::open(&load(&cli.config)?)
+                    .await?
                     .ledger
-                    .path
                     .context("the configuration keeps no ledger (ledger.enabled = false)")?,
             };
-            if !path.exists() {
+            if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
                 anyhow::bail!("no ledger at {}", path.display());
             }
             let since_ms = since.as_deref().map(parse_date).transpose()?;
@@ -391,7 +415,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     since_ms,
                     team: team.clone(),
                 };
-                let rows = spend_query(&path, &query).await?;
+                let rows = spend_query(&db, &query).await?;
                 println!("{}", render_spend_table(title, &rows));
             }
             Ok(ExitCode::SUCCESS)
@@ -400,14 +424,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The key store: `--store`, else the configuration's; and the config file's key names.
-fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(PathBuf, Vec<String>)> {
+async fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(Database, Vec<String>)> {
     if let Some(path) = store {
         let names = if config.exists() {
             load(config)?.keys.into_iter().map(|k| k.name).collect()
         } else {
             Vec::new()
         };
-        return Ok((path, names));
+        return Ok((Database::Sqlite(path), names));
     }
     let c = load(config).with_context(|| {
         format!(
@@ -416,11 +440,11 @@ fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(PathBuf, Vec<Strin
         )
     })?;
     let names = c.keys.iter().map(|k| k.name.clone()).collect();
-    let path = c
-        .governance
+    let db = Storage::open(&c)
+        .await?
         .store
         .context("the configuration has no key store (no ledger and no governance.store)")?;
-    Ok((path, names))
+    Ok((db, names))
 }
 
 fn load(path: &Path) -> Result<Config> {

@@ -30,6 +30,8 @@ pub enum StartError {
     Governance(#[from] crate::governance::GovernanceError),
     #[error(transparent)]
     State(#[from] crate::storage::redis::StateError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// What shutdown found.
@@ -69,12 +71,16 @@ impl Gateway {
         for w in config.warnings() {
             tracing::warn!(field = %w.path, "{}", w.message);
         }
-        let ledger = match &config.ledger.path {
-            Some(path) => Some(
+        // The ledger's and the key store's databases: SQLite files, or one
+        // PostgreSQL pool for both.
+        let storage = crate::storage::Storage::open(&config).await?;
+        let ledger = match &storage.ledger {
+            Some(db) => Some(
                 Ledger::open(LedgerOptions {
                     on_overload: config.ledger.on_overload,
                     max_wait: config.ledger.max_wait,
-                    ..LedgerOptions::new(path)
+                    retention_days: config.ledger.retention_days,
+                    ..LedgerOptions::on(db.clone())
                 })
                 .await?,
             ),
@@ -103,7 +109,8 @@ impl Gateway {
             dispatcher.health.share(names, redis.clone());
         }
         let governance =
-            crate::governance::Governance::open_shared(&config, limiter, shared).await?;
+            crate::governance::Governance::open_on(&config, &storage, limiter, shared)
+                .await?;
         let state =
             Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
         let app = api::router(state.clone(), crate::admin::routes());

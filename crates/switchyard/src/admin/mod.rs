@@ -525,7 +525,7 @@ async fn spend(
         Some(Some(ms)) => Some(ms),
         None => None,
     };
-    let Some(path) = state.config.ledger.path.clone() else {
+    let Some(db) = state.governance.ledger() else {
         return no_store().into_response();
     };
     let query = SpendQuery {
@@ -533,7 +533,7 @@ async fn spend(
         since_ms,
         team: team.clone(),
     };
-    let rows = match spend_query(&path, &query).await {
+    let rows = match spend_query(db, &query).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!(error = %e, "spend report failed");

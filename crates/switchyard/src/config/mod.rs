@@ -71,6 +71,8 @@ pub struct Config {
     pub images: ImagesConfig,
     /// Shared run-time state (`[state]`); `None`: in-process state.
     pub state: Option<StateConfig>,
+    /// Which engine holds the key store and the ledger.
+    pub storage: StorageConfig,
 }
 
 /// Where replicas share their run-time state (`[state]`).
@@ -101,6 +103,32 @@ impl OnUnavailable {
         }
     }
 }
+
+/// Which database engine holds the key store and the ledger (`[storage]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// SQLite files: `ledger.path` and `governance.store`.
+    #[default]
+    Sqlite,
+    /// One PostgreSQL database for both.
+    Postgres(PostgresConfig),
+}
+
+/// How to reach the PostgreSQL database of `[storage] kind = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The connection URL; it may carry a password, so it never prints.
+    pub url: Secret,
+    /// Most pooled connections.
+    pub max_connections: u32,
+    /// Connecting, or waiting for a pooled connection.
+    pub connect_timeout: Duration,
+}
+
+/// Default of `storage.max_connections`.
+const DEFAULT_PG_MAX_CONNECTIONS: u32 = 10;
+/// Default of `storage.connect_timeout_ms`.
+const DEFAULT_PG_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// How the gateway fetches image URLs for providers that need bytes (`[images]`).
 #[derive(Debug, Clone)]
@@ -146,8 +174,13 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
-    /// None: no ledger is kept.
+    /// The SQLite file. None: no ledger is kept, or (with `[storage] kind =
+    /// "postgres"`, see `enabled`) the ledger is in the database.
     pub path: Option<PathBuf>,
+    /// Whether a ledger is kept at all (`ledger.enabled`).
+    pub enabled: bool,
+    /// Requests older than this many days are deleted (`ledger.retention_days`).
+    pub retention_days: Option<u32>,
     /// What a request does when the ledger's queue is full.
     pub on_overload: OnOverload,
     /// With [`OnOverload::Block`], the longest a request waits for room in the queue.
@@ -730,7 +763,27 @@ fn validate(
         )?,
         total: millis(raw.timeouts.total_ms, DEFAULT_TOTAL_MS, "timeouts.total_ms")?,
     };
-    let ledger = validate_ledger(raw.ledger)?;
+    let storage = validate_storage(raw.storage, env)?;
+    if matches!(storage, StorageConfig::Postgres(_)) {
+        // One database holds everything; a file named as well would be silently
+        // ignored, so it is refused instead.
+        if raw.ledger.path.is_some() {
+            return Err(err(
+                "ledger.path",
+                "is not used with [storage] kind = \"postgres\" (the ledger is in the database); remove it",
+            ));
+        }
+        if raw.governance.store.is_some() {
+            return Err(err(
+                "governance.store",
+                "is not used with [storage] kind = \"postgres\" (the key store is in the database); remove it",
+            ));
+        }
+    }
+    let mut ledger = validate_ledger(raw.ledger)?;
+    if matches!(storage, StorageConfig::Postgres(_)) {
+        ledger.path = None;
+    }
 
     let mut keys = Vec::with_capacity(raw.keys.len());
     let mut seen_names = HashMap::new();
@@ -1073,6 +1126,7 @@ fn validate(
         admin,
         governance,
         images,
+        storage,
         state,
     })
 }
@@ -1133,6 +1187,66 @@ fn validate_state(
     })
 }
 
+fn validate_storage(
+    raw: raw::RawStorage,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StorageConfig, ConfigError> {
+    match raw.kind.as_deref() {
+        None | Some("sqlite") => {
+            let unused = [
+                ("storage.url", raw.url.is_some()),
+                ("storage.max_connections", raw.max_connections.is_some()),
+                (
+                    "storage.connect_timeout_ms",
+                    raw.connect_timeout_ms.is_some(),
+                ),
+            ];
+            if let Some((field, _)) = unused.into_iter().find(|(_, set)| *set) {
+                return Err(err(
+                    field,
+                    "is only used with kind = \"postgres\" (SQLite uses ledger.path and governance.store)",
+                ));
+            }
+            Ok(StorageConfig::Sqlite)
+        }
+        Some("postgres") => {
+            let Some(url) = raw.url.as_deref() else {
+                return Err(err(
+                    "storage.url",
+                    "is required with kind = \"postgres\", e.g. url = \"${DATABASE_URL}\"",
+                ));
+            };
+            let url = Secret::resolve(url, "storage.url", env)?;
+            let value = url.expose();
+            if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+                // Never echo the value: it may hold a password.
+                return Err(err(
+                    "storage.url",
+                    "is not a postgres:// or postgresql:// URL",
+                ));
+            }
+            let max_connections = match raw.max_connections {
+                Some(0) => return Err(err("storage.max_connections", "must be greater than 0")),
+                Some(n) => n,
+                None => DEFAULT_PG_MAX_CONNECTIONS,
+            };
+            Ok(StorageConfig::Postgres(PostgresConfig {
+                url,
+                max_connections,
+                connect_timeout: millis(
+                    raw.connect_timeout_ms,
+                    DEFAULT_PG_CONNECT_TIMEOUT_MS,
+                    "storage.connect_timeout_ms",
+                )?,
+            }))
+        }
+        Some(other) => Err(err(
+            "storage.kind",
+            format!("unknown engine `{other}`; expected sqlite or postgres"),
+        )),
+    }
+}
+
 fn validate_images(raw: raw::RawImages) -> Result<ImagesConfig, ConfigError> {
     let max_bytes = match raw.max_bytes {
         Some(0) => return Err(err("images.max_bytes", "must be greater than 0")),
@@ -1185,7 +1299,15 @@ fn validate_ledger(l: raw::RawLedger) -> Result<LedgerConfig, ConfigError> {
             format!("must be between 1 and {MAX_LEDGER_MAX_WAIT_MS}"),
         ));
     }
+    if l.retention_days == Some(0) {
+        return Err(err(
+            "ledger.retention_days",
+            "must be at least 1 (leave it out to keep everything)",
+        ));
+    }
     Ok(LedgerConfig {
+        enabled: l.enabled.unwrap_or(true),
+        retention_days: l.retention_days,
         path: if l.enabled.unwrap_or(true) {
             Some(PathBuf::from(l.path.as_deref().unwrap_or("switchyard.db")))
         } else {

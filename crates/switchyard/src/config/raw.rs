@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// Run-time state shared by replicas (rate limits, quotas, budgets, provider
     /// exhaustion, breakers) in Redis. Without it each process keeps its own, in memory.
     pub state: Option<RawState>,
+    /// Which database engine holds the key store and the ledger.
+    #[serde(default)]
+    pub storage: RawStorage,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +74,25 @@ pub struct RawState {
     /// Longest wait for one Redis call, in ms; a call that takes longer counts as Redis
     /// being unreachable. Default 250.
     pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// `sqlite` (the default: files named by `ledger.path` and `governance.store`) or
+    /// `postgres` (one database holds the key store and the ledger; `ledger.path` and
+    /// `governance.store` must then be left out).
+    pub kind: Option<String>,
+    /// postgres: the connection URL, as `"${DATABASE_URL}"`, e.g.
+    /// `postgres://switchyard:PASSWORD@db.internal:5432/switchyard`. Required for
+    /// postgres; not allowed for sqlite.
+    pub url: Option<String>,
+    /// postgres: most connections this gateway opens (the ledger writer, the key store,
+    /// reports and the change listener share them). Default 10.
+    pub max_connections: Option<u32>,
+    /// postgres: how long connecting, or waiting for a free pooled connection, may
+    /// take, in ms. Default 5000.
+    pub connect_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +156,7 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawLedger {
     /// SQLite file for the ledger; created with its tables if missing. Default `switchyard.db`.
+    /// Not used with `[storage] kind = "postgres"`, where the database holds the ledger.
     pub path: Option<String>,
     /// Set to false to keep no ledger at all. Default true.
     pub enabled: Option<bool>,
@@ -147,6 +170,11 @@ pub struct RawLedger {
     /// in ms; after that its row is dropped and counted. Between 1 and 60000. Default
     /// 5000, as long as the writer itself waits for another process's write lock.
     pub max_wait_ms: Option<u64>,
+    /// Delete requests (with their attempts and content) that started more than this
+    /// many days ago, at least 1. A background task deletes them in small batches, at
+    /// start and every hour, so that the writer is never held up for long. Default:
+    /// keep everything.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +206,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawGovernance {
     /// SQLite file for teams and virtual keys. Default: the ledger's file (`ledger.path`).
+    /// Not used with `[storage] kind = "postgres"`, where the database holds them.
     pub store: Option<String>,
     /// Whether prompt and response content may be kept in the ledger at all (table
     /// `request_content`); a policy's `log_content = false` turns it off for its keys.
@@ -194,7 +223,9 @@ pub struct RawGovernance {
     /// limits and reserving budget. Default 4096.
     pub default_max_output_tokens: Option<u64>,
     /// How often a running gateway checks the store for changed keys and teams, in ms
-    /// (a revoked key stops working within this). Default 250, at most 1000.
+    /// (a revoked key stops working within this). Default 250, at most 1000. With
+    /// `[storage] kind = "postgres"` changes are announced instead (LISTEN/NOTIFY) and
+    /// seen at once.
     pub refresh_ms: Option<u64>,
 }
 

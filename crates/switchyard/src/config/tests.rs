@@ -501,3 +501,65 @@ fn state_errors_name_the_field_and_hide_the_url() {
     let src = format!("{GOOD}\n[state]\nredis_url = \"redis://h/\"\nprefix = \"a b\"\n");
     assert_eq!(error_of(&src).path, "state.prefix");
 }
+
+#[test]
+fn storage_defaults_to_sqlite_and_postgres_takes_a_secret_url() {
+    let c = Config::parse("", env).expect("empty");
+    assert_eq!(c.storage, StorageConfig::Sqlite);
+    assert!(c.ledger.enabled && c.ledger.retention_days.is_none());
+
+    let pg_env = |name: &str| match name {
+        "DATABASE_URL" => Some("postgres://sw:hunter2@db.internal:5432/sw".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse(
+        "[storage]\nkind = \"postgres\"\nurl = \"${DATABASE_URL}\"\nmax_connections = 4\n\
+         [ledger]\nretention_days = 30\n",
+        pg_env,
+    )
+    .expect("postgres");
+    let StorageConfig::Postgres(pg) = &c.storage else {
+        panic!("not postgres: {:?}", c.storage);
+    };
+    assert_eq!(pg.url.expose(), "postgres://sw:hunter2@db.internal:5432/sw");
+    assert_eq!(pg.max_connections, 4);
+    assert!(
+        !format!("{c:?}").contains("hunter2"),
+        "the URL's password printed"
+    );
+    // The database holds both stores: no files.
+    assert_eq!(c.ledger.path, None);
+    assert_eq!(c.governance.store, None);
+    assert!(c.ledger.enabled);
+    assert_eq!(c.ledger.retention_days, Some(30));
+}
+
+#[test]
+fn storage_errors_name_the_field() {
+    let cases: &[(&str, &str)] = &[
+        ("[storage]\nkind = \"postgres\"\n", "storage.url"),
+        ("[storage]\nkind = \"mysql\"\n", "storage.kind"),
+        ("[storage]\nurl = \"postgres://h/db\"\n", "storage.url"),
+        ("[storage]\nkind = \"postgres\"\nurl = \"${NOPE}\"\n", "storage.url"),
+        ("[storage]\nkind = \"postgres\"\nurl = \"mysql://u:secret@h/db\"\n", "storage.url"),
+        (
+            "[storage]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\nmax_connections = 0\n",
+            "storage.max_connections",
+        ),
+        (
+            "[storage]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\n[ledger]\npath = \"x.db\"\n",
+            "ledger.path",
+        ),
+        (
+            "[storage]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\n[governance]\nstore = \"k.db\"\n",
+            "governance.store",
+        ),
+        ("[ledger]\nretention_days = 0\n", "ledger.retention_days"),
+    ];
+    for (src, field) in cases {
+        let e = error_of(src);
+        assert_eq!(e.path, *field, "{src}: {e}");
+        assert!(e.line.is_some(), "{src}: no line in {e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}

@@ -8,9 +8,10 @@
 //! once, when the request ends (or is dropped).
 //!
 //! The hot path never touches the database: keys and teams live in an in-memory
-//! snapshot, reloaded when the store's change counter moves (polled every
-//! `governance.refresh_ms`) or at once after a change made through this gateway's
-//! admin API.
+//! snapshot, reloaded when the store changes: on SQLite when its change counter moves
+//! (polled every `governance.refresh_ms`), on PostgreSQL when a change is announced on
+//! [`store::CHANGES_CHANNEL`] (LISTEN/NOTIFY), and at once after a change made through
+//! this gateway's admin API.
 
 pub mod budget;
 pub mod pii;
@@ -19,7 +20,6 @@ mod refusal;
 pub mod store;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::config::policy::{Budget, Period, PiiMode, Policy, RateLimits};
 use crate::config::{Config, GovernanceSettings};
@@ -34,6 +35,7 @@ use crate::ledger::tracker::{RequestTracker, Settle};
 use crate::ledger::{SpendReader, SpentBy};
 use crate::limits::{self, Claim, InProcessLimiter, Limiter, Reservation, TokenEstimate};
 use crate::storage::redis::Redis;
+use crate::storage::{Database, Storage, StorageError};
 use crate::types::chat::{ChatRequest, EmbeddingsRequest, MessageContent};
 use crate::types::time;
 use crate::types::Price;
@@ -150,9 +152,9 @@ pub struct Governance {
     /// Redis is unreachable.
     shared: Option<Arc<Redis>>,
     store: Option<Store>,
-    /// The ledger's file, where budgets read the spend so far; it need not be the
-    /// store's file (`governance.store`). `None` when no ledger is kept.
-    ledger: Option<PathBuf>,
+    /// The ledger's database, where budgets read the spend so far; with SQLite it
+    /// need not be the store's file (`governance.store`). `None` when no ledger is kept.
+    ledger: Option<Database>,
     /// Keys from the config file, always present.
     static_keys: Vec<([u8; 32], Arc<Principal>)>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -161,13 +163,21 @@ pub struct Governance {
     admin_token: Option<[u8; 32]>,
     /// Serialises reloads (the poller and the admin API).
     reload_lock: tokio::sync::Mutex<()>,
+    /// Stops the change listener when the governance is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for Governance {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl std::fmt::Debug for Governance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Governance")
             .field("settings", &self.settings)
-            .field("store", &self.store.as_ref().map(Store::path))
+            .field("store", &self.store.as_ref().map(Store::database))
             .finish_non_exhaustive()
     }
 }
@@ -176,13 +186,14 @@ impl std::fmt::Debug for Governance {
 pub enum GovernanceError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// A key of the config file has the name of a virtual key in the store. Names are
     /// what people read in reports and the admin API; two keys sharing one would be
     /// told apart by nobody.
     #[error(
-        "{field}: `{name}` is also the name of the virtual key {id} in the key store {}; \
-         rename the key in the config file (names are never reused, revoked keys included)",
-        store.display()
+        "{field}: `{name}` is also the name of the virtual key {id} in the key store {store}; \
+         rename the key in the config file (names are never reused, revoked keys included)"
     )]
     NameCollision {
         /// The config file's field, `keys[N].name`.
@@ -190,7 +201,8 @@ pub enum GovernanceError {
         name: String,
         /// The virtual key's id.
         id: String,
-        store: PathBuf,
+        /// The store's file, or its database without credentials.
+        store: String,
     },
 }
 
@@ -207,7 +219,7 @@ pub async fn check_key_names(config: &Config, store: &Store) -> Result<(), Gover
                 field: format!("keys[{i}].name"),
                 name: k.name.clone(),
                 id: row.id.clone(),
-                store: store.path().to_owned(),
+                store: store.database().to_string(),
             });
         }
     }
@@ -221,12 +233,14 @@ fn sha256(s: &str) -> [u8; 32] {
 impl Governance {
     /// Governance from the config file alone: its `[[keys]]`, no store.
     pub fn from_config(config: &Config) -> Governance {
-        Governance::build(config, None, Arc::new(InProcessLimiter::new()), None)
+        let ledger = config.ledger.path.clone().map(Database::Sqlite);
+        Governance::build(config, None, ledger, Arc::new(InProcessLimiter::new()), None)
     }
 
     fn build(
         config: &Config,
         store: Option<Store>,
+        ledger: Option<Database>,
         limiter: Arc<dyn Limiter>,
         shared: Option<Arc<Redis>>,
     ) -> Governance {
@@ -262,12 +276,13 @@ impl Governance {
             },
             shared,
             store,
-            ledger: config.ledger.path.clone(),
+            ledger,
             static_keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
             loaded_version: AtomicI64::new(-1),
             admin_token: config.admin.token.as_ref().map(|t| sha256(t.expose())),
             reload_lock: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
             settings,
         }
     }
@@ -290,20 +305,59 @@ impl Governance {
         limiter: Arc<dyn Limiter>,
         shared: Option<Arc<Redis>>,
     ) -> Result<Arc<Governance>, GovernanceError> {
-        let store = match &config.governance.store {
-            Some(path) => {
-                let store = Store::open(path).await?;
+        let storage = Storage::open(config).await?;
+        Governance::open_on(config, &storage, limiter, shared).await
+    }
+
+    /// [`Governance::open_shared`] on databases already open (the gateway's, which its
+    /// ledger shares). With PostgreSQL, changes are picked up from notifications;
+    /// with SQLite, by polling the change counter.
+    pub async fn open_on(
+        config: &Config,
+        storage: &Storage,
+        limiter: Arc<dyn Limiter>,
+        shared: Option<Arc<Redis>>,
+    ) -> Result<Arc<Governance>, GovernanceError> {
+        let store = match &storage.store {
+            Some(db) => {
+                let store = Store::open_on(db).await?;
                 check_key_names(config, &store).await?;
                 Some(store)
             }
             None => None,
         };
         let has_store = store.is_some();
-        let gov = Arc::new(Governance::build(config, store, limiter, shared));
+        let gov = Arc::new(Governance::build(
+            config,
+            store,
+            storage.ledger.clone(),
+            limiter,
+            shared,
+        ));
         if has_store {
+            // Listening starts before the first load, so that no change made
+            // between the two is missed.
+            let listener = match &storage.store {
+                Some(Database::Postgres(pg)) => {
+                    Some(pg.listen(store::CHANGES_CHANNEL).await.map_err(|source| {
+                        StoreError::Sql {
+                            database: pg.target().to_owned(),
+                            source,
+                        }
+                    })?)
+                }
+                _ => None,
+            };
             gov.reload().await?;
             let weak = Arc::downgrade(&gov);
-            tokio::spawn(poll(weak, config.governance.refresh));
+            match (listener, &storage.store) {
+                (Some(listener), Some(Database::Postgres(pg))) => {
+                    tokio::spawn(listen(weak, gov.stop.clone(), pg.clone(), listener));
+                }
+                _ => {
+                    tokio::spawn(poll(weak, config.governance.refresh));
+                }
+            }
         } else {
             gov.seed_budgets(&gov.snapshot()).await;
         }
@@ -330,6 +384,11 @@ impl Governance {
 
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+
+    /// The ledger's database, for spend reports; `None` when no ledger is kept.
+    pub fn ledger(&self) -> Option<&Database> {
+        self.ledger.as_ref()
     }
 
     pub fn detector(&self) -> &pii::PiiDetector {
@@ -418,7 +477,7 @@ impl Governance {
             return;
         }
         let mut reader = match &self.ledger {
-            Some(path) => match SpendReader::open(path).await {
+            Some(db) => match SpendReader::open(db).await {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read spend for budgets; starting from 0");
@@ -763,6 +822,78 @@ impl Governance {
                 set_limit_headers(out, unit, limit, remaining, reset);
             }
         }
+    }
+}
+
+/// Reloads on every change announced on PostgreSQL until the governance is dropped.
+/// The listener re-establishes a dropped connection by itself and then reports it
+/// (`Ok(None)`); notifications sent meanwhile are lost, so that is followed by a
+/// reload too. Should reconnecting fail, it is retried with a growing pause, and the
+/// first success reloads.
+async fn listen(
+    gov: Weak<Governance>,
+    stop: CancellationToken,
+    pg: crate::storage::Postgres,
+    listener: sqlx::postgres::PgListener,
+) {
+    let mut listener = Some(listener);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(l) = listener.as_mut() else {
+            // Reconnect after a failure.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return,
+            }
+            match pg.listen(store::CHANGES_CHANNEL).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    backoff = Duration::from_millis(100);
+                    reload_after(&gov, "the change listener reconnected").await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, database = %pg.target(),
+                        "cannot listen for key changes; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        };
+        // Dropping `try_recv` half-way is only done when the governance is gone.
+        let received = tokio::select! {
+            r = l.try_recv() => r,
+            () = stop.cancelled() => return,
+        };
+        match received {
+            Ok(Some(_)) => {
+                let Some(g) = gov.upgrade() else { return };
+                // A burst of changes queues a burst of notifications; the counter
+                // tells whether this one is already loaded.
+                let Some(store) = g.store.as_ref() else {
+                    return;
+                };
+                let current = store.version().await;
+                if current.ok() != Some(g.loaded_version.load(Ordering::Acquire)) {
+                    if let Err(e) = g.reload().await {
+                        tracing::warn!(error = %e, "reloading keys and teams failed");
+                    }
+                }
+            }
+            Ok(None) => reload_after(&gov, "the change listener reconnected").await,
+            Err(e) => {
+                tracing::warn!(error = %e, database = %pg.target(),
+                    "the key change listener failed; reconnecting");
+                listener = None;
+            }
+        }
+    }
+}
+
+async fn reload_after(gov: &Weak<Governance>, why: &str) {
+    let Some(g) = gov.upgrade() else { return };
+    tracing::info!("{why}; reloading keys and teams");
+    if let Err(e) = g.reload().await {
+        tracing::warn!(error = %e, "reloading keys and teams failed");
     }
 }
 

@@ -16,6 +16,7 @@
 //!
 //! [`spend_report`] and [`render_spend_table`] back the `switchyard spend` CLI.
 
+pub mod retention;
 mod spend;
 pub mod tracker;
 mod writer;
@@ -25,9 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 use tokio::sync::mpsc;
+
+use crate::storage::sqlite::{self, user_version, SCHEMA_VERSION};
+pub use crate::storage::Database;
 
 use crate::types::Usage;
 use tokio::task::JoinHandle;
@@ -177,10 +181,18 @@ pub enum LedgerError {
     /// The writer task died (panicked) instead of shutting down cleanly.
     #[error("ledger {}: writer task failed: {reason}", path.display())]
     Writer {
-        /// The ledger file.
+        /// The ledger file (or the PostgreSQL database, without credentials).
         path: PathBuf,
         /// What happened to the task.
         reason: String,
+    },
+    /// A query on the PostgreSQL ledger failed.
+    #[error("ledger {target}: {source}")]
+    Postgres {
+        /// `postgres://user@host:port/db`, without the password.
+        target: String,
+        #[source]
+        source: sqlx::Error,
     },
 }
 
@@ -190,10 +202,11 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 pub const DEFAULT_BATCH_MAX: usize = 512;
 
 /// How to open a [`Ledger`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LedgerOptions {
-    /// SQLite file; created (with its parent directory) if missing.
-    pub path: PathBuf,
+    /// Where the rows go: an SQLite file (created with its parent directory if
+    /// missing) or the PostgreSQL database.
+    pub database: Database,
     /// Records that may wait for the writer before the queue counts as full
     /// (values below 1 are treated as 1).
     pub queue_capacity: usize,
@@ -204,14 +217,22 @@ pub struct LedgerOptions {
     /// With [`OnOverload::Block`], how long a record waits for room before it is
     /// dropped and counted.
     pub max_wait: Duration,
+    /// Requests older than this many days are deleted in the background.
+    pub retention_days: Option<u32>,
 }
 
 impl LedgerOptions {
-    /// Options for `path` with the default queue capacity, batch size and overload
-    /// behaviour.
+    /// Options for the SQLite file `path` with the default queue capacity, batch size
+    /// and overload behaviour.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self::on(Database::Sqlite(path.into()))
+    }
+
+    /// Options for `database` with the defaults of [`LedgerOptions::new`].
+    pub fn on(database: Database) -> Self {
         Self {
-            path: path.into(),
+            database,
+            retention_days: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             batch_max: DEFAULT_BATCH_MAX,
             on_overload: OnOverload::Block,
@@ -297,24 +318,6 @@ pub struct LedgerStats {
     pub write_errors: u64,
 }
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records the last
-/// one applied. Append only.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_ledger.sql")),
-    (
-        2,
-        include_str!("../../migrations/sqlite/0002_governance.sql"),
-    ),
-    (
-        3,
-        include_str!("../../migrations/sqlite/0003_ledger_indexes.sql"),
-    ),
-    (4, include_str!("../../migrations/sqlite/0004_key_ids.sql")),
-];
-
-/// Highest schema version this build writes and reads.
-const SCHEMA_VERSION: i64 = 4;
-
 /// Creates the file (and its directory) if needed and brings its schema up to date,
 /// without starting a writer: for the governance store and the CLI, which share the
 /// ledger's file.
@@ -332,10 +335,6 @@ pub async fn prepare(path: &Path) -> Result<(), LedgerError> {
     let _ = conn.close().await;
     Ok(())
 }
-
-/// How long a statement waits for another connection's write lock (e.g. a
-/// second gateway process or a `sqlite3` shell) before failing with BUSY.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Minimum spacing between "records dropped" warnings, so a saturated queue
 /// does not turn into a log flood on top of the overload.
@@ -585,7 +584,7 @@ impl LedgerSink {
 /// committed. Dropping a `Ledger` without it still tells the writer to drain
 /// and stop, but nobody waits for that to finish.
 pub struct Ledger {
-    path: PathBuf,
+    database: Database,
     sink: LedgerSink,
     shared: Arc<Shared>,
     /// Cancels the writer if the `Ledger` is dropped without `shutdown`.
@@ -596,27 +595,35 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("path", &self.path)
+            .field("database", &self.database)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the SQLite file, applies pending migrations
-    /// and starts the writer task. Must be called inside a Tokio runtime.
+    /// Opens (creating if needed) the SQLite file and applies pending migrations
+    /// (PostgreSQL was migrated when it connected), then starts the writer task, and
+    /// the retention task when `retention_days` is set. Must be called inside a Tokio
+    /// runtime.
     pub async fn open(opts: LedgerOptions) -> Result<Ledger, LedgerError> {
-        let path = opts.path.clone();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| LedgerError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        let mut conn = connect(&path, true).await?;
-        migrate(&mut conn, &path).await?;
+        let database = opts.database.clone();
+        let conn = match &database {
+            Database::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|source| LedgerError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                let mut conn = connect(path, true).await?;
+                migrate(&mut conn, path).await?;
+                writer::WriterConn::Sqlite(conn)
+            }
+            Database::Postgres(pg) => writer::WriterConn::Postgres(pg.pool().clone()),
+        };
 
         let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
@@ -627,10 +634,17 @@ impl Ledger {
             cancel: cancel.clone(),
             shared: shared.clone(),
             batch_max: opts.batch_max.max(1),
-            path: path.clone(),
+            label: database.to_string(),
         }));
+        if let Some(days) = opts.retention_days {
+            tokio::spawn(retention::run(
+                database.clone(),
+                retention::Retention::days(days),
+                cancel.clone(),
+            ));
+        }
         Ok(Ledger {
-            path,
+            database,
             sink: LedgerSink {
                 inner: Some(SinkInner {
                     tx,
@@ -650,9 +664,9 @@ impl Ledger {
         self.sink.clone()
     }
 
-    /// The SQLite file this ledger writes.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where this ledger writes.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Counters so far; `written` lags until batches commit.
@@ -670,7 +684,7 @@ impl Ledger {
     /// (by surviving sink clones) are counted as dropped.
     pub async fn shutdown(self) -> Result<LedgerStats, LedgerError> {
         let Ledger {
-            path,
+            database,
             sink,
             shared,
             stop,
@@ -680,81 +694,41 @@ impl Ledger {
         drop(sink);
         stop.disarm().cancel();
         task.await.map_err(|e| LedgerError::Writer {
-            path,
+            path: PathBuf::from(database.to_string()),
             reason: e.to_string(),
         })?;
         Ok(shared.counters.snapshot())
     }
 }
 
-/// Opens one connection. The writer needs exactly one (SQLite has a single
+/// Opens one SQLite connection. The writer needs exactly one (SQLite has a single
 /// writer anyway), and reports open their own short-lived one.
 async fn connect(path: &Path, create: bool) -> Result<SqliteConnection, LedgerError> {
-    let mut opts = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(create)
-        .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true);
-    if create {
-        // WAL lets `switchyard spend` read while the gateway writes; NORMAL
-        // sync is durable against process crashes (power loss may lose the
-        // last commits), which is the right trade for usage accounting.
-        // Readers leave the persistent journal mode alone.
-        opts = opts
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
-    }
-    opts.connect().await.map_err(|source| LedgerError::Open {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-async fn user_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar::<_, i64>("PRAGMA user_version")
-        .fetch_one(conn)
+    sqlite::connect(path, create)
         .await
+        .map_err(|source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
-/// Brings the schema up to [`SCHEMA_VERSION`]. Each migration and its
-/// `user_version` bump commit together, so a crash leaves either the old or
-/// the new version; `BEGIN IMMEDIATE` plus re-reading the version inside the
-/// transaction makes two processes opening the same new file safe.
+/// Brings the file's schema up to date.
 async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), LedgerError> {
-    for &(version, sql) in MIGRATIONS {
-        let mig_err = |source| LedgerError::Migrate {
+    sqlite::migrate(conn, path).await.map_err(|e| match e {
+        sqlite::MigrateError::Sql { version, source } => LedgerError::Migrate {
             path: path.to_owned(),
             version,
             source,
-        };
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(mig_err)?;
-        let current = user_version(&mut tx).await.map_err(mig_err)?;
-        if current > SCHEMA_VERSION {
-            return Err(LedgerError::Schema {
-                path: path.to_owned(),
-                found: current,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if current >= version {
-            continue; // `tx` rolls back on drop; nothing was written.
-        }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(mig_err)?;
-        // PRAGMA takes no bind parameters; `version` is our own constant.
-        sqlx::raw_sql(&format!("PRAGMA user_version = {version}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(mig_err)?;
-        tx.commit().await.map_err(mig_err)?;
-        tracing::info!(path = %path.display(), version, "ledger schema migrated");
-    }
-    Ok(())
+        },
+        sqlite::MigrateError::Schema { found } => LedgerError::Schema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        },
+    })
 }
 
-/// Saturating u64 → i64 for SQLite's signed INTEGER.
+/// Saturating u64 → i64 for the signed 64-bit integers of both engines.
 fn to_sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -5,9 +5,10 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
-use super::{connect, user_version, LedgerError, SCHEMA_VERSION};
+use super::{connect, user_version, Database, LedgerError, SCHEMA_VERSION};
+use crate::storage::Postgres;
 
 /// What [`spend_report`] groups requests by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,12 +51,16 @@ impl SpendGroup {
     }
 
     /// SQL expression for the group label. Only ever one of these constants is
-    /// spliced into the query, never user input.
-    fn sql_expr(self) -> &'static str {
+    /// spliced into the query, never user input. The calendar day is the one label
+    /// whose SQL differs between the engines.
+    fn sql_expr(self, postgres: bool) -> &'static str {
         match self {
             Self::Model => "COALESCE(logical_model, '(none)')",
             Self::Key => "COALESCE(key_id, '(none)')",
             Self::Deployment => "COALESCE(deployment, '(none)')",
+            Self::Day if postgres => {
+                "to_char(to_timestamp(started_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
             Self::Day => "date(started_at_ms / 1000, 'unixepoch')",
             Self::Team => "COALESCE(team_id, '(none)')",
             Self::Provider => "COALESCE(provider, '(none)')",
@@ -105,20 +110,21 @@ pub struct SpendRow {
     pub cost_nano_usd: i64,
 }
 
-/// Sums the `requests` table of the ledger at `path`, grouped by `by`, over
-/// requests started at or after `since_ms` (unix ms) when given. Rows are
-/// sorted by cost descending, then group ascending.
+/// Sums the `requests` table of the ledger in `db` (an SQLite file or the
+/// PostgreSQL database), grouped by `by`, over requests started at or after
+/// `since_ms` (unix ms) when given. Rows are sorted by cost descending, then group
+/// ascending (by bytes, whatever the database's collation).
 ///
-/// Opens the existing file without creating it or changing its schema, so it
+/// Opens an existing SQLite file without creating it or changing its schema, so it
 /// is safe to run against the file of a live gateway (WAL allows concurrent
 /// readers).
 pub async fn spend_report(
-    path: &Path,
+    db: impl Into<Database>,
     by: SpendGroup,
     since_ms: Option<i64>,
 ) -> Result<Vec<SpendRow>, LedgerError> {
     spend_query(
-        path,
+        db,
         &SpendQuery {
             by,
             since_ms,
@@ -139,8 +145,97 @@ pub struct SpendQuery {
 }
 
 /// [`spend_report`] with every filter.
-pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, LedgerError> {
-    let (by, since_ms) = (q.by, q.since_ms);
+pub async fn spend_query(
+    db: impl Into<Database>,
+    q: &SpendQuery,
+) -> Result<Vec<SpendRow>, LedgerError> {
+    let mut rows = match db.into() {
+        Database::Sqlite(path) => spend_sqlite(&path, q).await?,
+        Database::Postgres(pg) => {
+            let sql = spend_sql(q, SCHEMA_VERSION, true);
+            let mut query =
+                sqlx::query_as::<_, SpendTuple>(&sql).bind(q.since_ms.unwrap_or(i64::MIN));
+            if let Some(team) = &q.team {
+                query = query.bind(team);
+            }
+            query
+                .fetch_all(pg.pool())
+                .await
+                .map_err(|source| pg_err(&pg, source))?
+                .into_iter()
+                .map(spend_row)
+                .collect()
+        }
+    };
+    // Sorted here, not by the database: PostgreSQL would order the labels by its
+    // collation, SQLite by bytes, and the report must not depend on the engine.
+    rows.sort_by(|a, b| {
+        b.cost_nano_usd
+            .cmp(&a.cost_nano_usd)
+            .then_with(|| a.group.as_bytes().cmp(b.group.as_bytes()))
+    });
+    Ok(rows)
+}
+
+/// A report line as the query returns it: group, requests, errors, prompt,
+/// completion and cached tokens, cost.
+type SpendTuple = (Option<String>, i64, i64, i64, i64, i64, i64);
+
+fn spend_row(t: SpendTuple) -> SpendRow {
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    let (group, requests, errors, prompt, completion, cached, cost) = t;
+    SpendRow {
+        // Only `date()` of an out-of-range timestamp yields NULL.
+        group: group.unwrap_or_else(|| "(invalid)".to_owned()),
+        requests: count(requests),
+        errors: count(errors),
+        prompt_tokens: count(prompt),
+        completion_tokens: count(completion),
+        cached_tokens: count(cached),
+        cost_nano_usd: cost,
+    }
+}
+
+fn pg_err(pg: &Postgres, source: sqlx::Error) -> LedgerError {
+    LedgerError::Postgres {
+        target: pg.target().to_owned(),
+        source,
+    }
+}
+
+/// The report's query for a schema `version` (SQLite files before 4 lack columns;
+/// PostgreSQL has them all). Sums are cast to BIGINT: PostgreSQL's SUM of a BIGINT
+/// is NUMERIC, and SQLite's CAST keeps its integer.
+fn spend_sql(q: &SpendQuery, version: i64, postgres: bool) -> String {
+    // Files of schema 1 have no team column: nobody has a team there.
+    let has_teams = version >= 2;
+    // Keys are grouped by id and shown by name; files before schema 4 hold the
+    // name in `key_id`.
+    let (grp, group_by) = match q.by {
+        SpendGroup::Team if !has_teams => ("'(none)'", "grp"),
+        SpendGroup::Key if version >= 4 => ("COALESCE(MAX(key_name), key_id, '(none)')", "key_id"),
+        by => (by.sql_expr(postgres), "grp"),
+    };
+    let team_filter = if q.team.is_some() {
+        "AND team_id = $2"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT {grp} AS grp, \
+                COUNT(*) AS requests, \
+                CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
+                CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+                CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+                CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens, \
+                CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) AS cost \
+         FROM requests \
+         WHERE started_at_ms >= $1 {team_filter} \
+         GROUP BY {group_by}"
+    )
+}
+
+async fn spend_sqlite(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, LedgerError> {
     // Check first: SQLite's own "unable to open database file" does not say why.
     tokio::fs::metadata(path)
         .await
@@ -162,66 +257,21 @@ pub async fn spend_query(path: &Path, q: &SpendQuery) -> Result<Vec<SpendRow>, L
             supported: SCHEMA_VERSION,
         });
     }
-
-    // Files of schema 1 have no team column: nobody has a team there.
-    let has_teams = version >= 2;
-    if q.team.is_some() && !has_teams {
+    if q.team.is_some() && version < 2 {
         let _ = conn.close().await;
         return Ok(Vec::new());
     }
-    // Keys are grouped by id and shown by name; files before schema 4 hold the
-    // name in `key_id`.
-    let (grp, group_by) = match by {
-        SpendGroup::Team if !has_teams => ("'(none)'", "grp"),
-        SpendGroup::Key if version >= 4 => ("COALESCE(MAX(key_name), key_id, '(none)')", "key_id"),
-        _ => (by.sql_expr(), "grp"),
-    };
-    let team_filter = if q.team.is_some() {
-        "AND team_id = ?"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT {grp} AS grp, \
-                COUNT(*) AS requests, \
-                COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS errors, \
-                COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, \
-                COALESCE(SUM(completion_tokens), 0) AS completion_tokens, \
-                COALESCE(SUM(cached_tokens), 0) AS cached_tokens, \
-                COALESCE(SUM(cost_nano_usd), 0) AS cost \
-         FROM requests \
-         WHERE started_at_ms >= ? {team_filter} \
-         GROUP BY {group_by} \
-         ORDER BY cost DESC, grp ASC"
-    );
-    let mut query = sqlx::query(&sql)
+    let sql = spend_sql(q, version, false);
+    let mut query = sqlx::query_as::<_, SpendTuple>(&sql)
         // No filter = from the beginning of time; keeps one query shape.
-        .bind(since_ms.unwrap_or(i64::MIN));
+        .bind(q.since_ms.unwrap_or(i64::MIN));
     if let Some(team) = &q.team {
         query = query.bind(team);
     }
     let rows = query.fetch_all(&mut conn).await.map_err(sql_err)?;
-
-    let count = |v: i64| u64::try_from(v).unwrap_or(0);
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.push(SpendRow {
-            group: row
-                .try_get::<Option<String>, _>("grp")
-                .map_err(sql_err)?
-                // Only `date()` of an out-of-range timestamp yields NULL.
-                .unwrap_or_else(|| "(invalid)".to_owned()),
-            requests: count(row.try_get("requests").map_err(sql_err)?),
-            errors: count(row.try_get("errors").map_err(sql_err)?),
-            prompt_tokens: count(row.try_get("prompt_tokens").map_err(sql_err)?),
-            completion_tokens: count(row.try_get("completion_tokens").map_err(sql_err)?),
-            cached_tokens: count(row.try_get("cached_tokens").map_err(sql_err)?),
-            cost_nano_usd: row.try_get("cost").map_err(sql_err)?,
-        });
-    }
     // A failed close only matters for writers; the report is already read.
     let _ = conn.close().await;
-    Ok(out)
+    Ok(rows.into_iter().map(spend_row).collect())
 }
 
 /// Whose spend [`SpendReader::spent_since`] sums.
@@ -234,42 +284,57 @@ pub enum SpentBy<'a> {
     Team(&'a str),
 }
 
-/// Reads spend from the ledger, for seeding budgets: whatever file the ledger is,
-/// which need not be the key store's.
+/// Reads spend from the ledger, for seeding budgets: whatever database the ledger
+/// is, which need not be the key store's.
 #[derive(Debug)]
 pub struct SpendReader {
-    conn: sqlx::sqlite::SqliteConnection,
-    path: std::path::PathBuf,
+    inner: ReaderInner,
+}
+
+#[derive(Debug)]
+enum ReaderInner {
+    Sqlite {
+        conn: sqlx::sqlite::SqliteConnection,
+        path: std::path::PathBuf,
+    },
+    Postgres(Postgres),
 }
 
 impl SpendReader {
-    /// Opens the ledger at `path` for reading; it must exist with a current schema
-    /// (the gateway opens, and so migrates, its ledger before it seeds budgets).
-    pub async fn open(path: &Path) -> Result<SpendReader, LedgerError> {
-        tokio::fs::metadata(path)
+    /// Opens the ledger in `db` for reading; an SQLite file must exist with a current
+    /// schema (the gateway opens, and so migrates, its ledger before it seeds budgets).
+    pub async fn open(db: impl Into<Database>) -> Result<SpendReader, LedgerError> {
+        let path = match db.into() {
+            Database::Sqlite(path) => path,
+            Database::Postgres(pg) => {
+                return Ok(SpendReader {
+                    inner: ReaderInner::Postgres(pg),
+                })
+            }
+        };
+        tokio::fs::metadata(&path)
             .await
             .map_err(|source| LedgerError::Io {
-                path: path.to_owned(),
+                path: path.clone(),
                 source,
             })?;
-        let mut conn = connect(path, false).await?;
+        let mut conn = connect(&path, false).await?;
         let version = user_version(&mut conn)
             .await
             .map_err(|source| LedgerError::Sql {
-                path: path.to_owned(),
+                path: path.clone(),
                 source,
             })?;
         if version != SCHEMA_VERSION {
             let _ = conn.close().await;
             return Err(LedgerError::Schema {
-                path: path.to_owned(),
+                path,
                 found: version,
                 supported: SCHEMA_VERSION,
             });
         }
         Ok(SpendReader {
-            conn,
-            path: path.to_owned(),
+            inner: ReaderInner::Sqlite { conn, path },
         })
     }
 
@@ -281,29 +346,39 @@ impl SpendReader {
     ) -> Result<i64, LedgerError> {
         let (sql, who) = match by {
             SpentBy::Key(id) => (
-                "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests \
-                 WHERE key_id = ? AND started_at_ms >= ?",
+                "SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM requests \
+                 WHERE key_id = $1 AND started_at_ms >= $2",
                 id,
             ),
             SpentBy::Team(name) => (
-                "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM requests \
-                 WHERE team_id = ? AND started_at_ms >= ?",
+                "SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM requests \
+                 WHERE team_id = $1 AND started_at_ms >= $2",
                 name,
             ),
         };
-        sqlx::query_scalar(sql)
-            .bind(who)
-            .bind(since_ms)
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(|source| LedgerError::Sql {
-                path: self.path.clone(),
-                source,
-            })
+        match &mut self.inner {
+            ReaderInner::Sqlite { conn, path } => sqlx::query_scalar(sql)
+                .bind(who)
+                .bind(since_ms)
+                .fetch_one(conn)
+                .await
+                .map_err(|source| LedgerError::Sql {
+                    path: path.clone(),
+                    source,
+                }),
+            ReaderInner::Postgres(pg) => sqlx::query_scalar(sql)
+                .bind(who)
+                .bind(since_ms)
+                .fetch_one(pg.pool())
+                .await
+                .map_err(|source| pg_err(pg, source)),
+        }
     }
 
     pub async fn close(self) {
-        let _ = self.conn.close().await;
+        if let ReaderInner::Sqlite { conn, .. } = self.inner {
+            let _ = conn.close().await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
 use super::*;
+use crate::storage::sqlite::MIGRATIONS;
 
 pub(super) async fn open_ledger(path: &Path, capacity: usize) -> Ledger {
     Ledger::open(LedgerOptions {

@@ -1,11 +1,11 @@
 //! The background task that turns queued [`RequestRecord`]s into rows.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
@@ -13,14 +13,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::{to_sql_int, AttemptRecord, DropReason, RequestRecord, Shared};
 
+/// The writer's way to the database: SQLite's one connection (it has a single writer
+/// anyway), or the PostgreSQL pool, from which each batch takes a connection.
+pub(super) enum WriterConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgPool),
+}
+
 /// Everything the writer task owns.
 pub(super) struct WriterCtx {
-    pub conn: SqliteConnection,
+    pub conn: WriterConn,
     pub rx: mpsc::Receiver<RequestRecord>,
     pub cancel: CancellationToken,
     pub shared: Arc<Shared>,
     pub batch_max: usize,
-    pub path: PathBuf,
+    /// The database, for logs (the file, or the server without credentials).
+    pub label: String,
 }
 
 /// Delays before re-trying a failed batch. BUSY is already waited out by the
@@ -29,11 +37,11 @@ pub(super) struct WriterCtx {
 /// queue forever.
 const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_millis(500)];
 
-/// Rows per INSERT statement. Every statement is a round trip to sqlx's
-/// SQLite worker thread, which costs more than the insert itself, so rows are
-/// sent in multi-row statements. 32 keeps well under SQLite's bind-parameter
-/// limit (32 × 26 = 832) and bounds the distinct statement texts (one per
-/// chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
+/// Rows per INSERT statement. Every statement is a round trip (to sqlx's SQLite
+/// worker thread, or to the PostgreSQL server), which costs more than the insert
+/// itself, so rows are sent in multi-row statements. 32 keeps well under SQLite's
+/// bind-parameter limit (32 × 26 = 832) and bounds the distinct statement texts (one
+/// per chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
 
 const REQUEST_COLUMNS: &[&str] = &[
@@ -84,13 +92,21 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "cache_write_tokens",
 ];
 
-/// `INSERT INTO table (cols) VALUES (?, …), … <tail>` for `rows` rows.
+/// `INSERT INTO table (cols) VALUES ($1, …), … <tail>` for `rows` rows. Numbered
+/// placeholders are the one syntax both engines take.
 fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
-    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    let tuples: Vec<String> = (0..rows)
+        .map(|row| {
+            let params: Vec<String> = (1..=cols.len())
+                .map(|c| format!("${}", row * cols.len() + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
     format!(
         "INSERT INTO {table} ({}) VALUES {} {tail}",
         cols.join(", "),
-        vec![tuple.as_str(); rows].join(", ")
+        tuples.join(", ")
     )
 }
 
@@ -151,7 +167,7 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
         cancel,
         shared,
         batch_max,
-        path,
+        label,
     } = ctx;
     let stmts = Statements::new();
     let mut batch = Vec::with_capacity(batch_max);
@@ -183,7 +199,7 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
                 Ok(_) => {}
             }
         }
-        let done = commit_batch(&mut conn, &stmts, &mut batch, &shared, &path, !failing).await;
+        let done = commit_batch(&mut conn, &stmts, &mut batch, &shared, &label, !failing).await;
         failing = done.is_none();
         written += done.unwrap_or(0);
     }
@@ -193,7 +209,7 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
     // nothing can slip in after the drain.
     rx.close();
     while rx.recv_many(&mut batch, batch_max).await > 0 {
-        match commit_batch(&mut conn, &stmts, &mut batch, &shared, &path, !failing).await {
+        match commit_batch(&mut conn, &stmts, &mut batch, &shared, &label, !failing).await {
             Some(w) => {
                 failing = false;
                 written += w;
@@ -209,7 +225,7 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
                     batch.clear();
                 }
                 if rest > 0 {
-                    tracing::error!(path = %path.display(), rows = rest,
+                    tracing::error!(database = %label, rows = rest,
                         "usage ledger failing at shutdown; discarding queued records");
                     shared.note_dropped(rest, DropReason::WriteFailed);
                 }
@@ -218,11 +234,14 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
         }
     }
 
-    // Closing the last connection checkpoints the WAL into the main file.
-    if let Err(e) = conn.close().await {
-        tracing::warn!(path = %path.display(), error = %e, "closing usage ledger failed");
+    // Closing the last connection checkpoints the WAL into the main file. The
+    // PostgreSQL pool is shared with the key store and closes with it.
+    if let WriterConn::Sqlite(conn) = conn {
+        if let Err(e) = conn.close().await {
+            tracing::warn!(database = %label, error = %e, "closing usage ledger failed");
+        }
     }
-    tracing::debug!(path = %path.display(), written, "usage ledger writer stopped");
+    tracing::debug!(database = %label, written, "usage ledger writer stopped");
     written
 }
 
@@ -230,11 +249,11 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
 /// when `retry` is set. Returns the rows written, or `None` when the batch was
 /// lost; lost and duplicate records are added to the dropped counter.
 async fn commit_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut WriterConn,
     stmts: &Statements,
     batch: &mut Vec<RequestRecord>,
     shared: &Shared,
-    path: &std::path::Path,
+    label: &str,
     retry: bool,
 ) -> Option<u64> {
     let total = batch.len() as u64;
@@ -247,12 +266,12 @@ async fn commit_batch(
         shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         match retries.next() {
             Some(delay) => {
-                tracing::warn!(path = %path.display(), error = %e, rows = total,
+                tracing::warn!(database = %label, error = %e, rows = total,
                     "usage ledger batch failed; retrying");
                 tokio::time::sleep(*delay).await;
             }
             None => {
-                tracing::error!(path = %path.display(), error = %e, rows = total,
+                tracing::error!(database = %label, error = %e, rows = total,
                     "usage ledger batch failed; records lost");
                 break None;
             }
@@ -272,113 +291,134 @@ async fn commit_batch(
     written
 }
 
-/// One transaction for the whole batch: in WAL mode with `synchronous=NORMAL`
-/// the commit is the expensive part, so amortising it is what makes the
-/// ledger keep up. `BEGIN IMMEDIATE` takes the write lock up front, so waiting
-/// on another writer goes through the busy timeout instead of failing with
-/// BUSY_SNAPSHOT halfway through.
+/// The inserts of one batch inside the open transaction `$tx`, evaluating to the
+/// request rows written. A macro, not a function, so that the one text serves both
+/// engines' transaction and row types.
+macro_rules! insert_rows {
+    ($tx:ident, $stmts:expr, $batch:expr) => {{
+        let stmts: &Statements = $stmts;
+        let batch: &[RequestRecord] = $batch;
+        let mut written = 0u64;
+        let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
+            for r in chunk {
+                q = q
+                    .bind(&r.request_id)
+                    .bind(r.started_at_ms)
+                    .bind(r.key_id.as_deref())
+                    .bind(r.endpoint)
+                    .bind(r.logical_model.as_deref())
+                    .bind(r.deployment.as_deref())
+                    .bind(r.provider.as_deref())
+                    .bind(r.upstream_model.as_deref())
+                    .bind(i64::from(r.status))
+                    .bind(r.error_code.as_deref())
+                    .bind(i64::from(r.streamed))
+                    .bind(i64::from(r.client_disconnected))
+                    .bind(to_sql_int(r.usage.prompt_tokens))
+                    .bind(to_sql_int(r.usage.completion_tokens))
+                    .bind(to_sql_int(r.usage.cached_tokens))
+                    .bind(i64::from(r.usage.estimated))
+                    .bind(r.cost_nano_usd)
+                    .bind(r.latency_us)
+                    .bind(r.ttft_us)
+                    .bind(to_sql_int(r.attempts.len() as u64))
+                    .bind(r.team_id.as_deref())
+                    .bind(r.policy_decision.as_deref())
+                    .bind(r.redactions.as_deref())
+                    .bind(to_sql_int(r.usage.reasoning_tokens))
+                    .bind(to_sql_int(r.usage.cache_write_tokens))
+                    .bind(r.key_name.as_deref());
+            }
+            let inserted = q.fetch_all(&mut *$tx).await?;
+            written += inserted.len() as u64;
+            if inserted.len() == chunk.len() {
+                attempts.extend(chunk.iter().flat_map(attempts_of));
+            } else {
+                // Duplicate request id(s): the first occurrence was inserted (rows
+                // go in order), later ones and ids already in the table were not.
+                // Attach attempts only to the row that was really inserted.
+                let mut ids = inserted
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<HashSet<_>, _>>()?;
+                attempts.extend(
+                    chunk
+                        .iter()
+                        .filter(|r| ids.remove(&r.request_id))
+                        .flat_map(attempts_of),
+                );
+            }
+        }
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
+            for &(request_id, a) in chunk {
+                q = q
+                    .bind(request_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(a.started_at_ms)
+                    .bind(&a.deployment)
+                    .bind(&a.provider)
+                    .bind(&a.upstream_model)
+                    .bind(a.status.map(i64::from))
+                    .bind(a.error_class.as_deref())
+                    .bind(to_sql_int(a.usage.prompt_tokens))
+                    .bind(to_sql_int(a.usage.completion_tokens))
+                    .bind(to_sql_int(a.usage.cached_tokens))
+                    .bind(i64::from(a.usage.estimated))
+                    .bind(a.cost_nano_usd)
+                    .bind(a.latency_us)
+                    .bind(to_sql_int(a.usage.reasoning_tokens))
+                    .bind(to_sql_int(a.usage.cache_write_tokens));
+            }
+            q.execute(&mut *$tx).await?;
+        }
+        // Content only exists for requests whose policy allows logging it: rare enough
+        // for one statement each.
+        for r in batch
+            .iter()
+            .filter(|r| r.content_prompt.is_some() || r.content_response.is_some())
+        {
+            sqlx::query(
+                "INSERT INTO request_content (request_id, prompt, response) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = $1) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&r.request_id)
+            .bind(r.content_prompt.as_deref())
+            .bind(r.content_response.as_deref())
+            .execute(&mut *$tx)
+            .await?;
+        }
+        written
+    }};
+}
+
+/// One transaction for the whole batch: in SQLite's WAL mode with
+/// `synchronous=NORMAL`, as on PostgreSQL, the commit is the expensive part, so
+/// amortising it is what makes the ledger keep up. On SQLite, `BEGIN IMMEDIATE`
+/// takes the write lock up front, so waiting on another writer goes through the busy
+/// timeout instead of failing with BUSY_SNAPSHOT halfway through.
 async fn insert_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut WriterConn,
     stmts: &Statements,
     batch: &[RequestRecord],
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let mut written = 0u64;
-    let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
-    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
-        for r in chunk {
-            q = q
-                .bind(&r.request_id)
-                .bind(r.started_at_ms)
-                .bind(r.key_id.as_deref())
-                .bind(r.endpoint)
-                .bind(r.logical_model.as_deref())
-                .bind(r.deployment.as_deref())
-                .bind(r.provider.as_deref())
-                .bind(r.upstream_model.as_deref())
-                .bind(i64::from(r.status))
-                .bind(r.error_code.as_deref())
-                .bind(r.streamed)
-                .bind(r.client_disconnected)
-                .bind(to_sql_int(r.usage.prompt_tokens))
-                .bind(to_sql_int(r.usage.completion_tokens))
-                .bind(to_sql_int(r.usage.cached_tokens))
-                .bind(r.usage.estimated)
-                .bind(r.cost_nano_usd)
-                .bind(r.latency_us)
-                .bind(r.ttft_us)
-                .bind(to_sql_int(r.attempts.len() as u64))
-                .bind(r.team_id.as_deref())
-                .bind(r.policy_decision.as_deref())
-                .bind(r.redactions.as_deref())
-                .bind(to_sql_int(r.usage.reasoning_tokens))
-                .bind(to_sql_int(r.usage.cache_write_tokens))
-                .bind(r.key_name.as_deref());
+    match conn {
+        WriterConn::Sqlite(conn) => {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let written = insert_rows!(tx, stmts, batch);
+            tx.commit().await?;
+            Ok(written)
         }
-        let inserted = q.fetch_all(&mut *tx).await?;
-        written += inserted.len() as u64;
-        if inserted.len() == chunk.len() {
-            attempts.extend(chunk.iter().flat_map(attempts_of));
-        } else {
-            // Duplicate request id(s): the first occurrence was inserted (rows
-            // go in order), later ones and ids already in the table were not.
-            // Attach attempts only to the row that was really inserted.
-            let mut ids = inserted
-                .iter()
-                .map(|row| row.try_get::<String, _>(0))
-                .collect::<Result<HashSet<_>, _>>()?;
-            attempts.extend(
-                chunk
-                    .iter()
-                    .filter(|r| ids.remove(&r.request_id))
-                    .flat_map(attempts_of),
-            );
+        WriterConn::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let written = insert_rows!(tx, stmts, batch);
+            tx.commit().await?;
+            Ok(written)
         }
     }
-    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
-        for &(request_id, a) in chunk {
-            q = q
-                .bind(request_id)
-                .bind(i64::from(a.attempt))
-                .bind(a.started_at_ms)
-                .bind(&a.deployment)
-                .bind(&a.provider)
-                .bind(&a.upstream_model)
-                .bind(a.status.map(i64::from))
-                .bind(a.error_class.as_deref())
-                .bind(to_sql_int(a.usage.prompt_tokens))
-                .bind(to_sql_int(a.usage.completion_tokens))
-                .bind(to_sql_int(a.usage.cached_tokens))
-                .bind(a.usage.estimated)
-                .bind(a.cost_nano_usd)
-                .bind(a.latency_us)
-                .bind(to_sql_int(a.usage.reasoning_tokens))
-                .bind(to_sql_int(a.usage.cache_write_tokens));
-        }
-        q.execute(&mut *tx).await?;
-    }
-    // Content only exists for requests whose policy allows logging it: rare enough
-    // for one statement each.
-    for r in batch
-        .iter()
-        .filter(|r| r.content_prompt.is_some() || r.content_response.is_some())
-    {
-        sqlx::query(
-            "INSERT INTO request_content (request_id, prompt, response) \
-             SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = ?) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&r.request_id)
-        .bind(r.content_prompt.as_deref())
-        .bind(r.content_response.as_deref())
-        .bind(&r.request_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(written)
 }
 
 fn attempts_of(r: &RequestRecord) -> impl Iterator<Item = (&str, &AttemptRecord)> {
@@ -394,15 +434,20 @@ mod tests {
         let s = Statements::new();
         for n in 1..=ROWS_PER_STATEMENT {
             assert_eq!(
-                s.requests[n].matches('?').count(),
+                s.requests[n].matches('$').count(),
                 n * REQUEST_COLUMNS.len()
             );
             assert_eq!(
-                s.attempts[n].matches('?').count(),
+                s.attempts[n].matches('$').count(),
                 n * ATTEMPT_COLUMNS.len()
             );
+            // The last placeholder is the number of values.
+            let last = format!("${})", n * REQUEST_COLUMNS.len());
+            assert!(s.requests[n].contains(&last), "{}", s.requests[n]);
         }
         assert!(s.requests[1].starts_with("INSERT INTO requests (request_id, started_at_ms,"));
+        assert!(s.requests[1].contains("VALUES ($1, $2, "));
+        assert!(s.requests[2].contains(&format!("), (${}, ", REQUEST_COLUMNS.len() + 1)));
         assert!(s.requests[1].ends_with("DO NOTHING RETURNING request_id"));
     }
 }

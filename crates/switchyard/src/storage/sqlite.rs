@@ -1,0 +1,105 @@
+//! SQLite: opening a file and bringing its schema up to date.
+//!
+//! The migrations (`migrations/sqlite/`) are applied in order, each in one
+//! `BEGIN IMMEDIATE` transaction with its `PRAGMA user_version` bump, so existing
+//! files keep the history they were written with.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the last
+/// one applied. Append only.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_ledger.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_governance.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_ledger_indexes.sql"),
+    ),
+    (4, include_str!("../../migrations/sqlite/0004_key_ids.sql")),
+];
+
+/// Highest schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// How long a statement waits for another connection's write lock (e.g. a
+/// second gateway process or a `sqlite3` shell) before failing with BUSY.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why [`migrate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Applying migration `version` failed.
+    #[error("migrating schema to version {version} failed: {source}")]
+    Sql {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The file's schema is newer than this build (or not ours).
+    #[error("schema version {found} is not supported")]
+    Schema { found: i64 },
+}
+
+/// Opens one connection; with `create`, creates the file and sets the journal mode
+/// a writer wants.
+pub async fn connect(path: &Path, create: bool) -> Result<SqliteConnection, sqlx::Error> {
+    let mut opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(create)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    if create {
+        // WAL lets `switchyard spend` read while the gateway writes; NORMAL
+        // sync is durable against process crashes (power loss may lose the
+        // last commits), which is the right trade for usage accounting.
+        // Readers leave the persistent journal mode alone.
+        opts = opts
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+    }
+    opts.connect().await
+}
+
+/// The schema version recorded in the file (0 for a file that is not ours).
+pub async fn user_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>("PRAGMA user_version")
+        .fetch_one(conn)
+        .await
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]. Each migration and its
+/// `user_version` bump commit together, so a crash leaves either the old or
+/// the new version; `BEGIN IMMEDIATE` plus re-reading the version inside the
+/// transaction makes two processes opening the same new file safe.
+pub async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), MigrateError> {
+    for &(version, sql) in MIGRATIONS {
+        let mig_err = |source| MigrateError::Sql { version, source };
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(mig_err)?;
+        let current = user_version(&mut tx).await.map_err(mig_err)?;
+        if current > SCHEMA_VERSION {
+            return Err(MigrateError::Schema { found: current });
+        }
+        if current >= version {
+            continue; // `tx` rolls back on drop; nothing was written.
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(mig_err)?;
+        // PRAGMA takes no bind parameters; `version` is our own constant.
+        sqlx::raw_sql(&format!("PRAGMA user_version = {version}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(mig_err)?;
+        tx.commit().await.map_err(mig_err)?;
+        tracing::info!(path = %path.display(), version, "schema migrated");
+    }
+    Ok(())
+}
