@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::api::generation::Changes;
+use crate::api::{AppState, ReloadReport};
+use crate::config::ConfigWarning;
 use crate::config::policy::{Budget, BudgetInput};
 use crate::governance::budget::Scope;
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
@@ -35,6 +37,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/keys/{id}", get(get_key).patch(update_key))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/spend", get(spend))
+        .route("/admin/reload", post(reload_config))
         .route("/v1/spend", get(spend))
 }
 
@@ -419,6 +422,39 @@ async fn reload(state: &AppState) {
     }
 }
 
+/// `POST /admin/reload`: re-reads the configuration file, as SIGHUP does. 200 with
+/// what changed; a refused file answers 400 naming the field, and the running
+/// configuration stays.
+async fn reload_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    try_api!(admin_only(&state, &headers));
+    match state.reload().await {
+        Ok(report) => Json(reload_json(&report)).into_response(),
+        Err(e) => ApiError::from(&e).into_response(),
+    }
+}
+
+fn reload_json(r: &ReloadReport) -> Value {
+    let changes = |c: &Changes| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
+    let warnings = |ws: &[ConfigWarning]| {
+        ws.iter()
+            .map(|w| json!({"field": w.path, "message": w.message}))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "object": "config.reload",
+        "generation": r.generation,
+        "file": r.file.display().to_string(),
+        "unchanged": r.unchanged(),
+        "models": changes(&r.models),
+        "deployments": changes(&r.deployments),
+        "providers": changes(&r.providers),
+        "keys": changes(&r.keys),
+        "settings": r.settings,
+        "restart_needed": warnings(&r.restart_needed),
+        "warnings": warnings(&r.warnings),
+    })
+}
+
 #[derive(Deserialize)]
 struct SpendParams {
     by: Option<String>,
@@ -475,7 +511,7 @@ async fn spend(
         Some(Some(ms)) => Some(ms),
         None => None,
     };
-    let Some(path) = state.config.ledger.path.clone() else {
+    let Some(path) = state.current().config.ledger.path.clone() else {
         return no_store().into_response();
     };
     let query = SpendQuery {

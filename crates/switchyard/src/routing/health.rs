@@ -3,10 +3,10 @@
 //! One entry per deployment, shared by every logical model that uses it.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{BreakerConfig, Deployment};
+use crate::config::{BreakerConfig, Config, Deployment};
 use crate::resilience::{Admission, Breaker, BreakerState, ProbeTicket};
 
 /// Weight of a new sample that is below the estimate. Samples above it replace it
@@ -150,7 +150,9 @@ impl Drop for InFlight<'_> {
 
 /// Health of every deployment, indexed by `Deployment::index`.
 pub struct Health {
-    deployments: Vec<DeploymentHealth>,
+    /// Shared, so that a reloaded configuration's table can keep the entries of the
+    /// deployments that keep their names (see [`Health::carried_over`]).
+    deployments: Vec<Arc<DeploymentHealth>>,
     /// Answers for a deployment when the table is empty, so that `of` needs no panic.
     spare: DeploymentHealth,
 }
@@ -158,8 +160,41 @@ pub struct Health {
 impl Health {
     pub fn new(count: usize, breaker: BreakerConfig) -> Self {
         Health {
-            deployments: (0..count).map(|_| DeploymentHealth::new(breaker)).collect(),
+            deployments: (0..count)
+                .map(|_| Arc::new(DeploymentHealth::new(breaker)))
+                .collect(),
             spare: DeploymentHealth::new(breaker),
+        }
+    }
+
+    /// The table for `new`, a reloaded configuration: a deployment that keeps its
+    /// name keeps what was learned about it (breaker, latency, exhaustion, calls in
+    /// flight), with `new`'s breaker thresholds; a new name starts afresh. The old
+    /// table stays valid for the requests still running on `old`.
+    pub fn carried_over(new: &Config, old: &Config, old_health: &Health) -> Health {
+        let deployments = new
+            .deployments
+            .iter()
+            .map(|d| {
+                let kept = old
+                    .deployments
+                    .iter()
+                    .find(|o| o.name == d.name)
+                    .and_then(|o| old_health.deployments.get(o.index));
+                match kept {
+                    Some(h) => {
+                        if new.breaker != old.breaker {
+                            h.breaker().reconfigure(new.breaker);
+                        }
+                        h.clone()
+                    }
+                    None => Arc::new(DeploymentHealth::new(new.breaker)),
+                }
+            })
+            .collect();
+        Health {
+            deployments,
+            spare: DeploymentHealth::new(new.breaker),
         }
     }
 
@@ -168,7 +203,7 @@ impl Health {
         self.deployments
             .get(deployment.index)
             .or_else(|| self.deployments.last())
-            .unwrap_or(&self.spare)
+            .map_or(&self.spare, |h| h)
     }
 }
 
