@@ -211,10 +211,10 @@ fn init_logging(json: bool) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve => {
-            let config = load(&cli.config)?;
-            let gateway = Gateway::start(config).await?;
+            let gateway = Gateway::start_from_file(&cli.config).await?;
             eprintln!("switchyard listening on {}", gateway.base_url());
-            shutdown_signal().await;
+            // SIGHUP reloads the file meanwhile.
+            gateway.wait_for_shutdown_signal().await;
             let report = gateway.shutdown().await?;
             let l = report.ledger;
             eprintln!(
@@ -319,7 +319,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => {
             let path = file.unwrap_or(cli.config);
-            match Config::load(&path) {
+            // The same validation a running gateway applies to a reloaded file.
+            match switchyard::governance::check::check_config_file(&path).await {
                 Ok(c) => {
                     // The config file's keys may not reuse the names of the store's
                     // virtual keys; the gateway refuses to start with such a file.
@@ -338,12 +339,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                                 }
                             }
                         }
-                        switchyard::config::StorageConfig::Sqlite => c
-                            .governance
-                            .store
-                            .clone()
-                            .filter(|p| p.exists())
-                            .map(Database::Sqlite),
+                        // Checked with the file above, as a reload checks it.
+                        switchyard::config::StorageConfig::Sqlite => None,
                     };
                     if let Some(db) = store {
                         let store = switchyard::governance::store::Store::open_on(&db).await?;
@@ -367,10 +364,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => {
+                Err(e) if e.is_invalid_file() => {
                     eprintln!("{e}");
                     Ok(ExitCode::from(2))
                 }
+                Err(e) => Err(e.into()),
             }
         }
         Command::Keys { command, store } => {

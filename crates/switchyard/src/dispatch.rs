@@ -164,9 +164,29 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(config: &Config, limiter: Arc<dyn Limiter>) -> Result<Self, reqwest::Error> {
+        Dispatcher::next(config, limiter, None)
+    }
+
+    /// The dispatcher for `config`; with `previous` (the configuration it replaces
+    /// and its dispatcher), the deployments that keep their names keep their health,
+    /// and the pooled clients are reused while the pool settings are the same (their
+    /// warm connections with them).
+    pub fn next(
+        config: &Config,
+        limiter: Arc<dyn Limiter>,
+        previous: Option<(&Config, &Dispatcher)>,
+    ) -> Result<Self, reqwest::Error> {
+        let reusable = previous.filter(|(old, _)| {
+            old.upstream.pool_idle_timeout == config.upstream.pool_idle_timeout
+                && old.upstream.pool_max_idle_per_host == config.upstream.pool_max_idle_per_host
+        });
         let mut clients = HashMap::new();
         for d in &config.deployments {
             if clients.contains_key(&d.timeouts.connect) {
+                continue;
+            }
+            if let Some(kept) = reusable.and_then(|(_, p)| p.clients.get(&d.timeouts.connect)) {
+                clients.insert(d.timeouts.connect, kept.clone());
                 continue;
             }
             let client = reqwest::Client::builder()
@@ -180,9 +200,13 @@ impl Dispatcher {
                 .build()?;
             clients.insert(d.timeouts.connect, client);
         }
+        let health = match previous {
+            Some((old, p)) => Health::carried_over(config, old, &p.health),
+            None => Health::new(config.deployments.len(), config.breaker),
+        };
         Ok(Dispatcher {
             clients,
-            health: Health::new(config.deployments.len(), config.breaker),
+            health,
             limiter,
         })
     }

@@ -1,6 +1,7 @@
 //! The running gateway: listener, shared state, ledger, and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -9,8 +10,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::api::{self, AppState, ReloadError, ReloadReport, Services};
+use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, LedgerSink, LedgerStats};
 use crate::limits::InProcessLimiter;
@@ -32,6 +33,8 @@ pub enum StartError {
     State(#[from] crate::storage::redis::StateError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// What shutdown found.
@@ -62,8 +65,28 @@ impl Gateway {
         Gateway::start_on(config, listener).await
     }
 
+    /// Loads the configuration file at `path` and serves it, remembering the file:
+    /// SIGHUP (see [`Gateway::wait_for_shutdown_signal`]) and `POST /admin/reload`
+    /// re-read it.
+    pub async fn start_from_file(path: &Path) -> Result<Gateway, StartError> {
+        let config = Config::load(path)?;
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Gateway::start_inner(config, listener, Some(path)).await
+    }
+
     /// Starts serving on a listener the caller bound (tests bind port 0).
     pub async fn start_on(config: Config, listener: TcpListener) -> Result<Gateway, StartError> {
+        Gateway::start_inner(config, listener, None).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        listener: TcpListener,
+        source: Option<&Path>,
+    ) -> Result<Gateway, StartError> {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
@@ -109,10 +132,17 @@ impl Gateway {
             dispatcher.health.share(names, redis.clone());
         }
         let governance =
-            crate::governance::Governance::open_on(&config, &storage, limiter, shared)
-                .await?;
-        let state =
-            Arc::new(AppState::new(Arc::new(config), dispatcher, sink).with_governance(governance));
+            crate::governance::Governance::open_on(&config, &storage, limiter, shared).await?;
+        // Built once: every generation a reload makes runs on these same services.
+        let services = Services {
+            governance,
+            ledger: sink,
+        };
+        let mut state = AppState::new(Arc::new(config), dispatcher, services);
+        if let Some(path) = source {
+            state = state.with_source(path.to_owned());
+        }
+        let state = Arc::new(state);
         let app = api::router(state.clone(), crate::admin::routes());
         let stop = CancellationToken::new();
         let signal = stop.clone();
@@ -147,6 +177,36 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// Re-reads the configuration file and puts it in force for new requests, as
+    /// SIGHUP and `POST /admin/reload` do; an invalid file leaves the running
+    /// configuration in force.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.state.reload().await
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.current().config.clone()
+    }
+
+    /// Resolves on SIGTERM or SIGINT; meanwhile every SIGHUP reloads the
+    /// configuration file (an error is logged, and the gateway keeps running).
+    pub async fn wait_for_shutdown_signal(&self) {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut hangups = Hangups::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                () = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged by the reload itself.
+                    let _ = self.reload().await;
+                }
+            }
+        }
+    }
+
     /// Fails `/readyz` for `server.drain_grace_ms` while still serving, then stops
     /// accepting, lets in-flight requests finish up to the drain timeout, and flushes
     /// the ledger.
@@ -154,13 +214,14 @@ impl Gateway {
         self.state.draining.store(true, Ordering::Relaxed);
         // Load balancers only stop sending once they have seen `/readyz` fail; closing
         // the listener before that would refuse the traffic still on its way.
-        let grace = self.state.config.server.drain_grace;
+        let config = self.config();
+        let grace = config.server.drain_grace;
         if !grace.is_zero() {
             tracing::info!(?grace, "draining: /readyz fails, still accepting");
             tokio::time::sleep(grace).await;
         }
         self.stop.cancel();
-        let deadline = self.state.config.server.drain_timeout;
+        let deadline = config.server.drain_timeout;
         let mut serve = self.serve;
         let drained = match tokio::time::timeout(deadline, &mut serve).await {
             Ok(_) => true,
@@ -214,5 +275,39 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP, the conventional "re-read your configuration" signal. Where it cannot be
+/// listened for, `recv` never resolves.
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            Hangups {}
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 }

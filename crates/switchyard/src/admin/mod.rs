@@ -17,8 +17,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::api::generation::Changes;
+use crate::api::{AppState, ReloadReport};
 use crate::config::policy::{Budget, BudgetInput};
+use crate::config::ConfigWarning;
 use crate::governance::budget::Scope;
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
 use crate::governance::Policy;
@@ -36,6 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/spend", get(spend))
         .route("/admin/health", get(health))
+        .route("/admin/reload", post(reload_config))
         .route("/v1/spend", get(spend))
 }
 
@@ -441,6 +444,40 @@ async fn reload(state: &AppState) {
     }
 }
 
+/// `POST /admin/reload`: re-reads the configuration file, as SIGHUP does. 200 with
+/// what changed; a refused file answers 400 naming the field, and the running
+/// configuration stays.
+async fn reload_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    try_api!(admin_only(&state, &headers));
+    match state.reload().await {
+        Ok(report) => Json(reload_json(&report)).into_response(),
+        Err(e) => ApiError::from(&e).into_response(),
+    }
+}
+
+fn reload_json(r: &ReloadReport) -> Value {
+    let changes =
+        |c: &Changes| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
+    let warnings = |ws: &[ConfigWarning]| {
+        ws.iter()
+            .map(|w| json!({"field": w.path, "message": w.message}))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "object": "config.reload",
+        "generation": r.generation,
+        "file": r.file.display().to_string(),
+        "unchanged": r.unchanged(),
+        "models": changes(&r.models),
+        "deployments": changes(&r.deployments),
+        "providers": changes(&r.providers),
+        "keys": changes(&r.keys),
+        "settings": r.settings,
+        "restart_needed": warnings(&r.restart_needed),
+        "warnings": warnings(&r.warnings),
+    })
+}
+
 #[derive(Deserialize)]
 struct SpendParams {
     by: Option<String>,
@@ -455,12 +492,13 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     try_api!(admin_only(&state, &headers));
     let now = std::time::Instant::now();
     let now_ms = time::now_ms();
-    let data: Vec<Value> = state
+    let current = state.current();
+    let data: Vec<Value> = current
         .config
         .deployments
         .iter()
         .map(|d| {
-            let h = state.dispatcher.health.of(d);
+            let h = current.dispatcher.health.of(d);
             let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             json!({
                 "name": d.name,

@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use super::error::ApiError;
 use super::relay::{OpenAiFrames, Relay};
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
-use super::{new_request_id, read_body, with_request_id, AppState};
+use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::config::{Constraints, Deployment, LogicalModel};
 use crate::dispatch::{Job, Opened, Rendered};
 use crate::ledger::tracker::RequestTracker;
@@ -23,6 +23,8 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // This request runs on the configuration in force now, to its end.
+    let state = state.current();
     let request_id = new_request_id();
     let mut tracker = RequestTracker::new(
         state.ledger.clone(),
@@ -69,7 +71,7 @@ enum Reply {
 }
 
 async fn chat(
-    state: &AppState,
+    state: &Generation,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
@@ -105,7 +107,7 @@ async fn chat(
 
 /// Authenticates the caller and notes who it is in the ledger row.
 pub(super) fn authenticate(
-    state: &AppState,
+    state: &Generation,
     headers: &HeaderMap,
     tracker: &mut RequestTracker,
 ) -> Result<Arc<crate::governance::Principal>, ApiError> {
@@ -136,7 +138,7 @@ pub(super) enum ChatServed {
 /// request in hand): an ingress whose own protocol that deployment speaks passes the
 /// client's request through instead of the translation.
 pub(super) async fn serve_chat(
-    state: &AppState,
+    state: &Generation,
     key: &crate::governance::Principal,
     mut req: ChatRequest,
     tracker: &mut RequestTracker,
@@ -210,7 +212,7 @@ pub(super) async fn serve_chat(
 /// Fetches http(s) image URLs into `data:` URLs, once, when a deployment of the
 /// model takes only image bytes (Bedrock). Other deployments take data URLs too.
 async fn inline_images_if_needed(
-    state: &AppState,
+    state: &Generation,
     model: &LogicalModel,
     req: &mut ChatRequest,
 ) -> Result<(), ApiError> {
@@ -234,7 +236,7 @@ async fn inline_images_if_needed(
         })
 }
 
-fn resolve_model(state: &AppState, name: &str) -> Result<Arc<LogicalModel>, ApiError> {
+fn resolve_model(state: &Generation, name: &str) -> Result<Arc<LogicalModel>, ApiError> {
     state
         .config
         .model(name)
@@ -293,6 +295,8 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // This request runs on the configuration in force now, to its end.
+    let state = state.current();
     let request_id = new_request_id();
     let mut tracker = RequestTracker::new(
         state.ledger.clone(),
@@ -314,7 +318,7 @@ pub async fn embeddings(
 }
 
 async fn embed(
-    state: &AppState,
+    state: &Generation,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
+use super::generation::ReloadError;
 use crate::dispatch::DispatchError;
 use crate::governance::Refusal;
 use crate::types::ProviderError;
@@ -327,6 +328,41 @@ impl ApiError {
 fn retry_after_header(wait: std::time::Duration) -> HeaderValue {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
+}
+
+impl From<&ReloadError> for ApiError {
+    /// A refused file is the caller's to fix: 400 naming the field (as `param`) and,
+    /// in the message, the file, line and field as `switchyard config check` prints
+    /// them. The running configuration stays in force either way.
+    fn from(e: &ReloadError) -> Self {
+        match e {
+            ReloadError::Invalid(check) if check.is_invalid_file() => ApiError {
+                param: check.field().map(str::to_owned),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_config",
+                    format!("The configuration was not reloaded: {check}"),
+                )
+            },
+            ReloadError::NoSource => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "no_config_file",
+                format!("The configuration was not reloaded: {e}."),
+            ),
+            ReloadError::Invalid(_) | ReloadError::Store(_) | ReloadError::Client(_) => {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "reload_failed",
+                    "The configuration was not reloaded (the key store or the HTTP client \
+                     failed); see the gateway log. The running configuration stays."
+                        .into(),
+                )
+            }
+        }
+    }
 }
 
 impl From<DispatchError> for ApiError {

@@ -7,13 +7,17 @@
 pub mod anthropic;
 pub mod chat;
 pub mod error;
+pub mod generation;
 mod panics;
 mod relay;
 
 pub mod wire;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -27,49 +31,75 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::governance::{Governance, Principal};
+use crate::governance::Governance;
 use crate::ledger::LedgerSink;
 use crate::storage::redis::StateStatus;
 use error::ApiError;
+pub use generation::{Generation, ReloadError, ReloadReport, Services};
 
-/// Everything a request handler needs, shared by all of them.
+/// Everything a request handler needs, shared by all of them: the long-lived
+/// services, and the configuration in force as a swappable [`Generation`].
 pub struct AppState {
-    pub config: Arc<Config>,
-    /// Keys, teams, policies, limits and budgets.
+    /// Keys, teams, policies, limits and budgets; lives as long as the gateway.
     pub governance: Arc<Governance>,
-    pub dispatcher: Dispatcher,
     pub ledger: LedgerSink,
+    services: Services,
+    generation: ArcSwap<Generation>,
+    /// The file the configuration came from; `None` when it was given as a value.
+    source: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     /// Set on shutdown: `/readyz` fails so load balancers stop sending.
     pub draining: AtomicBool,
-    /// Unix seconds when the gateway started; the `created` of listed models.
-    started_at: i64,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, dispatcher: Dispatcher, ledger: LedgerSink) -> Self {
-        let governance = Arc::new(Governance::from_config(&config));
+    /// The state for the first generation: `config` and its dispatcher, on the
+    /// long-lived `services`.
+    pub fn new(config: Arc<Config>, dispatcher: Dispatcher, services: Services) -> Self {
+        let started_at = crate::types::time::now_ms() / 1000;
+        let first = Generation::new(1, config, dispatcher, &services, started_at);
         AppState {
-            config,
-            governance,
-            dispatcher,
-            ledger,
+            governance: services.governance.clone(),
+            ledger: services.ledger.clone(),
+            services,
+            generation: ArcSwap::from_pointee(first),
+            source: None,
+            reloading: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
-            started_at: crate::types::time::now_ms() / 1000,
         }
     }
 
-    /// Replaces the config-only governance by one with its store (see `server.rs`).
-    pub fn with_governance(mut self, governance: Arc<Governance>) -> Self {
-        self.governance = governance;
+    /// Remembers the file the configuration came from, so that it can be reloaded.
+    pub fn with_source(mut self, path: PathBuf) -> Self {
+        self.source = Some(path);
         self
     }
 
-    /// The caller presenting `Authorization: Bearer …`: a key of the config file or a
-    /// virtual key from the store (revoked and expired ones are refused).
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-        self.governance
-            .authenticate(headers)
-            .map_err(ApiError::from)
+    /// The generation in force. A request loads it once and keeps it to its end.
+    pub fn current(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Re-reads the configuration file, validates it as `switchyard config check`
+    /// does and, when it is valid, puts it in force for new requests. On error the
+    /// running configuration stays. Logs the outcome either way.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let Some(source) = &self.source else {
+            return Err(ReloadError::NoSource);
+        };
+        let current = self.current();
+        let result = generation::reload(source, &current, &self.services, &self.generation).await;
+        match &result {
+            Ok(r) => generation::log_report(r),
+            Err(e) => tracing::error!(
+                file = %source.display(),
+                generation = current.id,
+                "configuration reload refused, the running configuration stays: {e}"
+            ),
+        }
+        result
     }
 }
 
@@ -122,6 +152,7 @@ fn model_object(id: &str, created: i64) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let state = state.current();
     let caller = match state.authenticate(&headers) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -142,6 +173,7 @@ async fn get_model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let state = state.current();
     if let Err(e) = state.authenticate(&headers) {
         return e.into_response();
     }

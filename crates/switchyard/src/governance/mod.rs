@@ -14,6 +14,7 @@
 //! this gateway's admin API.
 
 pub mod budget;
+pub mod check;
 pub mod pii;
 pub mod policy;
 mod refusal;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -142,10 +144,52 @@ struct Snapshot {
     teams: HashMap<String, TeamRow>,
 }
 
-/// The governance runtime shared by every request.
-pub struct Governance {
-    settings: GovernanceSettings,
+/// What governance takes from the configuration file: replaced as a whole when the
+/// configuration is reloaded ([`Governance::prepare_reconfigure`]).
+pub struct Rules {
+    pub settings: GovernanceSettings,
     detector: pii::PiiDetector,
+    /// Keys from the config file, always present.
+    static_keys: Vec<([u8; 32], Arc<Principal>)>,
+    /// SHA-256 of the admin token.
+    admin_token: Option<[u8; 32]>,
+}
+
+impl Rules {
+    fn of(config: &Config) -> Rules {
+        let settings = config.governance.clone();
+        // Validation compiled the custom patterns already; this cannot fall back.
+        let detector = pii::PiiDetector::new(&settings.pii_patterns)
+            .unwrap_or_else(|_| pii::PiiDetector::builtin());
+        let static_keys = config
+            .keys
+            .iter()
+            .map(|k| {
+                let p = Principal::new(
+                    &k.name,
+                    &config_key_id(&k.name),
+                    &k.policy,
+                    &k.budgets,
+                    None,
+                    settings.pii,
+                );
+                (sha256(k.key.expose()), Arc::new(p))
+            })
+            .collect::<Vec<_>>();
+        Rules {
+            detector,
+            static_keys,
+            admin_token: config.admin.token.as_ref().map(|t| sha256(t.expose())),
+            settings,
+        }
+    }
+}
+
+/// The governance runtime shared by every request. It lives as long as the gateway:
+/// a reloaded configuration replaces its [`Rules`] and rebuilds the snapshot, while
+/// the store, the limiter, the budget counters and the poller stay.
+pub struct Governance {
+    rules: ArcSwap<Rules>,
     limiter: Arc<dyn Limiter>,
     budgets: Arc<dyn Budgets>,
     /// Shared run-time state (`[state]`), whose `closed` mode refuses requests while
@@ -155,12 +199,8 @@ pub struct Governance {
     /// The ledger's database, where budgets read the spend so far; with SQLite it
     /// need not be the store's file (`governance.store`). `None` when no ledger is kept.
     ledger: Option<Database>,
-    /// Keys from the config file, always present.
-    static_keys: Vec<([u8; 32], Arc<Principal>)>,
     snapshot: RwLock<Arc<Snapshot>>,
     loaded_version: AtomicI64,
-    /// SHA-256 of the admin token.
-    admin_token: Option<[u8; 32]>,
     /// Serialises reloads (the poller and the admin API).
     reload_lock: tokio::sync::Mutex<()>,
     /// Stops the change listener when the governance is dropped.
@@ -176,7 +216,7 @@ impl Drop for Governance {
 impl std::fmt::Debug for Governance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Governance")
-            .field("settings", &self.settings)
+            .field("settings", &self.rules.load().settings)
             .field("store", &self.store.as_ref().map(Store::database))
             .finish_non_exhaustive()
     }
@@ -234,7 +274,13 @@ impl Governance {
     /// Governance from the config file alone: its `[[keys]]`, no store.
     pub fn from_config(config: &Config) -> Governance {
         let ledger = config.ledger.path.clone().map(Database::Sqlite);
-        Governance::build(config, None, ledger, Arc::new(InProcessLimiter::new()), None)
+        Governance::build(
+            config,
+            None,
+            ledger,
+            Arc::new(InProcessLimiter::new()),
+            None,
+        )
     }
 
     fn build(
@@ -244,31 +290,13 @@ impl Governance {
         limiter: Arc<dyn Limiter>,
         shared: Option<Arc<Redis>>,
     ) -> Governance {
-        let settings = config.governance.clone();
-        // Validation compiled the custom patterns already; this cannot fall back.
-        let detector = pii::PiiDetector::new(&settings.pii_patterns)
-            .unwrap_or_else(|_| pii::PiiDetector::builtin());
-        let static_keys = config
-            .keys
-            .iter()
-            .map(|k| {
-                let p = Principal::new(
-                    &k.name,
-                    &config_key_id(&k.name),
-                    &k.policy,
-                    &k.budgets,
-                    None,
-                    settings.pii,
-                );
-                (sha256(k.key.expose()), Arc::new(p))
-            })
-            .collect::<Vec<_>>();
+        let rules = Rules::of(config);
         let snapshot = Snapshot {
-            keys: static_keys.iter().cloned().collect(),
+            keys: rules.static_keys.iter().cloned().collect(),
             teams: HashMap::new(),
         };
         Governance {
-            detector,
+            rules: ArcSwap::from_pointee(rules),
             limiter,
             budgets: match &shared {
                 Some(redis) => Arc::new(budget::redis::RedisBudgets::new(redis.clone())),
@@ -277,13 +305,10 @@ impl Governance {
             shared,
             store,
             ledger,
-            static_keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
             loaded_version: AtomicI64::new(-1),
-            admin_token: config.admin.token.as_ref().map(|t| sha256(t.expose())),
             reload_lock: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
-            settings,
         }
     }
 
@@ -364,8 +389,9 @@ impl Governance {
         Ok(gov)
     }
 
-    pub fn settings(&self) -> &GovernanceSettings {
-        &self.settings
+    /// The settings of the configuration in force.
+    pub fn settings(&self) -> GovernanceSettings {
+        self.rules.load().settings.clone()
     }
 
     /// The limiter, shared with routing for deployment capacity.
@@ -391,8 +417,9 @@ impl Governance {
         self.ledger.as_ref()
     }
 
-    pub fn detector(&self) -> &pii::PiiDetector {
-        &self.detector
+    /// What the configuration in force sets: settings, PII detector, its keys.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -404,7 +431,11 @@ impl Governance {
 
     /// Whether a name is taken by a key of the config file.
     pub fn is_static_key_name(&self, name: &str) -> bool {
-        self.static_keys.iter().any(|(_, p)| &*p.name == name)
+        self.rules
+            .load()
+            .static_keys
+            .iter()
+            .any(|(_, p)| &*p.name == name)
     }
 
     /// Reloads keys and teams from the store now.
@@ -413,26 +444,8 @@ impl Governance {
             return Ok(());
         };
         let _guard = self.reload_lock.lock().await;
-        let version = store.version().await?;
-        let teams: HashMap<String, TeamRow> = store
-            .teams()
-            .await?
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect();
-        let mut keys: HashMap<[u8; 32], Arc<Principal>> =
-            self.static_keys.iter().cloned().collect();
-        for row in store.keys(None).await? {
-            // Refused at start; a key created since by a tool that did not know the
-            // config file still counts apart (by id), but reports would show one name
-            // for two keys.
-            if self.is_static_key_name(&row.name) {
-                tracing::warn!(name = %row.name, id = %row.id,
-                    "a virtual key has the name of a key in the configuration file");
-            }
-            keys.insert(row.key_hash, Arc::new(self.principal_of(&row, &teams)));
-        }
-        let snapshot = Arc::new(Snapshot { keys, teams });
+        let rules = self.rules.load_full();
+        let (snapshot, version) = self.load_snapshot(store, &rules).await?;
         self.seed_budgets(&snapshot).await;
         *self
             .snapshot
@@ -442,21 +455,110 @@ impl Governance {
         Ok(())
     }
 
-    fn principal_of(&self, row: &KeyRow, teams: &HashMap<String, TeamRow>) -> Principal {
-        let team = row.team.as_ref().and_then(|t| teams.get(t));
-        let mut p = Principal::new(
-            &row.name,
-            &row.id,
-            &row.policy,
-            &row.budgets,
-            team,
-            self.settings.pii,
-        );
-        p.expires_at_ms = row.expires_at_ms;
-        p.revoked = row.revoked_at_ms.is_some();
-        p
+    /// Prepares governance for a reloaded configuration: its rules, and the snapshot
+    /// rebuilt with its keys (the store read again, budgets of new keys seeded).
+    /// Nothing changes until [`Reconfigured::commit`], which is synchronous, so that
+    /// the caller can switch governance and its own part of the configuration at the
+    /// same moment. The store's poller waits meanwhile, so it cannot put back a
+    /// snapshot built with the old rules.
+    pub async fn prepare_reconfigure(
+        &self,
+        config: &Config,
+    ) -> Result<Reconfigured<'_>, StoreError> {
+        let guard = self.reload_lock.lock().await;
+        let rules = Arc::new(Rules::of(config));
+        let (snapshot, version) = match &self.store {
+            Some(store) => {
+                let (s, v) = self.load_snapshot(store, &rules).await?;
+                (s, Some(v))
+            }
+            None => (
+                Arc::new(Snapshot {
+                    keys: rules.static_keys.iter().cloned().collect(),
+                    teams: HashMap::new(),
+                }),
+                None,
+            ),
+        };
+        self.seed_budgets(&snapshot).await;
+        Ok(Reconfigured {
+            gov: self,
+            _guard: guard,
+            rules,
+            snapshot,
+            version,
+        })
     }
 
+    /// Keys (the config file's and the store's) and teams, as the store has them now.
+    async fn load_snapshot(
+        &self,
+        store: &Store,
+        rules: &Rules,
+    ) -> Result<(Arc<Snapshot>, i64), StoreError> {
+        let version = store.version().await?;
+        let teams: HashMap<String, TeamRow> = store
+            .teams()
+            .await?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let mut keys: HashMap<[u8; 32], Arc<Principal>> =
+            rules.static_keys.iter().cloned().collect();
+        for row in store.keys(None).await? {
+            // Refused at start; a key created since by a tool that did not know the
+            // config file still counts apart (by id), but reports would show one name
+            // for two keys.
+            if rules.static_keys.iter().any(|(_, p)| *p.name == row.name) {
+                tracing::warn!(name = %row.name, id = %row.id,
+                    "a virtual key has the name of a key in the configuration file");
+            }
+            keys.insert(row.key_hash, Arc::new(principal_of(&row, &teams, rules)));
+        }
+        Ok((Arc::new(Snapshot { keys, teams }), version))
+    }
+}
+
+fn principal_of(row: &KeyRow, teams: &HashMap<String, TeamRow>, rules: &Rules) -> Principal {
+    let team = row.team.as_ref().and_then(|t| teams.get(t));
+    let mut p = Principal::new(
+        &row.name,
+        &row.id,
+        &row.policy,
+        &row.budgets,
+        team,
+        rules.settings.pii,
+    );
+    p.expires_at_ms = row.expires_at_ms;
+    p.revoked = row.revoked_at_ms.is_some();
+    p
+}
+
+/// Governance prepared for a reloaded configuration, waiting to be switched to.
+/// Dropped without [`Reconfigured::commit`], nothing changes.
+pub struct Reconfigured<'g> {
+    gov: &'g Governance,
+    _guard: tokio::sync::MutexGuard<'g, ()>,
+    rules: Arc<Rules>,
+    snapshot: Arc<Snapshot>,
+    version: Option<i64>,
+}
+
+impl Reconfigured<'_> {
+    /// Puts the new rules and keys in force.
+    pub fn commit(self) {
+        let gov = self.gov;
+        gov.rules.store(self.rules);
+        *gov.snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.snapshot;
+        if let Some(v) = self.version {
+            gov.loaded_version.store(v, Ordering::Release);
+        }
+    }
+}
+
+impl Governance {
     /// Gives every budget of the current period that has no counter yet its spend so far,
     /// from the ledger (wherever it is: the store may be a file of its own).
     async fn seed_budgets(&self, snapshot: &Snapshot) {
@@ -529,7 +631,8 @@ impl Governance {
 
     /// Whether the request carries the admin token.
     pub fn is_admin(&self, headers: &HeaderMap) -> bool {
-        let (Some(want), Some(token)) = (&self.admin_token, bearer(headers)) else {
+        let rules = self.rules.load();
+        let (Some(want), Some(token)) = (&rules.admin_token, bearer(headers)) else {
             return false;
         };
         // Comparing digests: equal-length, and a timing difference reveals nothing
@@ -539,7 +642,7 @@ impl Governance {
     }
 
     pub fn admin_enabled(&self) -> bool {
-        self.admin_token.is_some()
+        self.rules.load().admin_token.is_some()
     }
 
     /// The team of a team name, from the snapshot.
@@ -583,11 +686,16 @@ impl Governance {
             }
         }
         self.guard_chat(p, req, tracker)?;
-        let estimate = limits::estimate_chat(req, self.settings.default_max_output_tokens);
+        let (default_max_output, log_content) = {
+            let rules = self.rules.load();
+            let s = &rules.settings;
+            (s.default_max_output_tokens, s.log_content)
+        };
+        let estimate = limits::estimate_chat(req, default_max_output);
         let admission = self
             .reserve(p, &model, estimate, prices, tracker, out_headers)
             .await?;
-        if self.settings.log_content && p.policy.data.log_content {
+        if log_content && p.policy.data.log_content {
             tracker.log_content(serde_json::to_string(&req.messages).unwrap_or_default());
         }
         Ok(admission)
@@ -614,7 +722,7 @@ impl Governance {
         let admission = self
             .reserve(p, &model, estimate, prices, tracker, out_headers)
             .await?;
-        if self.settings.log_content && p.policy.data.log_content {
+        if self.rules.load().settings.log_content && p.policy.data.log_content {
             tracker.log_content(req.input.to_string());
         }
         Ok(admission)
@@ -686,7 +794,8 @@ impl Governance {
         if mode == PiiMode::Off {
             return Ok(());
         }
-        let mut r = pii::Redactor::new(&self.detector);
+        let rules = self.rules.load();
+        let mut r = pii::Redactor::new(&rules.detector);
         visit(&mut |text: &mut String| match mode {
             PiiMode::Redact => {
                 if let Some(clean) = r.redact(text) {

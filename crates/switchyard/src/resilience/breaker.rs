@@ -84,6 +84,16 @@ impl Breaker {
         }
     }
 
+    /// Takes new thresholds (a reloaded configuration) and keeps the state: an open
+    /// breaker stays open, the recent outcomes stay counted (the oldest dropped when
+    /// the window shrank, so the window never holds more than it says).
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+        while self.recent.len() > config.window as usize {
+            self.recent.pop_front();
+        }
+    }
+
     pub fn state(&self, now: Instant) -> BreakerState {
         match self.state {
             BreakerState::Open if self.cooled_down(now) => BreakerState::HalfOpen,

@@ -9,12 +9,12 @@
 pub mod shared;
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::{BreakerConfig, Deployment};
+use crate::config::{BreakerConfig, Config, Deployment};
 use crate::resilience::{Admission, Breaker, BreakerState, ProbeTicket};
 
 /// Weight of a new sample that is below the estimate. Samples above it replace it
@@ -29,20 +29,21 @@ pub struct DeploymentHealth {
     /// Unix ms until which the provider said this deployment has no capacity.
     exhausted_until_ms: AtomicI64,
     breaker: Mutex<Breaker>,
-    /// This deployment's index, as the facts sent to other replicas name it.
-    index: usize,
+    /// This deployment's name, as the facts sent to other replicas say it; set when
+    /// sharing starts (or when a reload creates the entry). A name outlives reloads:
+    /// entries are carried over by name.
+    name: OnceLock<Arc<str>>,
     /// Where facts for the other replicas go, once sharing is on.
     outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
 }
 
 impl DeploymentHealth {
     fn new(config: BreakerConfig) -> Self {
-        DeploymentHealth::with_outbox(config, usize::MAX, Arc::new(OnceLock::new()))
+        DeploymentHealth::with_outbox(config, Arc::new(OnceLock::new()))
     }
 
     fn with_outbox(
         config: BreakerConfig,
-        index: usize,
         outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
     ) -> Self {
         DeploymentHealth {
@@ -50,17 +51,26 @@ impl DeploymentHealth {
             in_flight: AtomicU32::new(0),
             exhausted_until_ms: AtomicI64::new(0),
             breaker: Mutex::new(Breaker::new(config)),
-            index,
+            name: OnceLock::new(),
             outbox,
         }
     }
 
     /// Tells the other replicas, if sharing is on. Never waits: a full queue drops
     /// the fact (each replica still acts on what it sees itself).
-    fn publish(&self, fact: shared::Fact) {
-        if let Some(tx) = self.outbox.get() {
-            let _ = tx.try_send(fact);
+    fn publish(&self, kind: shared::FactKind, for_ms: i64) {
+        if let (Some(tx), Some(name)) = (self.outbox.get(), self.name.get()) {
+            let _ = tx.try_send(shared::Fact {
+                kind,
+                name: name.clone(),
+                for_ms,
+            });
         }
+    }
+
+    /// The name facts about this deployment travel under, once sharing is on.
+    pub(crate) fn shared_name(&self) -> Option<&str> {
+        self.name.get().map(|n| &**n)
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -123,10 +133,10 @@ impl DeploymentHealth {
             .fetch_max(until_ms, Ordering::Relaxed);
         if until_ms > before {
             let now = crate::types::time::now_ms();
-            self.publish(shared::Fact::Exhausted {
-                index: self.index,
-                for_ms: shared::clamp_ms(until_ms.saturating_sub(now)),
-            });
+            self.publish(
+                shared::FactKind::Exhausted,
+                shared::clamp_ms(until_ms.saturating_sub(now)),
+            );
         }
     }
 
@@ -175,10 +185,10 @@ impl CallPermit<'_> {
                 .flatten()
         };
         if let Some(open_for) = opened_for {
-            self.health.publish(shared::Fact::BreakerOpen {
-                index: self.health.index,
-                for_ms: shared::clamp_ms(i64::try_from(open_for.as_millis()).unwrap_or(i64::MAX)),
-            });
+            self.health.publish(
+                shared::FactKind::BreakerOpen,
+                shared::clamp_ms(i64::try_from(open_for.as_millis()).unwrap_or(i64::MAX)),
+            );
         }
     }
 }
@@ -199,24 +209,78 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The entries facts from other replicas are applied to: the table of the
+/// configuration in force, replaced when a reload carries the health over.
+pub(crate) type Registry = RwLock<Vec<Arc<DeploymentHealth>>>;
+
 /// Health of every deployment, indexed by `Deployment::index`.
 pub struct Health {
-    deployments: Arc<[DeploymentHealth]>,
+    /// Shared, so that a reloaded configuration's table can keep the entries of the
+    /// deployments that keep their names (see [`Health::carried_over`]).
+    deployments: Vec<Arc<DeploymentHealth>>,
     /// Answers for a deployment when the table is empty, so that `of` needs no panic.
     spare: DeploymentHealth,
-    /// Shared by every entry: set once when sharing starts.
+    /// Shared by every entry (and by the tables reloads carry over): set once when
+    /// sharing starts.
     outbox: Arc<OnceLock<mpsc::Sender<shared::Fact>>>,
+    /// The current table, for the subscriber of facts from other replicas.
+    registry: Arc<Registry>,
 }
 
 impl Health {
     pub fn new(count: usize, breaker: BreakerConfig) -> Self {
         let outbox = Arc::new(OnceLock::new());
+        let deployments: Vec<_> = (0..count)
+            .map(|_| Arc::new(DeploymentHealth::with_outbox(breaker, outbox.clone())))
+            .collect();
         Health {
-            deployments: (0..count)
-                .map(|i| DeploymentHealth::with_outbox(breaker, i, outbox.clone()))
-                .collect(),
+            registry: Arc::new(RwLock::new(deployments.clone())),
+            deployments,
             spare: DeploymentHealth::new(breaker),
             outbox,
+        }
+    }
+
+    /// The table for `new`, a reloaded configuration: a deployment that keeps its
+    /// name keeps what was learned about it (breaker, latency, exhaustion, calls in
+    /// flight), with `new`'s breaker thresholds; a new name starts afresh. The old
+    /// table stays valid for the requests still running on `old`. Sharing with other
+    /// replicas goes on, now for `new`'s deployments.
+    pub fn carried_over(new: &Config, old: &Config, old_health: &Health) -> Health {
+        let deployments: Vec<_> = new
+            .deployments
+            .iter()
+            .map(|d| {
+                let kept = old
+                    .deployments
+                    .iter()
+                    .find(|o| o.name == d.name)
+                    .and_then(|o| old_health.deployments.get(o.index));
+                match kept {
+                    Some(h) => {
+                        if new.breaker != old.breaker {
+                            h.breaker().reconfigure(new.breaker);
+                        }
+                        h.clone()
+                    }
+                    None => {
+                        let h =
+                            DeploymentHealth::with_outbox(new.breaker, old_health.outbox.clone());
+                        let _ = h.name.set(Arc::from(d.name.as_str()));
+                        Arc::new(h)
+                    }
+                }
+            })
+            .collect();
+        *old_health
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = deployments.clone();
+        Health {
+            deployments,
+            spare: DeploymentHealth::new(new.breaker),
+            outbox: old_health.outbox.clone(),
+            registry: old_health.registry.clone(),
         }
     }
 
@@ -225,7 +289,7 @@ impl Health {
         self.deployments
             .get(deployment.index)
             .or_else(|| self.deployments.last())
-            .unwrap_or(&self.spare)
+            .map_or(&self.spare, |h| h)
     }
 }
 

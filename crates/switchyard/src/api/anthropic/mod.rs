@@ -31,7 +31,7 @@ use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, 
 use super::error::ApiError;
 use super::relay::{Encoder, Relay};
 use super::wire::parse_body;
-use super::{new_request_id, read_body, with_request_id, AppState};
+use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::ledger::tracker::RequestTracker;
 use crate::types::ProviderError;
 use crate::types::Usage;
@@ -48,6 +48,8 @@ pub async fn messages(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // This request runs on the configuration in force now, to its end.
+    let state = state.current();
     let request_id = new_request_id();
     let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), ENDPOINT);
     let mut limit_headers = HeaderMap::new();
@@ -110,7 +112,7 @@ fn with_bearer(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
 }
 
 async fn run(
-    state: &AppState,
+    state: &Generation,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
@@ -185,7 +187,7 @@ async fn run(
 /// is ([`passthrough`]): a `block` refuses here, a `redact` rewrites the body, and the
 /// request is read again from what remains.
 fn guard_body(
-    state: &AppState,
+    state: &Generation,
     key: &crate::governance::Principal,
     tracker: &mut RequestTracker,
     req: MessagesRequest,

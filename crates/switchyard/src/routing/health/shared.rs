@@ -24,14 +24,13 @@
 //! Every duration is clamped to [`MAX_FACT_MS`], whatever a provider (a `retry-after`
 //! of 1e300) or a message (anyone can publish on the channel) says.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::Script;
 use tokio::sync::mpsc;
 
-use super::{DeploymentHealth, Health};
+use super::{DeploymentHealth, Health, Registry};
 use crate::storage::redis::{Delivery, Redis};
 
 /// The longest a shared fact keeps a deployment out: an hour. A provider that needs
@@ -41,11 +40,23 @@ pub const MAX_FACT_MS: i64 = 3_600_000;
 /// Facts queued for publication before new ones are dropped.
 const OUTBOX: usize = 1024;
 
-/// A fact this replica learned first-hand, for the others.
+/// What a fact says of a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fact {
-    Exhausted { index: usize, for_ms: i64 },
-    BreakerOpen { index: usize, for_ms: i64 },
+pub enum FactKind {
+    /// Its provider said it has no capacity.
+    Exhausted,
+    /// Its breaker opened.
+    BreakerOpen,
+}
+
+/// A fact this replica learned first-hand, for the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fact {
+    pub kind: FactKind,
+    /// The deployment's name: facts travel by name, so replicas whose configs list
+    /// deployments in another order (or reload them) agree.
+    pub name: Arc<str>,
+    pub for_ms: i64,
 }
 
 /// A duration in ms, within 0..=[`MAX_FACT_MS`].
@@ -84,13 +95,14 @@ impl Health {
         if self.outbox.set(tx).is_err() {
             return;
         }
-        let names: Arc<[Arc<str>]> = names.into();
+        for (h, name) in self.deployments.iter().zip(names) {
+            let _ = h.name.set(name);
+        }
         let replica = format!("{:016x}", rand::random::<u64>());
         let channel = redis.key("health");
         tokio::spawn(publisher(
             rx,
             redis.clone(),
-            names.clone(),
             channel.clone(),
             replica.clone(),
         ));
@@ -98,8 +110,7 @@ impl Health {
         tokio::spawn(subscriber(
             deliveries,
             redis,
-            Arc::downgrade(&self.deployments),
-            names,
+            Arc::downgrade(&self.registry),
             replica,
         ));
     }
@@ -112,19 +123,16 @@ fn fact_key(redis: &Redis, kind: &str, name: &str) -> String {
 async fn publisher(
     mut rx: mpsc::Receiver<Fact>,
     redis: Arc<Redis>,
-    names: Arc<[Arc<str>]>,
     channel: String,
     replica: String,
 ) {
     let script = Script::new(PUBLISH);
     while let Some(fact) = rx.recv().await {
-        let (kind, index, for_ms) = match fact {
-            Fact::Exhausted { index, for_ms } => (EXHAUSTED, index, for_ms),
-            Fact::BreakerOpen { index, for_ms } => (OPEN, index, for_ms),
+        let kind = match fact.kind {
+            FactKind::Exhausted => EXHAUSTED,
+            FactKind::BreakerOpen => OPEN,
         };
-        let Some(name) = names.get(index) else {
-            continue;
-        };
+        let (name, for_ms) = (&*fact.name, fact.for_ms);
         if for_ms <= 0 || !redis.is_available() {
             continue;
         }
@@ -181,25 +189,25 @@ fn apply(health: &DeploymentHealth, kind: &str, ms: i64) {
 async fn subscriber(
     mut deliveries: mpsc::Receiver<Delivery>,
     redis: Arc<Redis>,
-    deployments: std::sync::Weak<[DeploymentHealth]>,
-    names: Arc<[Arc<str>]>,
+    registry: std::sync::Weak<Registry>,
     replica: String,
 ) {
-    let by_name: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_ref(), i))
-        .collect();
     let read = Script::new(READ);
     while let Some(delivery) = deliveries.recv().await {
-        let Some(table) = deployments.upgrade() else {
+        let Some(registry) = registry.upgrade() else {
             return;
         };
+        // The table in force now (a reload may have replaced it); no lock is held
+        // across an await.
+        let table: Vec<Arc<DeploymentHealth>> =
+            registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        drop(registry);
+        let names: Vec<&str> = table.iter().filter_map(|h| h.shared_name()).collect();
         match delivery {
             Delivery::Subscribed => {
                 // Whatever was published while we were not listening.
                 let mut inv = read.prepare_invoke();
-                for name in names.iter() {
+                for name in &names {
                     inv.key(fact_key(&redis, EXHAUSTED, name))
                         .key(fact_key(&redis, OPEN, name));
                 }
@@ -209,8 +217,8 @@ async fn subscriber(
                 let Ok(ttls) = redis.run::<Vec<i64>>(&inv).await else {
                     continue;
                 };
-                for (i, pair) in ttls.chunks(2).enumerate() {
-                    let Some(h) = table.get(i) else { break };
+                let named = table.iter().filter(|h| h.shared_name().is_some());
+                for (h, pair) in named.zip(ttls.chunks(2)) {
                     if let Some(&ms) = pair.first() {
                         apply(h, EXHAUSTED, ms);
                     }
@@ -226,7 +234,7 @@ async fn subscriber(
                 if from == replica {
                     continue;
                 }
-                if let Some(h) = by_name.get(name).and_then(|&i| table.get(i)) {
+                if let Some(h) = table.iter().find(|h| h.shared_name() == Some(name)) {
                     apply(h, kind, ms);
                 }
             }
