@@ -56,7 +56,9 @@ impl Postgres {
             .map_err(|e| StorageError::Url {
                 reason: e.to_string(),
             })?
-            .application_name("switchyard");
+            .application_name("switchyard")
+            // The migrator's `CREATE … IF NOT EXISTS` would log a NOTICE at every start.
+            .options([("client_min_messages", "warning")]);
         let target: Arc<str> = target_of(&opts).into();
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
