@@ -974,6 +974,16 @@ impl UpstreamStream {
             }
         }
     }
+
+    /// What the stream relayed so far, when its decoder keeps track.
+    pub fn progress(&self) -> Option<&providers::StreamProgress> {
+        self.decoder.progress()
+    }
+
+    /// The usage chunk for a stream whose upstream sent none, in its protocol's shape.
+    pub fn usage_chunk(&self, usage: &Usage) -> Option<Bytes> {
+        self.decoder.usage_chunk(usage)
+    }
 }
 
 /// Why no deployment answered a request. The ingress maps it to its protocol's status

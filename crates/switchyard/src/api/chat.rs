@@ -176,7 +176,10 @@ pub(super) async fn serve_chat(
     let attempts = tracker.attempts();
     match served.opened {
         Opened::Full { body, usage } => {
-            let usage = usage.unwrap_or_else(|| estimate(needs.prompt_tokens, 0));
+            let (body, usage) = match usage {
+                Some(usage) => (body, usage),
+                None => with_estimated_usage(body, needs.prompt_tokens),
+            };
             tracker.settle(
                 served.attempt,
                 &served.deployment,
@@ -242,6 +245,30 @@ fn resolve_model(state: &Generation, name: &str) -> Result<Arc<LogicalModel>, Ap
         .model(name)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(name))
+}
+
+/// A complete answer whose upstream reported no usage, with an estimate: the prompt
+/// from the request's estimate, the completion from the answer's output (text,
+/// reasoning, tool calls) with the ledger's estimator. An OpenAI `chat.completion`
+/// gets it written into its `usage`, which strict clients expect; another body (a
+/// passed-through native answer) is left as it is.
+fn with_estimated_usage(body: bytes::Bytes, prompt_tokens: u64) -> (bytes::Bytes, Usage) {
+    use crate::providers::lax;
+    let completion = crate::limits::text_tokens(lax::answer_output_chars(&body));
+    let usage = estimate(prompt_tokens, completion);
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (body, usage);
+    };
+    match doc.as_object_mut() {
+        Some(o) if o.get("choices").is_some_and(serde_json::Value::is_array) => {
+            o.insert("usage".into(), lax::usage_json(&usage));
+        }
+        _ => return (body, usage),
+    }
+    match serde_json::to_vec(&doc) {
+        Ok(filled) => (bytes::Bytes::from(filled), usage),
+        Err(_) => (body, usage),
+    }
 }
 
 /// Usage for when the provider reported none, from the routing estimate.

@@ -353,6 +353,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigWarning> {
         old.governance.refresh != new.governance.refresh,
         "governance.refresh_ms",
     );
+    note(old.storage != new.storage, "storage");
+    note(
+        old.ledger.retention_days != new.ledger.retention_days,
+        "ledger.retention_days",
+    );
+    let state_of = |c: &Config| {
+        c.state.as_ref().map(|s| {
+            (
+                s.redis_url.expose().to_owned(),
+                s.prefix.clone(),
+                s.on_unavailable,
+                s.timeout,
+            )
+        })
+    };
+    note(state_of(old) != state_of(new), "state");
     out
 }
 
@@ -364,6 +380,8 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.ledger = old.ledger.clone();
     new.governance.store = old.governance.store.clone();
     new.governance.refresh = old.governance.refresh;
+    new.storage = old.storage.clone();
+    new.state = old.state.clone();
     new
 }
 

@@ -7,6 +7,13 @@
 //! the upstream's own chunk bytes: the usage chunk is passed on only when the client
 //! asked for it, and chunks without choices (Azure's prompt-filter results) are
 //! dropped, since OpenAI clients do not expect them.
+//!
+//! Upstreams that ignore `stream_options.include_usage` still end with the usage chunk
+//! the client asked for: when the stream completes without one, the relay estimates
+//! it (the prompt estimate, and the output counted as it was relayed with the
+//! ledger's estimator) and the upstream's decoder writes it in the stream's shape;
+//! the ledger row is marked `usage_estimated`. A stream that closes without `[DONE]`
+//! after every choice sent its finish reason is complete, not cut.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -138,10 +145,18 @@ fn frame(data: &[u8]) -> Bytes {
 }
 
 impl<E: Encoder> RelayState<E> {
+    /// The usage to bill when the upstream reported none: the prompt estimate, and the
+    /// output relayed at the ledger's estimator's rate (where the decoder counts it;
+    /// else a token per chunk).
+    fn estimated_usage(&self) -> Usage {
+        let completion = self.upstream.progress().map_or(self.choice_chunks, |p| {
+            crate::limits::text_tokens(p.output_chars)
+        });
+        estimate(self.prompt_estimate, completion)
+    }
+
     fn settle(&mut self) {
-        let usage = self
-            .usage
-            .unwrap_or_else(|| estimate_from(self.prompt_estimate, self.choice_chunks));
+        let usage = self.usage.unwrap_or_else(|| self.estimated_usage());
         if let Some(t) = self.tracker.as_mut() {
             t.settle(self.attempt, &self.deployment, usage, self.attempt_started);
         }
@@ -170,6 +185,10 @@ impl<E: Encoder> RelayState<E> {
             };
             let item = match item {
                 Ok(Some(item)) => item,
+                // Some servers end a complete answer without `[DONE]`.
+                Ok(None) if self.upstream.progress().is_some_and(|p| p.finished) => {
+                    return Some(self.complete().await)
+                }
                 Ok(None) => {
                     return Some(self.cut("the upstream stream ended without [DONE]").await)
                 }
@@ -199,12 +218,27 @@ impl<E: Encoder> RelayState<E> {
                     self.finish(Some("upstream_stream_error")).await;
                     return Some(self.encoder.upstream_error(&data));
                 }
-                Translated::Done => {
-                    self.finish(None).await;
-                    return Some(self.encoder.done());
-                }
+                Translated::Done => return Some(self.complete().await),
             }
         }
+    }
+
+    /// The stream is complete: the usage chunk when the upstream sent none (the
+    /// client asked for one; the encoder decides whether it shows), then the end.
+    async fn complete(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.usage.is_none() {
+            let usage = self.estimated_usage();
+            if let Some(chunk) = self.upstream.usage_chunk(&usage) {
+                if let Some(frame) = self.encoder.chunk(&chunk, false, Some(&usage)) {
+                    out.put_slice(&frame);
+                }
+            }
+            self.usage = Some(usage);
+        }
+        self.finish(None).await;
+        out.put_slice(&self.encoder.done());
+        out.freeze()
     }
 
     /// The upstream broke off after the client got the first bytes: one error event,
@@ -225,10 +259,6 @@ impl<E: Encoder> RelayState<E> {
         };
         self.encoder.failed(&error)
     }
-}
-
-fn estimate_from(prompt_estimate: u64, completion: u64) -> Usage {
-    estimate(prompt_estimate, completion)
 }
 
 impl<E: Encoder> Drop for RelayState<E> {

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod canonical;
 pub mod gemini;
+pub mod lax;
 pub mod mistral;
 pub mod openai;
 pub mod sse;
@@ -79,6 +80,27 @@ pub trait StreamDecoder: Send {
     fn next(&mut self) -> Result<Option<Translated>, ProviderError>;
     /// Whether bytes of an unfinished event remain (a stream ending here was cut).
     fn has_partial(&self) -> bool;
+    /// What the stream relayed so far, when this decoder keeps track (OpenAI-style
+    /// streams: their upstreams may send no usage and no `[DONE]`).
+    fn progress(&self) -> Option<&StreamProgress> {
+        None
+    }
+    /// The usage chunk (`choices: []`) for `usage`, in this stream's identity, for a
+    /// stream whose upstream sent none; `None` when the protocol has no such chunk.
+    fn usage_chunk(&self, _usage: &Usage) -> Option<Bytes> {
+        None
+    }
+}
+
+/// What an OpenAI-style stream relayed so far, read as its chunks pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamProgress {
+    /// Characters of generated output (text, refusal, reasoning, tool-call names and
+    /// arguments), the basis of the completion estimate when no usage comes.
+    pub output_chars: u64,
+    /// Whether every choice that sent something has sent its finish reason: the
+    /// answer is complete, even if `[DONE]` never comes.
+    pub finished: bool,
 }
 
 /// One item of a stream, in OpenAI's terms.

@@ -8,8 +8,9 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
+use super::lax::{self, ChunkReader};
 use super::sse::SseDecoder;
-use super::{Adapter, Endpoint, StreamDecoder, Translated};
+use super::{Adapter, Endpoint, StreamDecoder, StreamProgress, Translated};
 use crate::config::{AzureApi, Deployment, ProviderKind};
 use crate::types::chat::{ChatRequest, EmbeddingsRequest, StreamOptions};
 use crate::types::ProviderError;
@@ -69,37 +70,26 @@ pub fn build(
     req
 }
 
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: Option<ErrorBody>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    message: Option<String>,
-    param: Option<String>,
-    /// OpenAI's `code` is a string; some compatible servers send a number.
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-/// Classifies a non-success answer. `body` is the (bounded) error body. An unknown
-/// model (`model_not_found`), an unknown Azure deployment (`DeploymentNotFound`), any
-/// 404 or a redirect is the deployment's misconfiguration.
+/// Classifies a non-success answer. `body` is the (bounded) error body, in OpenAI's
+/// shape or another server's (see [`lax::error_parts`]); the status alone decides
+/// whether it is retryable. An unknown model (`model_not_found`), an unknown Azure
+/// deployment (`DeploymentNotFound`), any 404 or a redirect is the deployment's
+/// misconfiguration.
 pub fn status_error(
     status: http::StatusCode,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> ProviderError {
-    let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
-        .ok()
-        .and_then(|e| e.error);
-    let (message, param, code) = match parsed {
-        Some(e) => (e.message, e.param, e.code),
-        None => (None, None, None),
-    };
-    let code = code.as_ref().and_then(serde_json::Value::as_str);
-    if matches!(code, Some("model_not_found" | "DeploymentNotFound")) {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let lax::ErrorParts {
+        message,
+        param,
+        code,
+    } = lax::error_parts(content_type, body);
+    if matches!(
+        code.as_deref(),
+        Some("model_not_found" | "DeploymentNotFound")
+    ) {
         return ProviderError::misconfigured(status, message.as_deref());
     }
     if let Some(e) = ProviderError::misconfigured_status(status, message.as_deref()) {
@@ -114,7 +104,7 @@ pub fn status_error(
 }
 
 #[derive(Debug, Deserialize)]
-struct WireUsage {
+pub(super) struct WireUsage {
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
@@ -172,33 +162,10 @@ pub fn response_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
     Ok(summary.usage.map(Usage::from))
 }
 
-/// What the relay reads of one stream chunk.
-#[derive(Debug, Deserialize)]
-struct ChunkSummary {
-    #[serde(default)]
-    choices: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
-}
-
-/// Reads one `data:` payload of an OpenAI-style stream. The payload is passed on as
-/// it is: the relay forwards the upstream's own bytes.
+/// Reads one `data:` payload of an OpenAI-style stream on its own (no stream state):
+/// see [`ChunkReader::read`]. The payload is passed on as it is when it lacks nothing.
 pub fn translate_chunk(data: Bytes) -> Result<Translated, ProviderError> {
-    if data.as_ref() == b"[DONE]" {
-        return Ok(Translated::Done);
-    }
-    let c: ChunkSummary = serde_json::from_slice(&data)
-        .map_err(|e| ProviderError::Protocol(format!("stream chunk is not JSON: {e}")))?;
-    if c.error.is_some() {
-        return Ok(Translated::Error(data));
-    }
-    Ok(Translated::Chunk {
-        has_choices: c.choices.is_some_and(|choices| !choices.is_empty()),
-        usage: c.usage.map(Usage::from),
-        data,
-    })
+    ChunkReader::new("").read(data)
 }
 
 /// Whether an OpenAI model name is of a reasoning family (o1, o3, o4-mini, gpt-5…),
@@ -301,12 +268,17 @@ impl Adapter for OpenAiAdapter {
 
     fn response(
         &self,
-        _endpoint: Endpoint,
-        _deployment: &Deployment,
+        endpoint: Endpoint,
+        deployment: &Deployment,
         body: Bytes,
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
-        let usage = response_usage(&body)?;
-        Ok((body, usage))
+        match endpoint {
+            Endpoint::ChatCompletions => lax::complete_answer(body, &deployment.upstream_model),
+            Endpoint::Embeddings => {
+                let usage = response_usage(&body)?;
+                Ok((body, usage))
+            }
+        }
     }
 
     fn is_stream(&self, headers: &HeaderMap) -> bool {
@@ -316,29 +288,43 @@ impl Adapter for OpenAiAdapter {
             .is_some_and(|v| v.starts_with("text/event-stream"))
     }
 
-    fn stream_decoder(&self, _deployment: &Deployment) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream(SseDecoder::new()))
+    fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream {
+            sse: SseDecoder::new(),
+            chunks: ChunkReader::new(&deployment.upstream_model),
+        })
     }
 }
 
 /// An OpenAI-style SSE stream: each `data:` payload is one item.
-struct OpenAiStream(SseDecoder);
+struct OpenAiStream {
+    sse: SseDecoder,
+    chunks: ChunkReader,
+}
 
 impl StreamDecoder for OpenAiStream {
     fn push(&mut self, bytes: &[u8]) {
-        self.0.push(bytes);
+        self.sse.push(bytes);
     }
 
     fn next(&mut self) -> Result<Option<Translated>, ProviderError> {
-        match self.0.next_event() {
-            Ok(Some(event)) => translate_chunk(event.data).map(Some),
+        match self.sse.next_event() {
+            Ok(Some(event)) => self.chunks.read(event.data).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(ProviderError::Protocol(e.to_string())),
         }
     }
 
     fn has_partial(&self) -> bool {
-        self.0.has_partial()
+        self.sse.has_partial()
+    }
+
+    fn progress(&self) -> Option<&StreamProgress> {
+        Some(self.chunks.progress())
+    }
+
+    fn usage_chunk(&self, usage: &Usage) -> Option<Bytes> {
+        Some(self.chunks.usage_chunk(usage))
     }
 }
 
@@ -444,7 +430,7 @@ mod tests {
             }
         ));
         let content = Bytes::from_static(
-            br#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"content_filter_results":{}}],"usage":null}"#,
+            br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null,"content_filter_results":{}}],"usage":null}"#,
         );
         match translate_chunk(content.clone()).expect("ok") {
             Translated::Chunk {
