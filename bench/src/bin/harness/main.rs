@@ -60,7 +60,7 @@ struct Args {
     /// Upstream delay before the answer or first chunk, in ms.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
-    /// Only these arms (comma-separated ids: direct,forwarder,switchyard,switchyard-noledger,litellm).
+    /// Only these arms (comma-separated ids: direct,forwarder,switchyard,switchyard-noledger,switchyard-shared,litellm).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How the processes were scheduled (reported only; bench/run sets it).
@@ -159,6 +159,9 @@ pub enum Kind {
     Forwarder,
     Switchyard,
     SwitchyardNoLedger,
+    /// The same features with the ledger in PostgreSQL and the rate limits and budgets
+    /// in Redis: what one of several replicas pays for sharing its state.
+    SwitchyardShared,
     Litellm,
 }
 
@@ -169,6 +172,7 @@ impl Kind {
             Kind::Forwarder => "forwarder",
             Kind::Switchyard => "switchyard",
             Kind::SwitchyardNoLedger => "switchyard-noledger",
+            Kind::SwitchyardShared => "switchyard-shared",
             Kind::Litellm => "litellm",
         }
     }
@@ -179,6 +183,7 @@ impl Kind {
             Kind::Forwarder => "bare forwarder",
             Kind::Switchyard => "Switchyard",
             Kind::SwitchyardNoLedger => "Switchyard, ledger off",
+            Kind::SwitchyardShared => "Switchyard, Postgres + Redis",
             Kind::Litellm => "LiteLLM",
         }
     }
@@ -202,6 +207,9 @@ impl Kind {
             }
             (Kind::SwitchyardNoLedger, false) => {
                 "bearer-key auth, body validation, `[ledger] enabled = false` (this build has no rate limits or budgets)"
+            }
+            (Kind::SwitchyardShared, _) => {
+                "as Switchyard, with `[storage] kind = \"postgres\"` (ledger and key store in PostgreSQL) and `[state]` in Redis (rate limits and budget, one script call each)"
             }
             (Kind::Litellm, _) => {
                 "master-key auth, no database (so no spend logs, budgets or virtual keys), offline cost map, defaults otherwise"
@@ -410,16 +418,23 @@ impl Harness {
             )
             .await
             .map(|(p, a)| (p, a, false)),
-            Kind::Switchyard | Kind::SwitchyardNoLedger => procs::start_switchyard(
-                &self.args.switchyard,
-                &self.work,
-                self.upstream_addr,
-                kind == Kind::Switchyard,
-                &models,
-                self.args.proxy_core,
-            )
-            .await
-            .map(|s| (s.proc, s.addr, s.governance)),
+            Kind::Switchyard | Kind::SwitchyardNoLedger | Kind::SwitchyardShared => {
+                let backend = match kind {
+                    Kind::Switchyard => procs::Backend::Sqlite,
+                    Kind::SwitchyardNoLedger => procs::Backend::NoLedger,
+                    _ => procs::Backend::shared(&self.args.stamp).await?,
+                };
+                procs::start_switchyard(
+                    &self.args.switchyard,
+                    &self.work,
+                    self.upstream_addr,
+                    backend,
+                    &models,
+                    self.args.proxy_core,
+                )
+                .await
+                .map(|s| (s.proc, s.addr, s.governance))
+            }
             Kind::Litellm => {
                 if let Some(why) = &self.args.litellm_skip {
                     return Err(why.clone());
@@ -834,7 +849,7 @@ impl Harness {
         }
         if matches!(
             kind,
-            Kind::Forwarder | Kind::Switchyard | Kind::SwitchyardNoLedger
+            Kind::Forwarder | Kind::Switchyard | Kind::SwitchyardNoLedger | Kind::SwitchyardShared
         ) {
             let h = self.held(&run).await;
             self.log(format!(
@@ -997,6 +1012,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Kind::Forwarder,
         Kind::Switchyard,
         Kind::SwitchyardNoLedger,
+        Kind::SwitchyardShared,
         Kind::Litellm,
     ];
     let mut arms = Vec::new();
@@ -1011,6 +1027,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         let r = h.run_arm(kind, &direct).await;
         arms.push(r);
     }
+    procs::drop_shared(&h.args.stamp).await;
     if let Some(mut up) = h.upstream.take() {
         if let Some(why) = up.exited() {
             arms[0]

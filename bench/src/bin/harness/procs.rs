@@ -234,15 +234,136 @@ pub async fn start_forwarder(
     Ok((proc, addr))
 }
 
+/// Where a Switchyard arm keeps its ledger and its run-time state.
+pub enum Backend {
+    /// The SQLite ledger in the work dir, state in process (the default deployment).
+    Sqlite,
+    /// `[ledger] enabled = false`, state in process.
+    NoLedger,
+    /// Ledger and key store in a PostgreSQL database made for the run, rate limits and
+    /// budgets in Redis under a prefix of the run's own.
+    Shared {
+        database_url: String,
+        redis_url: String,
+        prefix: String,
+    },
+}
+
+/// The PostgreSQL server (`BENCH_POSTGRES_URL`, else the test suite's
+/// `SWITCHYARD_TEST_POSTGRES_URL`, else the local default).
+fn postgres_url() -> String {
+    std::env::var("BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("SWITCHYARD_TEST_POSTGRES_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("BENCH_REDIS_URL")
+        .or_else(|_| std::env::var("SWITCHYARD_TEST_REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// The database name of a run: letters, digits and underscores only.
+fn bench_database(stamp: &str) -> String {
+    let clean: String = stamp
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("switchyard_bench_{clean}")
+}
+
+impl Backend {
+    /// Creates the run's database (dropping a leftover of the same name) and checks
+    /// that Redis answers.
+    pub async fn shared(stamp: &str) -> Result<Backend, String> {
+        use sqlx::Connection;
+        let admin = postgres_url();
+        let name = bench_database(stamp);
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        let _ = conn.close().await;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let redis = redis_url();
+        let client =
+            redis::Client::open(redis.as_str()).map_err(|e| format!("Redis at {redis}: {e}"))?;
+        let mut r = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("Redis at {redis}: {e}"))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut r)
+            .await
+            .map_err(|e| format!("Redis at {redis}: {e}"))?;
+        Ok(Backend::Shared {
+            database_url: format!("{base}/{name}"),
+            redis_url: redis,
+            prefix: format!("switchyard-bench-{}:", stamp.to_ascii_lowercase()),
+        })
+    }
+
+    fn tag(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "ledger",
+            Backend::NoLedger => "noledger",
+            Backend::Shared { .. } => "shared",
+        }
+    }
+}
+
+/// Drops the run's database and Redis keys, if the shared arm made them.
+pub async fn drop_shared(stamp: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            bench_database(stamp)
+        );
+        let _ = sqlx::query(&sql).execute(&mut conn).await;
+        let _ = conn.close().await;
+    }
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut r) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let pattern = format!("switchyard-bench-{}:*", stamp.to_ascii_lowercase());
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut r)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _ = redis::cmd("DEL").arg(keys).query_async::<i64>(&mut r).await;
+    }
+}
+
 /// The Switchyard configuration for one arm: one provider (the upstream), one
 /// deployment and logical model per upstream model name, one key from the
-/// environment, the ledger on or off. With `governance`, the key also carries rate
-/// limits and a budget, set far above anything the run can reach, so that every
-/// request pays for the checks and none is refused.
+/// environment, the ledger on or off (or in PostgreSQL, with state in Redis). With
+/// `governance`, the key also carries rate limits and a budget, set far above anything
+/// the run can reach, so that every request pays for the checks and none is refused.
 pub fn switchyard_config(
     listen: SocketAddr,
     upstream: SocketAddr,
-    ledger: Option<&Path>,
+    backend: &Backend,
+    sqlite: &Path,
     models: &[&str],
     governance: bool,
 ) -> String {
@@ -250,12 +371,20 @@ pub fn switchyard_config(
         "# Generated by bench-harness for one run; see bench/README.md.\n\
          [server]\nlisten = \"{listen}\"\n\n"
     );
-    match ledger {
-        Some(path) => s.push_str(&format!(
+    match backend {
+        Backend::Sqlite => s.push_str(&format!(
             "[ledger]\npath = \"{}\"\nenabled = true\n\n",
-            path.display()
+            sqlite.display()
         )),
-        None => s.push_str("[ledger]\nenabled = false\n\n"),
+        Backend::NoLedger => s.push_str("[ledger]\nenabled = false\n\n"),
+        Backend::Shared {
+            database_url,
+            redis_url,
+            prefix,
+        } => s.push_str(&format!(
+            "[storage]\nkind = \"postgres\"\nurl = \"{database_url}\"\n\n\
+             [state]\nredis_url = \"{redis_url}\"\nprefix = \"{prefix}\"\n\n"
+        )),
     }
     s.push_str("[[keys]]\nname = \"bench\"\nkey = \"${SWITCHYARD_BENCH_KEY}\"\n");
     if governance {
@@ -289,12 +418,12 @@ pub async fn start_switchyard(
     binary: &Path,
     work: &Path,
     upstream: SocketAddr,
-    ledger: bool,
+    backend: Backend,
     models: &[&str],
     core: usize,
 ) -> Result<Switchyard, String> {
     let addr = loopback(free_port()?);
-    let tag = if ledger { "ledger" } else { "noledger" };
+    let tag = backend.tag();
     let db = work.join(format!("switchyard-{tag}.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = fs::remove_file(format!("{}{suffix}", db.display()));
@@ -307,13 +436,7 @@ pub async fn start_switchyard(
     let mut governance = true;
     for attempt in [true, false] {
         governance = attempt;
-        let config = switchyard_config(
-            addr,
-            upstream,
-            ledger.then_some(db.as_path()),
-            models,
-            governance,
-        );
+        let config = switchyard_config(addr, upstream, &backend, &db, models, governance);
         fs::write(&config_path, config).map_err(|e| format!("{}: {e}", config_path.display()))?;
         let check = Command::new(binary)
             .args(["config", "check"])
@@ -434,7 +557,8 @@ mod tests {
         let c = switchyard_config(
             loopback(8080),
             loopback(9000),
-            None,
+            &Backend::NoLedger,
+            Path::new("unused.db"),
             &["bench", "bench-25x200"],
             true,
         );
@@ -442,5 +566,29 @@ mod tests {
         assert!(c.contains("budgets = [{ period = \"month\""));
         assert!(c.contains("[models.\"bench-25x200\"]"));
         assert!(c.contains("base_url = \"http://127.0.0.1:9000/v1\""));
+    }
+
+    #[test]
+    fn the_shared_arm_puts_the_ledger_in_postgres_and_state_in_redis() {
+        let shared = Backend::Shared {
+            database_url: "postgres://postgres@127.0.0.1:5432/switchyard_bench_x".into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            prefix: "switchyard-bench-x:".into(),
+        };
+        let c = switchyard_config(
+            loopback(8080),
+            loopback(9000),
+            &shared,
+            Path::new("unused.db"),
+            &["bench"],
+            true,
+        );
+        assert!(c.contains("[storage]\nkind = \"postgres\""), "{c}");
+        assert!(c.contains("prefix = \"switchyard-bench-x:\""), "{c}");
+        assert!(!c.contains("[ledger]"), "{c}");
+        assert_eq!(
+            bench_database("20261204T053000Z"),
+            "switchyard_bench_20261204t053000z"
+        );
     }
 }

@@ -780,6 +780,39 @@ fn targets(arms: &[ArmReport]) -> Vec<Target> {
             )
         },
     );
+    // One replica of several: its ledger in PostgreSQL and its limits and budget in
+    // Redis, against the single-machine defaults, at the same rate.
+    let shared = find(Kind::SwitchyardShared);
+    let same_rate = match (sy, shared) {
+        (Some(local), Some(shared)) => local
+            .result
+            .sweep
+            .iter()
+            .filter(|s| s.rate <= CPU_RATE && s.sustained)
+            .filter_map(|l| {
+                let r = shared
+                    .result
+                    .sweep
+                    .iter()
+                    .find(|s| s.rate == l.rate && s.sustained)?;
+                Some((l.rate, l.cpu_us_per_req?, r.cpu_us_per_req?))
+            })
+            .max_by(|x, y| x.0.total_cmp(&y.0)),
+        _ => None,
+    };
+    push(
+        "CPU per request, Postgres + Redis vs SQLite + in-process",
+        "≤ 1.5×",
+        same_rate.map(|(_, local, shared)| shared / local),
+        &|v| v <= 1.5,
+        &|v| {
+            let (rate, local, shared) = same_rate.unwrap_or_default();
+            format!(
+                "{v:.2}× ({shared:.1} vs {local:.1} µs at {} req/s)",
+                thousands(rate)
+            )
+        },
+    );
     out
 }
 
