@@ -128,15 +128,18 @@ fn sighup_reloads_the_file_and_a_new_model_serves() {
     std::fs::write(&file, config(&sim_base, ledger, "")).expect("write");
     let file_arg = file.to_str().expect("utf-8");
 
-    let (gateway, base, logs) = spawn_until(
-        &["--config", file_arg, "serve"],
-        "switchyard listening on",
-    );
+    let (gateway, base, logs) =
+        spawn_until(&["--config", file_arg, "serve"], "switchyard listening on");
     let addr = base.trim_start_matches("http://").to_owned();
     let (status, body) = http(&addr, "GET", "/v1/models", None);
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("\"new-model\""), "{body}");
-    let (status, _) = http(&addr, "POST", "/v1/chat/completions", Some(&chat("new-model")));
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat("new-model")),
+    );
     assert_eq!(status, 404);
 
     let pid = gateway.0.id().to_string();
@@ -149,8 +152,15 @@ fn sighup_reloads_the_file_and_a_new_model_serves() {
     };
 
     // An invalid file: logged, refused, and the gateway keeps serving.
-    std::fs::write(&file, config(&sim_base, ledger, "\n[models.broken]\ndeployments = [\"nope\"]\n"))
-        .expect("write");
+    std::fs::write(
+        &file,
+        config(
+            &sim_base,
+            ledger,
+            "\n[models.broken]\ndeployments = [\"nope\"]\n",
+        ),
+    )
+    .expect("write");
     hup();
     let deadline = Instant::now() + Duration::from_secs(60);
     let refusal = loop {
@@ -161,8 +171,16 @@ fn sighup_reloads_the_file_and_a_new_model_serves() {
             break line;
         }
     };
-    assert!(refusal.contains("models.broken.deployments[0]"), "{refusal}");
-    let (status, _) = http(&addr, "POST", "/v1/chat/completions", Some(&chat("gpt-4o-mini")));
+    assert!(
+        refusal.contains("models.broken.deployments[0]"),
+        "{refusal}"
+    );
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat("gpt-4o-mini")),
+    );
     assert_eq!(status, 200);
 
     let extra = r#"
@@ -189,7 +207,12 @@ deployments = ["new-dep"]
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, body) = http(&addr, "POST", "/v1/chat/completions", Some(&chat("new-model")));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat("new-model")),
+    );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("chat.completion"), "{body}");
     // The process is the one started at first: SIGHUP did not end it.

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use crate::api::error::ApiError;
 use crate::api::generation::Changes;
 use crate::api::{AppState, ReloadReport};
-use crate::config::ConfigWarning;
 use crate::config::policy::{Budget, BudgetInput};
+use crate::config::ConfigWarning;
 use crate::governance::budget::Scope;
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
 use crate::governance::Policy;
@@ -434,7 +434,8 @@ async fn reload_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -
 }
 
 fn reload_json(r: &ReloadReport) -> Value {
-    let changes = |c: &Changes| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
+    let changes =
+        |c: &Changes| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
     let warnings = |ws: &[ConfigWarning]| {
         ws.iter()
             .map(|w| json!({"field": w.path, "message": w.message}))

@@ -107,7 +107,11 @@ impl Changes {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 
-    fn between<T>(old: &BTreeMap<&str, T>, new: &BTreeMap<&str, T>, same: impl Fn(&T, &T) -> bool) -> Changes {
+    fn between<T>(
+        old: &BTreeMap<&str, T>,
+        new: &BTreeMap<&str, T>,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> Changes {
         let mut c = Changes::default();
         for (name, n) in new {
             match old.get(name) {
@@ -181,11 +185,9 @@ pub(super) async fn reload(
         generation: current.id + 1,
         file: source.to_owned(),
         models: Changes::between(&models_of(old), &models_of(&config), same_model),
-        deployments: Changes::between(
-            &deployments_of(old),
-            &deployments_of(&config),
-            |a, b| same_deployment(a, b),
-        ),
+        deployments: Changes::between(&deployments_of(old), &deployments_of(&config), |a, b| {
+            same_deployment(a, b)
+        }),
         providers: Changes::between(&providers_of(old), &providers_of(&config), |a, b| {
             same_provider(a, b)
         }),
@@ -211,11 +213,17 @@ fn models_of(c: &Config) -> BTreeMap<&str, &LogicalModel> {
 }
 
 fn deployments_of(c: &Config) -> BTreeMap<&str, &Deployment> {
-    c.deployments.iter().map(|d| (d.name.as_str(), &**d)).collect()
+    c.deployments
+        .iter()
+        .map(|d| (d.name.as_str(), &**d))
+        .collect()
 }
 
 fn providers_of(c: &Config) -> BTreeMap<&str, &Provider> {
-    c.providers.iter().map(|p| (p.name.as_str(), &**p)).collect()
+    c.providers
+        .iter()
+        .map(|p| (p.name.as_str(), &**p))
+        .collect()
 }
 
 fn keys_of(c: &Config) -> BTreeMap<&str, &ApiKey> {

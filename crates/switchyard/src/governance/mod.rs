@@ -466,7 +466,6 @@ impl Reconfigured<'_> {
 }
 
 impl Governance {
-
     /// Gives every budget of the current period that has no counter yet its spend so far,
     /// from the ledger (wherever it is: the store may be a file of its own).
     async fn seed_budgets(&self, snapshot: &Snapshot) {
