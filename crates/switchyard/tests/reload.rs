@@ -163,7 +163,8 @@ impl Rig {
     /// Stops the gateway (flushing the ledger) and opens the ledger.
     async fn finish(&mut self) -> sqlx::SqlitePool {
         if let Some(g) = self.gateway.take() {
-            g.shutdown().await.expect("shutdown");
+            let report = g.shutdown().await.expect("shutdown");
+            assert_eq!(report.ledger.dropped, 0, "ledger rows lost: {report:?}");
         }
         let url = format!("sqlite://{}?mode=ro", self.ledger.display());
         sqlx::SqlitePool::connect(&url).await.expect("open ledger")
@@ -323,7 +324,12 @@ async fn requests_during_repeated_reloads_all_succeed() {
         .fetch_one(&db)
         .await
         .expect("count");
-    assert_eq!(ok, 160);
+    let rows: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT status, error_code FROM requests WHERE status != 200")
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
+    assert_eq!(ok, 160, "rows not 200: {rows:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! The validation of a configuration file that `switchyard config check` prints and
-//! a live reload runs before it puts a file in force: one function, so that a file
-//! `config check` accepts is one the running gateway accepts, and the other way round.
+//! a live reload runs before it puts a file in force: parsing and validation
+//! (`Config::load`, errors with the field's path and line), then the `[[keys]]` names
+//! against the key store. One place, so that a file `config check` accepts is one the
+//! running gateway accepts, and the other way round; the two entry points differ only
+//! in which handle on the key store they use.
 
 use std::path::{Path, PathBuf};
 

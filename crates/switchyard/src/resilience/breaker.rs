@@ -245,6 +245,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn reconfigured_keeps_its_state_and_fits_the_new_window() {
+        let (mut b, t0) = opened();
+        b.reconfigure(BreakerConfig {
+            open_for: Duration::from_secs(60),
+            ..config()
+        });
+        // Still open, now for the new period.
+        assert_eq!(b.state(t0 + Duration::from_secs(10)), BreakerState::Open);
+        assert_eq!(
+            b.reopens_in(t0 + Duration::from_secs(10)),
+            Some(Duration::from_secs(50))
+        );
+
+        // A closed breaker with ten outcomes counted, then a window of four: only the
+        // last four are kept, and the ratio is judged on them.
+        let mut b = Breaker::new(BreakerConfig {
+            consecutive_failures: 100,
+            failure_ratio: 0.5,
+            window: 10,
+            open_for: Duration::from_secs(5),
+        });
+        let now = Instant::now();
+        for success in [
+            false, false, false, false, true, true, true, true, true, true,
+        ] {
+            b.record(success, None, now);
+        }
+        b.reconfigure(BreakerConfig {
+            consecutive_failures: 100,
+            failure_ratio: 0.5,
+            window: 4,
+            open_for: Duration::from_secs(5),
+        });
+        assert_eq!(b.recent.len(), 4);
+        b.record(false, None, now);
+        assert_eq!(b.recent.len(), 4, "the window never grows past its size");
+        assert_eq!(b.state(now), BreakerState::Closed, "1 failure in 4");
+        b.record(false, None, now);
+        assert_eq!(b.state(now), BreakerState::Open, "2 failures in 4");
+    }
+
     fn probe(admission: Admission) -> ProbeTicket {
         match admission {
             Admission::Probe(t) => t,
