@@ -689,8 +689,10 @@ mod tests {
 
     #[test]
     fn issued_tokens_expire_and_can_be_revoked() {
-        let mut a = Authority::default();
-        a.lifetime = Duration::from_millis(0);
+        let mut a = Authority {
+            lifetime: Duration::from_millis(0),
+            ..Authority::default()
+        };
         let (expired, _) = a.issue_bearer("t1".into());
         assert_eq!(a.check_bearer(&expired), BearerCheck::Expired);
         a.lifetime = Duration::from_secs(60);
