@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 mod anthropic;
+mod auth;
 mod bedrock;
 mod control;
 mod conversation;
@@ -40,6 +41,7 @@ mod routes;
 pub mod schema_check;
 mod state;
 
+pub use auth::TokensIssued;
 use state::SimState;
 
 /// The AWS access key id Bedrock requests must be signed with unless configured.
@@ -278,6 +280,8 @@ impl RecordedRequest {
 pub(crate) struct Shared {
     pub(crate) opts: SimOptions,
     pub(crate) state: Mutex<SimState>,
+    /// Token endpoints' state: what was issued, to whom, until when.
+    pub(crate) auth: Mutex<auth::Authority>,
     pub(crate) request_counter: std::sync::atomic::AtomicU64,
 }
 
@@ -305,6 +309,7 @@ impl Simulator {
             shared: Arc::new(Shared {
                 opts,
                 state: Mutex::new(state),
+                auth: Mutex::new(auth::Authority::default()),
                 request_counter: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -313,6 +318,7 @@ impl Simulator {
     /// Every route: the provider APIs (with and without an instance prefix) and `/_sim/…`.
     pub fn router(&self) -> axum::Router {
         control::routes()
+            .merge(auth::routes())
             .fallback(routes::dispatch)
             .with_state(self.shared.clone())
     }

@@ -160,6 +160,8 @@ pub struct Dispatcher {
     clients: HashMap<Duration, reqwest::Client>,
     pub health: Health,
     limiter: Arc<dyn Limiter>,
+    /// Run-time provider credentials (tokens renewed before they expire).
+    pub credentials: providers::auth::Credentials,
 }
 
 impl Dispatcher {
@@ -204,10 +206,15 @@ impl Dispatcher {
             Some((old, p)) => Health::carried_over(config, old, &p.health),
             None => Health::new(config.deployments.len(), config.breaker),
         };
+        let credentials = providers::auth::Credentials::next(
+            config,
+            previous.map(|(old, p)| (old, &p.credentials)),
+        )?;
         Ok(Dispatcher {
             clients,
             health,
             limiter,
+            credentials,
         })
     }
 
@@ -484,6 +491,7 @@ impl Dispatcher {
         attempt(
             &self.client(&d),
             &d,
+            self.credentials.of(&d),
             job.model.timeouts_for(&d),
             job.endpoint,
             job.stream,
@@ -784,9 +792,41 @@ fn exhaustion(status: u16, headers: &http::HeaderMap) -> Option<i64> {
     Some(now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)))
 }
 
+/// An attempt that failed before any answer came.
+fn failed(e: ProviderError) -> AttemptResult {
+    AttemptResult {
+        status: None,
+        exhausted_until_ms: None,
+        outcome: Err(e),
+    }
+}
+
+/// The provider's run-time credential, waited for within the first-byte deadline.
+async fn credential(
+    auth: &providers::auth::ProviderAuth,
+    refused: Option<&providers::auth::Issued<providers::auth::Credential>>,
+    deadline: TokioInstant,
+) -> Result<providers::auth::Issued<providers::auth::Credential>, ProviderError> {
+    let got = match refused {
+        None => timeout_at(deadline, auth.get()).await,
+        Some(r) => timeout_at(deadline, auth.renew_after(r)).await,
+    };
+    match got {
+        Ok(Ok(issued)) => Ok(issued),
+        // No secret is in the message: the endpoint's error code and description.
+        Ok(Err(e)) => Err(ProviderError::Connect(format!(
+            "cannot obtain the provider credential: {e}"
+        ))),
+        Err(_) => Err(ProviderError::Timeout {
+            phase: "provider credential",
+        }),
+    }
+}
+
 async fn attempt(
     client: &reqwest::Client,
     deployment: &Deployment,
+    auth: Option<&providers::auth::ProviderAuth>,
     timeouts: Timeouts,
     endpoint: Endpoint,
     stream: bool,
@@ -797,34 +837,56 @@ async fn attempt(
     let first_byte = (start + timeouts.first_byte).min(total);
     let adapter = providers::adapter(&deployment.provider.kind);
     let native = rendered.native;
-    let request = match adapter.request(client, deployment, endpoint, stream, rendered.body) {
-        Ok(r) => r,
-        Err(e) => {
-            return AttemptResult {
-                status: None,
-                exhausted_until_ms: None,
-                outcome: Err(e),
-            }
-        }
+    let body = Bytes::from(rendered.body);
+    let mut issued = match auth {
+        Some(a) => match credential(a, None, first_byte).await {
+            Ok(i) => Some(i),
+            Err(e) => return failed(e),
+        },
+        None => None,
     };
-    let response = match timeout_at(first_byte, request.send()).await {
-        Err(_) => {
-            return AttemptResult {
-                status: None,
-                exhausted_until_ms: None,
-                outcome: Err(ProviderError::Timeout {
+    // At most two sends: a credential the upstream refuses (expired early, revoked)
+    // is renewed once and the call made again, so that the client never sees it.
+    let mut renewed = false;
+    let response = loop {
+        let credential_now = issued.as_ref().map(|i| &i.value);
+        let request = match adapter.request(
+            client,
+            deployment,
+            endpoint,
+            stream,
+            body.clone(),
+            credential_now,
+        ) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let response = match timeout_at(first_byte, request.send()).await {
+            Err(_) => {
+                return failed(ProviderError::Timeout {
                     phase: "response headers",
-                }),
+                })
             }
+            Ok(Err(e)) => return failed(send_error(e)),
+            Ok(Ok(r)) => r,
+        };
+        let (Some(a), Some(refused)) = (auth, issued.as_ref()) else {
+            break response;
+        };
+        if renewed || !a.refused(response.status(), response.headers()) {
+            break response;
         }
-        Ok(Err(e)) => {
-            return AttemptResult {
-                status: None,
-                exhausted_until_ms: None,
-                outcome: Err(send_error(e)),
-            }
+        renewed = true;
+        tracing::info!(
+            deployment = %deployment.name,
+            status = response.status().as_u16(),
+            "the upstream refused the provider credential; renewing it once"
+        );
+        drop(response);
+        match credential(a, Some(refused), first_byte).await {
+            Ok(i) => issued = Some(i),
+            Err(e) => return failed(e),
         }
-        Ok(Ok(r)) => r,
     };
     let status = response.status().as_u16();
     let exhausted_until_ms = exhaustion(status, response.headers());

@@ -168,7 +168,10 @@ impl Ctx {
     }
 }
 
-/// SigV4 with the configured credentials, or a Bedrock API key as a bearer token.
+use crate::auth::AwsKey;
+
+/// SigV4 with the configured credentials (or temporary ones the simulator issued), or
+/// a Bedrock API key as a bearer token.
 fn check_auth(shared: &Shared, req: &NativeRequest) -> Result<(), BedrockError> {
     let headers: Vec<(String, String)> = req
         .parts
@@ -221,10 +224,48 @@ fn check_auth(shared: &Shared, req: &NativeRequest) -> Result<(), BedrockError> 
         host,
         body: &req.bytes,
     };
+    let auth_error = |name: &str, message: &str| BedrockError {
+        namespace: AUTH_NAMESPACE,
+        ..BedrockError::new(StatusCode::FORBIDDEN, name, message)
+    };
+    // Temporary credentials issued by the simulated STS or container endpoint.
+    let key_id = signed
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .and_then(|(_, v)| sigv4::parse_authorization(v).ok())
+        .map(|a| a.access_key_id);
+    let issued = key_id.map(|id| (shared.authority().aws_secret(&id), id));
+    let (access_key_id, secret_access_key, session_token) = match issued {
+        Some((
+            AwsKey::Valid {
+                secret,
+                session_token,
+            },
+            id,
+        )) => (id, secret, Some(session_token)),
+        Some((AwsKey::Expired, _)) => {
+            return Err(auth_error(
+                "ExpiredTokenException",
+                "The security token included in the request is expired",
+            ))
+        }
+        Some((AwsKey::Invalid, _)) => {
+            return Err(auth_error(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            ))
+        }
+        Some((AwsKey::NotOurs, _)) | None => (
+            shared.opts.aws_access_key_id.clone(),
+            shared.opts.aws_secret_access_key.clone(),
+            shared.opts.aws_session_token.clone(),
+        ),
+    };
     let creds = sigv4::Credentials {
-        access_key_id: &shared.opts.aws_access_key_id,
-        secret_access_key: &shared.opts.aws_secret_access_key,
-        session_token: shared.opts.aws_session_token.as_deref(),
+        access_key_id: &access_key_id,
+        secret_access_key: &secret_access_key,
+        session_token: session_token.as_deref(),
     };
     sigv4::verify(&signed, &creds, unix_now()).map_err(|e| {
         let (name, message) = e.describe();

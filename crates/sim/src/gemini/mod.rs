@@ -135,10 +135,27 @@ fn fault_error(fault: &Fault) -> GoogleError {
 /// Gemini API: `x-goog-api-key` or `?key=`; Vertex: `Authorization: Bearer TOKEN`.
 fn check_auth(shared: &Shared, req: &NativeRequest, vertex: bool) -> Result<(), GoogleError> {
     let expected = shared.opts.api_key.as_deref();
+    let token = header_text(&req.parts.headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+        .filter(|t| !t.is_empty());
+    // An OAuth2 token (Vertex always; the Gemini API too): one issued by the token
+    // endpoints is judged by them, expired or revoked ones refused.
+    if let Some(t) = &token {
+        match shared.authority().check_bearer(t) {
+            BearerCheck::Valid => return Ok(()),
+            BearerCheck::NotOurs => {}
+            BearerCheck::Expired | BearerCheck::Revoked | BearerCheck::Unknown => {
+                return Err(unauthenticated())
+            }
+        }
+        if !vertex {
+            return match expected {
+                Some(e) if t != e => Err(unauthenticated()),
+                _ => Ok(()),
+            };
+        }
+    }
     if vertex {
-        let token = header_text(&req.parts.headers, "authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
-            .filter(|t| !t.is_empty());
         return match (token, expected) {
             (Some(t), Some(e)) if t != e => Err(unauthenticated()),
             (Some(_), _) => Ok(()),
@@ -169,6 +186,8 @@ fn check_auth(shared: &Shared, req: &NativeRequest, vertex: bool) -> Result<(), 
         _ => Ok(()),
     }
 }
+
+use crate::auth::BearerCheck;
 
 fn unauthenticated() -> GoogleError {
     GoogleError::new(

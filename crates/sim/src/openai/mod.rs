@@ -487,6 +487,23 @@ fn check_auth(shared: &Shared, dialect: Dialect, headers: &HeaderMap) -> Result<
     } else {
         bearer
     };
+    // Azure takes Entra ID tokens as bearer tokens: issued ones are judged by the
+    // simulated token endpoint.
+    if let (true, Some(token)) = (dialect.is_azure(), bearer) {
+        use crate::auth::BearerCheck;
+        match shared.authority().check_bearer(token) {
+            BearerCheck::Valid => return Ok(()),
+            BearerCheck::NotOurs => {}
+            BearerCheck::Expired | BearerCheck::Revoked | BearerCheck::Unknown => {
+                return Err(ApiError::azure(
+                    StatusCode::UNAUTHORIZED,
+                    "401",
+                    "Unauthorized. Access token is missing, invalid, audience is incorrect \
+                     (https://cognitiveservices.azure.com), or have expired.",
+                ))
+            }
+        }
+    }
     let accepted = match (key, shared.opts.api_key.as_deref()) {
         (None, _) => false,
         (Some(_), None) => true,

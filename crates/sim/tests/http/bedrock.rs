@@ -555,3 +555,69 @@ async fn validation_and_faults() {
     let (_, failed) = read_until_error(resp).await;
     assert!(failed);
 }
+
+#[tokio::test]
+async fn temporary_credentials_from_the_container_endpoint_expire_and_revoke() {
+    let env = start().await;
+    let creds = |env: &Env| {
+        let url = env.url("/ecs/credentials");
+        let client = env.client.clone();
+        async move {
+            let got = read(client.get(url).send().await.expect("send")).await;
+            let c = got.json();
+            (
+                c["AccessKeyId"].as_str().expect("id").to_owned(),
+                c["SecretAccessKey"].as_str().expect("secret").to_owned(),
+                c["Token"].as_str().expect("token").to_owned(),
+            )
+        }
+    };
+    let call = |id: &str, secret: &str, token: &str| {
+        let signer = Signer {
+            access_key: id,
+            secret,
+            token: Some(token),
+            ..Signer::default()
+        };
+        let headers = signer.headers(
+            env.handle.base_url().trim_start_matches("http://"),
+            &path("converse"),
+            &serde_json::to_vec(&user("hi")).expect("json"),
+        );
+        (headers, serde_json::to_vec(&user("hi")).expect("json"))
+    };
+    let send = |(headers, body): (Vec<(String, String)>, Vec<u8>)| {
+        let mut req = env.client.post(env.url(&path("converse"))).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move { read(req.send().await.expect("send")).await }
+    };
+    env.sim().require_issued_credentials(true);
+    let (id, secret, token) = creds(&env).await;
+    let got = send(call(&id, &secret, &token)).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    // The static simulator keys are refused in strict mode.
+    let got = converse(&env, &path("converse"), &user("hi")).await;
+    assert_eq!(got.status, 403);
+    assert_eq!(
+        got.header("x-amzn-errortype")
+            .map(|t| t.split(':').next().unwrap_or("")),
+        Some("UnrecognizedClientException")
+    );
+
+    env.sim().set_token_lifetime(std::time::Duration::ZERO);
+    let (id2, secret2, token2) = creds(&env).await;
+    let got = send(call(&id2, &secret2, &token2)).await;
+    assert_eq!(got.status, 403);
+    assert!(got
+        .header("x-amzn-errortype")
+        .is_some_and(|t| t.starts_with("ExpiredTokenException")));
+
+    env.sim().revoke_issued_credentials();
+    let got = send(call(&id, &secret, &token)).await;
+    assert_eq!(got.status, 403);
+    assert!(got
+        .header("x-amzn-errortype")
+        .is_some_and(|t| t.starts_with("UnrecognizedClientException")));
+}

@@ -1,6 +1,7 @@
 //! HTTP-level tests: the simulator on 127.0.0.1:0, driven with reqwest.
 
 mod anthropic;
+mod auth;
 mod azure;
 mod bedrock;
 mod chat;

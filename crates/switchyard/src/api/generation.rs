@@ -231,7 +231,7 @@ fn keys_of(c: &Config) -> BTreeMap<&str, &ApiKey> {
 }
 
 fn same_provider(a: &Provider, b: &Provider) -> bool {
-    a.name == b.name && a.kind == b.kind && a.api_key == b.api_key
+    a.name == b.name && a.kind == b.kind && a.api_key == b.api_key && a.credentials == b.credentials
 }
 
 /// Everything but the position in the list, which names no setting.

@@ -4,6 +4,7 @@
 //! Every error names the field path (`models.support-chat.deployments[1]`) and, when
 //! the file is at hand, the line it sits on.
 
+mod credentials;
 mod native;
 pub mod policy;
 mod raw;
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use credentials::{
+    AzureEntra, GoogleAuthorizedUser, GoogleServiceAccount, ProviderCredentials,
+};
 pub use secret::Secret;
 
 use policy::{Budget, PiiMode, Policy};
@@ -216,6 +220,8 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub api_key: Option<Secret>,
+    /// A credential obtained and renewed at run time, used instead of `api_key`.
+    pub credentials: Option<ProviderCredentials>,
 }
 
 impl Provider {
@@ -874,7 +880,7 @@ fn validate(
                     ));
                 };
                 let endpoint = validate_url(endpoint, &format!("{at}.endpoint"))?;
-                let api = match (p.api.as_deref(), p.api_version) {
+                let api = match (p.api.as_deref(), p.api_version.clone()) {
                     (Some("v1"), None) | (None, None) => AzureApi::V1,
                     (Some("v1"), Some(_)) => {
                         return Err(err(
@@ -927,25 +933,41 @@ fn validate(
                 ),
             ));
         }
+        let credentials = credentials::validate(&p, &kind, &at, env)?;
         let api_key = p
             .api_key
             .as_deref()
             .map(|v| Secret::resolve(v, &format!("{at}.api_key"), env))
             .transpose()?
-            .or_else(|| native::default_api_key(&kind, env));
-        if matches!(kind, ProviderKind::Azure { .. }) && api_key.is_none() {
+            .or_else(|| {
+                credentials
+                    .is_none()
+                    .then(|| native::default_api_key(&kind, env))
+                    .flatten()
+            });
+        let needs_key = credentials.is_none();
+        if matches!(kind, ProviderKind::Azure { .. }) && api_key.is_none() && needs_key {
             return Err(err(
                 format!("{at}.api_key"),
-                "is required for kind `azure` (e.g. \"${AZURE_OPENAI_API_KEY}\")",
+                "is required for kind `azure` (e.g. \"${AZURE_OPENAI_API_KEY}\"), unless \
+                 Entra ID sign-in is set (`tenant_id`, `client_id`, `client_secret`)",
             ));
         }
-        if api_key.is_none() {
+        if api_key.is_none() && needs_key {
             if let Some(example) = native::required_key_example(&kind) {
                 return Err(err(
                     format!("{at}.api_key"),
                     format!(
-                        "is required for kind `{}` (e.g. \"{example}\")",
-                        kind.label()
+                        "is required for kind `{}` (e.g. \"{example}\"){}",
+                        kind.label(),
+                        if matches!(
+                            kind,
+                            ProviderKind::Vertex { .. } | ProviderKind::Gemini { .. }
+                        ) {
+                            ", unless `credentials_file` or `credentials = \"adc\"` is set"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -956,6 +978,7 @@ fn validate(
                 name,
                 kind,
                 api_key,
+                credentials,
             }),
         );
     }

@@ -166,7 +166,8 @@ fn aws_credentials(
             format!("{at}.session_token"),
             "needs `access_key_id` and `secret_access_key`",
         )),
-        (None, None) if p.api_key.is_some() => Ok(None),
+        // A Bedrock API key, or a named profile of the standard chain.
+        (None, None) if p.api_key.is_some() || p.profile.is_some() => Ok(None),
         (None, None) => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
                 Ok(Some(AwsCredentials {
@@ -177,12 +178,8 @@ fn aws_credentials(
                         .map(Secret::new),
                 }))
             }
-            _ => Err(err(
-                format!("{at}.access_key_id"),
-                "kind `bedrock` needs credentials: `access_key_id` and `secret_access_key` \
-                 (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment), \
-                 or a Bedrock API key as `api_key`",
-            )),
+            // The standard chain finds them at run time (see `credentials.rs`).
+            _ => Ok(None),
         },
     }
 }
@@ -396,8 +393,12 @@ mod tests {
             one_provider("kind = \"bedrock\"\naccess_key_id = \"A\"\nsecret_access_key = \"B\"")
                 .expect_err("no region");
         assert_eq!(e.path, "providers.p.region");
-        let e = one_provider("kind = \"bedrock\"\nregion = \"us-east-1\"").expect_err("no keys");
-        assert_eq!(e.path, "providers.p.access_key_id");
+        // No keys anywhere: the standard AWS chain, at run time.
+        let c = one_provider("kind = \"bedrock\"\nregion = \"us-east-1\"").expect("chain");
+        assert!(matches!(
+            c.providers[0].credentials,
+            Some(super::super::ProviderCredentials::AwsChain { profile: None })
+        ));
         let e = one_provider("kind = \"bedrock\"\nregion = \"us-east-1\"\naccess_key_id = \"A\"")
             .expect_err("half the keys");
         assert_eq!(e.path, "providers.p.secret_access_key");

@@ -288,6 +288,40 @@ pub struct RawProvider {
     /// still warns. Loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) need no
     /// permission. Default false.
     pub allow_insecure_http: Option<bool>,
+    /// vertex, gemini: path of a Google service-account JSON key file (`"type":
+    /// "service_account"`), used instead of `api_key`: the gateway signs a JWT with its
+    /// `private_key`, exchanges it at its `token_uri` for an access token, and renews the
+    /// token before it expires. A relative path is taken from the working directory.
+    pub credentials_file: Option<String>,
+    /// vertex, gemini: `"adc"` for Application Default Credentials, used instead of
+    /// `api_key`: the key file named by `$GOOGLE_APPLICATION_CREDENTIALS` (a service
+    /// account, or an `authorized_user` with a refresh token as `gcloud auth
+    /// application-default login` writes), else gcloud's own file of that kind
+    /// (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`, `application_default_credentials.json`),
+    /// else the metadata server of the machine (`$GCE_METADATA_HOST`, default
+    /// `metadata.google.internal`). Tokens are renewed before they expire.
+    pub credentials: Option<String>,
+    /// azure: the Entra ID (Azure AD) tenant, for client-credentials sign-in instead of
+    /// `api_key`; needs `client_id` and `client_secret`.
+    pub tenant_id: Option<String>,
+    /// azure: the application (client) id of the Entra ID app registration.
+    pub client_id: Option<String>,
+    /// azure: the client secret of that app, as `"${ENV_VAR}"`.
+    pub client_secret: Option<String>,
+    /// azure: the scope the token is asked for. Default
+    /// `https://cognitiveservices.azure.com/.default`.
+    pub scope: Option<String>,
+    /// azure: the Entra ID sign-in host. Default `https://login.microsoftonline.com`
+    /// (sovereign clouds have their own).
+    pub authority_host: Option<String>,
+    /// bedrock: the profile of the shared AWS config and credentials files to take
+    /// credentials from. Without static keys (`access_key_id`, or
+    /// `$AWS_ACCESS_KEY_ID`) nor `api_key`, credentials come from the standard AWS
+    /// chain: environment, this profile (default `$AWS_PROFILE`, then `default`), web
+    /// identity (`$AWS_WEB_IDENTITY_TOKEN_FILE` with `$AWS_ROLE_ARN`), the container
+    /// credentials endpoint, then the instance metadata service; temporary
+    /// credentials are renewed before they expire.
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -567,7 +567,8 @@ impl Adapter for AnthropicAdapter {
         deployment: &Deployment,
         _endpoint: Endpoint,
         _stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        _credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let ProviderKind::Anthropic { base_url, version } = &deployment.provider.kind else {
             return Err(ProviderError::Unsupported(
@@ -720,7 +721,8 @@ mod tests {
                 &deployment("m"),
                 Endpoint::ChatCompletions,
                 false,
-                vec![],
+                Bytes::new(),
+                None,
             )
             .expect("request")
             .build()

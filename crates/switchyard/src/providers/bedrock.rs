@@ -277,17 +277,28 @@ pub fn sign(
     body: &[u8],
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, ProviderError> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    use aws_sigv4::sign::v4;
-
     let identity = aws_credential_types::Credentials::new(
         creds.access_key_id.expose(),
         creds.secret_access_key.expose(),
         creds.session_token.as_ref().map(|t| t.expose().to_owned()),
         None,
         "switchyard-config",
-    )
-    .into();
+    );
+    sign_with(url, region, &identity, body, time)
+}
+
+/// [`sign`] with an identity already in the SDK's form (credentials from the chain).
+pub fn sign_with(
+    url: &str,
+    region: &str,
+    creds: &aws_credential_types::Credentials,
+    body: &[u8],
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, ProviderError> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+
+    let identity = creds.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -754,7 +765,8 @@ impl Adapter for BedrockAdapter {
         deployment: &Deployment,
         _endpoint: Endpoint,
         stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let ProviderKind::Bedrock {
             base_url,
@@ -772,6 +784,11 @@ impl Adapter for BedrockAdapter {
             req = req.bearer_auth(key.expose());
         } else if let Some(creds) = credentials {
             for (name, value) in sign(&url, region, creds, &body, SystemTime::now())? {
+                req = req.header(name, value);
+            }
+        } else if let Some(super::auth::Credential::Aws(identity)) = credential {
+            // Credentials from the AWS chain, renewed by `auth`.
+            for (name, value) in sign_with(&url, region, identity, &body, SystemTime::now())? {
                 req = req.header(name, value);
             }
         }
@@ -978,7 +995,8 @@ mod tests {
                 &d,
                 Endpoint::ChatCompletions,
                 false,
-                b"{}".to_vec(),
+                Bytes::from_static(b"{}"),
+                None,
             )
             .expect("request")
             .build()
@@ -989,7 +1007,14 @@ mod tests {
             .starts_with("AWS4-HMAC-SHA256"));
         std::sync::Arc::make_mut(&mut d.provider).api_key = Some(Secret::new("bedrock-key"));
         let bearer = BedrockAdapter
-            .request(&client, &d, Endpoint::ChatCompletions, true, b"{}".to_vec())
+            .request(
+                &client,
+                &d,
+                Endpoint::ChatCompletions,
+                true,
+                Bytes::from_static(b"{}"),
+                None,
+            )
             .expect("request")
             .build()
             .expect("built");

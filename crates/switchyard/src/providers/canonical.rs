@@ -334,6 +334,7 @@ pub mod golden {
                 name: "p".into(),
                 kind,
                 api_key: Some(Secret::new("k-123")),
+                credentials: None,
             }),
             upstream_model: model.into(),
             region: None,

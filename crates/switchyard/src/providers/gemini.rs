@@ -738,7 +738,8 @@ impl Adapter for GeminiAdapter {
         deployment: &Deployment,
         _endpoint: Endpoint,
         stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let kind = &deployment.provider.kind;
         let Some(url) = url(kind, &deployment.upstream_model, stream) else {
@@ -750,6 +751,10 @@ impl Adapter for GeminiAdapter {
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
+        // A service account's or ADC's access token: OAuth2 for Vertex and Gemini alike.
+        if let Some(super::auth::Credential::Bearer(token)) = credential {
+            return Ok(req.bearer_auth(token.expose()));
+        }
         if let Some(key) = &deployment.provider.api_key {
             req = match kind {
                 ProviderKind::Vertex { .. } => req.bearer_auth(key.expose()),
@@ -852,7 +857,14 @@ mod tests {
         );
         let client = reqwest::Client::new();
         let req = GeminiAdapter
-            .request(&client, &gemini, Endpoint::ChatCompletions, true, vec![])
+            .request(
+                &client,
+                &gemini,
+                Endpoint::ChatCompletions,
+                true,
+                Bytes::new(),
+                None,
+            )
             .expect("request")
             .build()
             .expect("built");
@@ -863,7 +875,14 @@ mod tests {
         assert_eq!(req.headers()["x-goog-api-key"], "k-123");
         assert!(!req.headers().contains_key("authorization"));
         let req = GeminiAdapter
-            .request(&client, &vertex, Endpoint::ChatCompletions, false, vec![])
+            .request(
+                &client,
+                &vertex,
+                Endpoint::ChatCompletions,
+                false,
+                Bytes::new(),
+                None,
+            )
             .expect("request")
             .build()
             .expect("built");

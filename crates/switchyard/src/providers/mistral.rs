@@ -290,9 +290,12 @@ impl Adapter for MistralAdapter {
         deployment: &Deployment,
         endpoint: Endpoint,
         _stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(openai::build(client, deployment, endpoint, body))
+        Ok(openai::build(
+            client, deployment, endpoint, body, credential,
+        ))
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
@@ -468,7 +471,8 @@ mod tests {
                 &d,
                 Endpoint::ChatCompletions,
                 true,
-                vec![],
+                Bytes::new(),
+                None,
             )
             .expect("request")
             .build()

@@ -4,6 +4,7 @@
 //! storage; [`crate::dispatch`] decides what to call and what to do when it fails.
 
 pub mod anthropic;
+pub mod auth;
 pub mod bedrock;
 pub mod canonical;
 pub mod gemini;
@@ -39,14 +40,16 @@ pub trait Adapter: Send + Sync {
         deployment: &Deployment,
     ) -> Result<Vec<u8>, ProviderError>;
 
-    /// URL, auth and headers around a rendered body.
+    /// URL, auth and headers around a rendered body. `credential` is the run-time
+    /// credential of the provider ([`auth`]), when it has one instead of a static key.
     fn request(
         &self,
         client: &reqwest::Client,
         deployment: &Deployment,
         endpoint: Endpoint,
         stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        credential: Option<&auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError>;
 
     /// Classifies an error answer (`body` is bounded).

@@ -48,12 +48,17 @@ pub fn build(
     client: &reqwest::Client,
     deployment: &Deployment,
     endpoint: Endpoint,
-    body: Vec<u8>,
+    body: Bytes,
+    credential: Option<&super::auth::Credential>,
 ) -> reqwest::RequestBuilder {
     let mut req = client
         .post(url(deployment, endpoint))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body);
+    // A run-time credential (Entra ID for Azure) is an OAuth2 bearer token.
+    if let Some(super::auth::Credential::Bearer(token)) = credential {
+        return req.bearer_auth(token.expose());
+    }
     if let Some(key) = &deployment.provider.api_key {
         req = match deployment.provider.kind {
             ProviderKind::OpenAi { .. } | ProviderKind::Mistral { .. } => {
@@ -257,9 +262,10 @@ impl Adapter for OpenAiAdapter {
         deployment: &Deployment,
         endpoint: Endpoint,
         _stream: bool,
-        body: Vec<u8>,
+        body: Bytes,
+        credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(build(client, deployment, endpoint, body))
+        Ok(build(client, deployment, endpoint, body, credential))
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
@@ -380,7 +386,7 @@ mod tests {
             },
             "gpt",
         );
-        let req = build(&client, &oa, Endpoint::ChatCompletions, vec![])
+        let req = build(&client, &oa, Endpoint::ChatCompletions, Bytes::new(), None)
             .build()
             .expect("request");
         assert_eq!(req.headers()["authorization"], "Bearer k-123");
@@ -392,11 +398,25 @@ mod tests {
             },
             "m",
         );
-        let req = build(&client, &az, Endpoint::ChatCompletions, vec![])
+        let req = build(&client, &az, Endpoint::ChatCompletions, Bytes::new(), None)
             .build()
             .expect("request");
         assert_eq!(req.headers()["api-key"], "k-123");
         assert!(!req.headers().contains_key("authorization"));
+        // An Entra ID token replaces the api-key header.
+        let token =
+            crate::providers::auth::Credential::Bearer(crate::config::Secret::new("eyJ.entra"));
+        let req = build(
+            &client,
+            &az,
+            Endpoint::ChatCompletions,
+            Bytes::new(),
+            Some(&token),
+        )
+        .build()
+        .expect("request");
+        assert_eq!(req.headers()["authorization"], "Bearer eyJ.entra");
+        assert!(!req.headers().contains_key("api-key"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn provider() -> Arc<Provider> {
             base_url: "http://127.0.0.1:1/v1".into(),
         },
         api_key: None,
+        credentials: None,
     })
 }
 
