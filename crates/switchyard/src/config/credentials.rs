@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::native::{only_for_kinds, KindField};
 use super::raw::RawProvider;
 use super::{err, is_insecure_remote, validate_url, ConfigError, ProviderKind, Secret};
 
@@ -172,7 +173,7 @@ pub(super) fn validate(
 }
 
 fn reject_foreign_fields(p: &RawProvider, at: &str) -> Result<(), ConfigError> {
-    let fields: [(&str, bool, &[&str]); 8] = [
+    let fields: [KindField<'_>; 8] = [
         (
             "credentials_file",
             p.credentials_file.is_some(),
@@ -190,19 +191,7 @@ fn reject_foreign_fields(p: &RawProvider, at: &str) -> Result<(), ConfigError> {
         ("authority_host", p.authority_host.is_some(), &["azure"]),
         ("profile", p.profile.is_some(), &["bedrock"]),
     ];
-    for (field, set, kinds) in fields {
-        if set && !kinds.contains(&p.kind.as_str()) {
-            return Err(err(
-                format!("{at}.{field}"),
-                format!(
-                    "is not used by kind `{}` (only by {})",
-                    p.kind,
-                    kinds.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
+    only_for_kinds(p, at, &fields)
 }
 
 fn azure(

@@ -184,10 +184,35 @@ fn aws_credentials(
     }
 }
 
+/// A provider field that only some kinds use: its name, whether it is set, and those
+/// kinds.
+pub(super) type KindField<'a> = (&'a str, bool, &'a [&'a str]);
+
+/// Refuses the first of `fields` that is set although `p`'s kind does not use it.
+pub(super) fn only_for_kinds(
+    p: &RawProvider,
+    at: &str,
+    fields: &[KindField<'_>],
+) -> Result<(), ConfigError> {
+    for &(field, set, kinds) in fields {
+        if set && !kinds.contains(&p.kind.as_str()) {
+            return Err(err(
+                format!("{at}.{field}"),
+                format!(
+                    "is not used by kind `{}` (only by {})",
+                    p.kind,
+                    kinds.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses fields that the provider's kind does not use, so a misplaced setting is
 /// never silently ignored.
 pub(super) fn reject_foreign_fields(p: &RawProvider, at: &str) -> Result<(), ConfigError> {
-    let fields: [(&str, bool, &[&str]); 8] = [
+    let fields: [KindField<'_>; 8] = [
         (
             "anthropic_version",
             p.anthropic_version.is_some(),
@@ -209,18 +234,7 @@ pub(super) fn reject_foreign_fields(p: &RawProvider, at: &str) -> Result<(), Con
         ),
         ("session_token", p.session_token.is_some(), &["bedrock"]),
     ];
-    for (field, set, kinds) in fields {
-        if set && !kinds.contains(&p.kind.as_str()) {
-            return Err(err(
-                format!("{at}.{field}"),
-                format!(
-                    "is not used by kind `{}` (only by {})",
-                    p.kind,
-                    kinds.join(", ")
-                ),
-            ));
-        }
-    }
+    only_for_kinds(p, at, &fields)?;
     let native = KINDS.contains(&p.kind.as_str());
     if native && (p.endpoint.is_some() || p.api.is_some()) {
         let field = if p.endpoint.is_some() {
