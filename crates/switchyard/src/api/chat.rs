@@ -31,6 +31,7 @@ pub async fn chat_completions(
         request_id.clone(),
         Endpoint::ChatCompletions.label(),
     );
+    tracker.continue_trace(traceparent(&headers));
     let mut limit_headers = HeaderMap::new();
     let res = match chat(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(Reply::Full(res)) => {
@@ -45,6 +46,11 @@ pub async fn chat_completions(
         }
     };
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
+}
+
+/// The caller's W3C `traceparent` header, if it sent one.
+pub(super) fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok())
 }
 
 /// Adds the caller's `x-ratelimit-*` headers (set by admission) to any response.
@@ -330,6 +336,7 @@ pub async fn embeddings(
         request_id.clone(),
         Endpoint::Embeddings.label(),
     );
+    tracker.continue_trace(traceparent(&headers));
     let mut limit_headers = HeaderMap::new();
     let res = match embed(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(res) => {
