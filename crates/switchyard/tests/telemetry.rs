@@ -469,6 +469,13 @@ async fn a_failover_is_one_request_span_with_two_attempt_spans_on_the_callers_tr
         Some("backup-mini")
     );
     assert_eq!(string_attr(request, "gen_ai.provider.name"), Some("openai"));
+    match attr(request, "gen_ai.response.finish_reasons") {
+        Some(AnyValue::ArrayValue(a)) => assert!(matches!(
+            a.values.first().and_then(|v| v.value.as_ref()),
+            Some(AnyValue::StringValue(s)) if s == "stop"
+        )),
+        other => panic!("finish reasons: {other:?}"),
+    }
     let mut attempts: Vec<&Span> = spans
         .iter()
         .filter(|s| s.parent_span_id == request.span_id)

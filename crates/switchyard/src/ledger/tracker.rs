@@ -75,6 +75,11 @@ impl RequestTracker {
         Some(format!("00-{:032x}-{span:016x}-01", trace.trace_id))
     }
 
+    /// Whether the request's spans will be exported.
+    pub fn is_traced(&self) -> bool {
+        self.record.trace.is_some()
+    }
+
     /// The finish reason of the answer served, for its trace.
     pub fn set_finish_reason(&mut self, reason: &str) {
         if self.record.trace.is_some() {
