@@ -2,7 +2,8 @@
 //! against. `POST …/chat/completions` answers after a fixed delay with a small fixed
 //! JSON body carrying usage, or, with `"stream": true`, with N content chunks at a
 //! fixed interval, then the usage chunk (when `stream_options.include_usage`) and
-//! `[DONE]`. `GET /healthz` answers 200. Everything else is 404.
+//! `[DONE]`. `GET /healthz` answers 200. `POST /v1/traces` takes OTLP exports and keeps
+//! nothing. Everything else is 404.
 //!
 //! A model name ending in `-NxMS` (e.g. `bench-25x200`) streams N chunks MS
 //! milliseconds apart instead of the defaults, so that one server can play a short
@@ -159,6 +160,12 @@ async fn handle(req: Request<Incoming>, args: Args) -> Result<Reply, Infallible>
     let is_chat = req.uri().path().ends_with("/chat/completions");
     if req.method() == Method::GET && req.uri().path() == "/healthz" {
         return Ok(plain(StatusCode::OK, r#"{"status":"ok"}"#));
+    }
+    if req.method() == Method::POST && req.uri().path() == "/v1/traces" {
+        // An OTLP/HTTP collector that keeps nothing, for profiles with traces on: the
+        // body is read whole and the export acknowledged (an empty protobuf message).
+        let _ = req.into_body().collect().await;
+        return Ok(plain(StatusCode::OK, ""));
     }
     if !is_chat || req.method() != Method::POST {
         return Ok(plain(

@@ -393,6 +393,22 @@ impl Dispatcher {
         None
     }
 
+    /// Headroom of every deployment quota (`rpm`, `tpm`): deployment, kind, what is
+    /// left of the window now, and the quota.
+    pub async fn quota_headroom(&self, config: &Config) -> Vec<(String, &'static str, u64, u64)> {
+        let mut out = Vec::new();
+        for d in &config.deployments {
+            for (kind, quota) in [("rpm", d.quota.rpm), ("tpm", d.quota.tpm)] {
+                if let Some(quota) = quota {
+                    let key = format!("deployment:{}:{kind}", d.name);
+                    let (remaining, _) = self.limiter.remaining(&key, quota, QUOTA_PERIOD).await;
+                    out.push((d.name.clone(), kind, remaining, quota));
+                }
+            }
+        }
+        out
+    }
+
     /// Reserves one request and the estimated tokens in the deployment's quota.
     async fn reserve(&self, d: &Deployment, needs: &Needs) -> Result<Option<Capacity>, Duration> {
         let mut claims = Vec::with_capacity(2);
@@ -449,7 +465,9 @@ impl Dispatcher {
             Ok(started) => started,
             Err(e) => return Err((e, d.clone())),
         };
-        let result = self.call(d.clone(), job, body).await;
+        let result = self
+            .call(d.clone(), job, body, call.traceparent.clone())
+            .await;
         self.conclude(call, result, tracker)
     }
 
@@ -477,6 +495,7 @@ impl Dispatcher {
         let call = Call {
             deployment: d.clone(),
             idx,
+            traceparent: tracker.traceparent(idx),
             started,
             sent: TokioInstant::now(),
             gate,
@@ -487,7 +506,13 @@ impl Dispatcher {
 
     /// Makes the call. It owns its deployment so that the two calls of a hedge have
     /// one type whatever their deployments' lifetimes.
-    async fn call(&self, d: Arc<Deployment>, job: &Job<'_>, body: Rendered) -> AttemptResult {
+    async fn call(
+        &self,
+        d: Arc<Deployment>,
+        job: &Job<'_>,
+        body: Rendered,
+        traceparent: Option<String>,
+    ) -> AttemptResult {
         attempt(
             &self.client(&d),
             &d,
@@ -496,6 +521,7 @@ impl Dispatcher {
             job.endpoint,
             job.stream,
             body,
+            traceparent,
         )
         .await
     }
@@ -510,6 +536,7 @@ impl Dispatcher {
         let Call {
             deployment: d,
             idx,
+            traceparent: _,
             started,
             sent,
             gate: Gate { permit, capacity },
@@ -597,7 +624,7 @@ impl Dispatcher {
             Ok(started) => started,
             Err(e) => return (Err((e, d1.clone())), None),
         };
-        let fut1 = self.call(d1.clone(), job, body1);
+        let fut1 = self.call(d1.clone(), job, body1, call1.traceparent.clone());
         tokio::pin!(fut1);
         tokio::select! {
             r = &mut fut1 => {
@@ -620,7 +647,7 @@ impl Dispatcher {
                 return (self.conclude(call1, r, tracker), Some(offset));
             }
         };
-        let fut2 = self.call(d2.clone(), job, body2);
+        let fut2 = self.call(d2.clone(), job, body2, call2.traceparent.clone());
         tokio::pin!(fut2);
         let (first_won, r) = tokio::select! {
             r = &mut fut1 => (true, r),
@@ -685,6 +712,8 @@ struct Call<'h> {
     deployment: Arc<Deployment>,
     /// The tracker's index of the attempt.
     idx: usize,
+    /// The W3C `traceparent` the upstream call carries, when the request is traced.
+    traceparent: Option<String>,
     started: Instant,
     /// When the call went out, on the runtime's clock like the attempt's deadlines (a
     /// test can pause it): the deployment's latency is measured from here.
@@ -823,6 +852,9 @@ async fn credential(
     }
 }
 
+// One argument per thing an attempt is made of; a struct for them would be built and
+// taken apart again at the one call site.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     client: &reqwest::Client,
     deployment: &Deployment,
@@ -831,6 +863,7 @@ async fn attempt(
     endpoint: Endpoint,
     stream: bool,
     rendered: Rendered,
+    traceparent: Option<String>,
 ) -> AttemptResult {
     let start = TokioInstant::now();
     let total = start + timeouts.total;
@@ -858,7 +891,10 @@ async fn attempt(
             body.clone(),
             credential_now,
         ) {
-            Ok(r) => r,
+            Ok(r) => match &traceparent {
+                Some(tp) => r.header("traceparent", tp),
+                None => r,
+            },
             Err(e) => return failed(e),
         };
         let response = match timeout_at(first_byte, request.send()).await {

@@ -33,6 +33,7 @@ pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod types;
 
 pub use config::{Config, ConfigError};

@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, LedgerSink, LedgerStats};
 use crate::limits::InProcessLimiter;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,6 +36,8 @@ pub enum StartError {
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// What shutdown found.
@@ -53,6 +56,10 @@ pub struct Gateway {
     stop: CancellationToken,
     serve: JoinHandle<std::io::Result<()>>,
     ledger: Option<Ledger>,
+    /// Where `/metrics` is served when `telemetry.metrics_listen` is set.
+    metrics_addr: Option<SocketAddr>,
+    metrics_stop: CancellationToken,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Gateway {
@@ -87,6 +94,7 @@ impl Gateway {
         listener: TcpListener,
         source: Option<&Path>,
     ) -> Result<Gateway, StartError> {
+        let metrics_stop = CancellationToken::new();
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
@@ -109,9 +117,11 @@ impl Gateway {
             ),
             None => None,
         };
+        let telemetry = Telemetry::start(&config.telemetry)?;
         let sink = ledger
             .as_ref()
-            .map_or_else(LedgerSink::disabled, Ledger::sink);
+            .map_or_else(LedgerSink::disabled, Ledger::sink)
+            .with_observer(telemetry.clone());
         // Shared run-time state when `[state]` says so, else in-process.
         let shared = match &config.state {
             Some(s) => Some(crate::storage::redis::Redis::connect(s).await?),
@@ -137,12 +147,38 @@ impl Gateway {
         let services = Services {
             governance,
             ledger: sink,
+            telemetry: telemetry.clone(),
         };
         let mut state = AppState::new(Arc::new(config), dispatcher, services);
         if let Some(path) = source {
             state = state.with_source(path.to_owned());
         }
         let state = Arc::new(state);
+        let metrics_listen = state.current().config.telemetry.metrics_listen;
+        let metrics_serve = match metrics_listen {
+            Some(maddr) if telemetry.metrics_enabled() => {
+                let listener =
+                    TcpListener::bind(maddr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: maddr,
+                            source,
+                        })?;
+                let metrics_addr = listener.local_addr().unwrap_or(maddr);
+                tracing::info!(addr = %metrics_addr, "metrics listening");
+                let app = crate::admin::metrics_router(state.clone());
+                let stop = metrics_stop.clone();
+                Some((
+                    metrics_addr,
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await
+                    }),
+                ))
+            }
+            _ => None,
+        };
         let app = api::router(state.clone(), crate::admin::routes());
         let stop = CancellationToken::new();
         let signal = stop.clone();
@@ -165,6 +201,9 @@ impl Gateway {
             stop,
             serve,
             ledger,
+            metrics_addr: metrics_serve.as_ref().map(|(a, _)| *a),
+            metrics_stop,
+            telemetry,
         })
     }
 
@@ -173,6 +212,11 @@ impl Gateway {
     }
 
     /// `http://ADDR`, without a trailing slash.
+    /// The address of the separate `/metrics` listener (`telemetry.metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -235,6 +279,10 @@ impl Gateway {
             Some(l) => l.shutdown().await?,
             None => LedgerStats::default(),
         };
+        self.metrics_stop.cancel();
+        // Sends the spans still queued; the SDK's shutdown blocks on its thread.
+        let telemetry = self.telemetry;
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         tracing::info!(
             drained,
             written = ledger.written,

@@ -20,17 +20,21 @@ use crate::api::error::ApiError;
 use crate::api::generation::Changes;
 use crate::api::{AppState, ReloadReport};
 use crate::config::policy::{Budget, BudgetInput};
-use crate::config::ConfigWarning;
+use crate::config::{ConfigWarning, MetricsAuth};
 use crate::governance::budget::Scope;
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
 use crate::governance::Policy;
 use crate::ledger::{spend_query, SpendGroup, SpendQuery, SpendRow};
+use crate::telemetry::{
+    BudgetState, DeploymentState, LimitState, Snapshot, PROMETHEUS_CONTENT_TYPE,
+};
 use crate::types::money::format_usd;
 use crate::types::money::nano_to_usd_string;
 use crate::types::time;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/metrics", get(metrics_main))
         .route("/admin/teams", get(list_teams).post(create_team))
         .route("/admin/teams/{name}", get(get_team).patch(update_team))
         .route("/admin/keys", get(list_keys).post(create_key))
@@ -483,6 +487,122 @@ struct SpendParams {
     by: Option<String>,
     since: Option<String>,
     team: Option<String>,
+}
+
+/// The router of the separate `/metrics` listener (`telemetry.metrics_listen`).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_separate))
+        .with_state(state)
+}
+
+/// `GET /metrics` on the main listener: 404 when metrics are off or served on their
+/// own address.
+async fn metrics_main(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if state.current().config.telemetry.metrics_listen.is_some() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    metrics(&state, &headers).await
+}
+
+async fn metrics_separate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    metrics(&state, &headers).await
+}
+
+/// The Prometheus text: the request metrics, and the gauges of state read now.
+async fn metrics(state: &AppState, headers: &HeaderMap) -> Response {
+    let current = state.current();
+    let telemetry = state.telemetry();
+    if !telemetry.metrics_enabled() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if current.config.telemetry.metrics_auth == MetricsAuth::Admin {
+        try_api!(admin_only(state, headers));
+    }
+    let now = std::time::Instant::now();
+    let now_ms = time::now_ms();
+    let snapshot = Snapshot {
+        deployments: current
+            .config
+            .deployments
+            .iter()
+            .map(|d| {
+                let h = current.dispatcher.health.of(d);
+                DeploymentState {
+                    deployment: d.name.clone(),
+                    provider: d.provider.name.clone(),
+                    breaker: h.breaker_state(now).label(),
+                    exhausted_for_ms: h.exhausted_for_ms(now_ms),
+                    calls_in_flight: h.calls_in_flight(),
+                }
+            })
+            .collect(),
+        budgets: budget_states(state, now_ms).await,
+        limits: limit_states(state, &current).await,
+        ledger: state.ledger.stats(),
+        ledger_queue_depth: state.ledger.queue_depth(),
+    };
+    let Some(text) = telemetry.render(&snapshot) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        [(http::header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
+}
+
+/// Headroom of the callers' rate limits and the deployments' quotas.
+async fn limit_states(
+    state: &AppState,
+    current: &crate::api::generation::Generation,
+) -> Vec<LimitState> {
+    let mut out: Vec<LimitState> = state
+        .governance
+        .limit_headroom()
+        .await
+        .into_iter()
+        .map(|(scope, id, limit, remaining, capacity)| LimitState {
+            scope: scope.as_str(),
+            id: id.to_string(),
+            limit,
+            remaining,
+            capacity,
+        })
+        .collect();
+    for (deployment, limit, remaining, capacity) in
+        current.dispatcher.quota_headroom(&current.config).await
+    {
+        out.push(LimitState {
+            scope: "deployment",
+            id: deployment,
+            limit,
+            remaining,
+            capacity,
+        });
+    }
+    out
+}
+
+/// Spend and limit of every budget in force (with shared state, one Redis read each).
+async fn budget_states(state: &AppState, now_ms: i64) -> Vec<BudgetState> {
+    let applied = state.governance.budgets_in_force();
+    let mut out = Vec::with_capacity(applied.len());
+    for a in applied {
+        let s = state
+            .governance
+            .budgets()
+            .status(a.scope, &a.id, a.budget.period, now_ms)
+            .await;
+        out.push(BudgetState {
+            scope: a.scope.as_str(),
+            id: a.id.to_string(),
+            period: a.budget.period.as_str(),
+            spent_nano_usd: s.spent_nano_usd,
+            limit_nano_usd: a.budget.limit_nano_usd,
+        });
+    }
+    out
 }
 
 /// `GET /admin/health`: what this replica knows of each deployment right now: breaker

@@ -31,6 +31,7 @@ pub async fn chat_completions(
         request_id.clone(),
         Endpoint::ChatCompletions.label(),
     );
+    tracker.continue_trace(traceparent(&headers));
     let mut limit_headers = HeaderMap::new();
     let res = match chat(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(Reply::Full(res)) => {
@@ -45,6 +46,26 @@ pub async fn chat_completions(
         }
     };
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
+}
+
+/// The first choice's `finish_reason` of an OpenAI-shaped completion.
+fn first_finish_reason(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Completion {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        finish_reason: Option<String>,
+    }
+    let c: Completion = serde_json::from_slice(body).ok()?;
+    c.choices.into_iter().next()?.finish_reason
+}
+
+/// The caller's W3C `traceparent` header, if it sent one.
+pub(super) fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok())
 }
 
 /// Adds the caller's `x-ratelimit-*` headers (set by admission) to any response.
@@ -190,6 +211,12 @@ pub(super) async fn serve_chat(
                 capacity.settle(&usage);
             }
             tracker.log_response(&body);
+            if tracker.is_traced() {
+                // Read only for the span: untraced requests skip the parse.
+                if let Some(reason) = first_finish_reason(&body) {
+                    tracker.set_finish_reason(&reason);
+                }
+            }
             Ok(ChatServed::Full {
                 body,
                 usage,
@@ -330,6 +357,7 @@ pub async fn embeddings(
         request_id.clone(),
         Endpoint::Embeddings.label(),
     );
+    tracker.continue_trace(traceparent(&headers));
     let mut limit_headers = HeaderMap::new();
     let res = match embed(&state, &headers, body, &mut tracker, &mut limit_headers).await {
         Ok(res) => {

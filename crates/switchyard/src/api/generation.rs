@@ -28,6 +28,7 @@ use crate::governance::check::{check_config_file_against, CheckError};
 use crate::governance::store::StoreError;
 use crate::governance::{Governance, Principal};
 use crate::ledger::LedgerSink;
+use crate::telemetry::Telemetry;
 
 /// What outlives a reload: built once at start and handed to every generation.
 /// Other long-lived state (a shared limiter, a database pool) belongs here too, or
@@ -38,6 +39,8 @@ pub struct Services {
     /// the new file's rules in it ([`Governance::prepare_reconfigure`]).
     pub governance: Arc<Governance>,
     pub ledger: LedgerSink,
+    /// Metrics and the trace exporter; the ledger sink reports every request to it.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// One configuration in force, and the long-lived services it runs on.
@@ -336,6 +339,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigWarning> {
         }
     };
     note(old.server.listen != new.server.listen, "server.listen");
+    note(old.telemetry != new.telemetry, "telemetry");
     note(old.ledger.path != new.ledger.path, "ledger.path");
     note(
         old.ledger.on_overload != new.ledger.on_overload,
@@ -381,6 +385,7 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.governance.store = old.governance.store.clone();
     new.governance.refresh = old.governance.refresh;
     new.storage = old.storage.clone();
+    new.telemetry = old.telemetry.clone();
     new.state = old.state.clone();
     new
 }

@@ -76,6 +76,11 @@ impl AppState {
         self
     }
 
+    /// Metrics and traces.
+    pub fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
+        &self.services.telemetry
+    }
+
     /// The generation in force. A request loads it once and keeps it to its end.
     pub fn current(&self) -> Arc<Generation> {
         self.generation.load_full()

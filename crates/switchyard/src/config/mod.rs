@@ -77,6 +77,51 @@ pub struct Config {
     pub state: Option<StateConfig>,
     /// Which engine holds the key store and the ledger.
     pub storage: StorageConfig,
+    /// Metrics and traces (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAuth {
+    /// The admin token.
+    Admin,
+    /// Anyone who reaches the address.
+    None,
+}
+
+/// Metrics and traces (`[telemetry]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub metrics: bool,
+    /// `None`: `/metrics` is served on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_auth: MetricsAuth,
+    pub key_labels: bool,
+    pub team_labels: bool,
+    /// `None`: no traces.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// How often the batch exporter sends.
+    pub export_interval: Duration,
+    /// 0.0 to 1.0.
+    pub sampling_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics: true,
+            metrics_listen: None,
+            metrics_auth: MetricsAuth::Admin,
+            key_labels: true,
+            team_labels: true,
+            otlp_endpoint: None,
+            service_name: "switchyard".to_owned(),
+            export_interval: Duration::from_millis(5000),
+            sampling_ratio: 1.0,
+        }
+    }
 }
 
 /// Where replicas share their run-time state (`[state]`).
@@ -323,6 +368,19 @@ impl ProviderKind {
             | ProviderKind::Mistral { base_url }
             | ProviderKind::Gemini { base_url, .. }
             | ProviderKind::Vertex { base_url, .. } => (base_url, "base_url"),
+        }
+    }
+
+    /// The provider's `gen_ai.provider.name` in OpenTelemetry's GenAI conventions.
+    pub fn gen_ai_name(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi { .. } => "openai",
+            ProviderKind::Azure { .. } => "azure.ai.openai",
+            ProviderKind::Anthropic { .. } => "anthropic",
+            ProviderKind::Bedrock { .. } => "aws.bedrock",
+            ProviderKind::Gemini { .. } => "gcp.gemini",
+            ProviderKind::Vertex { .. } => "gcp.vertex_ai",
+            ProviderKind::Mistral { .. } => "mistral_ai",
         }
     }
 
@@ -1136,6 +1194,7 @@ fn validate(
 
     let images = validate_images(raw.images)?;
     let state = raw.state.map(|s| validate_state(s, env)).transpose()?;
+    let telemetry = validate_telemetry(raw.telemetry, admin.token.is_some())?;
 
     Ok(Config {
         server,
@@ -1151,6 +1210,72 @@ fn validate(
         images,
         storage,
         state,
+        telemetry,
+    })
+}
+
+fn validate_telemetry(
+    raw: raw::RawTelemetry,
+    has_admin_token: bool,
+) -> Result<TelemetryConfig, ConfigError> {
+    let metrics_listen = match raw.metrics_listen.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            err(
+                "telemetry.metrics_listen",
+                format!("`{text}` is not an address like 127.0.0.1:9464"),
+            )
+        })?),
+    };
+    let metrics_auth = match raw.metrics_auth.as_deref() {
+        None if metrics_listen.is_some() => MetricsAuth::None,
+        None | Some("admin") => MetricsAuth::Admin,
+        Some("none") => MetricsAuth::None,
+        Some(other) => {
+            return Err(err(
+                "telemetry.metrics_auth",
+                format!("unknown mode `{other}`; expected admin or none"),
+            ))
+        }
+    };
+    let metrics = raw.metrics.unwrap_or(true);
+    // Left to its default, `admin` without a token refuses every scrape, as `/admin`
+    // does; written out, it is a mistake worth stopping at.
+    if metrics
+        && raw.metrics_auth.is_some()
+        && metrics_auth == MetricsAuth::Admin
+        && !has_admin_token
+    {
+        return Err(err(
+            "telemetry.metrics_auth",
+            "is `admin`, which needs admin.token; set it, or metrics_auth = \"none\" (with metrics_listen on a private address)",
+        ));
+    }
+    let otlp_endpoint = match raw.otlp_endpoint {
+        None => None,
+        Some(url) => Some(validate_url(&url, "telemetry.otlp_endpoint")?),
+    };
+    let service_name = raw.service_name.unwrap_or_else(|| "switchyard".to_owned());
+    if service_name.trim().is_empty() {
+        return Err(err("telemetry.service_name", "must not be empty"));
+    }
+    let sampling_ratio = raw.sampling_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        return Err(err(
+            "telemetry.sampling_ratio",
+            format!("{sampling_ratio} is not between 0.0 and 1.0"),
+        ));
+    }
+    Ok(TelemetryConfig {
+        metrics,
+        metrics_listen,
+        metrics_auth,
+        key_labels: raw.key_labels.unwrap_or(true),
+        team_labels: raw.team_labels.unwrap_or(true),
+        otlp_endpoint,
+        service_name,
+        export_interval: millis(raw.export_interval_ms, 5000, "telemetry.export_interval_ms")?,
+        sampling_ratio,
     })
 }
 

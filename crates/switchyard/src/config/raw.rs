@@ -55,6 +55,41 @@ pub struct RawConfig {
     /// Which database engine holds the key store and the ledger.
     #[serde(default)]
     pub storage: RawStorage,
+    /// Prometheus metrics (`GET /metrics`) and OTLP trace export.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Serve `GET /metrics` (Prometheus text format). Default true.
+    pub metrics: Option<bool>,
+    /// A separate address for `/metrics`, e.g. `"127.0.0.1:9464"`; then the main
+    /// listener does not serve it. Default: the main listener (`server.listen`).
+    pub metrics_listen: Option<String>,
+    /// Who may scrape: `admin` (the admin token as `Authorization: Bearer`; needs
+    /// `admin.token`; left to the default without a token, every scrape gets 403) or
+    /// `none` (anyone who reaches the address). Default `admin` on the main listener,
+    /// `none` on `metrics_listen`.
+    pub metrics_auth: Option<String>,
+    /// Label request, cost and budget metrics with the caller's key id (`key`).
+    /// Default true; turn it off when there are many keys.
+    pub key_labels: Option<bool>,
+    /// Label request, cost and budget metrics with the caller's team (`team`).
+    /// Default true.
+    pub team_labels: Option<bool>,
+    /// OTLP/HTTP (protobuf) collector to export traces to, e.g.
+    /// `"http://127.0.0.1:4318/v1/traces"` (the full path). Default none: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `switchyard`.
+    pub service_name: Option<String>,
+    /// How often the exporter sends the spans queued, in ms (in batches of up to 512;
+    /// requests never wait for it). Default 5000.
+    pub export_interval_ms: Option<u64>,
+    /// Fraction of new traces sampled, 0.0 to 1.0; a request that comes with a
+    /// `traceparent` follows its sampled flag. Default 1.0.
+    pub sampling_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -612,6 +612,51 @@ impl Governance {
     }
 
     /// The caller of `Authorization: Bearer …`.
+    /// Every budget of a live key or of its team, once each (for the metrics' budget
+    /// gauges), in a stable order.
+    pub fn budgets_in_force(&self) -> Vec<budget::Applied> {
+        let snapshot = self.snapshot();
+        let mut seen = std::collections::BTreeMap::new();
+        for p in snapshot.keys.values() {
+            if p.revoked {
+                continue;
+            }
+            for a in &p.budgets {
+                seen.entry((a.scope.as_str(), a.id.clone(), a.budget.period.as_str()))
+                    .or_insert_with(|| a.clone());
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    /// Headroom of every whole-key and whole-team rate limit in force (per-model
+    /// limits are left out: their windows are as many as the models): scope, id,
+    /// `rpm` or `tpm`, what is left of the window now, and the limit.
+    pub async fn limit_headroom(&self) -> Vec<(Scope, Arc<str>, &'static str, u64, u64)> {
+        let snapshot = self.snapshot();
+        let mut windows = std::collections::BTreeMap::new();
+        for p in snapshot.keys.values() {
+            if p.revoked {
+                continue;
+            }
+            for l in &p.limits {
+                for (kind, limit) in [("rpm", l.policy.rpm), ("tpm", l.policy.tpm)] {
+                    if let Some(limit) = limit {
+                        windows.insert((l.scope, l.id.clone(), kind), limit);
+                    }
+                }
+            }
+        }
+        let limiter = self.limiter();
+        let mut out = Vec::with_capacity(windows.len());
+        for ((scope, id, kind), limit) in windows {
+            let key = format!("rl:{}:{id}:{kind}", scope.as_str());
+            let (remaining, _) = limiter.remaining(&key, limit, MINUTE).await;
+            out.push((scope, id, kind, remaining, limit));
+        }
+        out
+    }
+
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Refusal> {
         let token = bearer(headers).ok_or(Refusal::MissingKey)?;
         let snapshot = self.snapshot();

@@ -95,6 +95,32 @@ pub struct RequestRecord {
     pub content_prompt: Option<String>,
     /// Response content, under the same condition.
     pub content_response: Option<String>,
+    /// The request's trace, when it is traced (not a column: the exporter's).
+    pub trace: Option<TraceIds>,
+    /// The serving answer's finish reason, when one was seen (not a column).
+    pub finish_reason: Option<String>,
+}
+
+/// A traced request's ids (W3C trace context): the trace, the caller's span it
+/// continues (0 when it started here) and the request's own span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: u128,
+    pub parent_span_id: u64,
+    pub span_id: u64,
+}
+
+/// What watches every request the ledger sees, whatever becomes of its row (the
+/// ledger may be off): metrics and traces. The ledger only calls it, so it needs
+/// nothing of the layer that implements it.
+pub trait Observer: Send + Sync + 'static {
+    /// A request began (it is now in flight).
+    fn started(&self);
+    /// Whether to trace a request that came with this `traceparent` header (or none),
+    /// and its ids if so.
+    fn continue_trace(&self, traceparent: Option<&str>) -> Option<TraceIds>;
+    /// The request is over: its complete record, just before it is queued.
+    fn finished(&self, record: &RequestRecord);
 }
 
 /// One upstream call made on behalf of a request.
@@ -120,6 +146,10 @@ pub struct AttemptRecord {
     pub cost_nano_usd: i64,
     /// Duration of this call in microseconds.
     pub latency_us: i64,
+    /// The provider's `gen_ai.provider.name` (not a column).
+    pub provider_kind: &'static str,
+    /// This call's span, when the request is traced (not a column).
+    pub span_id: u64,
 }
 
 /// Errors opening, migrating or querying the ledger. Every message names the file.
@@ -511,6 +541,8 @@ impl Drop for Waiting {
 pub struct LedgerSink {
     /// `None` for [`LedgerSink::disabled`].
     inner: Option<SinkInner>,
+    /// Sees every record, written or not.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for LedgerSink {
@@ -557,7 +589,32 @@ impl LedgerSink {
 
     /// A sink that discards every record and counts nothing ("ledger off").
     pub fn disabled() -> LedgerSink {
-        LedgerSink { inner: None }
+        LedgerSink {
+            inner: None,
+            observer: None,
+        }
+    }
+
+    /// The same sink, with `observer` shown every request.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> LedgerSink {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.as_ref()
+    }
+
+    /// Records waiting in the queue for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.tx.max_capacity() - i.tx.capacity())
+    }
+
+    /// The ledger's counters (written, dropped by reason); `None` when it is off.
+    pub fn stats(&self) -> Option<LedgerStats> {
+        self.inner.as_ref().map(|i| i.shared.counters.snapshot())
     }
 
     /// Whether records go anywhere (false for [`LedgerSink::disabled`]).
@@ -652,6 +709,7 @@ impl Ledger {
                     on_overload: opts.on_overload,
                     max_wait: opts.max_wait,
                 }),
+                observer: None,
             },
             shared,
             stop: cancel.drop_guard(),

@@ -52,6 +52,7 @@ pub(super) fn rec(id: &str, n_attempts: u32) -> RequestRecord {
                 },
                 cost_nano_usd: if last { 1_000 } else { 0 },
                 latency_us: 1_000,
+                ..AttemptRecord::default()
             }
         })
         .collect();

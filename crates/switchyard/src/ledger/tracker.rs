@@ -41,6 +41,9 @@ fn micros(since: Instant) -> i64 {
 
 impl RequestTracker {
     pub fn new(sink: LedgerSink, request_id: String, endpoint: &'static str) -> Self {
+        if let Some(o) = sink.observer() {
+            o.started();
+        }
         RequestTracker {
             record: RequestRecord {
                 request_id,
@@ -53,6 +56,34 @@ impl RequestTracker {
             finished: false,
             ticket: None,
             log_content: false,
+        }
+    }
+
+    /// Traces the request if the observer wants it, continuing the caller's
+    /// `traceparent` when there is one.
+    pub fn continue_trace(&mut self, traceparent: Option<&str>) {
+        if let Some(o) = self.sink.observer() {
+            self.record.trace = o.continue_trace(traceparent);
+        }
+    }
+
+    /// The `traceparent` an attempt's upstream call carries (W3C trace context: this
+    /// trace, the attempt's span, sampled); `None` when the request is not traced.
+    pub fn traceparent(&self, index: usize) -> Option<String> {
+        let trace = self.record.trace?;
+        let span = self.record.attempts.get(index)?.span_id;
+        Some(format!("00-{:032x}-{span:016x}-01", trace.trace_id))
+    }
+
+    /// Whether the request's spans will be exported.
+    pub fn is_traced(&self) -> bool {
+        self.record.trace.is_some()
+    }
+
+    /// The finish reason of the answer served, for its trace.
+    pub fn set_finish_reason(&mut self, reason: &str) {
+        if self.record.trace.is_some() {
+            self.record.finish_reason = Some(reason.to_owned());
         }
     }
 
@@ -118,6 +149,12 @@ impl RequestTracker {
             deployment: deployment.name.clone(),
             provider: deployment.provider.name.clone(),
             upstream_model: deployment.upstream_model.clone(),
+            provider_kind: deployment.provider.kind.gen_ai_name(),
+            // Never 0, which W3C trace context forbids.
+            span_id: match self.record.trace {
+                Some(_) => rand::random::<u64>() | 1,
+                None => 0,
+            },
             ..AttemptRecord::default()
         });
         self.serving(index);
@@ -253,6 +290,9 @@ impl RequestTracker {
         self.record.cost_nano_usd = cost;
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(&total, cost);
+        }
+        if let Some(o) = self.sink.observer() {
+            o.finished(&self.record);
         }
         std::mem::take(&mut self.record)
     }

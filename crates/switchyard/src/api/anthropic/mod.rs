@@ -52,6 +52,7 @@ pub async fn messages(
     let state = state.current();
     let request_id = new_request_id();
     let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), ENDPOINT);
+    tracker.continue_trace(super::chat::traceparent(&headers));
     let mut limit_headers = HeaderMap::new();
     let res = match run(
         &state,

@@ -1,0 +1,414 @@
+//! The Prometheus registry: families registered once, updated per finished request,
+//! rendered in the text format (OpenMetrics flavour) on scrape.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{operation_name, Snapshot};
+use crate::config::TelemetryConfig;
+use crate::ledger::RequestRecord;
+
+/// What `GET /metrics` answers with.
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label names and values; names are static, values few (no request ids).
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// `gen_ai.client.operation.duration`'s advised buckets, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// `gen_ai.client.token.usage`'s advised buckets, in tokens.
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn token_histogram() -> Histogram {
+    Histogram::new(TOKEN_BUCKETS)
+}
+
+pub(super) struct Metrics {
+    registry: Registry,
+    key_labels: bool,
+    team_labels: bool,
+    operation_duration: HistogramFamily,
+    token_usage: HistogramFamily,
+    time_to_first_token: HistogramFamily,
+    requests: Family<Labels, Counter>,
+    attempts: Family<Labels, Counter>,
+    failovers: Family<Labels, Counter>,
+    cost: Family<Labels, Counter<f64, AtomicU64>>,
+    pii: Family<Labels, Counter>,
+    in_flight: Gauge,
+}
+
+impl Metrics {
+    pub(super) fn new(config: &TelemetryConfig) -> Metrics {
+        let mut registry = Registry::default();
+        let operation_duration = HistogramFamily::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "GenAI operation duration (gen_ai.client.operation.duration): one per request that reached a provider",
+            Unit::Seconds,
+            operation_duration.clone(),
+        );
+        let token_usage = HistogramFamily::new_with_constructor(token_histogram);
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens used per request (gen_ai.client.token.usage), by gen_ai_token_type input or output",
+            token_usage.clone(),
+        );
+        let time_to_first_token = HistogramFamily::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Time from the request to the first token sent to the client, streams only (gen_ai.server.time_to_first_token)",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_requests",
+            "Client requests by logical model, serving (or last failed) deployment, outcome and error class",
+            requests.clone(),
+        );
+        let attempts = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_attempts",
+            "Upstream calls by logical model, deployment, provider, outcome and error class",
+            attempts.clone(),
+        );
+        let failovers = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_failovers",
+            "Failed attempts after which another deployment was tried, by the failed deployment and its error class",
+            failovers.clone(),
+        );
+        let cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "switchyard_cost_usd",
+            "List-price cost of upstream calls in USD, by logical model, deployment and team",
+            cost.clone(),
+        );
+        let pii = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_pii_detections",
+            "PII found in requests by the guardrail, by type and mode (never values)",
+            pii.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "switchyard_requests_in_flight",
+            "Requests being served now",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            key_labels: config.key_labels,
+            team_labels: config.team_labels,
+            operation_duration,
+            token_usage,
+            time_to_first_token,
+            requests,
+            attempts,
+            failovers,
+            cost,
+            pii,
+            in_flight,
+        }
+    }
+
+    pub(super) fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub(super) fn finished(&self, r: &RequestRecord) {
+        self.in_flight.dec();
+        // A model the gateway does not know is the client's string: never a label.
+        let model = match (&r.logical_model, r.error_code.as_deref()) {
+            (_, Some("model_not_found")) => "unknown",
+            (Some(m), _) => m.as_str(),
+            (None, _) => "none",
+        };
+        let deployment = r.deployment.as_deref().unwrap_or("none");
+        let outcome = if r.client_disconnected {
+            "cancelled"
+        } else if r.status < 400 {
+            "success"
+        } else {
+            "error"
+        };
+        let mut caller: Labels = Vec::new();
+        if self.key_labels {
+            if let Some(k) = &r.key_id {
+                caller.push(("key", k.clone()));
+            }
+        }
+        if self.team_labels {
+            if let Some(t) = &r.team_id {
+                caller.push(("team", t.clone()));
+            }
+        }
+
+        let mut labels = vec![
+            ("model", model.to_owned()),
+            ("deployment", deployment.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        if let Some(e) = &r.error_code {
+            labels.push(("error_type", e.clone()));
+        }
+        labels.extend(caller.iter().cloned());
+        self.requests.get_or_create(&labels).inc();
+
+        let operation = operation_name(r.endpoint);
+        if let Some(serving) = r.attempts.last() {
+            let mut gen_ai = vec![
+                ("gen_ai_operation_name", operation.to_owned()),
+                ("gen_ai_provider_name", serving.provider_kind.to_owned()),
+                ("gen_ai_request_model", model.to_owned()),
+                ("gen_ai_response_model", serving.upstream_model.clone()),
+            ];
+            if r.status < 400 {
+                for (kind, n) in [
+                    ("input", r.usage.prompt_tokens),
+                    ("output", r.usage.completion_tokens),
+                ] {
+                    let mut l = gen_ai.clone();
+                    l.push(("gen_ai_token_type", kind.to_owned()));
+                    self.token_usage.get_or_create(&l).observe(n as f64);
+                }
+            }
+            if let Some(ttft) = r.ttft_us {
+                self.time_to_first_token
+                    .get_or_create(&gen_ai)
+                    .observe(ttft as f64 / 1e6);
+            }
+            if let Some(e) = &r.error_code {
+                gen_ai.push(("error_type", e.clone()));
+            }
+            self.operation_duration
+                .get_or_create(&gen_ai)
+                .observe(r.latency_us as f64 / 1e6);
+        }
+
+        let last = r.attempts.len().saturating_sub(1);
+        for (i, a) in r.attempts.iter().enumerate() {
+            let mut l = vec![
+                ("model", model.to_owned()),
+                ("deployment", a.deployment.clone()),
+                ("provider", a.provider.clone()),
+                (
+                    "outcome",
+                    if a.error_class.is_some() {
+                        "error"
+                    } else {
+                        "success"
+                    }
+                    .to_owned(),
+                ),
+            ];
+            if let Some(e) = &a.error_class {
+                l.push(("error_type", e.clone()));
+            }
+            self.attempts.get_or_create(&l).inc();
+            // A failover moves to another deployment; a retry of the same one is not.
+            let next = r.attempts.get(i + 1).map(|n| n.deployment.as_str());
+            if i < last && next != Some(a.deployment.as_str()) {
+                if let Some(e) = &a.error_class {
+                    let l = vec![
+                        ("model", model.to_owned()),
+                        ("deployment", a.deployment.clone()),
+                        ("error_type", e.clone()),
+                    ];
+                    self.failovers.get_or_create(&l).inc();
+                }
+            }
+            if a.cost_nano_usd > 0 {
+                let mut l = vec![
+                    ("model", model.to_owned()),
+                    ("deployment", a.deployment.clone()),
+                ];
+                l.extend(caller.iter().cloned());
+                self.cost
+                    .get_or_create(&l)
+                    .inc_by(a.cost_nano_usd as f64 / 1e9);
+            }
+        }
+
+        // `mode:type=n,type=n`, as the guardrail writes it.
+        if let Some((mode, found)) = r.redactions.as_deref().and_then(|s| s.split_once(':')) {
+            for (kind, n) in found.split(',').filter_map(|p| p.split_once('=')) {
+                if let Ok(n) = n.parse::<u64>() {
+                    let l = vec![
+                        ("type", kind.to_ascii_lowercase()),
+                        ("mode", mode.to_owned()),
+                    ];
+                    self.pii.get_or_create(&l).inc_by(n);
+                }
+            }
+        }
+    }
+
+    pub(super) fn render(&self, s: &Snapshot) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.scrape_registry(s));
+        let _ = encode_eof(&mut out);
+        out
+    }
+
+    /// The gauges of state kept elsewhere, as of this scrape.
+    fn scrape_registry(&self, s: &Snapshot) -> Registry {
+        let mut reg = Registry::default();
+        let breaker = Family::<Labels, Gauge>::default();
+        let exhausted = Family::<Labels, Gauge>::default();
+        let exhausted_for = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let calls = Family::<Labels, Gauge>::default();
+        for d in &s.deployments {
+            for state in ["closed", "open", "half_open"] {
+                let l = vec![
+                    ("deployment", d.deployment.clone()),
+                    ("state", state.to_owned()),
+                ];
+                breaker.get_or_create(&l).set(i64::from(d.breaker == state));
+            }
+            let l = vec![
+                ("deployment", d.deployment.clone()),
+                ("provider", d.provider.clone()),
+            ];
+            exhausted
+                .get_or_create(&l)
+                .set(i64::from(d.exhausted_for_ms.is_some()));
+            exhausted_for
+                .get_or_create(&l)
+                .set(d.exhausted_for_ms.unwrap_or(0) as f64 / 1e3);
+            calls.get_or_create(&l).set(i64::from(d.calls_in_flight));
+        }
+        reg.register(
+            "switchyard_breaker_state",
+            "Circuit-breaker state per deployment: 1 for the current state, 0 for the others",
+            breaker,
+        );
+        reg.register(
+            "switchyard_deployment_exhausted",
+            "1 while the provider says the deployment is out of capacity (quota exhausted)",
+            exhausted,
+        );
+        reg.register_with_unit(
+            "switchyard_deployment_exhausted_remaining",
+            "How much longer the provider said the deployment is exhausted for",
+            Unit::Seconds,
+            exhausted_for,
+        );
+        reg.register(
+            "switchyard_deployment_calls_in_flight",
+            "Upstream calls in flight per deployment",
+            calls,
+        );
+
+        let spend = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let limit = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for b in &s.budgets {
+            let shown = match b.scope {
+                "key" => self.key_labels,
+                _ => self.team_labels,
+            };
+            if !shown {
+                continue;
+            }
+            let l = vec![(b.scope, b.id.clone()), ("period", b.period.to_owned())];
+            spend.get_or_create(&l).set(b.spent_nano_usd as f64 / 1e9);
+            limit.get_or_create(&l).set(b.limit_nano_usd as f64 / 1e9);
+        }
+        reg.register(
+            "switchyard_budget_spend_usd",
+            "Spend in the budget's current period, per key or team budget",
+            spend,
+        );
+        reg.register(
+            "switchyard_budget_limit_usd",
+            "The budget's limit per period",
+            limit,
+        );
+
+        let remaining = Family::<Labels, Gauge>::default();
+        let capacity = Family::<Labels, Gauge>::default();
+        for w in &s.limits {
+            let shown = match w.scope {
+                "key" => self.key_labels,
+                "team" => self.team_labels,
+                _ => true,
+            };
+            if !shown {
+                continue;
+            }
+            let l = vec![(w.scope, w.id.clone()), ("limit", w.limit.to_owned())];
+            remaining.get_or_create(&l).set(clamp(w.remaining));
+            capacity.get_or_create(&l).set(clamp(w.capacity));
+        }
+        reg.register(
+            "switchyard_limit_remaining",
+            "Headroom of a rate limit (key, team) or quota (deployment) in its current window",
+            remaining,
+        );
+        reg.register(
+            "switchyard_limit_capacity",
+            "The limit of that window",
+            capacity,
+        );
+
+        let queue = Gauge::<i64>::default();
+        queue.set(i64::try_from(s.ledger_queue_depth).unwrap_or(i64::MAX));
+        reg.register(
+            "switchyard_ledger_queue_depth",
+            "Ledger rows waiting for the writer",
+            queue,
+        );
+        if let Some(stats) = &s.ledger {
+            let written = Counter::<u64>::default();
+            written.inc_by(stats.written);
+            reg.register(
+                "switchyard_ledger_rows_written",
+                "Request rows the ledger wrote",
+                written,
+            );
+            let dropped = Family::<Labels, Counter>::default();
+            for (reason, n) in [
+                ("queue_full", stats.dropped_queue_full),
+                ("write_failed", stats.dropped_write_failed),
+                ("duplicate", stats.dropped_duplicate),
+                ("shutting_down", stats.dropped_shutting_down),
+                ("writer_gone", stats.dropped_writer_gone),
+            ] {
+                dropped
+                    .get_or_create(&vec![("reason", reason.to_owned())])
+                    .inc_by(n);
+            }
+            reg.register(
+                "switchyard_ledger_rows_dropped",
+                "Request rows the ledger lost, by reason",
+                dropped,
+            );
+        }
+        reg
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
