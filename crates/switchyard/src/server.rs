@@ -143,7 +143,10 @@ impl Gateway {
             state = state.with_source(path.to_owned());
         }
         let state = Arc::new(state);
-        let app = api::router(state.clone(), crate::admin::routes());
+        let app = api::router(
+            state.clone(),
+            crate::admin::routes().merge(crate::dashboard::routes()),
+        );
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let serve = tokio::spawn(async move {
@@ -170,6 +173,16 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A one-time link that opens a dashboard session (valid for 15 minutes, spent
+    /// at its first use); `None` without an admin token.
+    pub fn dashboard_login_link(&self) -> Option<String> {
+        let code = self
+            .state
+            .governance
+            .issue_login_link(crate::types::time::now_ms())?;
+        Some(format!("{}/dashboard/login/{code}", self.base_url()))
     }
 
     /// `http://ADDR`, without a trailing slash.
