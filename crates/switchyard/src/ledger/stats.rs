@@ -130,6 +130,11 @@ pub struct DeploymentStats {
     /// Requests answered with status >= 400 or with an error code.
     pub errors: u64,
     pub cost_nano_usd: i64,
+    /// Upstream calls made to it (for requests started in the window), and how many
+    /// of them failed: a failed-over request counts as a failure of the deployment
+    /// that failed, though the request succeeded.
+    pub attempts: u64,
+    pub failed_attempts: u64,
     pub latency: Percentiles,
     /// Time to first token, streams only.
     pub ttft: Percentiles,
@@ -236,7 +241,40 @@ pub async fn overview(db: &Database, w: &Window) -> Result<Overview, LedgerError
             requests: count(requests),
             errors: count(errors),
             cost_nano_usd: cost,
+            attempts: 0,
+            failed_attempts: 0,
         });
+    }
+    let attempts: Vec<(String, String, i64, i64)> = fetch(
+        db,
+        "SELECT a.deployment, MAX(a.provider), COUNT(*), \
+                CAST(COALESCE(SUM(CASE WHEN a.error_class IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM requests r JOIN attempts a ON a.request_id = r.request_id \
+         WHERE r.started_at_ms >= $1 AND r.started_at_ms < $2 GROUP BY 1",
+        &window,
+    )
+    .await?;
+    for (deployment, provider, n, failed) in attempts {
+        let i = match out
+            .deployments
+            .iter()
+            .position(|d| d.deployment == deployment)
+        {
+            Some(i) => i,
+            None => {
+                // Tried, but never the one that answered.
+                out.deployments.push(DeploymentStats {
+                    deployment,
+                    provider,
+                    ..DeploymentStats::default()
+                });
+                out.deployments.len() - 1
+            }
+        };
+        if let Some(d) = out.deployments.get_mut(i) {
+            d.attempts = count(n);
+            d.failed_attempts = count(failed);
+        }
     }
     out.deployments
         .sort_by(|a, b| a.deployment.as_bytes().cmp(b.deployment.as_bytes()));

@@ -120,34 +120,40 @@
     const names = Object.keys(series);
     const n = starts.length;
     const totals = starts.map((_, i) => names.reduce((s, p) => s + series[p][i], 0));
-    const x = (i) => L + (n <= 1 ? 0 : (i * (W - L - R)) / (n - 1));
+    const bw = (W - L - R) / Math.max(1, n);
     const y = (f) => T + (1 - f) * (H - T - B);
     const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": "Traffic share per provider" });
     for (const f of [0, 0.5, 1]) {
       svg.append(sv("line", { x1: L, x2: W - R, y1: y(f), y2: y(f), stroke: "#e3e6ec" }));
       svg.append(sv("text", { x: 2, y: y(f) + 4 }, f * 100 + "%"));
     }
-    let below = starts.map(() => 0);
-    names.forEach((p) => {
-      const above = below.map((b, i) => b + (totals[i] ? series[p][i] / totals[i] : 0));
-      const pts = above.map((a, i) => `${x(i)},${y(a)}`)
-        .concat(below.map((b, i) => `${x(i)},${y(b)}`).reverse());
-      svg.append(sv("polygon", { points: pts.join(" "), fill: colorOf(p), "fill-opacity": "0.85", "data-provider": p }));
-      below = above;
-    });
-    // Buckets without traffic are shaded, so that a gap is not read as a share.
+    // One 100 % column per bucket, stacked by provider; buckets without traffic stay
+    // pale, so that a gap is not read as a share.
     starts.forEach((_, i) => {
+      const x = L + i * bw;
       if (!totals[i]) {
-        const w = n > 1 ? (W - L - R) / (n - 1) : 0;
-        svg.append(sv("rect", { x: x(i) - w / 2, y: T, width: w, height: H - T - B, fill: "#f3f4f7" }));
+        svg.append(sv("rect", { x: x + 0.5, y: T, width: Math.max(0.5, bw - 1), height: H - T - B, fill: "#f3f4f7" }));
+        return;
       }
+      let below = 0;
+      names.forEach((p) => {
+        const share = series[p][i] / totals[i];
+        if (!share) return;
+        svg.append(sv("rect", {
+          x: x + 0.5, y: y(below + share), width: Math.max(0.5, bw - 1), height: y(below) - y(below + share),
+          fill: colorOf(p), "data-provider": p,
+        }, sv("title", {}, `${p}: ${(share * 100).toFixed(0)}% of ${totals[i]}`)));
+        below += share;
+      });
     });
-    const ticks = 5;
+    const ticks = 4;
     for (let k = 0; k <= ticks; k++) {
-      const i = Math.round((k * (n - 1)) / ticks);
-      if (i < 0 || i >= n) continue;
-      const t = new Date(starts[i] + bucketMs);
-      svg.append(sv("text", { x: x(i) - 14, y: H - 6 }, t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+      const i = Math.min(n - 1, Math.round((k * (n - 1)) / ticks));
+      if (i < 0) continue;
+      const t = new Date(starts[i]);
+      const anchor = k === 0 ? "start" : k === ticks ? "end" : "middle";
+      svg.append(sv("text", { x: k === ticks ? W - R : L + i * bw, y: H - 6, "text-anchor": anchor },
+        t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
     }
     return svg;
   }
@@ -207,7 +213,7 @@
       el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", Object.assign({ class: "value", id }, data || {}), value));
     const deployments = o.deployments.map((d) => el("tr", { "data-deployment": d.deployment },
       td(d.deployment), td(d.provider, "muted"), tdn(d.requests), tdn(num(d.requests_per_second, 3)),
-      tdn(pct(d.error_rate)), tdn(ms(d.latency_us.p50)), tdn(ms(d.latency_us.p99)),
+      tdn(pct(d.error_rate)), el("td", { class: "num failed-attempts" }, d.attempts ? `${d.failed_attempts} / ${d.attempts}` : "–"), tdn(ms(d.latency_us.p50)), tdn(ms(d.latency_us.p99)),
       tdn(ms(d.ttft_us.p50)), tdn(ms(d.ttft_us.p99)), tdn(usd(d.cost_nano_usd))));
     fill(root,
       el("div", { class: "cards" },
@@ -230,7 +236,7 @@
           el("p", { class: "muted" }, `Buckets of ${o.window.bucket_ms / 1000} s; the window ends ${when(o.window.end)}.`))),
       el("div", { class: "panel" },
         el("h2", {}, "Per deployment"),
-        table(["Deployment", "Provider", "Requests#", "Req/s#", "Errors#", "p50#", "p99#", "TTFT p50#", "TTFT p99#", "Cost#"],
+        table(["Deployment", "Provider", "Requests#", "Req/s#", "Errors#", "Failed attempts#", "p50#", "p99#", "TTFT p50#", "TTFT p99#", "Cost#"],
           deployments, { id: "deployments" })));
   }
 
@@ -312,7 +318,8 @@
     if (!root.querySelector("#req-filters")) {
       const input = (name, ph) => el("div", {}, el("label", { for: "f-" + name }, name),
         el("input", { id: "f-" + name, value: filters[name], placeholder: ph,
-          onchange: (ev) => { filters[name] = ev.target.value.trim(); refresh(); } }));
+          onchange: (ev) => { filters[name] = ev.target.value.trim(); refresh(); },
+          onkeydown: (ev) => { if (ev.key === "Enter") { filters[name] = ev.target.value.trim(); refresh(); } } }));
       root.replaceChildren(
         el("div", { class: "panel" },
           el("div", { class: "filters", id: "req-filters" },
@@ -434,7 +441,7 @@
     const [k, t] = await Promise.all([api("GET", "/admin/keys"), api("GET", "/admin/teams")]);
     const teamSel = root.querySelector("#key-team");
     const chosen = teamSel.value;
-    teamSel.replaceChildren(el("option", { value: "" }, "(none)"), t.data.map((x) => el("option", { value: x.name }, x.name)));
+    teamSel.replaceChildren(el("option", { value: "" }, "(none)"), ...t.data.map((x) => el("option", { value: x.name }, x.name)));
     teamSel.value = chosen;
     const keyRows = [];
     k.data.slice().reverse().forEach((x) => {
