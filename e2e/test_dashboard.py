@@ -224,6 +224,7 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
     hops = d.find_elements(By.CSS_SELECTOR, "#route .hop")
     assert "openai-primary-gpt-4o-mini" in hops[0].text and "upstream_5xx" in hops[0].text, hops[0].text
     assert "azure-gpt-4o-mini" in hops[-1].text, hops[-1].text
+    d.execute_script("window.scrollTo(0, 0);")
     d.save_screenshot(str(shots / "dashboard-requests.png"))
 
     # --- Spend: the total and the groups.

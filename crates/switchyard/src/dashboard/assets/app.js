@@ -174,14 +174,14 @@
   }
   // Horizontal bars: [{label, value, text}].
   function barChart(rows) {
-    const W = 800, rowH = 24, L = 200, R = 110;
+    const W = 560, rowH = 24, L = 150, R = 90;
     const H = Math.max(rowH, rows.length * rowH);
     const max = Math.max(1, ...rows.map((r) => r.value));
     const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });
     rows.forEach((r, i) => {
       const w = ((W - L - R) * r.value) / max;
       const yy = i * rowH;
-      svg.append(sv("text", { x: 0, y: yy + 16 }, r.label.length > 30 ? r.label.slice(0, 29) + "…" : r.label));
+      svg.append(sv("text", { x: 0, y: yy + 16 }, r.label.length > 24 ? r.label.slice(0, 23) + "…" : r.label));
       svg.append(sv("rect", { x: L, y: yy + 5, width: Math.max(1, w), height: 14, rx: 3, fill: COLORS[i % COLORS.length] }));
       svg.append(sv("text", { x: L + w + 6, y: yy + 16 }, r.text));
     });
@@ -261,7 +261,7 @@
       const crossed = warn.filter((w) => used * 100 >= w);
       const cls = used >= 1 ? "bad" : crossed.length ? "warn" : "";
       budgets.push(el("tr", { "data-budget": `${kind}:${owner}:${b.period}` },
-        td(kind), td(owner), td(b.period), tdn(usd(b.spent_nano_usd)), tdn("$" + b.limit_usd),
+        td(kind), td(owner), td(b.period), tdn(usd(b.spent_nano_usd)), tdn(usd(b.limit_nano_usd)),
         el("td", {}, el("div", { class: "bar-track", title: pct(used) },
           el("div", { class: "bar-fill " + cls, style: `width:${Math.min(100, used * 100)}%` }),
           warn.map((w) => el("span", { class: "bar-mark", style: `left:${w}%` })))),
@@ -402,7 +402,7 @@
   }
   let editing = null;
   function budgetSummary(list) {
-    return (list || []).map((b) => `${b.period} ${usd(b.spent_nano_usd)} / $${b.limit_usd}`).join("; ") || "–";
+    return (list || []).map((b) => `${b.period} ${usd(b.spent_nano_usd)} / ${usd(b.limit_nano_usd)}`).join("; ") || "–";
   }
   async function keys(root) {
     // Forms are built once, so that a refresh never wipes what is being typed.
