@@ -250,14 +250,33 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
     mine = openai.OpenAI(base_url=f"{root}/v1", api_key=secret, max_retries=0, timeout=30)
     answer = mine.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mine"}])
     assert answer.choices[0].message.content
+    # Edit the key's policy in the UI: it may use support-chat only from now on.
+    click(d, d.find_element(By.CSS_SELECTOR, f'button[data-edit="{key_id}"]'))
+    policy = wait_for("the policy editor", lambda: d.find_element(By.ID, f"edit-policy-{key_id}"))
+    policy.clear()
+    policy.send_keys('{"models": ["support-chat"]}')
     d.save_screenshot(str(shots / "dashboard-keys.png"))
+    click(d, d.find_element(By.CSS_SELECTOR, f'button[data-save="{key_id}"]'))
+    wait_for("the editor closed", lambda: not d.find_elements(By.CSS_SELECTOR, "tr.editor-row"))
+
+    def model_refused() -> bool:
+        try:
+            mine.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mine"}])
+            return False
+        except openai.PermissionDeniedError as e:
+            return e.status_code == 403
+
+    wait_for("the edited policy in force", model_refused)
+    assert mine.chat.completions.create(model="support-chat", messages=[{"role": "user", "content": "ok"}]).choices
     # The budget's burn shows on the Spend page.
     open_page(d, "spend")
     wait_for("the team's budget", lambda: d.find_elements(By.CSS_SELECTOR, '#budgets tr[data-budget="team:dash-team:month"]'))
     d.save_screenshot(str(shots / "dashboard-spend.png"))
     open_page(d, "keys")
-    d.find_element(By.CSS_SELECTOR, f'button[data-revoke="{key_id}"]').click()
-    d.find_element(By.CSS_SELECTOR, f'button[data-revoke="{key_id}"]').click()  # confirm
+    revoke = f'button[data-revoke="{key_id}"]'
+    click(d, d.find_element(By.CSS_SELECTOR, revoke))
+    wait_for("the revoke button armed", lambda: text(d, revoke) == "Confirm revoke")
+    wait_for("the confirming click", lambda: click(d, d.find_element(By.CSS_SELECTOR, revoke)) or True)
     wait_for("the key revoked in the list", lambda: text(d, f'#keys tr[data-key="{key_id}"] td.status') == "revoked")
 
     def refused() -> bool:

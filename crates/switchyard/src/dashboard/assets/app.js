@@ -401,6 +401,7 @@
     return row;
   }
   let editing = null;
+  let armed = null;
   function budgetSummary(list) {
     return (list || []).map((b) => `${b.period} ${usd(b.spent_nano_usd)} / ${usd(b.limit_nano_usd)}`).join("; ") || "–";
   }
@@ -451,11 +452,11 @@
         td(budgetSummary(x.budgets), "muted"), td(when(x.created_at), "muted"),
         el("td", {},
           el("button", { class: "small ghost", "data-edit": x.id, onclick: () => { editing = x.id; drawEditor(root, "key", x); } }, "Edit"), " ",
+          // Two clicks: the first arms the button (kept across redraws), the second revokes.
           x.status === "revoked" ? null : el("button", { class: "small danger", "data-revoke": x.id, onclick: (ev) => {
-            const b = ev.currentTarget;
-            if (b.dataset.armed) act(() => api("POST", `/admin/keys/${encodeURIComponent(x.id)}/revoke`));
-            else { b.dataset.armed = "1"; b.textContent = "Confirm revoke"; }
-          } }, "Revoke"))));
+            if (armed === x.id) { armed = null; act(() => api("POST", `/admin/keys/${encodeURIComponent(x.id)}/revoke`)); }
+            else { armed = x.id; ev.currentTarget.textContent = "Confirm revoke"; }
+          } }, armed === x.id ? "Confirm revoke" : "Revoke"))));
     });
     const teamRows = t.data.map((x) => el("tr", { "data-team": x.name },
       td(x.name), td(el("code", {}, JSON.stringify(x.policy)), "muted"), td(budgetSummary(x.budgets), "muted"), td(when(x.created_at), "muted"),
