@@ -60,6 +60,10 @@ enum Command {
         /// Ledger file; by default a fresh file in the system's temporary directory.
         #[arg(long)]
         ledger: Option<PathBuf>,
+        /// The admin token (admin API and dashboard); a random one is generated when
+        /// omitted.
+        #[arg(long)]
+        admin_token: Option<String>,
     },
     /// Run the provider simulator alone: the OpenAI, Azure OpenAI, Anthropic, Bedrock,
     /// Gemini, Vertex and Mistral wire APIs, deterministic, with latency and fault
@@ -234,7 +238,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             key,
             ledger,
-        } => demo(listen, key, ledger).await,
+            admin_token,
+        } => demo(listen, key, ledger, admin_token).await,
         Command::Sim {
             listen,
             api_key,
@@ -464,8 +469,16 @@ async fn demo(
     listen: SocketAddr,
     key: Option<String>,
     ledger: Option<PathBuf>,
+    admin_token: Option<String>,
 ) -> Result<ExitCode> {
     let key = key.unwrap_or_else(|| format!("sy-demo-{:032x}", rand::random::<u128>()));
+    let admin_token = admin_token.unwrap_or_else(|| {
+        format!(
+            "sy-admin-{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        )
+    });
     let ledger = ledger.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("switchyard-demo-{}.db", std::process::id()))
     });
@@ -475,7 +488,7 @@ async fn demo(
     let sim = Simulator::new(SimOptions::default())
         .spawn(sim_listener)
         .await?;
-    let config = switchyard::demo::config(listen, sim.addr, &key, &ledger)
+    let config = switchyard::demo::config(listen, sim.addr, &key, &admin_token, &ledger)
         .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     let models: Vec<String> = config.models.keys().cloned().collect();
     let gateway = Gateway::start(config).await?;
@@ -489,6 +502,12 @@ async fn demo(
     println!("  API key:  {key}");
     println!("  Models:   {}", models.join(", "));
     println!("  Ledger:   {}", ledger.display());
+    println!();
+    println!("  Dashboard:   {base}/dashboard");
+    if let Some(link) = gateway.dashboard_login_link() {
+        println!("  Login link:  {link}  (one use, valid 15 minutes)");
+    }
+    println!("  Admin token: {admin_token}");
     println!();
     println!("Try it:");
     println!(

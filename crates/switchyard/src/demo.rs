@@ -6,11 +6,13 @@ use std::path::Path;
 
 use crate::config::{Config, ConfigError};
 
-/// The demo's configuration, against a simulator listening at `sim`.
+/// The demo's configuration, against a simulator listening at `sim`; `admin_token`
+/// opens the admin API and the dashboard.
 pub fn config(
     listen: SocketAddr,
     sim: SocketAddr,
     key: &str,
+    admin_token: &str,
     ledger: &Path,
 ) -> Result<Config, ConfigError> {
     let toml = format!(
@@ -22,6 +24,9 @@ drain_grace_ms = 0
 
 [ledger]
 path = {ledger:?}
+
+[admin]
+token = "${{SWITCHYARD_DEMO_ADMIN_TOKEN}}"
 
 [[keys]]
 name = "demo"
@@ -83,6 +88,8 @@ provider = "sim-openai-primary"
 model = "gpt-4o-mini"
 region = "us"
 price = {{ input = 0.15, output = 0.60, cached_input = 0.075 }}
+# Generous, so that the dashboard's Health page has quota headroom to show.
+quota = {{ rpm = 10000, tpm = 10000000 }}
 
 [deployments.azure-gpt-4o-mini]
 provider = "sim-azure"
@@ -152,8 +159,11 @@ deployments = ["openai-embed-small"]
 "#
     );
     let key = key.to_owned();
-    Config::parse(&toml, move |name| {
-        (name == "SWITCHYARD_DEMO_KEY").then(|| key.clone())
+    let admin_token = admin_token.to_owned();
+    Config::parse(&toml, move |name| match name {
+        "SWITCHYARD_DEMO_KEY" => Some(key.clone()),
+        "SWITCHYARD_DEMO_ADMIN_TOKEN" => Some(admin_token.clone()),
+        _ => None,
     })
 }
 
@@ -169,6 +179,7 @@ mod tests {
             listen,
             sim,
             "sy-demo-key-123456",
+            "sy-admin-key-123456",
             std::path::Path::new("x.db"),
         )
         .expect("the demo config is valid");

@@ -90,6 +90,22 @@ pub struct Served {
     pub capacity: Option<Capacity>,
 }
 
+/// One quota window's room: see [`Dispatcher::quota_headroom`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    pub limit: u64,
+    pub remaining: u64,
+    /// When the window will be empty again.
+    pub resets_in: Duration,
+}
+
+/// A deployment's quota room; `None` where its quota sets no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaHeadroom {
+    pub requests: Option<Headroom>,
+    pub tokens: Option<Headroom>,
+}
+
 /// A deployment quota reservation, to be corrected with actual usage.
 ///
 /// Dropped without being settled, a reservation whose call was never made is given
@@ -393,18 +409,27 @@ impl Dispatcher {
         None
     }
 
-    /// Headroom of every deployment quota (`rpm`, `tpm`): deployment, kind, what is
-    /// left of the window now, and the quota.
-    pub async fn quota_headroom(&self, config: &Config) -> Vec<(String, &'static str, u64, u64)> {
-        let mut out = Vec::new();
-        for d in &config.deployments {
-            for (kind, quota) in [("rpm", d.quota.rpm), ("tpm", d.quota.tpm)] {
-                if let Some(quota) = quota {
-                    let key = format!("deployment:{}:{kind}", d.name);
-                    let (remaining, _) = self.limiter.remaining(&key, quota, QUOTA_PERIOD).await;
-                    out.push((d.name.clone(), kind, remaining, quota));
-                }
-            }
+    /// What is left of `d`'s granted quota (RPM, TPM) in the current minute, for
+    /// `GET /admin/health`: a read of the limiter's windows, which reserves nothing.
+    pub async fn quota_headroom(&self, d: &Deployment) -> QuotaHeadroom {
+        let mut out = QuotaHeadroom::default();
+        if let Some(rpm) = d.quota.rpm {
+            let key = format!("deployment:{}:rpm", d.name);
+            let (left, reset) = self.limiter.remaining(&key, rpm, QUOTA_PERIOD).await;
+            out.requests = Some(Headroom {
+                limit: rpm,
+                remaining: left,
+                resets_in: reset,
+            });
+        }
+        if let Some(tpm) = d.quota.tpm {
+            let key = format!("deployment:{}:tpm", d.name);
+            let (left, reset) = self.limiter.remaining(&key, tpm, QUOTA_PERIOD).await;
+            out.tokens = Some(Headroom {
+                limit: tpm,
+                remaining: left,
+                resets_in: reset,
+            });
         }
         out
     }

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod dispatch;
 #[doc(hidden)]

@@ -179,7 +179,10 @@ impl Gateway {
             }
             _ => None,
         };
-        let app = api::router(state.clone(), crate::admin::routes());
+        let app = api::router(
+            state.clone(),
+            crate::admin::routes().merge(crate::dashboard::routes()),
+        );
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let serve = tokio::spawn(async move {
@@ -211,12 +214,22 @@ impl Gateway {
         self.addr
     }
 
-    /// `http://ADDR`, without a trailing slash.
+    /// A one-time link that opens a dashboard session (valid for 15 minutes, spent
+    /// at its first use); `None` without an admin token.
+    pub fn dashboard_login_link(&self) -> Option<String> {
+        let code = self
+            .state
+            .governance
+            .issue_login_link(crate::types::time::now_ms())?;
+        Some(format!("{}/dashboard/login/{code}", self.base_url()))
+    }
+
     /// The address of the separate `/metrics` listener (`telemetry.metrics_listen`).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
 
+    /// `http://ADDR`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -22,6 +22,7 @@ use crate::api::{AppState, ReloadReport};
 use crate::config::policy::{Budget, BudgetInput};
 use crate::config::{ConfigWarning, MetricsAuth};
 use crate::governance::budget::Scope;
+use crate::governance::session::{AdminAccess, CSRF_HEADER};
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
 use crate::governance::Policy;
 use crate::ledger::{spend_query, SpendGroup, SpendQuery, SpendRow};
@@ -32,9 +33,12 @@ use crate::types::money::format_usd;
 use crate::types::money::nano_to_usd_string;
 use crate::types::time;
 
+mod stats;
+
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/metrics", get(metrics_main))
+        .merge(stats::routes())
         .route("/admin/teams", get(list_teams).post(create_team))
         .route("/admin/teams/{name}", get(get_team).patch(update_team))
         .route("/admin/keys", get(list_keys).post(create_key))
@@ -57,30 +61,46 @@ fn error(status: StatusCode, kind: &'static str, code: &'static str, message: St
     }
 }
 
-/// Only the admin token passes.
+/// Only the admin token, or a dashboard session, passes (reads).
 fn admin_only(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let gov = &state.governance;
-    if !gov.admin_enabled() {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "admin_disabled",
-            "The admin API is disabled: set [admin] token in the configuration.".into(),
-        ));
-    }
-    if gov.is_admin(headers) {
-        return Ok(());
-    }
-    let missing = headers.get(http::header::AUTHORIZATION).is_none();
+    admin_access(state, headers, false)
+}
+
+/// As [`admin_only`], for a change: a session must send its CSRF token too.
+fn admin_write(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    admin_access(state, headers, true)
+}
+
+fn admin_access(state: &AppState, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    let (code, message) = match state
+        .governance
+        .admin_access(headers, write, time::now_ms())
+    {
+        AdminAccess::Granted => return Ok(()),
+        AdminAccess::Disabled => {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "admin_disabled",
+                "The admin API is disabled: set [admin] token in the configuration.".into(),
+            ))
+        }
+        AdminAccess::CsrfMissing => {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "csrf_token_missing",
+                format!("A change made with the dashboard's session needs its `{CSRF_HEADER}` header."),
+            ))
+        }
+        AdminAccess::Missing => ("missing_admin_token", "The admin API needs `Authorization: Bearer <admin token>`."),
+        AdminAccess::Invalid => ("invalid_admin_token", "The admin API needs `Authorization: Bearer <admin token>` or an open dashboard session."),
+    };
     Err(error(
         StatusCode::UNAUTHORIZED,
         "authentication_error",
-        if missing {
-            "missing_admin_token"
-        } else {
-            "invalid_admin_token"
-        },
-        "The admin API needs `Authorization: Bearer <admin token>`.".into(),
+        code,
+        message.into(),
     ))
 }
 
@@ -239,7 +259,7 @@ async fn create_team(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let req: CreateTeam = try_api!(body(&bytes));
     try_api!(check_policy(&req.policy));
@@ -290,7 +310,7 @@ async fn update_team(
     Path(name): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let change: Change = try_api!(body(&bytes));
     let update = try_api!(change.into_update());
@@ -345,7 +365,7 @@ async fn create_key(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let req: CreateKey = try_api!(body(&bytes));
     try_api!(check_policy(&req.policy));
@@ -414,7 +434,7 @@ async fn update_key(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let change: Change = try_api!(body(&bytes));
     let update = try_api!(change.into_update());
@@ -431,7 +451,7 @@ async fn revoke_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let key = try_api!(store
         .revoke_key(&id, "admin-api")
@@ -452,7 +472,7 @@ async fn reload(state: &AppState) {
 /// what changed; a refused file answers 400 naming the field, and the running
 /// configuration stays.
 async fn reload_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    try_api!(admin_only(&state, &headers));
+    try_api!(admin_write(&state, &headers));
     match state.reload().await {
         Ok(report) => Json(reload_json(&report)).into_response(),
         Err(e) => ApiError::from(&e).into_response(),
@@ -570,16 +590,19 @@ async fn limit_states(
             capacity,
         })
         .collect();
-    for (deployment, limit, remaining, capacity) in
-        current.dispatcher.quota_headroom(&current.config).await
-    {
-        out.push(LimitState {
-            scope: "deployment",
-            id: deployment,
-            limit,
-            remaining,
-            capacity,
-        });
+    for d in &current.config.deployments {
+        let quota = current.dispatcher.quota_headroom(d).await;
+        for (limit, headroom) in [("rpm", quota.requests), ("tpm", quota.tokens)] {
+            if let Some(h) = headroom {
+                out.push(LimitState {
+                    scope: "deployment",
+                    id: d.name.clone(),
+                    limit,
+                    remaining: h.remaining,
+                    capacity: h.limit,
+                });
+            }
+        }
     }
     out
 }
@@ -610,28 +633,36 @@ async fn budget_states(state: &AppState, now_ms: i64) -> Vec<BudgetState> {
 /// flight and the latency estimate routing uses.
 async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     try_api!(admin_only(&state, &headers));
+    Json(json!({"object": "list", "deployments": health_json(&state).await})).into_response()
+}
+
+/// The health snapshot of every deployment (also the dashboard's Health page).
+pub(crate) async fn health_json(state: &AppState) -> Vec<Value> {
     let now = std::time::Instant::now();
     let now_ms = time::now_ms();
     let current = state.current();
-    let data: Vec<Value> = current
-        .config
-        .deployments
-        .iter()
-        .map(|d| {
-            let h = current.dispatcher.health.of(d);
-            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            json!({
-                "name": d.name,
-                "provider": d.provider.name,
-                "breaker": h.breaker_state(now).label(),
-                "breaker_reopens_in_ms": h.reopens_in(now).map(ms),
-                "exhausted_for_ms": h.exhausted_for_ms(now_ms),
-                "calls_in_flight": h.calls_in_flight(),
-                "latency_ms": h.latency_us().map(|us| us / 1000.0),
-            })
-        })
-        .collect();
-    Json(json!({"object": "list", "deployments": data})).into_response()
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let room = |h: Option<crate::dispatch::Headroom>| {
+        h.map(|h| json!({"limit": h.limit, "remaining": h.remaining, "resets_in_ms": ms(h.resets_in)}))
+    };
+    let mut data = Vec::with_capacity(current.config.deployments.len());
+    for d in &current.config.deployments {
+        let h = current.dispatcher.health.of(d);
+        let exhausted = h.exhausted_for_ms(now_ms);
+        let quota = current.dispatcher.quota_headroom(d).await;
+        data.push(json!({
+            "name": d.name,
+            "provider": d.provider.name,
+            "breaker": h.breaker_state(now).label(),
+            "breaker_reopens_in_ms": h.reopens_in(now).map(ms),
+            "exhausted_for_ms": exhausted,
+            "exhausted_until": exhausted.map(|f| time::format_rfc3339(now_ms.saturating_add(f))),
+            "calls_in_flight": h.calls_in_flight(),
+            "latency_ms": h.latency_us().map(|us| us / 1000.0),
+            "quota": {"requests": room(quota.requests), "tokens": room(quota.tokens)},
+        }));
+    }
+    data
 }
 
 /// `GET /admin/spend` and `GET /v1/spend`: the admin sees everything (optionally one
@@ -641,7 +672,11 @@ async fn spend(
     headers: HeaderMap,
     Query(q): Query<SpendParams>,
 ) -> Response {
-    let team = if state.governance.is_admin(&headers) {
+    let admin = state
+        .governance
+        .admin_access(&headers, false, time::now_ms())
+        == AdminAccess::Granted;
+    let team = if admin {
         q.team.clone()
     } else {
         let caller = match state.governance.authenticate(&headers) {

@@ -18,6 +18,7 @@ pub mod check;
 pub mod pii;
 pub mod policy;
 mod refusal;
+pub mod session;
 pub mod store;
 
 use std::collections::HashMap;
@@ -205,6 +206,8 @@ pub struct Governance {
     reload_lock: tokio::sync::Mutex<()>,
     /// Stops the change listener when the governance is dropped.
     stop: CancellationToken,
+    /// The dashboard's logins (`session.rs`).
+    sessions: session::AdminSessions,
 }
 
 impl Drop for Governance {
@@ -309,6 +312,7 @@ impl Governance {
             loaded_version: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
+            sessions: session::AdminSessions::new(),
         }
     }
 
@@ -682,8 +686,7 @@ impl Governance {
         };
         // Comparing digests: equal-length, and a timing difference reveals nothing
         // about the token itself.
-        let got = sha256(token);
-        got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        session::same(&sha256(token), want)
     }
 
     pub fn admin_enabled(&self) -> bool {

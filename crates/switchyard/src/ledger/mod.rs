@@ -18,6 +18,7 @@
 
 pub mod retention;
 mod spend;
+pub mod stats;
 pub mod tracker;
 mod writer;
 
