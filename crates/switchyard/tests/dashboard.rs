@@ -743,3 +743,74 @@ async fn the_stats_queries_answer_alike_on_both_engines() {
     .expect("connect to the test database");
     stats_suite(&Database::Postgres(pg)).await;
 }
+
+/// What one dashboard poll costs the database: the Overview's and the Health page's
+/// queries over a ledger of 100,000 requests in the last hour, on each engine.
+/// Prints the figures; asserts only the counts (never speed). Run with
+/// `cargo test -p switchyard --test dashboard -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn stats_query_cost() {
+    const N: i64 = 100_000;
+    let end = T0 + 3_600_000 - 1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg_db = pg::TestDb::create().await;
+    let pg = Postgres::connect(&PostgresConfig {
+        url: Secret::new(pg_db.url.as_str()),
+        max_connections: 5,
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("connect");
+    for db in [
+        Database::Sqlite(dir.path().join("cost.db")),
+        Database::Postgres(pg),
+    ] {
+        let ledger = Ledger::open(LedgerOptions::on(db.clone()))
+            .await
+            .expect("open ledger");
+        let sink = ledger.sink();
+        for i in 0..N {
+            let deployment = ["a", "b", "c", "d"][usize::try_from(i % 4).expect("small")];
+            let mut r = row(&format!("r{i:06}"), T0 + i * 36, deployment, 1 + i % 997);
+            r.ttft_us = (i % 2 == 0).then_some(100 + i % 89);
+            if i % 50 == 0 {
+                r.attempts[0].error_class = Some("upstream_5xx".into());
+            }
+            sink.record(r);
+        }
+        assert_eq!(
+            ledger.shutdown().await.expect("shutdown").written,
+            u64::try_from(N).expect("positive")
+        );
+        let w = Window::ending_at(end, 3_600_000, 60_000);
+        let mut took = Vec::new();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let o = overview(&db, &w).await.expect("overview");
+            let overview_ms = t.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(o.requests, u64::try_from(N).expect("positive"));
+            let t = std::time::Instant::now();
+            let e = errors_by_class(&db, &w).await.expect("errors");
+            let errors_ms = t.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(e.len(), 2, "every 50th row fails: deployments a and c");
+            let t = std::time::Instant::now();
+            let l = recent_requests(
+                &db,
+                &RequestFilter {
+                    limit: 100,
+                    ..RequestFilter::default()
+                },
+            )
+            .await
+            .expect("list");
+            let list_ms = t.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(l.len(), 100);
+            took.push((overview_ms, errors_ms, list_ms));
+        }
+        println!(
+            "{}: {N} rows in the window; overview, errors by class, 100 recent rows (ms, 3 runs): {took:.1?}",
+            db.kind()
+        );
+    }
+}

@@ -156,21 +156,26 @@ pub struct Overview {
 }
 
 type GroupTuple = (String, String, i64, i64, i64);
-type PercentileTuple = (String, Option<i64>, Option<i64>);
 
 const WHERE_WINDOW: &str = "started_at_ms >= $1 AND started_at_ms < $2";
 
-/// Nearest-rank p50 and p99 of `column`, grouped by `group` (an SQL expression;
-/// only constants of this file are spliced in).
-fn percentile_sql(column: &str, group: &str) -> String {
+/// Nearest-rank p50 and p99 of latency and of time to first token, grouped by
+/// `group` (an SQL expression; only constants of this file are spliced in), in one
+/// pass: TTFT rows are ranked among the group's rows that have one (the partition by
+/// `ttft_us IS NULL` keeps the others apart).
+fn percentile_sql(group: &str) -> String {
     format!(
         "SELECT g, \
-                MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN v END), \
-                MAX(CASE WHEN rn = (99 * n + 99) / 100 THEN v END) \
-         FROM (SELECT {group} AS g, {column} AS v, \
-                      ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY {column}) AS rn, \
-                      COUNT(*) OVER (PARTITION BY {group}) AS n \
-               FROM requests WHERE {WHERE_WINDOW} AND {column} IS NOT NULL) ranked \
+                MAX(CASE WHEN rl = (50 * nl + 99) / 100 THEN lat END), \
+                MAX(CASE WHEN rl = (99 * nl + 99) / 100 THEN lat END), \
+                MAX(CASE WHEN ttft IS NOT NULL AND rt = (50 * nt + 99) / 100 THEN ttft END), \
+                MAX(CASE WHEN ttft IS NOT NULL AND rt = (99 * nt + 99) / 100 THEN ttft END) \
+         FROM (SELECT {group} AS g, latency_us AS lat, ttft_us AS ttft, \
+                      ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY latency_us) AS rl, \
+                      COUNT(*) OVER (PARTITION BY {group}) AS nl, \
+                      ROW_NUMBER() OVER (PARTITION BY {group}, ttft_us IS NULL ORDER BY ttft_us) AS rt, \
+                      COUNT(ttft_us) OVER (PARTITION BY {group}) AS nt \
+               FROM requests WHERE {WHERE_WINDOW}) ranked \
          GROUP BY g"
     )
 }
@@ -178,27 +183,35 @@ fn percentile_sql(column: &str, group: &str) -> String {
 const DEPLOYMENT: &str = "COALESCE(deployment, '(none)')";
 const ALL: &str = "'*'";
 
+type PercentileTuple = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
+/// Latency and TTFT percentiles per group.
 async fn percentiles(
     db: &Database,
     w: &Window,
-    column: &str,
     group: &str,
-) -> Result<BTreeMap<String, Percentiles>, LedgerError> {
+) -> Result<BTreeMap<String, (Percentiles, Percentiles)>, LedgerError> {
     let rows: Vec<PercentileTuple> = fetch(
         db,
-        &percentile_sql(column, group),
+        &percentile_sql(group),
         &[Arg::Int(w.start_ms), Arg::Int(w.end_ms)],
     )
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(g, p50, p99)| {
+        .map(|(g, l50, l99, t50, t99)| {
             (
                 g,
-                Percentiles {
-                    p50_us: p50,
-                    p99_us: p99,
-                },
+                (
+                    Percentiles {
+                        p50_us: l50,
+                        p99_us: l99,
+                    },
+                    Percentiles {
+                        p50_us: t50,
+                        p99_us: t99,
+                    },
+                ),
             )
         })
         .collect())
@@ -219,23 +232,25 @@ pub async fn overview(db: &Database, w: &Window) -> Result<Overview, LedgerError
         &window,
     )
     .await?;
-    let mut latency = percentiles(db, w, "latency_us", DEPLOYMENT).await?;
-    let mut ttft = percentiles(db, w, "ttft_us", DEPLOYMENT).await?;
-    let mut total_latency = percentiles(db, w, "latency_us", ALL).await?;
-    let mut total_ttft = percentiles(db, w, "ttft_us", ALL).await?;
+    let mut per_deployment = percentiles(db, w, DEPLOYMENT).await?;
+    let (latency, ttft) = percentiles(db, w, ALL)
+        .await?
+        .remove("*")
+        .unwrap_or_default();
 
     let mut out = Overview {
-        latency: total_latency.remove("*").unwrap_or_default(),
-        ttft: total_ttft.remove("*").unwrap_or_default(),
+        latency,
+        ttft,
         ..Overview::default()
     };
     for (deployment, provider, requests, errors, cost) in groups {
+        let (latency, ttft) = per_deployment.remove(&deployment).unwrap_or_default();
         out.requests += count(requests);
         out.errors += count(errors);
         out.cost_nano_usd = out.cost_nano_usd.saturating_add(cost);
         out.deployments.push(DeploymentStats {
-            latency: latency.remove(&deployment).unwrap_or_default(),
-            ttft: ttft.remove(&deployment).unwrap_or_default(),
+            latency,
+            ttft,
             deployment,
             provider,
             requests: count(requests),

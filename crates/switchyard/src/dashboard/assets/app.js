@@ -535,6 +535,16 @@
     await fetch("/dashboard/logout", { method: "POST", headers: { "x-switchyard-csrf": CSRF }, credentials: "same-origin" });
     location.href = "/dashboard";
   });
-  setInterval(() => { if (!document.hidden && !editing) refresh(); }, POLL_MS);
+  // A longer window costs the ledger more per poll (and its buckets are longer):
+  // poll it less often.
+  function pollEvery() {
+    return { "15m": POLL_MS, "1h": 2 * POLL_MS, "24h": 10 * POLL_MS }[win()] || POLL_MS;
+  }
+  (function tick() {
+    setTimeout(() => {
+      if (!document.hidden && !editing) refresh();
+      tick();
+    }, pollEvery());
+  })();
   show();
 })();
