@@ -34,10 +34,10 @@ fn spawn_until(args: &[&str], prefix: &str) -> (Running, String, mpsc::Receiver<
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        // Reads to the end even when nobody listens any more: a closed pipe would make
+        // the child's next write to stderr fail (`eprintln!` panics on it), killing it.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
+            let _ = tx.send(line);
         }
     });
     let running = Running(child);
