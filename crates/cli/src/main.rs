@@ -329,12 +329,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => {
                     // The config file's keys may not reuse the names of the store's
                     // virtual keys; the gateway refuses to start with such a file.
+                    // A check changes nothing: the database is read as it is, never
+                    // migrated (a database without the schema yet has no keys).
                     let store = match &c.storage {
-                        switchyard::config::StorageConfig::Postgres(_) => {
+                        switchyard::config::StorageConfig::Postgres(pg) => {
                             // The database may not be reachable from where the file
                             // is checked; the gateway makes the same check at start.
-                            match Storage::open(&c).await {
-                                Ok(s) => s.store,
+                            match switchyard::storage::Postgres::connect_unmigrated(pg).await {
+                                Ok(pg) => Some(Database::Postgres(pg)),
                                 Err(e) => {
                                     eprintln!(
                                         "{}: warning: key names not checked against the store: {e}",
@@ -349,7 +351,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     };
                     if let Some(db) = store {
                         let store = switchyard::governance::store::Store::open_on(&db).await?;
-                        let checked = switchyard::governance::check_key_names(&c, &store).await;
+                        let checked = if store.has_schema().await {
+                            switchyard::governance::check_key_names(&c, &store).await
+                        } else {
+                            Ok(())
+                        };
                         store.close().await;
                         if let Err(e) = checked {
                             eprintln!("{}: {e}", path.display());

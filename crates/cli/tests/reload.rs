@@ -55,13 +55,18 @@ fn spawn_until(args: &[&str], prefix: &str) -> (Running, String, mpsc::Receiver<
 
 /// One HTTP/1.1 request on a fresh connection; (status, body).
 fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_as(addr, KEY, method, path, body)
+}
+
+/// [`http`] with another bearer token.
+fn http_as(addr: &str, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let body = body.unwrap_or("");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -218,4 +223,67 @@ deployments = ["new-dep"]
     // The process is the one started at first: SIGHUP did not end it.
     let mut gateway = gateway;
     assert!(gateway.0.try_wait().expect("wait").is_none());
+}
+
+#[test]
+fn config_check_and_a_reload_accept_and_refuse_the_same_files() {
+    const ADMIN: &str = "admin-token-reload-parity-0123456789";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("switchyard.toml");
+    let ledger = dir.path().join("ledger.db");
+    let ledger = ledger.to_str().expect("utf-8");
+    // Nothing is called upstream: a port nothing listens on will do.
+    let text = |extra: &str| {
+        config(
+            "http://127.0.0.1:9",
+            ledger,
+            &format!("\n[admin]\ntoken = \"{ADMIN}\"\n{extra}"),
+        )
+    };
+    std::fs::write(&file, text("")).expect("write");
+    let file_arg = file.to_str().expect("utf-8");
+    let (_gateway, base, _logs) =
+        spawn_until(&["--config", file_arg, "serve"], "switchyard listening on");
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let cases = [
+        (
+            "a new model",
+            "\n[models.other]\ndeployments = [\"oa-mini\"]\n",
+            true,
+        ),
+        (
+            "an unknown deployment",
+            "\n[models.broken]\ndeployments = [\"nope\"]\n",
+            false,
+        ),
+        ("an unknown field", "\n[server2]\nlisten = 1\n", false),
+        (
+            "a price that is not a number",
+            "\n[deployments.bad]\nprovider = \"oa\"\nmodel = \"m\"\nprice = { input = \"cheap\", output = 1.0 }\n",
+            false,
+        ),
+    ];
+    for (what, extra, valid) in cases {
+        std::fs::write(&file, text(extra)).expect("write");
+        let check = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["config", "check", file_arg])
+            .env("RELOAD_TEST_KEY", KEY)
+            .output()
+            .expect("run config check");
+        let (status, body) = http_as(&addr, ADMIN, "POST", "/admin/reload", Some("{}"));
+        assert_eq!(
+            check.status.success(),
+            valid,
+            "config check on {what}: {check:?}"
+        );
+        if !valid {
+            assert_eq!(check.status.code(), Some(2), "{what}: {check:?}");
+        }
+        assert_eq!(
+            (200..300).contains(&status),
+            valid,
+            "reload of {what}: {status} {body}"
+        );
+    }
 }

@@ -5,8 +5,9 @@
 //! compete for the machine's cores.
 //!
 //! PostgreSQL and Redis come from `SWITCHYARD_TEST_POSTGRES_URL` and
-//! `SWITCHYARD_TEST_REDIS_URL` (see DECISIONS.md for the defaults); a test fails, with
-//! the URL it tried, when one is absent.
+//! `SWITCHYARD_TEST_REDIS_URL` (defaults: `postgres://postgres@127.0.0.1:5432/test` and
+//! `redis://127.0.0.1:6379/`, as `postgres_url` and `redis_url` below say); a test
+//! fails, with the URL it tried, when one is absent.
 
 use std::fs::File;
 use std::io::Read;
@@ -685,6 +686,9 @@ async fn a_revoked_key_is_refused_by_every_replica() {
         .await;
         created_in = created_in.max(took);
     }
+    // Measured from just before the revocation is sent, every replica polled at once,
+    // each with its own loop: the README promises every replica within a second.
+    let revoked_at = Instant::now();
     let (status, _) = cluster
         .admin(
             0,
@@ -694,16 +698,37 @@ async fn a_revoked_key_is_refused_by_every_replica() {
         )
         .await;
     assert_eq!(status, 200);
-    let mut revoked_in = Duration::ZERO;
-    for i in 0..3 {
-        let took = eventually(
-            Duration::from_secs(5),
-            "revoked key refused everywhere",
-            || async { status_of(cluster.chat(i, &secret, &hello("solo")).await).await == 401 },
-        )
-        .await;
-        revoked_in = revoked_in.max(took);
+    let refused_after = join_all((0..3).map(|i| {
+        let (cluster, secret) = (&cluster, &secret);
+        async move {
+            loop {
+                let r = cluster
+                    .client
+                    .get(format!("{}/v1/models", cluster.base(i)))
+                    .bearer_auth(secret)
+                    .send()
+                    .await;
+                if status_of(r).await == 401 {
+                    return revoked_at.elapsed();
+                }
+                if revoked_at.elapsed() > Duration::from_secs(10) {
+                    return revoked_at.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }))
+    .await;
+    for (i, took) in refused_after.iter().enumerate() {
+        assert!(
+            *took <= Duration::from_millis(1000),
+            "replica {i} refused the revoked key {took:?} after the revocation (bound: 1 s)"
+        );
+        // The chat route refuses it alike.
+        let r = cluster.chat(i, &secret, &hello("solo")).await;
+        assert_eq!(status_of(r).await, 401, "replica {i}");
     }
+    let revoked_in = refused_after.into_iter().max().unwrap_or_default();
     // PostgreSQL's key store is never polled: these came by notification.
     println!(
         "a created key reached every replica in {created_in:?}, a revocation in {revoked_in:?}"
@@ -717,86 +742,118 @@ async fn a_killed_replica_costs_no_answered_request_of_the_others() {
     require_redis(&redis_url()).await;
     let mut cluster = Cluster::start(Options::default()).await;
     let body = hello("solo");
-    let total = 240;
-    let answered = load_with_kill(&mut cluster, &body, total).await;
-    let survivors: Vec<_> = answered.iter().filter(|(r, ..)| *r != 2).collect();
-    let failed: Vec<_> = survivors.iter().filter(|(_, s, _)| *s != 200).collect();
+    let (answered, killed_at) = load_with_kill(&mut cluster, &body).await;
+    let survivors: Vec<_> = answered.iter().filter(|a| a.replica != 2).collect();
+    let failed: Vec<_> = survivors.iter().filter(|a| a.status != 200).collect();
     assert!(
         failed.is_empty(),
         "surviving replicas failed requests: {failed:?}"
     );
-    let victim_ok = answered
+    assert!(
+        survivors.iter().any(|a| a.done > killed_at),
+        "the survivors served after the kill"
+    );
+    let victim: Vec<_> = answered
         .iter()
-        .filter(|(r, s, _)| *r == 2 && *s == 200)
-        .count();
+        .filter(|a| a.replica == 2 && a.status == 200)
+        .collect();
     let pool = cluster.stop_all().await;
-    let ids: Vec<String> = survivors.iter().map(|(_, _, id)| id.clone()).collect();
-    let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE request_id = ANY($1)")
-        .bind(&ids)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let in_ledger = |ids: Vec<String>| {
+        let pool = pool.clone();
+        async move {
+            let found: Vec<String> =
+                sqlx::query_scalar("SELECT request_id FROM requests WHERE request_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&pool)
+                    .await
+                    .expect("rows");
+            found.into_iter().collect::<std::collections::HashSet<_>>()
+        }
+    };
+    let ids: Vec<String> = survivors.iter().map(|a| a.id.clone()).collect();
+    let found = in_ledger(ids.clone()).await;
     assert_eq!(
-        found as usize,
+        found.len(),
         ids.len(),
         "every answer of a survivor has its ledger row"
     );
-    let victim_rows: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE key_name = 'free'")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+    // The README's bound: a killed replica loses the rows of the requests that
+    // finished in its last batch window (5 ms), plus a backlog while the database was
+    // slow. With a whole second of margin for a busy machine: every request it
+    // answered a second or more before the kill has its row.
+    let victim_found = in_ledger(victim.iter().map(|a| a.id.clone()).collect()).await;
+    let margin = Duration::from_secs(1);
+    let settled: Vec<_> = victim
+        .iter()
+        .filter(|a| a.done + margin <= killed_at)
+        .collect();
+    assert!(
+        !settled.is_empty(),
+        "the killed replica answered requests well before the kill"
+    );
+    let lost_old: Vec<_> = settled
+        .iter()
+        .filter(|a| !victim_found.contains(&a.id))
+        .collect();
+    assert!(
+        lost_old.is_empty(),
+        "rows of requests answered over {margin:?} before the kill were lost: {lost_old:?}"
+    );
+    let lost = victim.len() - victim_found.len();
+    let recent = victim.len() - settled.len();
+    assert!(
+        lost <= recent,
+        "{lost} rows lost, {recent} answered in the last {margin:?}"
+    );
     println!(
         "SIGKILL under load: survivors answered {} requests, all 200, all in the ledger; \
-         the killed replica answered {victim_ok}, of which {} rows were lost with it",
+         the killed replica answered {}, of which {lost} rows were lost with it \
+         ({recent} answered in the last {margin:?} before the kill)",
         survivors.len(),
-        (ids.len() + victim_ok).saturating_sub(victim_rows as usize)
+        victim.len(),
     );
     pool.close().await;
     cluster.finish().await;
 }
 
-/// Sends `total` requests round robin over three replicas with six workers and
-/// SIGKILLs replica 2 once a third of them have been sent.
-async fn load_with_kill(
-    cluster: &mut Cluster,
-    body: &Value,
-    total: usize,
-) -> Vec<(usize, u16, String)> {
+/// One request of [`load_with_kill`]: which replica, its status (0: no answer), its
+/// request id, and when its answer came.
+#[derive(Debug)]
+struct Answered {
+    replica: usize,
+    status: u16,
+    id: String,
+    done: Instant,
+}
+
+/// Sends requests round robin over three replicas with six workers for two seconds,
+/// SIGKILLs replica 2, and goes on for one more second (replica 2's share failing).
+/// Returns every request and the moment of the kill.
+async fn load_with_kill(cluster: &mut Cluster, body: &Value) -> (Vec<Answered>, Instant) {
     let bases: Vec<String> = cluster.replicas.iter().map(|r| r.base.clone()).collect();
     let client = cluster.client.clone();
     let sent = Arc::new(AtomicUsize::new(0));
-    let (third_tx, third_rx) = tokio::sync::oneshot::channel::<()>();
-    let third_tx = Arc::new(std::sync::Mutex::new(Some(third_tx)));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let (bases, client, sent, third_tx, body) = (
+        let (bases, client, sent, stop, body) = (
             bases.clone(),
             client.clone(),
             sent.clone(),
-            third_tx.clone(),
+            stop.clone(),
             body.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            loop {
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return out;
-                }
-                if n == total / 3 {
-                    if let Some(tx) = third_tx.lock().expect("lock").take() {
-                        let _ = tx.send(());
-                    }
-                }
-                let replica = n % 3;
+            while !stop.load(Ordering::Relaxed) {
+                let replica = sent.fetch_add(1, Ordering::Relaxed) % 3;
                 let r = client
                     .post(format!("{}/v1/chat/completions", bases[replica]))
                     .bearer_auth(FREE)
                     .json(&body)
                     .send()
                     .await;
-                out.push(match r {
+                let (status, id) = match r {
                     Ok(r) => {
                         let id = r
                             .headers()
@@ -804,20 +861,30 @@ async fn load_with_kill(
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_owned();
-                        (replica, r.status().as_u16(), id)
+                        (r.status().as_u16(), id)
                     }
-                    Err(_) => (replica, 0, String::new()),
+                    Err(_) => (0, String::new()),
+                };
+                out.push(Answered {
+                    replica,
+                    status,
+                    id,
+                    done: Instant::now(),
                 });
             }
+            out
         }));
     }
-    let _ = third_rx.await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
     cluster.replicas[2].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.expect("worker"));
     }
-    all
+    (all, killed_at)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,8 +315,16 @@ async fn tokens_that_expire_mid_run_are_renewed_with_no_failed_request() {
     }
     let issued = s.sim.sim.tokens_issued().google_jwt_bearer;
     assert!(issued >= 2, "{issued} tokens for {requests} requests");
-    let distinct: std::collections::BTreeSet<String> = s.authorizations().into_iter().collect();
+    let presented = s.authorizations();
+    let distinct: std::collections::BTreeSet<&String> = presented.iter().collect();
     assert!(distinct.len() >= 2, "{distinct:?}");
+    // Renewed ahead of expiry, not after a refusal: the upstream saw exactly one call
+    // per request, so no expired token was ever presented and retried.
+    assert_eq!(
+        presented.len(),
+        requests,
+        "upstream calls for {requests} requests: a token was refused and retried"
+    );
 }
 
 #[tokio::test]

@@ -320,7 +320,7 @@ async fn budgets_never_exceed_the_cap_across_replicas() {
     let prefix = random_prefix();
     let mut replicas: Vec<Arc<RedisBudgets>> = Vec::new();
     for _ in 0..3 {
-        replicas.push(Arc::new(RedisBudgets::new(connect(&prefix).await)));
+        replicas.push(Arc::new(RedisBudgets::new(connect(&prefix).await, None)));
     }
     let now = switchyard::types::time::now_ms();
     // A key's monthly cap of 10 000 nano-USD and its team's total cap of 7 000: the
@@ -393,8 +393,8 @@ async fn budgets_never_exceed_the_cap_across_replicas() {
 #[tokio::test]
 async fn budget_seeds_only_a_counter_that_does_not_exist() {
     let prefix = random_prefix();
-    let a = RedisBudgets::new(connect(&prefix).await);
-    let b = RedisBudgets::new(connect(&prefix).await);
+    let a = RedisBudgets::new(connect(&prefix).await, None);
+    let b = RedisBudgets::new(connect(&prefix).await, None);
     let now = switchyard::types::time::now_ms();
     let id: Arc<str> = Arc::from("vk_seed");
     let (start, _) = Period::Day.bounds(now);
@@ -408,6 +408,73 @@ async fn budget_seeds_only_a_counter_that_does_not_exist() {
     let s = a.status(Scope::Key, "vk_seed", Period::Day, now).await;
     assert_eq!(s.spent_nano_usd, 950);
     assert!(a.reserve(&day, 51, now).await.is_err());
+    cleanup(&prefix).await;
+}
+
+/// Writes rows of `key_id`'s spend (nano-USD each) into the ledger at `db`, now.
+async fn ledger_spend(db: &switchyard::storage::Database, key_id: &str, costs: &[i64]) {
+    use switchyard::ledger::{Ledger, LedgerOptions, RequestRecord};
+    let ledger = Ledger::open(LedgerOptions::on(db.clone()))
+        .await
+        .expect("open ledger");
+    let sink = ledger.sink();
+    let now = switchyard::types::time::now_ms();
+    for (i, &cost) in costs.iter().enumerate() {
+        sink.record(RequestRecord {
+            request_id: format!("{key_id}-{now}-{i}"),
+            started_at_ms: now,
+            key_id: Some(key_id.to_owned()),
+            key_name: Some(key_id.to_owned()),
+            endpoint: "chat.completions",
+            status: 200,
+            cost_nano_usd: cost,
+            ..RequestRecord::default()
+        });
+    }
+    let stats = ledger.shutdown().await.expect("ledger shutdown");
+    assert_eq!(stats.written, costs.len() as u64);
+}
+
+#[tokio::test]
+async fn a_budget_counter_lost_in_redis_is_seeded_again_from_the_ledger() {
+    let prefix = random_prefix();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = switchyard::storage::Database::Sqlite(dir.path().join("ledger.db"));
+    // 600 of a 1000 cap spent before this replica started.
+    ledger_spend(&db, "vk_lost", &[400, 200]).await;
+    let budgets = RedisBudgets::new(connect(&prefix).await, Some(db.clone()));
+    let now = switchyard::types::time::now_ms();
+    let day = [applied(Scope::Key, "vk_lost", Period::Day, 1_000)];
+    // No counter yet: the reservation seeds it from the ledger first.
+    let h = budgets.reserve(&day, 100, now).await.expect("700 fits");
+    budgets.settle(h, 100).await;
+    ledger_spend(&db, "vk_lost", &[100]).await;
+    let s = budgets
+        .status(Scope::Key, "vk_lost", Period::Day, now)
+        .await;
+    assert_eq!(s.spent_nano_usd, 700);
+
+    // Redis forgets everything (a restart without persistence, an eviction).
+    cleanup(&prefix).await;
+    assert_eq!(key_count(&prefix).await, 0);
+    match budgets.reserve(&day, 301, now).await {
+        Err(Denied::Exceeded(e)) => assert_eq!(e.spent_nano_usd, 700, "{e:?}"),
+        other => panic!("700 recorded + 301 > 1000 must be refused: {other:?}"),
+    }
+    let h = budgets
+        .reserve(&day, 300, now)
+        .await
+        .expect("exactly the cap");
+    // Lost again between reserve and settle: the spend is settled into a counter
+    // seeded from the ledger, not dropped.
+    cleanup(&prefix).await;
+    budgets.settle(h, 250).await;
+    let s = budgets
+        .status(Scope::Key, "vk_lost", Period::Day, now)
+        .await;
+    assert_eq!((s.spent_nano_usd, s.reserved_nano_usd), (950, 0));
+    assert!(budgets.reserve(&day, 51, now).await.is_err());
+    budgets.reserve(&day, 50, now).await.expect("the last 50");
     cleanup(&prefix).await;
 }
 

@@ -11,7 +11,8 @@
 //! Counters live behind the [`Budgets`] trait: in memory ([`BudgetBook`], one mutex,
 //! never held across an await) or in Redis ([`redis::RedisBudgets`], shared by
 //! replicas). Either is seeded from the ledger when a budget is first seen, so a
-//! restart does not forget what was spent.
+//! restart does not forget what was spent; a Redis counter also when it went missing
+//! (Redis restarted empty, an eviction).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::config::policy::{Budget, Period};
+use crate::ledger::{SpendReader, SpentBy};
+use crate::storage::Database;
 use crate::types::money::nano_to_usd_string;
 
 pub mod redis;
@@ -227,6 +230,44 @@ impl Budgets for BudgetBook {
     fn refusals(&self) -> u64 {
         BudgetBook::refusals(self)
     }
+}
+
+/// What the ledger in `db` records as spent by each `(scope, id, period start)` of
+/// `wanted`, in order: the figure a counter is seeded with. 0 where there is no ledger
+/// or it cannot be read (said in the log): the ledger is the only record of spend.
+pub(crate) async fn spent_in_ledger(
+    db: Option<&Database>,
+    wanted: &[(Scope, &str, i64)],
+) -> Vec<i64> {
+    let mut reader = match db {
+        Some(db) => match SpendReader::open(db.clone()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read spend for budgets; starting from 0");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut out = Vec::with_capacity(wanted.len());
+    for &(scope, id, since) in wanted {
+        let by = match scope {
+            Scope::Key => SpentBy::Key(id),
+            Scope::Team => SpentBy::Team(id),
+        };
+        let spent = match reader.as_mut() {
+            Some(r) => r.spent_since(by, since).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, id, "cannot read spend for a budget; starting from 0");
+                0
+            }),
+            None => 0,
+        };
+        out.push(spent);
+    }
+    if let Some(r) = reader {
+        r.close().await;
+    }
+    out
 }
 
 /// The state of one budget, for the admin API.

@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::policy::{Budget, Period, PiiMode, Policy, RateLimits};
 use crate::config::{Config, GovernanceSettings};
 use crate::ledger::tracker::{RequestTracker, Settle};
-use crate::ledger::{SpendReader, SpentBy};
 use crate::limits::{self, Claim, InProcessLimiter, Limiter, Reservation, TokenEstimate};
 use crate::storage::redis::Redis;
 use crate::storage::{Database, Storage, StorageError};
@@ -302,7 +301,10 @@ impl Governance {
             rules: ArcSwap::from_pointee(rules),
             limiter,
             budgets: match &shared {
-                Some(redis) => Arc::new(budget::redis::RedisBudgets::new(redis.clone())),
+                Some(redis) => Arc::new(budget::redis::RedisBudgets::new(
+                    redis.clone(),
+                    ledger.clone(),
+                )),
                 None => Arc::new(BudgetBook::new()),
             },
             shared,
@@ -582,36 +584,17 @@ impl Governance {
         if pending.is_empty() {
             return;
         }
-        let mut reader = match &self.ledger {
-            Some(db) => match SpendReader::open(db).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read spend for budgets; starting from 0");
-                    None
-                }
-            },
-            None => None,
-        };
-        for a in pending {
+        let wanted: Vec<(Scope, &str, i64)> = pending
+            .iter()
+            .map(|a| (a.scope, &*a.id, a.budget.period.bounds(now).0))
+            .collect();
+        let spent = budget::spent_in_ledger(self.ledger.as_ref(), &wanted).await;
+        for (a, spent) in pending.into_iter().zip(spent) {
             let period = a.budget.period;
             let (start, _) = period.bounds(now);
-            let by = match a.scope {
-                Scope::Key => SpentBy::Key(&a.id),
-                Scope::Team => SpentBy::Team(&a.id),
-            };
-            let spent = match reader.as_mut() {
-                Some(r) => r.spent_since(by, start).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, name = %a.name, "cannot read spend for a budget; starting from 0");
-                    0
-                }),
-                None => 0,
-            };
             self.budgets
                 .seed(a.scope, &a.id, period, start, spent)
                 .await;
-        }
-        if let Some(r) = reader {
-            r.close().await;
         }
     }
 

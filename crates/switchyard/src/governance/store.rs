@@ -226,6 +226,21 @@ impl Store {
         }
     }
 
+    /// Whether the store's tables exist: a PostgreSQL database opened without
+    /// migrating ([`crate::storage::Postgres::connect_unmigrated`]) may have none yet.
+    /// An SQLite store is migrated when it opens.
+    pub async fn has_schema(&self) -> bool {
+        match &self.pool {
+            Pool::Sqlite(_) => true,
+            Pool::Postgres(p) => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass('keys') IS NOT NULL")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+
     /// Where the store lives.
     pub fn database(&self) -> &Database {
         &self.database

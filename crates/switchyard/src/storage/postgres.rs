@@ -52,6 +52,14 @@ impl Postgres {
     /// or a wrong password fails here, naming the server and the database) and brings
     /// the schema up to date.
     pub async fn connect(cfg: &PostgresConfig) -> Result<Postgres, StorageError> {
+        let pg = Postgres::connect_unmigrated(cfg).await?;
+        pg.migrate().await?;
+        Ok(pg)
+    }
+
+    /// Connects as [`Postgres::connect`] does, but leaves the schema as it is: for
+    /// reading a database without changing it (`config check`).
+    pub async fn connect_unmigrated(cfg: &PostgresConfig) -> Result<Postgres, StorageError> {
         let opts = PgConnectOptions::from_str(cfg.url.expose())
             .map_err(|e| StorageError::Url {
                 reason: e.to_string(),
@@ -69,9 +77,7 @@ impl Postgres {
                 target: target.to_string(),
                 source,
             })?;
-        let pg = Postgres { pool, target };
-        pg.migrate().await?;
-        Ok(pg)
+        Ok(Postgres { pool, target })
     }
 
     /// Applies pending migrations. sqlx's migrator takes an advisory lock, so several

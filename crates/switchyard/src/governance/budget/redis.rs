@@ -16,6 +16,14 @@
 //! - seed: writes the ledger's spend only when the counter does not exist yet, so a
 //!   replica starting later never overwrites what the others counted since.
 //!
+//! A counter can vanish while the gateway runs: Redis restarted without persistence,
+//! an eviction, a replica that started during an outage. Neither script then counts
+//! from 0. Reserve creates nothing and names the missing counters; the replica seeds
+//! them from the ledger (set-if-absent, so replicas racing agree on the first figure)
+//! and reserves again, once. Settle skips a missing counter and says so; the replica
+//! seeds it and settles into it. The ledger is batched, so a seeded figure lacks at
+//! most the requests of the replicas' unflushed batches (see the README on replicas).
+//!
 //! Amounts are exact up to 2^53 nano-USD (about 9 million USD; Lua's numbers are
 //! doubles). While Redis is unreachable, holds are taken in the in-process fallback
 //! (`local`, seeded like the shared counters) or refused (`closed`).
@@ -30,13 +38,20 @@ use super::{Applied, BudgetBook, Budgets, Denied, Exceeded, Hold, HoldEntry, Sco
 use crate::config::policy::Period;
 use crate::config::OnUnavailable;
 use crate::storage::redis::{Redis, StateError};
+use crate::storage::Database;
 use crate::types::money::nano_to_usd_string;
 use crate::types::time::DAY_MS;
 
 /// KEYS: counters. ARGV: amount, then per counter its limit and the unix ms at which
-/// it expires (0: never). Returns `{1}`, or `{0, i, spent, reserved}` for the first
-/// counter `i` (1-based) without room.
+/// it expires (0: never). Returns `{1}`, `{0, i, spent, reserved}` for the first
+/// counter `i` (1-based) without room, or `{2, i…}` naming (1-based) the counters that
+/// do not exist, having changed nothing.
 const RESERVE: &str = r#"
+local missing = {2}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i end
+end
+if #missing > 1 then return missing end
 local amount = tonumber(ARGV[1])
 local mine = {}
 for i = 1, #KEYS do
@@ -105,6 +120,8 @@ return 1
 /// The shared [`Budgets`].
 pub struct RedisBudgets {
     redis: Arc<Redis>,
+    /// Where a counter that is missing is seeded from.
+    ledger: Option<Database>,
     /// Counts while Redis is unreachable in `local` mode; seeded like the shared ones.
     fallback: BudgetBook,
     reserve: Script,
@@ -115,9 +132,11 @@ pub struct RedisBudgets {
 }
 
 impl RedisBudgets {
-    pub fn new(redis: Arc<Redis>) -> RedisBudgets {
+    /// Counters in `redis`, seeded from the ledger in `ledger` (from 0 without one).
+    pub fn new(redis: Arc<Redis>, ledger: Option<Database>) -> RedisBudgets {
         RedisBudgets {
             redis,
+            ledger,
             fallback: BudgetBook::new(),
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
@@ -148,12 +167,76 @@ impl RedisBudgets {
         }
     }
 
+    /// Reserves in Redis; counters found missing are seeded from the ledger and the
+    /// reservation tried again, once.
     async fn reserve_remote(
         &self,
         applied: &[Applied],
         amount: i64,
         now_ms: i64,
     ) -> Result<Result<Hold, Denied>, StateError> {
+        match self.reserve_once(applied, amount, now_ms).await? {
+            Reserved::Decided(d) => Ok(d),
+            Reserved::Missing(missing) => {
+                let wanted: Vec<(Scope, &str, Period, i64)> = missing
+                    .iter()
+                    .filter_map(|&i| applied.get(i))
+                    .map(|a| {
+                        let period = a.budget.period;
+                        (a.scope, &*a.id, period, period.bounds(now_ms).0)
+                    })
+                    .collect();
+                self.reseed(&wanted).await?;
+                match self.reserve_once(applied, amount, now_ms).await? {
+                    Reserved::Decided(d) => Ok(d),
+                    Reserved::Missing(_) => Err(StateError::Redis(
+                        "budget counters vanished again right after seeding".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Seeds counters that went missing from what the ledger records.
+    async fn reseed(&self, wanted: &[(Scope, &str, Period, i64)]) -> Result<(), StateError> {
+        let ids: Vec<(Scope, &str, i64)> = wanted
+            .iter()
+            .map(|&(s, id, _, start)| (s, id, start))
+            .collect();
+        let spent = super::spent_in_ledger(self.ledger.as_ref(), &ids).await;
+        for (&(scope, id, period, start), spent) in wanted.iter().zip(spent) {
+            tracing::info!(scope = scope.as_str(), id, period = period.as_str(),
+                spent_usd = %nano_to_usd_string(spent),
+                "a shared budget counter was missing; seeded it from the ledger");
+            self.seed_remote(scope, id, period, start, spent).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the counter with `spent` unless it exists.
+    async fn seed_remote(
+        &self,
+        scope: Scope,
+        id: &str,
+        period: Period,
+        period_start: i64,
+        spent: i64,
+    ) -> Result<(), StateError> {
+        let (_, next) = period.bounds(period_start.max(0));
+        let next = if period == Period::Total { None } else { next };
+        let mut inv = self.seed.prepare_invoke();
+        inv.key(self.counter_key(scope, id, period, period_start))
+            .arg(spent)
+            .arg(expiry(next));
+        self.redis.run::<i64>(&inv).await.map(drop)
+    }
+
+    async fn reserve_once(
+        &self,
+        applied: &[Applied],
+        amount: i64,
+        now_ms: i64,
+    ) -> Result<Reserved, StateError> {
         let amount = amount.max(0);
         let mut inv = self.reserve.prepare_invoke();
         inv.arg(amount);
@@ -177,7 +260,13 @@ impl RedisBudgets {
         }
         let reply: Vec<i64> = self.redis.run(&inv).await?;
         match reply.as_slice() {
-            [1] => Ok(Ok(hold)),
+            [1] => Ok(Reserved::Decided(Ok(hold))),
+            [2, missing @ ..] if !missing.is_empty() => Ok(Reserved::Missing(
+                missing
+                    .iter()
+                    .filter_map(|&i| usize::try_from(i).ok()?.checked_sub(1))
+                    .collect(),
+            )),
             [0, index, spent, reserved] => {
                 let a = usize::try_from(*index)
                     .ok()
@@ -185,7 +274,7 @@ impl RedisBudgets {
                     .and_then(|i| applied.get(i))
                     .ok_or_else(|| StateError::Redis("unexpected budget reply".into()))?;
                 self.refusals.fetch_add(1, Ordering::Relaxed);
-                Ok(Err(Denied::Exceeded(Exceeded {
+                Ok(Reserved::Decided(Err(Denied::Exceeded(Exceeded {
                     scope: a.scope,
                     name: a.name.clone(),
                     period: a.budget.period,
@@ -193,16 +282,43 @@ impl RedisBudgets {
                     spent_nano_usd: *spent,
                     reserved_nano_usd: *reserved,
                     resets_at_ms: a.budget.period.bounds(now_ms).1,
-                })))
+                }))))
             }
             _ => Err(StateError::Redis("unexpected budget reply".into())),
         }
     }
 
+    /// Settles in Redis; a counter found missing is seeded from the ledger and the
+    /// cost settled into it, so that no spend is lost.
     async fn settle_remote(&self, hold: &Hold, actual: i64) -> Result<(), StateError> {
+        let all: Vec<&HoldEntry> = hold.entries.iter().collect();
+        let missing = self.settle_once(&all, actual).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<(Scope, &str, Period, i64)> = missing
+            .iter()
+            .map(|e| (e.key.0, &*e.key.1, e.key.2, e.period_start))
+            .collect();
+        self.reseed(&wanted).await?;
+        let still = self.settle_once(&missing, actual).await?;
+        if !still.is_empty() {
+            return Err(StateError::Redis(
+                "budget counters vanished again right after seeding".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs SETTLE over `entries`; returns those whose counter does not exist.
+    async fn settle_once<'h>(
+        &self,
+        entries: &[&'h HoldEntry],
+        actual: i64,
+    ) -> Result<Vec<&'h HoldEntry>, StateError> {
         let mut inv = self.settle.prepare_invoke();
         inv.arg(actual.max(0));
-        for e in &hold.entries {
+        for e in entries {
             let (scope, id, period) = &e.key;
             inv.key(self.counter_key(*scope, id, *period, e.period_start));
             let mut thresholds = e.warn_at.clone();
@@ -215,10 +331,15 @@ impl RedisBudgets {
             inv.arg(-e.amount).arg(e.limit).arg(list);
         }
         let rows: Vec<Vec<i64>> = self.redis.run(&inv).await?;
-        for (e, row) in hold.entries.iter().zip(rows) {
+        let mut missing = Vec::new();
+        for (&e, row) in entries.iter().zip(rows) {
             let Some((&spent, crossed)) = row.split_first() else {
                 continue;
             };
+            if spent < 0 {
+                missing.push(e);
+                continue;
+            }
             for &t in crossed {
                 self.warnings.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -233,8 +354,15 @@ impl RedisBudgets {
                 );
             }
         }
-        Ok(())
+        Ok(missing)
     }
+}
+
+/// What one RESERVE said.
+enum Reserved {
+    Decided(Result<Hold, Denied>),
+    /// These counters (indices into the applied budgets) do not exist.
+    Missing(Vec<usize>),
 }
 
 /// When a counter of a period ending at `next` may go: a day after the end, so that a
@@ -283,13 +411,10 @@ impl Budgets for RedisBudgets {
             if !self.redis.is_available() {
                 return;
             }
-            let (_, next) = period.bounds(period_start.max(0));
-            let next = if period == Period::Total { None } else { next };
-            let mut inv = self.seed.prepare_invoke();
-            inv.key(self.counter_key(scope, id, period, period_start))
-                .arg(spent)
-                .arg(expiry(next));
-            if let Err(e) = self.redis.run::<i64>(&inv).await {
+            if let Err(e) = self
+                .seed_remote(scope, id, period, period_start, spent)
+                .await
+            {
                 tracing::warn!(error = %e, id = %id, "cannot seed a shared budget counter");
             }
         }

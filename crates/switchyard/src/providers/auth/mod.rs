@@ -25,12 +25,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
+// Tokio's clock (the system's outside tests), so that tests can pause it.
+use tokio::time::Instant;
 
 use crate::config::{Config, Deployment, Provider, ProviderCredentials, ProviderKind, Secret};
 
@@ -686,6 +688,45 @@ mod tests {
         // Requests go on with the value that is still valid.
         let now = cache.get().await.expect("still valid");
         assert_eq!(now.generation, first.generation);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Renewal happens ahead of expiry, in the background, while requests go on with
+    /// the old value: no request ever holds an expired one, none waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_value_is_renewed_ahead_of_its_expiry_without_anyone_waiting() {
+        // 100 s: renewal is due a quarter of the lifetime ahead, at 75 s.
+        let lifetime = Duration::from_secs(100);
+        let (cache, calls) = cache(vec![Ok(Some(lifetime)), Ok(Some(lifetime))]);
+        let t0 = Instant::now();
+        assert_eq!(cache.get().await.expect("first").generation, 1);
+        // The first fetch took 50 ms (paused clock, auto-advanced).
+        tokio::time::sleep_until(t0 + Duration::from_secs(74)).await;
+        assert_eq!(cache.get().await.expect("not due").generation, 1);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "nothing renewed before 75 s"
+        );
+
+        tokio::time::sleep_until(t0 + Duration::from_secs(76)).await;
+        let asked = Instant::now();
+        let due = cache.get().await.expect("due, still valid");
+        assert_eq!(
+            due.generation, 1,
+            "the request goes on with the valid value"
+        );
+        assert_eq!(Instant::now(), asked, "and does not wait for the renewal");
+        // The renewal runs in the background and lands well before the old value's
+        // end at 100 s.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let renewed = cache.get().await.expect("renewed");
+        assert_eq!(renewed.generation, 2);
+        assert!(Instant::now() < t0 + lifetime);
+        // Until the new value is due in turn, nothing more is fetched.
+        tokio::time::sleep_until(t0 + Duration::from_secs(99)).await;
+        assert_eq!(cache.get().await.expect("new").generation, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
