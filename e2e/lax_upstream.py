@@ -7,6 +7,10 @@ model name it is asked for:
   `: keep-alive` comments, `data:` without a space, CRLF line ends, a finish-reason
   chunk without content, no usage (whatever `stream_options` says) and no `[DONE]`;
 - `tools`: a tool call, without usage (plain and streamed);
+- `bare-cut`: a stream of content that ends cleanly without a finish reason or `[DONE]`;
+- `anon`: two tool calls without `id` or `type` (streamed: also without `index`, in
+  chunks without id, object, created, model, choice index or finish reason);
+- `partial`: usage with `prompt_tokens` only (plain and streamed);
 - `detail`: 400 with FastAPI's `{"detail": "..."}`;
 - `html-502`: a proxy's HTML error page naming an internal host.
 
@@ -82,6 +86,31 @@ class Handler(BaseHTTPRequestHandler):
                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": TOOL_ARGS[:10]}}]}),
                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": TOOL_ARGS[10:]}}]}),
                       chunk({}, "tool_calls")]
+            self.reply(200, "text/event-stream", sse(chunks, done=True, crlf=False))
+        elif model == "bare-cut" and stream:
+            chunks = [chunk({"role": "assistant", "content": TEXT[1]}), chunk({"content": TEXT[2]})]
+            self.reply(200, "text/event-stream", sse(chunks, done=False, crlf=False))
+        elif model == "anon" and not stream:
+            body = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+                {"function": {"name": "get_weather", "arguments": TOOL_ARGS}},
+                {"function": {"name": "get_time", "arguments": "{}"}}]}}]}
+            self.reply(200, "application/json", json.dumps(body).encode())
+        elif model == "anon":
+            chunks = [{"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+                      {"choices": [{"delta": {"tool_calls": [
+                          {"function": {"name": "get_weather", "arguments": TOOL_ARGS}},
+                          {"function": {"name": "get_time", "arguments": "{}"}}]}}]},
+                      {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}]
+            self.reply(200, "text/event-stream", sse(chunks, done=True, crlf=False))
+        elif model == "partial" and not stream:
+            body = {"choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "".join(TEXT)}}],
+                    "usage": {"prompt_tokens": 11}}
+            self.reply(200, "application/json", json.dumps(body).encode())
+        elif model == "partial":
+            usage = chunk({})
+            usage["choices"], usage["usage"] = [], {"prompt_tokens": 11}
+            chunks = [chunk({"role": "assistant", "content": "".join(TEXT)}), chunk({}, "stop"), usage]
             self.reply(200, "text/event-stream", sse(chunks, done=True, crlf=False))
         elif model == "detail":
             self.reply(400, "application/json",

@@ -36,7 +36,7 @@ def tokens(text: str) -> int:
 
 def config(port: int, ledger, lax_url: str) -> str:
     models = ""
-    for name in ["bare", "tools", "detail", "html-502"]:
+    for name in ["bare", "bare-cut", "anon", "partial", "tools", "detail", "html-502"]:
         models += f"""
 [deployments.lax-{name}]
 provider = "lax"
@@ -164,3 +164,69 @@ def test_errors_in_other_shapes(lax_gateway):
     body = proxy.value.response.text
     check("ErrorResponse", json.loads(body))
     assert "internal" not in body and "<" not in body and "nginx" not in body, body
+
+
+def test_a_stream_without_a_finish_reason_is_cut(lax_gateway):
+    gw, _, ledger = lax_gateway
+    events = raw_stream(gw, {"model": "lax-bare-cut", "stream": True, "stream_options": {"include_usage": True},
+                             "messages": [{"role": "user", "content": PROMPT}]})
+    assert "[DONE]" not in events, events
+    assert events[-1]["error"]["code"] == "stream_cut", events
+    check("ErrorResponse", events[-1])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+    assert text == "".join(TEXT)
+    client = OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=30)
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(model="lax-bare-cut", stream=True,
+                                            messages=[{"role": "user", "content": PROMPT}]))
+    rows = ledger_rows(gw, ledger)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["error_code"] == "stream_cut" and row["usage_estimated"] == 1
+
+
+def test_tool_calls_without_id_or_type_get_them(lax_gateway):
+    gw, _, _ = lax_gateway
+    client = OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(
+        model="lax-anon", messages=[{"role": "user", "content": PROMPT}])
+    check("CreateChatCompletionResponse", json.loads(raw.text))
+    calls = raw.parse().choices[0].message.tool_calls
+    assert [c.type for c in calls] == ["function", "function"]
+    assert all(c.id.startswith("call_") for c in calls) and calls[0].id != calls[1].id
+    assert calls[0].function.arguments == TOOL_ARGS
+    events = raw_stream(gw, {"model": "lax-anon", "stream": True, "stream_options": {"include_usage": True},
+                             "messages": [{"role": "user", "content": PROMPT}]})
+    assert events[-1] == "[DONE]", events
+    for c in events[:-1]:
+        check("CreateChatCompletionStreamResponse", c)
+    assert len({c["id"] for c in events[:-1]}) == 1, "one id across the stream"
+    deltas = [d for c in events[:-1] if c["choices"] for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [d["index"] for d in deltas] == [0, 1]
+    assert all(d["type"] == "function" and d["id"].startswith("call_") for d in deltas)
+    stream = client.chat.completions.create(model="lax-anon", stream=True,
+                                            messages=[{"role": "user", "content": PROMPT}])
+    sdk = [d for c in stream if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.function.name) for d in sdk] == [(0, "get_weather"), (1, "get_time")]
+
+
+def test_a_partial_usage_is_completed_not_trusted(lax_gateway):
+    gw, _, ledger = lax_gateway
+    client = OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=30)
+    completion = tokens("".join(TEXT))
+    raw = client.chat.completions.with_raw_response.create(
+        model="lax-partial", messages=[{"role": "user", "content": PROMPT}])
+    check("CreateChatCompletionResponse", json.loads(raw.text))
+    usage = raw.parse().usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (11, completion, 11 + completion)
+    events = raw_stream(gw, {"model": "lax-partial", "stream": True, "stream_options": {"include_usage": True},
+                             "messages": [{"role": "user", "content": PROMPT}]})
+    for c in events[:-1]:
+        check("CreateChatCompletionStreamResponse", c)
+    assert events[-2]["usage"] == {"prompt_tokens": 11, "completion_tokens": completion,
+                                   "total_tokens": 11 + completion}
+    rows = ledger_rows(gw, ledger)
+    assert len(rows) == 2
+    for row in rows:
+        assert (row["prompt_tokens"], row["completion_tokens"], row["usage_estimated"]) == (11, completion, 1)
+        assert row["cost_nano_usd"] == 11 * 1000 + completion * 2000

@@ -1107,6 +1107,12 @@ impl UpstreamStream {
     pub fn usage_chunk(&self, usage: &Usage) -> Option<Bytes> {
         self.decoder.usage_chunk(usage)
     }
+
+    /// A chunk whose usage lacked counts, completed from `estimate`, and the usage to
+    /// bill (see [`providers::StreamDecoder::fill_usage`]).
+    pub fn fill_usage(&self, data: &Bytes, estimate: &Usage) -> Option<(Bytes, Usage)> {
+        self.decoder.fill_usage(data, estimate)
+    }
 }
 
 /// Why no deployment answered a request. The ingress maps it to its protocol's status

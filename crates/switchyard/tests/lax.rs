@@ -145,6 +145,55 @@ async fn lax_chat(State(seen): State<Seen>, body: String) -> Response {
             out.push_str("data: [DONE]\n\n");
             reply(200, "text/event-stream", out)
         }
+        // Content, then the body ends cleanly: no finish reason, no [DONE].
+        ("bare-cut", true) => {
+            let mut out = String::new();
+            event(&mut out, &chunk(json!({"role": "assistant", "content": TEXT[1]}), None));
+            event(&mut out, &chunk(json!({"content": TEXT[2]}), None));
+            reply(200, "text/event-stream", out)
+        }
+        // Tool calls without id or type (and, streamed, without index), in chunks
+        // without id, object, created, model, choices[].index or finish_reason.
+        ("anon", false) => reply(
+            200,
+            "application/json",
+            json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+                {"function": {"name": "get_weather", "arguments": TOOL_ARGS}},
+                {"function": {"name": "get_time", "arguments": "{}"}}]}}]})
+            .to_string(),
+        ),
+        ("anon", true) => {
+            let mut out = String::new();
+            event(&mut out, &json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]}));
+            event(
+                &mut out,
+                &json!({"choices": [{"delta": {"tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": TOOL_ARGS}},
+                    {"function": {"name": "get_time", "arguments": "{}"}}]}}]}),
+            );
+            event(&mut out, &json!({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}));
+            out.push_str("data: [DONE]\n\n");
+            reply(200, "text/event-stream", out)
+        }
+        // Usage with prompt_tokens only.
+        ("partial", false) => reply(
+            200,
+            "application/json",
+            json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": TEXT.concat()},
+                "finish_reason": "stop"}], "usage": {"prompt_tokens": 11}})
+            .to_string(),
+        ),
+        ("partial", true) => {
+            let mut out = String::new();
+            event(&mut out, &chunk(json!({"role": "assistant", "content": TEXT.concat()}), None));
+            event(&mut out, &chunk(json!({}), Some("stop")));
+            let mut usage = chunk(json!({}), None);
+            usage["choices"] = json!([]);
+            usage["usage"] = json!({"prompt_tokens": 11});
+            event(&mut out, &usage);
+            out.push_str("data: [DONE]\n\n");
+            reply(200, "text/event-stream", out)
+        }
         // Errors in the shapes such servers and their proxies use.
         ("detail", _) => reply(
             400,
@@ -184,6 +233,9 @@ fn lax_config(lax: &str) -> String {
     let mut out = format!("[providers.lax]\nkind = \"openai\"\nbase_url = \"{lax}\"\n\n");
     for name in [
         "bare",
+        "bare-cut",
+        "anon",
+        "partial",
         "counted",
         "tools",
         "detail",
@@ -585,4 +637,121 @@ async fn the_simulators_answers_pass_the_same_schema_checks() {
         schema_check::validate(&root, &broken).is_err(),
         "the check can fail"
     );
+}
+
+/// The stream_cut error event: the client's last event, no `[DONE]`.
+fn assert_cut(events: &[Value]) {
+    let last = events.last().expect("events");
+    assert_eq!(last["error"]["code"], "stream_cut", "{events:?}");
+    check_schema("ErrorResponse", last);
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_without_a_finish_reason_is_cut() {
+    let (mut h, _) = start().await;
+    let events = stream_events(h.chat(request("lax-bare-cut", true, true)).await).await;
+    assert_cut(&events);
+    let text: String = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, TEXT.concat(), "the content was relayed");
+    // Two choices asked for, one finished: cut too (the upstream sends no [DONE]).
+    let mut two = request("lax-bare", true, true);
+    two["n"] = json!(2);
+    let events = stream_events(h.chat(two).await).await;
+    assert_cut(&events);
+    let rows = ledger_rows(&mut h).await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.error.as_deref(), Some("stream_cut"));
+        assert_eq!(row.estimated, 1);
+        assert!(row.completion > 0);
+    }
+}
+
+#[tokio::test]
+async fn tool_calls_without_ids_and_chunks_without_identity_are_completed() {
+    let (mut h, _) = start().await;
+    let body: Value = h
+        .chat(request("lax-anon", false, false))
+        .await
+        .json()
+        .await
+        .expect("json");
+    check_schema("CreateChatCompletionResponse", &body);
+    let calls = body["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .expect("calls");
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c["type"] == "function"));
+    let ids: Vec<&str> = calls.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|i| i.starts_with("call_")) && ids[0] != ids[1]);
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+
+    let events = stream_events(h.chat(request("lax-anon", true, true)).await).await;
+    assert_eq!(events.last().expect("events"), "[DONE]");
+    let chunks: Vec<&Value> = events.iter().filter(|e| e.is_object()).collect();
+    assert_eq!(chunks.len(), 4, "3 chunks and the usage: {events:?}");
+    for c in &chunks {
+        check_schema("CreateChatCompletionStreamResponse", c);
+    }
+    let id = chunks[0]["id"].as_str().expect("id");
+    assert!(id.starts_with("chatcmpl-"));
+    for c in &chunks {
+        assert_eq!(c["id"], id, "one id across the stream");
+        assert_eq!(c["created"], chunks[0]["created"]);
+        assert_eq!(c["model"], "anon");
+        assert_eq!(c["object"], "chat.completion.chunk");
+    }
+    let calls = &chunks[1]["choices"][0]["delta"]["tool_calls"];
+    assert_eq!(
+        (calls[0]["index"].clone(), calls[1]["index"].clone()),
+        (json!(0), json!(1))
+    );
+    assert!(calls[0]["id"].is_string() && calls[0]["id"] != calls[1]["id"]);
+    assert_eq!(calls[1]["type"], "function");
+    assert_eq!(chunks[2]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[0]["choices"][0]["index"], 0);
+    let rows = ledger_rows(&mut h).await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.error.is_none() && r.estimated == 1));
+}
+
+#[tokio::test]
+async fn a_partial_usage_gets_its_missing_counts_estimated() {
+    let (mut h, _) = start().await;
+    let completion = text_tokens(chars(&TEXT.concat()));
+    let expected = json!({"prompt_tokens": 11, "completion_tokens": completion,
+        "total_tokens": 11 + completion});
+    let body: Value = h
+        .chat(request("lax-partial", false, false))
+        .await
+        .json()
+        .await
+        .expect("json");
+    check_schema("CreateChatCompletionResponse", &body);
+    assert_eq!(body["usage"], expected);
+    let events = stream_events(h.chat(request("lax-partial", true, true)).await).await;
+    assert_eq!(events.last().expect("events"), "[DONE]");
+    let usage: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.get("usage").is_some_and(Value::is_object))
+        .collect();
+    assert_eq!(usage.len(), 1, "{events:?}");
+    assert_eq!(usage[0]["usage"], expected);
+    for c in events.iter().filter(|e| e.is_object()) {
+        check_schema("CreateChatCompletionStreamResponse", c);
+    }
+    let rows = ledger_rows(&mut h).await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(
+            (row.prompt, row.completion, row.estimated),
+            (11, completion as i64, 1)
+        );
+        assert_eq!(row.cost, cost(11, completion));
+    }
 }

@@ -178,6 +178,7 @@ pub(super) async fn serve_chat(
     inline_images_if_needed(state, &model, &mut req).await?;
 
     let needs = Needs::of_chat(&req, admission.estimate);
+    let choices = req.n.unwrap_or(1);
     let job = Job {
         model: &model,
         endpoint: Endpoint::ChatCompletions,
@@ -235,6 +236,7 @@ pub(super) async fn serve_chat(
             upstream: stream,
             first,
             prompt_estimate: needs.prompt_tokens,
+            choices: u64::from(choices.max(1)),
         })),
     }
 }
@@ -274,21 +276,22 @@ fn resolve_model(state: &Generation, name: &str) -> Result<Arc<LogicalModel>, Ap
         .ok_or_else(|| ApiError::model_not_found(name))
 }
 
-/// A complete answer whose upstream reported no usage, with an estimate: the prompt
-/// from the request's estimate, the completion from the answer's output (text,
-/// reasoning, tool calls) with the ledger's estimator. An OpenAI `chat.completion`
+/// A complete answer whose upstream reported no usage (or one without
+/// `prompt_tokens` or `completion_tokens`), with an estimate of what is missing: the
+/// prompt from the request's estimate, the completion from the answer's output (text,
+/// reasoning, tool calls) with the ledger's estimator; counts the upstream sent stay. An OpenAI `chat.completion`
 /// gets it written into its `usage`, which strict clients expect; another body (a
 /// passed-through native answer) is left as it is.
 fn with_estimated_usage(body: bytes::Bytes, prompt_tokens: u64) -> (bytes::Bytes, Usage) {
     use crate::providers::lax;
     let completion = crate::limits::text_tokens(lax::answer_output_chars(&body));
-    let usage = estimate(prompt_tokens, completion);
+    let mut usage = estimate(prompt_tokens, completion);
     let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (body, usage);
     };
     match doc.as_object_mut() {
         Some(o) if o.get("choices").is_some_and(serde_json::Value::is_array) => {
-            o.insert("usage".into(), lax::usage_json(&usage));
+            usage = lax::merge_usage(o, &usage);
         }
         _ => return (body, usage),
     }

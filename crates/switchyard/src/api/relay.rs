@@ -12,8 +12,10 @@
 //! the client asked for: when the stream completes without one, the relay estimates
 //! it (the prompt estimate, and the output counted as it was relayed with the
 //! ledger's estimator) and the upstream's decoder writes it in the stream's shape;
-//! the ledger row is marked `usage_estimated`. A stream that closes without `[DONE]`
-//! after every choice sent its finish reason is complete, not cut.
+//! the ledger row is marked `usage_estimated`; a usage without `prompt_tokens` or
+//! `completion_tokens` gets the missing counts estimated the same way. A stream that
+//! closes without `[DONE]` after every choice the request asked for (its `n`) sent its
+//! finish reason is complete, not cut.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct Relay {
     /// The first item, read during dispatch.
     pub first: Translated,
     pub prompt_estimate: u64,
+    /// The choices the request asked for (its `n`, at least 1).
+    pub choices: u64,
 }
 
 /// How one ingress protocol renders a relayed stream. Each call returns the bytes to
@@ -110,6 +114,7 @@ impl Relay {
             attempt_started: self.attempt_started,
             encoder,
             prompt_estimate: self.prompt_estimate,
+            choices: self.choices,
             usage: None,
             choice_chunks: 0,
             tracker: Some(tracker),
@@ -129,6 +134,9 @@ struct RelayState<E: Encoder> {
     attempt_started: Instant,
     encoder: E,
     prompt_estimate: u64,
+    /// The choices the request asked for: a stream without `[DONE]` is complete when
+    /// that many finished.
+    choices: u64,
     usage: Option<Usage>,
     /// Chunks with choices sent so far; about one token each, the estimate of last resort.
     choice_chunks: u64,
@@ -153,6 +161,19 @@ impl<E: Encoder> RelayState<E> {
             crate::limits::text_tokens(p.output_chars)
         });
         estimate(self.prompt_estimate, completion)
+    }
+
+    /// A chunk whose upstream usage lacks counts gets the missing ones estimated
+    /// (what the upstream sent stays) and is billed as estimated.
+    fn with_usage_completed(&self, data: Bytes, usage: Option<Usage>) -> (Bytes, Option<Usage>) {
+        let partial = self.upstream.progress().is_some_and(|p| p.partial_usage);
+        if usage.is_none() || !partial {
+            return (data, usage);
+        }
+        match self.upstream.fill_usage(&data, &self.estimated_usage()) {
+            Some((data, usage)) => (data, Some(usage)),
+            None => (data, usage),
+        }
     }
 
     fn settle(&mut self) {
@@ -186,7 +207,12 @@ impl<E: Encoder> RelayState<E> {
             let item = match item {
                 Ok(Some(item)) => item,
                 // Some servers end a complete answer without `[DONE]`.
-                Ok(None) if self.upstream.progress().is_some_and(|p| p.finished) => {
+                Ok(None)
+                    if self
+                        .upstream
+                        .progress()
+                        .is_some_and(|p| p.complete(self.choices)) =>
+                {
                     return Some(self.complete().await)
                 }
                 Ok(None) => {
@@ -200,6 +226,7 @@ impl<E: Encoder> RelayState<E> {
                     has_choices,
                     usage,
                 } => {
+                    let (data, usage) = self.with_usage_completed(data, usage);
                     if usage.is_some() {
                         self.usage = usage;
                     }

@@ -20,6 +20,7 @@
 //! and are passed on untouched when nothing is missing).
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -267,8 +268,23 @@ struct Output<'a> {
 
 #[derive(Debug, Default, serde::Deserialize)]
 struct ToolCall<'a> {
+    /// Required in stream deltas (a call's position), absent in complete answers.
+    #[serde(default, borrow)]
+    index: Field<'a>,
+    #[serde(default, borrow)]
+    id: Field<'a>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Field<'a>,
     #[serde(default, borrow)]
     function: Obj<Function<'a>>,
+}
+
+impl ToolCall<'_> {
+    /// Whether this delta starts a call (it names the call or its function) rather
+    /// than continue one's arguments.
+    fn starts_call(&self) -> bool {
+        !self.id.missing() || self.function.get().is_some_and(|f| !f.name.missing())
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -347,6 +363,66 @@ pub fn new_id() -> String {
     format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
 }
 
+/// A new tool-call id, in OpenAI's form (96 random bits: unique within an answer).
+pub fn new_call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// Whether a `usage` lacks a count the gateway bills (`prompt_tokens` or
+/// `completion_tokens`): the missing ones are estimated.
+fn partial(u: &super::openai::WireUsage) -> bool {
+    u.prompt_tokens.is_none() || u.completion_tokens.is_none()
+}
+
+/// `usage.total_tokens`, when the usage has both counts but not their sum.
+fn fill_total(top: &mut Map<String, Value>) {
+    let Some(Value::Object(u)) = top.get_mut("usage") else {
+        return;
+    };
+    let count = |k: &str| u.get(k).and_then(Value::as_u64);
+    if let (Some(p), Some(c)) = (count("prompt_tokens"), count("completion_tokens")) {
+        fill(u, "total_tokens", || json!(p.saturating_add(c)));
+    }
+}
+
+/// Completes the `usage` of an answer or chunk (`top`) that lacks counts: the ones
+/// the upstream sent stay, the missing ones come from `estimate`, `total_tokens` is
+/// their sum when absent; a missing `usage` becomes `estimate`. Returns the usage to
+/// bill, marked estimated when a count was made up.
+pub fn merge_usage(top: &mut Map<String, Value>, estimate: &Usage) -> Usage {
+    let Some(Value::Object(u)) = top.get_mut("usage") else {
+        top.insert("usage".into(), usage_json(estimate));
+        return Usage {
+            estimated: true,
+            ..*estimate
+        };
+    };
+    let count = |k: &str| u.get(k).and_then(Value::as_u64);
+    let (sent_prompt, sent_completion) = (count("prompt_tokens"), count("completion_tokens"));
+    let prompt = sent_prompt.unwrap_or(estimate.prompt_tokens);
+    let completion = sent_completion.unwrap_or(estimate.completion_tokens);
+    fill(u, "prompt_tokens", || json!(prompt));
+    fill(u, "completion_tokens", || json!(completion));
+    fill(u, "total_tokens", || {
+        json!(prompt.saturating_add(completion))
+    });
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        estimated: sent_prompt.is_none() || sent_completion.is_none(),
+        ..Usage::default()
+    }
+}
+
+/// A stream chunk whose usage lacked counts, completed by [`merge_usage`]; `None`
+/// when it is not a JSON object.
+pub fn chunk_with_usage(data: &[u8], estimate: &Usage) -> Option<(Bytes, Usage)> {
+    let mut doc: Value = serde_json::from_slice(data).ok()?;
+    let usage = merge_usage(doc.as_object_mut()?, estimate);
+    let data = serde_json::to_vec(&doc).ok()?;
+    Some((Bytes::from(data), usage))
+}
+
 /// A complete `chat.completion` from an OpenAI-style upstream, with what the schema
 /// requires and the upstream left out filled in (`model` is the deployment's upstream
 /// model), and its usage. The body is forwarded unchanged when nothing is missing.
@@ -356,7 +432,15 @@ pub fn complete_answer(
 ) -> Result<(Bytes, Option<Usage>), ProviderError> {
     let answer: Answer = serde_json::from_slice(&body)
         .map_err(|e| ProviderError::Protocol(format!("response is not JSON: {e}")))?;
-    let usage = answer.usage.map(Usage::from);
+    // A usage without both counts is not billed as sent: the caller estimates what
+    // is missing (see `merge_usage`).
+    let lacks_total = answer
+        .usage
+        .as_ref()
+        .is_some_and(|u| !partial(u) && u.total_tokens.is_none());
+    let usage = answer.usage.filter(|u| !partial(u)).map(Usage::from);
+    let call_lacks =
+        |c: &Obj<ToolCall>| c.get().is_some_and(|c| c.id.missing() || c.kind.missing());
     let choice_lacks = |c: &AnswerChoice| {
         c.index.missing()
             || c.finish_reason.missing()
@@ -366,11 +450,13 @@ pub fn complete_answer(
                     m.role.missing()
                         || matches!(m.content, Field::Absent)
                         || matches!(m.refusal, Field::Absent)
+                        || m.tool_calls.items().any(call_lacks)
                 }
                 Obj::Absent | Obj::NotObject => true,
             }
     };
-    let lacks = answer.id.missing()
+    let lacks = lacks_total
+        || answer.id.missing()
         || answer.object.missing()
         || answer.created.missing()
         || answer.model.missing()
@@ -390,6 +476,7 @@ pub fn complete_answer(
     fill(top, "object", || json!("chat.completion"));
     fill(top, "created", || json!(super::canonical::now_secs()));
     fill(top, "model", || json!(upstream_model));
+    fill_total(top);
     let choices = top.get_mut("choices").and_then(Value::as_array_mut);
     for (i, choice) in choices.into_iter().flatten().enumerate() {
         let Some(choice) = choice.as_object_mut() else {
@@ -397,6 +484,14 @@ pub fn complete_answer(
         };
         fill(choice, "index", || json!(i));
         fill(choice, "message", || json!({}));
+        let calls = choice
+            .get_mut("message")
+            .and_then(|m| m.get_mut("tool_calls"))
+            .and_then(Value::as_array_mut);
+        for call in calls.into_iter().flatten().filter_map(Value::as_object_mut) {
+            fill(call, "id", || json!(new_call_id()));
+            fill(call, "type", || json!("function"));
+        }
         let has_calls = choice
             .get("message")
             .and_then(|m| m.get("tool_calls"))
@@ -468,9 +563,22 @@ pub struct ChunkReader {
     upstream_model: String,
     identity: Option<Identity>,
     progress: StreamProgress,
-    /// Choices (by index, below 64) that sent something, and those that finished.
-    started: u64,
-    finished: u64,
+    /// Every choice that sent something, by index, and whether it finished.
+    choices: BTreeMap<i64, bool>,
+    /// The tool calls (their indexes) each choice started.
+    calls: BTreeMap<i64, BTreeSet<i64>>,
+}
+
+/// What a tool-call delta lacks, to fill in: its `index`, and on the first delta of
+/// a call its `id` and `type`.
+#[derive(Debug)]
+struct CallFill {
+    /// Positions of the choice in `choices` and of the call in `delta.tool_calls`.
+    choice: usize,
+    call: usize,
+    index: Option<i64>,
+    id: Option<String>,
+    kind: bool,
 }
 
 impl ChunkReader {
@@ -480,8 +588,22 @@ impl ChunkReader {
             upstream_model: upstream_model.to_owned(),
             identity: None,
             progress: StreamProgress::default(),
-            started: 0,
-            finished: 0,
+            choices: BTreeMap::new(),
+            calls: BTreeMap::new(),
+        }
+    }
+
+    /// Notes that choice `index` sent something, and whether it finished.
+    fn track_choice(&mut self, index: i64, finishes: bool) {
+        let p = &mut self.progress;
+        let done = self.choices.entry(index).or_insert_with(|| {
+            p.open_choices = p.open_choices.saturating_add(1);
+            false
+        });
+        if finishes && !*done {
+            *done = true;
+            p.open_choices = p.open_choices.saturating_sub(1);
+            p.finished_choices = p.finished_choices.saturating_add(1);
         }
     }
 
@@ -533,6 +655,7 @@ impl ChunkReader {
         let mut lacks =
             c.id.missing() || c.object.missing() || c.created.missing() || c.model.missing();
         let mut has_choices = false;
+        let mut call_fills = Vec::new();
         for (position, choice) in c.choices.items().enumerate() {
             has_choices = true;
             let Some(choice) = choice.get() else { continue };
@@ -540,24 +663,54 @@ impl ChunkReader {
                 || matches!(choice.finish_reason, Field::Absent)
                 || !matches!(choice.delta, Obj::Is(_));
             let index = match choice.index {
-                Field::Int(i) => u32::try_from(i).ok(),
-                _ => u32::try_from(position).ok(),
+                Field::Int(i) => i,
+                _ => i64::try_from(position).unwrap_or(i64::MAX),
             };
-            let bit = index.and_then(|i| 1u64.checked_shl(i));
-            if let Some(delta) = choice.delta.get() {
-                self.progress.output_chars =
-                    self.progress.output_chars.saturating_add(delta.chars());
-            }
-            if let Some(bit) = bit {
-                self.started |= bit;
-                if !choice.finish_reason.missing() {
-                    self.finished |= bit;
+            self.track_choice(index, !choice.finish_reason.missing());
+            let Some(delta) = choice.delta.get() else {
+                continue;
+            };
+            self.progress.output_chars = self.progress.output_chars.saturating_add(delta.chars());
+            let calls = self.calls.entry(index).or_default();
+            for (call_position, call) in delta.tool_calls.items().enumerate() {
+                let Some(call) = call.get() else { continue };
+                let sent = match call.index {
+                    Field::Int(i) => Some(i),
+                    _ => None,
+                };
+                // Without an index, a delta that names a call starts the next one
+                // (servers that send whole calls send one per array position), and
+                // one that does not continues the last.
+                let call_index = sent.unwrap_or_else(|| match calls.last() {
+                    Some(&last) if call.starts_call() => last.saturating_add(1),
+                    Some(&last) => last,
+                    None => 0,
+                });
+                let first = calls.insert(call_index);
+                let fill = CallFill {
+                    choice: position,
+                    call: call_position,
+                    index: call.index.missing().then_some(call_index),
+                    id: (first && call.id.missing()).then(new_call_id),
+                    kind: first && call.kind.missing(),
+                };
+                if fill.index.is_some() || fill.id.is_some() || fill.kind {
+                    lacks = true;
+                    call_fills.push(fill);
                 }
             }
         }
-        self.progress.finished = self.finished != 0 && self.started & !self.finished == 0;
+        self.progress.partial_usage = c.usage.as_ref().is_some_and(partial);
+        lacks |= c
+            .usage
+            .as_ref()
+            .is_some_and(|u| !partial(u) && u.total_tokens.is_none());
         let usage = c.usage.map(Usage::from);
-        let data = if lacks { self.completed(&data)? } else { data };
+        let data = if lacks {
+            self.completed(&data, call_fills)?
+        } else {
+            data
+        };
         Ok(Translated::Chunk {
             has_choices,
             usage,
@@ -567,7 +720,7 @@ impl ChunkReader {
 
     /// `data` with what the schema requires of a chunk filled in from the stream's
     /// identity (only the missing fields: the upstream's own stay).
-    fn completed(&self, data: &[u8]) -> Result<Bytes, ProviderError> {
+    fn completed(&self, data: &[u8], call_fills: Vec<CallFill>) -> Result<Bytes, ProviderError> {
         let mut doc: Value = serde_json::from_slice(data)
             .map_err(|e| ProviderError::Protocol(format!("stream chunk is not JSON: {e}")))?;
         let Some(top) = doc.as_object_mut() else {
@@ -582,8 +735,29 @@ impl ChunkReader {
         fill(top, "object", || json!("chat.completion.chunk"));
         fill(top, "created", || json!(identity.created));
         fill(top, "model", || json!(identity.model));
+        fill_total(top);
         let choices = top.get_mut("choices").and_then(Value::as_array_mut);
-        for (i, choice) in choices.into_iter().flatten().enumerate() {
+        let mut choices: Vec<&mut Value> = choices.into_iter().flatten().collect();
+        for f in call_fills {
+            let call = choices
+                .get_mut(f.choice)
+                .and_then(|c| c.get_mut("delta"))
+                .and_then(|d| d.get_mut("tool_calls"))
+                .and_then(Value::as_array_mut)
+                .and_then(|calls| calls.get_mut(f.call))
+                .and_then(Value::as_object_mut);
+            let Some(call) = call else { continue };
+            if let Some(index) = f.index {
+                fill(call, "index", || json!(index));
+            }
+            if let Some(id) = f.id {
+                fill(call, "id", || json!(id));
+            }
+            if f.kind {
+                fill(call, "type", || json!("function"));
+            }
+        }
+        for (i, choice) in choices.into_iter().enumerate() {
             let Some(choice) = choice.as_object_mut() else {
                 continue;
             };
@@ -899,7 +1073,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(r.progress().output_chars, 5);
-        assert!(!r.progress().finished);
+        assert!(!r.progress().complete(1));
         let (c, has) = chunk(
             &mut r,
             r#"{"choices":[{"delta":{"reasoning_content":"ab","tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#,
@@ -919,7 +1093,7 @@ mod tests {
         );
         assert_eq!(c["choices"][0]["delta"], json!({}));
         assert_eq!(c["choices"][0]["stop_reason"], Value::Null);
-        assert!(r.progress().finished);
+        assert!(r.progress().complete(1));
         let u = r.usage_chunk(&Usage {
             prompt_tokens: 4,
             completion_tokens: 3,
@@ -943,21 +1117,234 @@ mod tests {
             &mut r,
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
         );
-        assert!(!r.progress().finished, "choice 1 is still open");
+        assert!(!r.progress().complete(2), "choice 1 is still open");
+        assert!(!r.progress().complete(1), "choice 1 is still open");
         chunk(
             &mut r,
             r#"{"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#,
         );
-        assert!(r.progress().finished);
-        let mut odd = ChunkReader::new("up");
+        assert!(r.progress().complete(2));
+        assert_eq!(
+            (r.progress().open_choices, r.progress().finished_choices),
+            (0, 2)
+        );
+        // Content after a finish reason, or a second finish reason, counts once.
         chunk(
-            &mut odd,
-            r#"{"choices":[{"index":99,"delta":{},"finish_reason":"stop"}]}"#,
+            &mut r,
+            r#"{"choices":[{"index":1,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
         );
+        assert_eq!(
+            (r.progress().open_choices, r.progress().finished_choices),
+            (0, 2)
+        );
+    }
+
+    #[test]
+    fn a_stream_asked_for_two_choices_is_not_complete_with_one() {
+        let mut r = ChunkReader::new("up");
+        chunk(
+            &mut r,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}}]}"#,
+        );
+        chunk(
+            &mut r,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        );
+        assert!(r.progress().complete(1));
+        assert!(!r.progress().complete(2), "choice 1 never came");
         assert!(
-            !odd.progress().finished,
-            "indexes beyond 63 are not tracked"
+            !ChunkReader::new("up").progress().complete(0),
+            "nothing came"
         );
+    }
+
+    #[test]
+    fn any_choice_index_is_tracked() {
+        for (a, b) in [(63, 64), (64, 99), (1_000_000, i64::MAX), (-1, 0)] {
+            let mut r = ChunkReader::new("up");
+            chunk(
+                &mut r,
+                &format!(
+                    r#"{{"choices":[{{"index":{a},"delta":{{"content":"x"}}}},{{"index":{b},"delta":{{"content":"y"}}}}]}}"#
+                ),
+            );
+            chunk(
+                &mut r,
+                &format!(r#"{{"choices":[{{"index":{b},"delta":{{}},"finish_reason":"stop"}}]}}"#),
+            );
+            assert!(!r.progress().complete(1), "{a} is open");
+            assert_eq!(r.progress().open_choices, 1, "{a}, {b}");
+            chunk(
+                &mut r,
+                &format!(r#"{{"choices":[{{"index":{a},"delta":{{}},"finish_reason":"stop"}}]}}"#),
+            );
+            assert!(r.progress().complete(2), "{a}, {b}");
+            assert!(!r.progress().complete(3));
+        }
+    }
+
+    #[test]
+    fn tool_calls_in_an_answer_get_an_id_and_a_type() {
+        let body = Bytes::from_static(
+            br#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":null,"tool_calls":[{"function":{"name":"f","arguments":"{}"}},{"id":"mine","function":{"name":"g","arguments":"{}"}},{"type":"function","function":{"name":"h","arguments":"{}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#,
+        );
+        let (out, _) = complete_answer(body, "up").expect("ok");
+        let a = v(&out);
+        let calls = a["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .expect("calls");
+        let ids: Vec<&str> = calls.iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(
+            ids[0].starts_with("call_") && ids[2].starts_with("call_"),
+            "{ids:?}"
+        );
+        assert_eq!(ids[1], "mine");
+        assert_ne!(ids[0], ids[2]);
+        assert!(calls.iter().all(|c| c["type"] == "function"));
+        assert_eq!(calls[0]["function"]["name"], "f");
+    }
+
+    #[test]
+    fn streamed_tool_calls_get_an_index_and_on_their_first_delta_an_id() {
+        let mut r = ChunkReader::new("up");
+        // Two whole calls in one chunk, without index, id or type.
+        let (c, _) = chunk(
+            &mut r,
+            r#"{"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"finish_reason":null,"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{}"}},{"function":{"name":"g","arguments":"{"}}]}}]}"#,
+        );
+        let calls = &c["choices"][0]["delta"]["tool_calls"];
+        assert_eq!(
+            (calls[0]["index"].clone(), calls[1]["index"].clone()),
+            (json!(0), json!(1))
+        );
+        assert_eq!(calls[0]["type"], "function");
+        let (id0, id1) = (calls[0]["id"].clone(), calls[1]["id"].clone());
+        assert!(id0.as_str().is_some_and(|i| i.starts_with("call_")));
+        assert!(id1.as_str().is_some() && id0 != id1);
+        // A continuation without index goes on the last call and gets no new id.
+        let (c, _) = chunk(
+            &mut r,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"}"}}]}}]}"#,
+        );
+        let call = &c["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(call["index"], 1);
+        assert!(
+            call.get("id").is_none() && call.get("type").is_none(),
+            "{call}"
+        );
+        // A third call, in a chunk of its own: the next index.
+        let (c, _) = chunk(
+            &mut r,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"theirs","function":{"name":"h","arguments":""}}]}}]}"#,
+        );
+        let call = &c["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (call["index"].clone(), call["id"].clone()),
+            (json!(2), json!("theirs"))
+        );
+        assert_eq!(call["type"], "function");
+        // An upstream that sends them all passes byte for byte, also on later deltas.
+        let mut r = ChunkReader::new("up");
+        for full in [
+            r#"{"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"finish_reason":null,"delta":{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"finish_reason":null,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#,
+        ] {
+            match r.read(Bytes::from_static(full.as_bytes())).expect("ok") {
+                Translated::Chunk { data, .. } => assert_eq!(data.as_ref(), full.as_bytes()),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_usage_is_not_billed_as_sent() {
+        let answer = |usage: &str| {
+            Bytes::from(format!(
+                r#"{{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{usage}}}"#
+            ))
+        };
+        for partial in [
+            r#"{"prompt_tokens":3}"#,
+            r#"{"completion_tokens":2,"total_tokens":9}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":null}"#,
+            r#"{}"#,
+        ] {
+            let body = answer(partial);
+            let (out, usage) = complete_answer(body.clone(), "up").expect("ok");
+            assert_eq!(usage, None, "{partial}: estimated by the caller");
+            assert_eq!(out, body);
+        }
+        // Both counts but no total: billed as sent, the total filled.
+        let (out, usage) =
+            complete_answer(answer(r#"{"prompt_tokens":3,"completion_tokens":2}"#), "up")
+                .expect("ok");
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated)),
+            Some((3, 2, false))
+        );
+        assert_eq!(
+            v(&out)["usage"],
+            json!({"prompt_tokens":3,"completion_tokens":2,"total_tokens":5})
+        );
+        let estimate = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            ..Usage::default()
+        };
+        let mut doc = json!({"usage": {"prompt_tokens": 3, "extra": 1}});
+        let billed = merge_usage(doc.as_object_mut().expect("object"), &estimate);
+        assert_eq!(
+            (
+                billed.prompt_tokens,
+                billed.completion_tokens,
+                billed.estimated
+            ),
+            (3, 20, true)
+        );
+        assert_eq!(
+            doc["usage"],
+            json!({"prompt_tokens":3,"completion_tokens":20,"total_tokens":23,"extra":1})
+        );
+        let mut doc = json!({"usage": {"completion_tokens": 4, "total_tokens": 99}});
+        let billed = merge_usage(doc.as_object_mut().expect("object"), &estimate);
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens), (10, 4));
+        assert_eq!(doc["usage"]["total_tokens"], 99, "what was sent stays");
+        let mut doc = json!({"usage": null});
+        let billed = merge_usage(doc.as_object_mut().expect("object"), &estimate);
+        assert_eq!((billed.prompt_tokens, billed.estimated), (10, true));
+        assert_eq!(doc["usage"]["total_tokens"], 30);
+    }
+
+    #[test]
+    fn a_chunk_with_a_partial_usage_is_flagged_and_completed() {
+        let mut r = ChunkReader::new("up");
+        let full = r#"{"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7}}"#;
+        match r.read(Bytes::from_static(full.as_bytes())).expect("ok") {
+            Translated::Chunk { data, usage, .. } => {
+                assert_eq!(data.as_ref(), full.as_bytes());
+                assert!(usage.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.progress().partial_usage);
+        let estimate = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 5,
+            ..Usage::default()
+        };
+        let (data, billed) = chunk_with_usage(full.as_bytes(), &estimate).expect("object");
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens), (7, 5));
+        assert_eq!(
+            v(&data)["usage"],
+            json!({"prompt_tokens":7,"completion_tokens":5,"total_tokens":12})
+        );
+        let (c, _) = chunk(
+            &mut r,
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":5}}"#,
+        );
+        assert!(!r.progress().partial_usage);
+        assert_eq!(c["usage"]["total_tokens"], 12);
     }
 
     #[test]

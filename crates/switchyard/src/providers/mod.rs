@@ -93,6 +93,12 @@ pub trait StreamDecoder: Send {
     fn usage_chunk(&self, _usage: &Usage) -> Option<Bytes> {
         None
     }
+    /// The chunk `data`, whose usage lacked counts ([`StreamProgress::partial_usage`]),
+    /// with the missing ones taken from `estimate` (what the upstream sent stays), and
+    /// the usage to bill; `None` when the protocol has no such chunk.
+    fn fill_usage(&self, _data: &Bytes, _estimate: &Usage) -> Option<(Bytes, Usage)> {
+        None
+    }
 }
 
 /// What an OpenAI-style stream relayed so far, read as its chunks pass.
@@ -101,9 +107,22 @@ pub struct StreamProgress {
     /// Characters of generated output (text, refusal, reasoning, tool-call names and
     /// arguments), the basis of the completion estimate when no usage comes.
     pub output_chars: u64,
-    /// Whether every choice that sent something has sent its finish reason: the
-    /// answer is complete, even if `[DONE]` never comes.
-    pub finished: bool,
+    /// Choices (distinct indexes) that sent something but not yet their finish reason.
+    pub open_choices: u64,
+    /// Choices (distinct indexes) that sent their finish reason.
+    pub finished_choices: u64,
+    /// Whether the last chunk read carried a `usage` without `prompt_tokens` or
+    /// `completion_tokens`: the relay estimates what is missing.
+    pub partial_usage: bool,
+}
+
+impl StreamProgress {
+    /// Whether the answer is complete for a request of `choices` choices (its `n`):
+    /// that many sent their finish reason and none is still open, so the stream is
+    /// complete even if `[DONE]` never comes.
+    pub fn complete(&self, choices: u64) -> bool {
+        self.open_choices == 0 && self.finished_choices >= choices.max(1)
+    }
 }
 
 /// One item of a stream, in OpenAI's terms.

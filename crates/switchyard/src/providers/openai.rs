@@ -110,10 +110,13 @@ pub fn status_error(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct WireUsage {
+    /// `None` when absent or null (some OpenAI-compatible servers send only part).
     #[serde(default)]
-    prompt_tokens: u64,
+    pub(super) prompt_tokens: Option<u64>,
     #[serde(default)]
-    completion_tokens: u64,
+    pub(super) completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub(super) total_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
@@ -135,8 +138,8 @@ struct PromptDetails {
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
             cached_tokens: u
                 .prompt_tokens_details
                 .and_then(|d| d.cached_tokens)
@@ -331,6 +334,10 @@ impl StreamDecoder for OpenAiStream {
 
     fn usage_chunk(&self, usage: &Usage) -> Option<Bytes> {
         Some(self.chunks.usage_chunk(usage))
+    }
+
+    fn fill_usage(&self, data: &Bytes, estimate: &Usage) -> Option<(Bytes, Usage)> {
+        lax::chunk_with_usage(data, estimate)
     }
 }
 
