@@ -266,18 +266,35 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
         except openai.PermissionDeniedError as e:
             return e.status_code == 403
 
-    wait_for("the edited policy in force", model_refused)
+    # The editor closes only once the PATCH has answered, and the admin API applies a
+    # change to the gateway that serves it before answering (the demo is one process):
+    # the very next request is judged by the new policy.
+    assert model_refused(), "the first request after the policy edit was not refused"
     assert mine.chat.completions.create(model="support-chat", messages=[{"role": "user", "content": "ok"}]).choices
     # The budget's burn shows on the Spend page.
     open_page(d, "spend")
     wait_for("the team's budget", lambda: d.find_elements(By.CSS_SELECTOR, '#budgets tr[data-budget="team:dash-team:month"]'))
     d.save_screenshot(str(shots / "dashboard-spend.png"))
     open_page(d, "keys")
+    # Record the admin API's answers as the page gets them: the list may show the key
+    # revoked from a poll that read the store while the revoke call was still applying
+    # the change, so the revoke call's own answer is what says the gateway refuses it.
+    d.execute_script("""
+        const inner = window.fetch;
+        window.__answered = [];
+        window.fetch = async (input, init) => {
+            const res = await inner(input, init);
+            window.__answered.push([(init && init.method) || "GET", String(input), res.status]);
+            return res;
+        };""")
     revoke = f'button[data-revoke="{key_id}"]'
     click(d, d.find_element(By.CSS_SELECTOR, revoke))
     wait_for("the revoke button armed", lambda: text(d, revoke) == "Confirm revoke")
     wait_for("the confirming click", lambda: click(d, d.find_element(By.CSS_SELECTOR, revoke)) or True)
     wait_for("the key revoked in the list", lambda: text(d, f'#keys tr[data-key="{key_id}"] td.status') == "revoked")
+    answered = wait_for("the revoke call's answer", lambda: [a for a in d.execute_script("return window.__answered;")
+                                                             if a[0] == "POST" and a[1].endswith(f"/{key_id}/revoke")])
+    assert answered[0][2] == 200, answered
 
     def refused() -> bool:
         try:
@@ -286,13 +303,23 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
         except openai.AuthenticationError as e:
             return e.status_code == 401
 
-    wait_for("the revoked key refused", refused)
+    # One process: the revocation is in force once its call has answered, so the very
+    # next request with the key is refused (with several replicas, the others would
+    # see it only at their next poll of the store).
+    assert refused(), "the first request after the revocation was not refused"
 
-    # --- A phone's width: the same pages, readable.
+    # --- A phone's width: every page fits the screen, without sideways scrolling.
     d.set_window_size(390, 844)
-    open_page(d, "overview")
-    wait_for("Overview at phone width", lambda: int(attr(d, "#ov-requests", "data-value")) > 0)
-    d.save_screenshot(str(shots / "dashboard-phone.png"))
+    width = d.execute_script("return window.innerWidth;")
+    assert width <= 390, f"the window is {width} px wide, not a phone's"
+    for page in ["overview", "spend", "health", "requests", "keys"]:
+        open_page(d, page)
+        if page == "overview":
+            wait_for("Overview at phone width", lambda: int(attr(d, "#ov-requests", "data-value")) > 0)
+            d.save_screenshot(str(shots / "dashboard-phone.png"))
+        overflow = d.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth];")
+        assert overflow[0] <= overflow[1], f"{page} at phone width: {overflow[0]} px of content in {overflow[1]} px"
     d.set_window_size(1280, 800)
 
     # --- Logout ends the session: the app is gone, the admin API refuses the cookie.

@@ -260,6 +260,24 @@ async fn refusals_and_pii_are_counted_by_class_and_type() {
         "{refused}"
     );
     assert!(refused.ends_with(" 1"), "{refused}");
+    // A request refused before its body was read has no model at all.
+    let res = h
+        .client
+        .post(format!("{}/v1/chat/completions", h.base))
+        .bearer_auth("sy-not-a-key-000000000000")
+        .json(&json!({"model": "gpt-4o-mini", "messages": user("hi")}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    let text = scrape(&h).await;
+    let no_key = samples_with(
+        &text,
+        "switchyard_requests_total",
+        &[r#"model="none",deployment="none",outcome="error""#],
+    );
+    assert_eq!(no_key.len(), 1, "{text}");
+    assert!(no_key[0].ends_with(" 1"), "{no_key:?}");
     // Never the client's words, never the address found.
     assert!(!text.contains("example.com"));
 }
@@ -601,4 +619,416 @@ async fn budgets_and_rate_limit_headroom_are_read_at_scrape_time() {
     .expect("spend");
     let expected = (p as f64 * 0.15 + c as f64 * 0.60) / 1e6;
     assert!((spent - expected).abs() < 1e-12, "{spent} vs {expected}");
+}
+
+/// Every sample of the family `name` whose labels include every one of `labels`.
+fn samples_with<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && labels.iter().all(|want| l.contains(want))
+        })
+        .collect()
+}
+
+/// Polls `/metrics` until `series` has the value `want` (bounded: 20 s); returns the
+/// last text scraped.
+async fn scrape_until(h: &Harness, series: &str, want: f64) -> String {
+    let mut text = String::new();
+    for _ in 0..800 {
+        text = scrape(h).await;
+        if sample(&text, series) == Some(want) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{series} never became {want}: {text}");
+}
+
+/// Time to first token is observed once per streamed request, never for a plain one,
+/// and is at least the simulator's time to first token.
+#[tokio::test]
+async fn time_to_first_token_counts_streams_only() {
+    let h = Harness::start_with(&admin_section("")).await;
+    h.sim.sim.set_latency(
+        "",
+        "*",
+        switchyard_sim::Latency {
+            ttft_ms: 50,
+            chunk_delay_ms: 0,
+            chunks: None,
+        },
+    );
+    let series = r#"gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini"}"#;
+    let before = scrape(&h).await;
+    assert_eq!(sample(&before, series), None, "nothing streamed yet");
+
+    for _ in 0..3 {
+        let res = h
+            .chat(json!({"model": "gpt-4o-mini", "messages": user("hi"), "stream": true}))
+            .await;
+        assert_eq!(res.status(), 200);
+        let body = res.text().await.expect("stream");
+        assert!(body.contains("[DONE]"), "{body}");
+    }
+    for _ in 0..2 {
+        usage_of(
+            h.chat(json!({"model": "gpt-4o-mini", "messages": user("hi")}))
+                .await,
+        )
+        .await;
+    }
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, series), Some(3.0), "{text}");
+    // Every first token came after the simulator's 50 ms.
+    let sum = sample(&text, &series.replace("_count{", "_sum{")).expect("sum");
+    assert!(sum >= 3.0 * 0.05, "{sum}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"gen_ai_server_time_to_first_token_seconds_bucket{le="0.04",gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    // All five requests have a duration; only the three streams a first token.
+    assert_eq!(
+        sample(
+            &text,
+            &series.replace(
+                "gen_ai_server_time_to_first_token",
+                "gen_ai_client_operation_duration"
+            )
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        samples_with(
+            &text,
+            "gen_ai_server_time_to_first_token_seconds_count",
+            &[]
+        )
+        .len(),
+        1,
+        "{text}"
+    );
+}
+
+/// Creates a team with a monthly budget of $5 and a key of that team through the admin
+/// API, sends two requests with it, and returns (the scrape, the key's id, the cost).
+async fn team_traffic(h: &Harness) -> (String, String, f64) {
+    let admin = |path: &str, body: Value| {
+        h.client
+            .post(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+    let res = admin(
+        "/admin/teams",
+        json!({"name": "support", "budgets": [{"period": "month", "limit_usd": 5}]}),
+    )
+    .await
+    .expect("create team");
+    assert_eq!(res.status(), 201);
+    let res = admin(
+        "/admin/keys",
+        json!({"name": "support-bot", "team": "support"}),
+    )
+    .await
+    .expect("create key");
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.expect("key");
+    let secret = key["key"].as_str().expect("secret").to_owned();
+    let id = key["id"].as_str().expect("id").to_owned();
+    let mut cost = 0.0;
+    for text in ["hi", "hello there"] {
+        let res = h
+            .client
+            .post(format!("{}/v1/chat/completions", h.base))
+            .bearer_auth(&secret)
+            .json(&json!({"model": "gpt-4o-mini", "messages": user(text)}))
+            .send()
+            .await
+            .expect("send");
+        let (p, c) = usage_of(res).await;
+        cost += (p as f64 * 0.15 + c as f64 * 0.60) / 1e6;
+    }
+    (scrape(h).await, id, cost)
+}
+
+#[tokio::test]
+async fn a_team_keys_traffic_is_labelled_with_its_team_and_its_budget_shown() {
+    let h = Harness::start_with(&admin_section("")).await;
+    let (text, id, cost) = team_traffic(&h).await;
+    let series = format!(
+        r#"switchyard_cost_usd_total{{model="gpt-4o-mini",deployment="oa-mini",key="{id}",team="support"}}"#
+    );
+    let got = sample(&text, &series).unwrap_or_else(|| panic!("{series} in {text}"));
+    assert!((got - cost).abs() < 1e-12, "{got} vs {cost}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                r#"switchyard_requests_total{{model="gpt-4o-mini",deployment="oa-mini",outcome="success",key="{id}",team="support"}}"#
+            )
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_budget_limit_usd{team="support",period="month"}"#
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    let spent = sample(
+        &text,
+        r#"switchyard_budget_spend_usd{team="support",period="month"}"#,
+    )
+    .expect("team spend");
+    assert!((spent - cost).abs() < 1e-12, "{spent} vs {cost}");
+}
+
+#[tokio::test]
+async fn team_labels_off_removes_the_team_label_and_the_team_budget_series() {
+    let h = Harness::start_with(&admin_section("team_labels = false")).await;
+    let (text, id, cost) = team_traffic(&h).await;
+    // The same traffic, counted without its team.
+    let got = sample(
+        &text,
+        &format!(
+            r#"switchyard_cost_usd_total{{model="gpt-4o-mini",deployment="oa-mini",key="{id}"}}"#
+        ),
+    )
+    .unwrap_or_else(|| panic!("cost without team in {text}"));
+    assert!((got - cost).abs() < 1e-12, "{got} vs {cost}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                r#"switchyard_requests_total{{model="gpt-4o-mini",deployment="oa-mini",outcome="success",key="{id}"}}"#
+            )
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(!text.contains("team=\""), "{text}");
+    assert!(!text.contains("support"), "{text}");
+}
+
+/// A breaker opened by failures, and a provider's 429 with `retry-after`, show in the
+/// gauges of the scrape that follows.
+#[tokio::test]
+async fn an_open_breaker_and_an_exhausted_deployment_show_in_the_gauges() {
+    let h = Harness::start_with(&format!(
+        "[breaker]\nconsecutive_failures = 2\nwindow = 1000\nopen_ms = 600000\n\n[admin]\ntoken = \"{ADMIN}\"\n"
+    ))
+    .await;
+    let open = r#"switchyard_breaker_state{deployment="primary-mini",state="open"}"#;
+    let closed = r#"switchyard_breaker_state{deployment="primary-mini",state="closed"}"#;
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, open), Some(0.0));
+    assert_eq!(sample(&text, closed), Some(1.0));
+
+    h.sim.sim.set_fault("primary", "*", Fault::error(500));
+    // The first fails upstream (502); once the breaker is open, calls fail fast (503).
+    for _ in 0..2 {
+        let res = h
+            .chat(json!({"model": "primary-only", "messages": user("hi")}))
+            .await;
+        assert!(
+            [502, 503].contains(&res.status().as_u16()),
+            "{}",
+            res.status()
+        );
+    }
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, open), Some(1.0), "{text}");
+    assert_eq!(sample(&text, closed), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_breaker_state{deployment="primary-mini",state="half_open"}"#
+        ),
+        Some(0.0)
+    );
+    // The other deployments' breakers stay closed.
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_breaker_state{deployment="oa-mini",state="closed"}"#
+        ),
+        Some(1.0)
+    );
+
+    let exhausted = r#"switchyard_deployment_exhausted{deployment="oa-mini",provider="oa"}"#;
+    let remaining =
+        r#"switchyard_deployment_exhausted_remaining_seconds{deployment="oa-mini",provider="oa"}"#;
+    assert_eq!(sample(&text, exhausted), Some(0.0));
+    assert_eq!(sample(&text, remaining), Some(0.0));
+    h.sim.sim.set_fault(
+        "",
+        "gpt-4o-mini",
+        Fault::error(429).retry_after(90).times(1),
+    );
+    let res = h
+        .chat(json!({"model": "gpt-4o-mini", "messages": user("hi")}))
+        .await;
+    assert_eq!(res.status(), 429);
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, exhausted), Some(1.0), "{text}");
+    let left = sample(&text, remaining).expect("remaining");
+    assert!(left > 0.0 && left <= 90.0, "{left}");
+    // Only that deployment.
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_deployment_exhausted{deployment="backup-mini",provider="oa-backup"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+/// A deployment's quota headroom goes down by one request per request served.
+#[tokio::test]
+async fn a_deployment_quota_headroom_is_read_at_scrape_time() {
+    let h = Harness::start_with(&format!(
+        "{}\n[deployments.quota-mini]\nprovider = \"oa\"\nmodel = \"gpt-4o-mini\"\nprice = {{ input = 0.15, output = 0.60 }}\nquota = {{ rpm = 10, tpm = 100000 }}\n\n[models.quota]\ndeployments = [\"quota-mini\"]\n",
+        admin_section("")
+    ))
+    .await;
+    let rpm = r#"switchyard_limit_remaining{deployment="quota-mini",limit="rpm"}"#;
+    let tpm = r#"switchyard_limit_remaining{deployment="quota-mini",limit="tpm"}"#;
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, rpm), Some(10.0), "{text}");
+    assert_eq!(sample(&text, tpm), Some(100_000.0), "{text}");
+    let mut tokens = 0;
+    for _ in 0..3 {
+        let (p, c) = usage_of(
+            h.chat(json!({"model": "quota", "messages": user("hi")}))
+                .await,
+        )
+        .await;
+        tokens += p + c;
+    }
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, rpm), Some(7.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_limit_capacity{deployment="quota-mini",limit="rpm"}"#
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(&text, tpm),
+        Some((100_000 - tokens) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_limit_capacity{deployment="quota-mini",limit="tpm"}"#
+        ),
+        Some(100_000.0)
+    );
+    // A deployment without a quota has no headroom series.
+    assert!(!text.contains(r#"deployment="oa-mini",limit="#), "{text}");
+}
+
+/// A request held upstream is in flight (for the gateway and for its deployment)
+/// until it ends.
+#[tokio::test]
+async fn a_request_held_upstream_is_in_flight_until_it_ends() {
+    let h = Harness::start_with(&format!(
+        "{}\n[deployments.slow-mini]\nprovider = \"oa\"\nmodel = \"gpt-4o-slow\"\nprice = {{ input = 0.15, output = 0.60 }}\ntimeouts = {{ first_byte_ms = 30000, total_ms = 30000 }}\n\n[models.slow]\ndeployments = [\"slow-mini\"]\n",
+        admin_section("")
+    ))
+    .await;
+    h.sim.sim.set_latency(
+        "",
+        "gpt-4o-slow",
+        switchyard_sim::Latency {
+            ttft_ms: 3000,
+            chunk_delay_ms: 0,
+            chunks: None,
+        },
+    );
+    let in_flight = "switchyard_requests_in_flight";
+    let calls = r#"switchyard_deployment_calls_in_flight{deployment="slow-mini",provider="oa"}"#;
+    assert_eq!(sample(&scrape(&h).await, in_flight), Some(0.0));
+    let req = h
+        .post("/v1/chat/completions")
+        .json(&json!({"model": "slow", "messages": user("hi")}))
+        .send();
+    let held = tokio::spawn(req);
+    let text = scrape_until(&h, in_flight, 1.0).await;
+    assert_eq!(sample(&text, calls), Some(1.0), "{text}");
+    let res = held.await.expect("join").expect("send");
+    usage_of(res).await;
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, in_flight), Some(0.0), "{text}");
+    assert_eq!(sample(&text, calls), Some(0.0), "{text}");
+}
+
+/// The ledger's queue depth: rows wait in it while the writer cannot write (the test
+/// holds the database's write lock), and it empties once the writer gets through.
+#[tokio::test]
+async fn ledger_queue_depth_shows_rows_waiting_for_a_blocked_writer() {
+    use sqlx::Connection;
+    let mut h = Harness::start_with(&admin_section("")).await;
+    let depth = "switchyard_ledger_queue_depth";
+    let text = scrape(&h).await;
+    assert_eq!(sample(&text, depth), Some(0.0), "{text}");
+
+    let url = format!("sqlite://{}", h.ledger.display());
+    let mut lock = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("open ledger");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .expect("write lock");
+    // The writer takes the first rows and then waits for the lock: later rows queue.
+    let mut sent = 0;
+    let mut queued = None;
+    for _ in 0..100 {
+        usage_of(
+            h.chat(json!({"model": "gpt-4o-mini", "messages": user("hi")}))
+                .await,
+        )
+        .await;
+        sent += 1;
+        let text = scrape(&h).await;
+        queued = sample(&text, depth).filter(|d| *d > 0.0);
+        if queued.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queued = queued.expect("rows queue behind the blocked writer");
+    assert!(
+        queued < sent as f64,
+        "the writer holds at least the first row"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("release");
+    drop(lock);
+    let text = scrape_until(&h, "switchyard_ledger_rows_written_total", sent as f64).await;
+    assert_eq!(sample(&text, depth), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_ledger_rows_dropped_total{reason="write_failed"}"#
+        ),
+        Some(0.0)
+    );
+    h.finish().await;
 }
