@@ -43,6 +43,45 @@ fn thinking_budget(effort: &str) -> Option<u32> {
     }
 }
 
+/// The generation in a Claude model name (`claude-sonnet-4-6` → (4, 6),
+/// `claude-3-7-sonnet-20250219` → (3, 7), `anthropic.claude-opus-4-20250514-v1:0` →
+/// (4, 0)): the first number after `claude-`, and the next when it is a minor version
+/// rather than a date.
+pub(crate) fn claude_generation(model: &str) -> Option<(u32, u32)> {
+    let lower = model.to_ascii_lowercase();
+    let (_, rest) = lower.split_once("claude-")?;
+    let mut numbers = rest.split(['-', '@', ':', '.']).filter_map(|part| {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = numbers.next()?;
+    let minor = numbers.next().filter(|n| *n < 100).unwrap_or(0);
+    Some((major, minor))
+}
+
+/// How a Claude model takes a thinking effort: adaptive thinking with an effort level
+/// from generation 4.6 on (the newest refuse a manual budget), a manual token budget
+/// before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaudeThinking {
+    Adaptive(&'static str),
+    Budget(u32),
+}
+
+/// OpenAI's `reasoning_effort` in a Claude model's terms; `None` for no thinking.
+pub(crate) fn claude_thinking(effort: &str, model: &str) -> Option<ClaudeThinking> {
+    let budget = thinking_budget(effort)?;
+    if claude_generation(model).is_some_and(|g| g >= (4, 6)) {
+        let level = match effort {
+            "low" => "low",
+            "medium" => "medium",
+            _ => "high",
+        };
+        return Some(ClaudeThinking::Adaptive(level));
+    }
+    Some(ClaudeThinking::Budget(budget))
+}
+
 /// Whether the assistant turn at `index` may carry its thinking blocks to this
 /// deployment: blocks are signed by the model that wrote them, so those another
 /// deployment issued are dropped; blocks of unknown origin (a client's own history)
@@ -137,13 +176,17 @@ pub fn request_body(
     // Thinking is refused with a forced tool, and a tool loop that continues with
     // thinking on needs the turn's own signed blocks: without them (a loop begun on
     // another deployment), this turn goes without thinking rather than fail.
-    let budget = req
+    let thinking = req
         .extra
         .get("reasoning_effort")
         .and_then(Value::as_str)
-        .and_then(thinking_budget)
+        .and_then(|effort| claude_thinking(effort, &deployment.upstream_model))
         .filter(|_| !forced_tool)
         .filter(|_| continued_turn(req).is_none_or(|turn| kept_thinking.contains(&turn)));
+    let budget = match thinking {
+        Some(ClaudeThinking::Budget(b)) => Some(b),
+        _ => None,
+    };
     let output = canonical::max_output(req).unwrap_or(DEFAULT_MAX_TOKENS);
     let mut body = Map::new();
     body.insert("model".into(), json!(deployment.upstream_model));
@@ -152,11 +195,19 @@ pub fn request_body(
         "max_tokens".into(),
         json!(output.saturating_add(budget.unwrap_or(0))),
     );
-    if let Some(budget) = budget {
-        body.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": budget}),
-        );
+    let mut output_config = Map::new();
+    match thinking {
+        Some(ClaudeThinking::Budget(b)) => {
+            body.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+        Some(ClaudeThinking::Adaptive(level)) => {
+            body.insert("thinking".into(), json!({"type": "adaptive"}));
+            output_config.insert("effort".into(), json!(level));
+        }
+        None => {}
     }
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
@@ -167,12 +218,12 @@ pub fn request_body(
     }
     // Thinking takes neither a temperature nor a narrowed top_p.
     if let Some(t) = req.extra.get("temperature").and_then(Value::as_f64) {
-        if budget.is_none() {
+        if thinking.is_none() {
             // OpenAI allows 0–2, Anthropic 0–1.
             body.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
         }
     }
-    if let Some(p) = req.extra.get("top_p").filter(|_| budget.is_none()) {
+    if let Some(p) = req.extra.get("top_p").filter(|_| thinking.is_none()) {
         body.insert("top_p".into(), p.clone());
     }
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
@@ -232,11 +283,14 @@ pub fn request_body(
             _ => None,
         };
         if let Some(schema) = schema {
-            body.insert(
-                "output_config".into(),
-                json!({"format": {"type": "json_schema", "schema": schema}}),
+            output_config.insert(
+                "format".into(),
+                json!({"type": "json_schema", "schema": schema}),
             );
         }
+    }
+    if !output_config.is_empty() {
+        body.insert("output_config".into(), Value::Object(output_config));
     }
     if stream {
         body.insert("stream".into(), json!(true));
@@ -1034,6 +1088,40 @@ mod tests {
         let body = request_body(&forced, &d, false).expect("renders");
         assert!(body.get("thinking").is_none());
         assert_eq!(body["tool_choice"]["type"], "any");
+    }
+
+    #[test]
+    fn claude_generations_and_their_thinking() {
+        assert_eq!(claude_generation("claude-sonnet-4-6"), Some((4, 6)));
+        assert_eq!(
+            claude_generation("claude-3-7-sonnet-20250219"),
+            Some((3, 7))
+        );
+        assert_eq!(
+            claude_generation("anthropic.claude-opus-4-20250514-v1:0"),
+            Some((4, 0))
+        );
+        assert_eq!(claude_generation("claude-haiku-4-5@20251001"), Some((4, 5)));
+        assert_eq!(claude_generation("gpt-4o"), None);
+        assert_eq!(
+            claude_thinking("low", "claude-opus-4-7"),
+            Some(ClaudeThinking::Adaptive("low"))
+        );
+        assert_eq!(
+            claude_thinking("high", "claude-sonnet-4-5"),
+            Some(ClaudeThinking::Budget(16_384))
+        );
+        assert_eq!(claude_thinking("minimal", "claude-opus-4-7"), None);
+        // Adaptive thinking and a JSON schema share `output_config`.
+        let req: ChatRequest = serde_json::from_value(json!({"model": "m",
+            "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium",
+            "response_format": {"type": "json_object"}}))
+        .expect("request");
+        let body = request_body(&req, &deployment("claude-opus-4-7"), false).expect("renders");
+        assert_eq!(body["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(body["output_config"]["effort"], "medium");
+        assert_eq!(body["output_config"]["format"]["type"], "json_schema");
+        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
     }
 
     #[test]
