@@ -37,6 +37,13 @@ use crate::generate::{derive_seed, prose_tokens, sha256, Digest32, Rng};
 /// loop begun by another model): Gemini 3 skips validation for it.
 pub(crate) const GEMINI_SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
+/// True for the skip value, sent as is or base64-encoded (an SDK that holds the
+/// signature as bytes encodes `b"skip_thought_signature_validator"`).
+pub(crate) fn is_gemini_skip(signature: &str) -> bool {
+    signature == GEMINI_SKIP_SIGNATURE
+        || decode(signature).is_some_and(|raw| raw == GEMINI_SKIP_SIGNATURE.as_bytes())
+}
+
 /// Prompt marker: a Claude answer with thinking also carries a `redacted_thinking` block
 /// (Bedrock: `reasoningContent.redactedContent`).
 pub(crate) const MARKER_REDACTED: &str = "[[redacted_thinking]]";

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use crate::conversation::{
     cached_tokens, digest_without, Choice, Conversation, OutFormat, Tally, ToolSpec, MARKER_BLOCKED,
 };
-use crate::reasoning::{self, Family, Kind, GEMINI_SKIP_SIGNATURE};
+use crate::reasoning::{self, Family, Kind};
 
 /// A validated generateContent request.
 #[derive(Debug)]
@@ -96,7 +96,8 @@ fn thinking_config(config: Option<&Value>, model: &str) -> Result<(bool, bool), 
 /// Gemini 3's rule for the current tool loop (the model turns after the last user turn
 /// with text): the first `functionCall` part of each such turn must carry a
 /// `thoughtSignature`, and every signature on a `functionCall` part there must be one this
-/// simulator issued (`kind`, this model, this function name) or the documented skip value.
+/// simulator issued (`kind`, this model, this function name) or the documented skip value
+/// (as is or base64-encoded).
 /// Earlier turns are not checked.
 pub(super) fn check_signatures(body: &Value, model: &str, kind: Kind) -> Result<(), String> {
     if reasoning::family(model) != Family::Gemini3 {
@@ -136,7 +137,7 @@ pub(super) fn check_signatures(body: &Value, model: &str, kind: Kind) -> Result<
                     return Err(missing_signature(kind, name, i + 1));
                 }
                 None | Some("") => {}
-                Some(GEMINI_SKIP_SIGNATURE) => {}
+                Some(sig) if reasoning::is_gemini_skip(sig) => {}
                 Some(sig) => {
                     if !reasoning::verify(sig, kind, model, name) {
                         return Err("Invalid thought signature.".to_string());
