@@ -430,3 +430,98 @@ def test_mistral_route_with_openai_sdk(sim: Sim):
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------------------
+# Reasoning models: signed thinking state that must come back in a tool loop
+
+CLAUDE_THINKING = {"type": "enabled", "budget_tokens": 2048}
+
+
+def test_anthropic_thinking_tool_loop_needs_its_signed_block(sim: Sim):
+    client = claude(sim)
+    question = {"role": "user", "content": "What is the weather in Paris? Use get_weather."}
+    kw = {"model": CLAUDE, "max_tokens": 4096, "tools": [CLAUDE_TOOL], "thinking": CLAUDE_THINKING}
+    msg = client.messages.create(messages=[question], **kw)
+    assert msg.stop_reason == "tool_use"
+    assert msg.content[0].type == "thinking" and msg.content[0].signature and msg.content[0].thinking
+    [call] = [b for b in msg.content if b.type == "tool_use"]
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18 C"}]}
+
+    # Streamed, the SDK assembles the same signed block from thinking and signature deltas.
+    with client.messages.stream(messages=[question], **kw) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking"
+    assert final.content[0].signature == msg.content[0].signature
+    assert final.content[0].thinking == msg.content[0].thinking
+
+    # Second turn with the blocks sent back as received: the loop ends.
+    answer = client.messages.create(
+        messages=[question, {"role": "assistant", "content": final.content}, result], **kw
+    )
+    assert answer.stop_reason == "end_turn"
+    assert [b.type for b in answer.content] == ["thinking", "text"]
+
+    # Without the thinking block: the documented 400.
+    stripped = [b for b in msg.content if b.type != "thinking"]
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.messages.create(messages=[question, {"role": "assistant", "content": stripped}, result], **kw)
+    assert "Expected `thinking` or `redacted_thinking`, but found `text`" in str(raised.value)
+
+    # Forced tool choice is refused with thinking.
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.messages.create(messages=[question], tool_choice={"type": "any"}, **kw)
+    assert "Thinking may not be enabled when tool_choice forces tool use." in str(raised.value)
+
+
+def test_gemini3_tool_loop_needs_its_thought_signature(sim: Sim):
+    client = gemini(sim)
+    model = "gemini-3-pro-preview"
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[WEATHER_DECLARATION])],
+        thinking_config=types.ThinkingConfig(thinking_level="LOW", include_thoughts=True),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+    )
+    question = types.Content(role="user", parts=[types.Part(text="Weather in Lima? Use get_weather.")])
+    first = client.models.generate_content(model=model, contents=[question], config=config)
+    content = first.candidates[0].content
+    assert content.parts[0].thought is True
+    [call_part] = [p for p in content.parts if p.function_call]
+    assert call_part.thought_signature  # bytes, decoded by the SDK
+    assert first.usage_metadata.thoughts_token_count > 0
+    response = types.Content(
+        role="user", parts=[types.Part.from_function_response(name="get_weather", response={"output": "warm"})]
+    )
+
+    # Streamed too, the call part carries its signature.
+    streamed = [
+        p
+        for chunk in client.models.generate_content_stream(model=model, contents=[question], config=config)
+        for p in (chunk.candidates[0].content.parts or [])
+        if p.function_call
+    ]
+    assert streamed and streamed[0].thought_signature == call_part.thought_signature
+
+    # Second turn with the model's content as received: it answers.
+    answer = client.models.generate_content(model=model, contents=[question, content, response], config=config)
+    assert answer.text and not answer.function_calls
+
+    # Signature stripped: Google's 400.
+    bare = types.Content(
+        role="model", parts=[p.model_copy(update={"thought_signature": None}) for p in content.parts]
+    )
+    with pytest.raises(genai_errors.ClientError) as raised:
+        client.models.generate_content(model=model, contents=[question, bare, response], config=config)
+    assert raised.value.code == 400
+    assert "Function call is missing a thought_signature in functionCall parts" in str(raised.value)
+
+    # The documented skip value is accepted in its place.
+    skipped = types.Content(
+        role="model",
+        parts=[
+            p.model_copy(update={"thought_signature": b"skip_thought_signature_validator"}) if p.function_call else p
+            for p in content.parts
+        ],
+    )
+    ok = client.models.generate_content(model=model, contents=[question, skipped, response], config=config)
+    assert ok.text

@@ -130,7 +130,8 @@ pub(crate) fn strip_markers(text: &str) -> String {
     let mut text = text
         .replace(MARKER_ECHO, "")
         .replace(MARKER_CACHED, "")
-        .replace(MARKER_BLOCKED, "");
+        .replace(MARKER_BLOCKED, "")
+        .replace(crate::reasoning::MARKER_REDACTED, "");
     while let Some(start) = text.find(MARKER_LEN) {
         match text[start..].find("]]") {
             Some(end) => text.replace_range(start..start + end + 2, ""),

@@ -37,6 +37,7 @@ mod generate;
 mod mistral;
 mod openai;
 mod plumbing;
+mod reasoning;
 mod routes;
 pub mod schema_check;
 mod state;

@@ -119,6 +119,16 @@ model = "gemini-2.5-flash"
 region = "us-central1"
 price = {{ input = 0.30, output = 2.50, cached_input = 0.075 }}
 
+[deployments.gemini-3-pro]
+provider = "sim-gemini"
+model = "gemini-3-pro-preview"
+price = {{ input = 2.00, output = 12.00, cached_input = 0.20 }}
+
+[deployments.anthropic-claude-opus]
+provider = "sim-anthropic"
+model = "claude-opus-4-7"
+price = {{ input = 5.00, output = 25.00, cached_input = 0.50 }}
+
 [deployments.mistral-small]
 provider = "sim-mistral"
 model = "mistral-small-latest"
@@ -147,6 +157,15 @@ deployments = ["gemini-flash"]
 
 [models.vertex-gemini-flash]
 deployments = ["vertex-gemini-flash"]
+
+[models.gemini-3-pro]
+deployments = ["gemini-3-pro"]
+
+[models.anthropic-claude-opus]
+deployments = ["anthropic-claude-opus"]
+
+[models.reasoning-failover]
+deployments = ["anthropic-claude-opus", "gemini-3-pro"]
 
 [models.mistral-small]
 deployments = ["mistral-small"]

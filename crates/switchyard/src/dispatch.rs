@@ -167,6 +167,9 @@ pub struct Job<'a> {
     pub needs: Needs,
     /// The caller's data policy (regions, tags), combined with the model's.
     pub caller: &'a Constraints,
+    /// The issuer of the reasoning state the request carries back (a tool loop's
+    /// signatures): routing tries that deployment first.
+    pub affinity: Option<&'a str>,
 }
 
 /// Upstream clients, deployment health and capacity: the state dispatch shares
@@ -249,7 +252,10 @@ impl Dispatcher {
         tracker: &mut RequestTracker,
         mut make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, DispatchError> {
-        let plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
+        let mut plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
+        if let Some(issuer) = job.affinity {
+            routing::prefer_issuer(&mut plan, issuer);
+        }
         if plan.candidates.is_empty() {
             return Err(DispatchError::NoEligibleDeployment {
                 model: job.model.name.clone(),
@@ -1252,6 +1258,7 @@ price = {{ input = 1.0, output = 5.0 }}
                     crate::limits::estimate_chat(&req, crate::config::DEFAULT_MAX_OUTPUT_TOKENS),
                 ),
                 caller: &caller,
+                affinity: None,
             };
             let mut tracker =
                 RequestTracker::new(LedgerSink::disabled(), "test".into(), "chat.completions");
@@ -1304,6 +1311,7 @@ price = {{ input = 1.0, output = 5.0 }}
                 stream: false,
                 needs: Needs::default(),
                 caller: &caller,
+                affinity: None,
             };
             let gate = self
                 .dispatcher
@@ -1527,6 +1535,7 @@ deployments = ["primary", "backup"]
             stream: false,
             needs: Needs::default(),
             caller: &caller,
+            affinity: None,
         };
         let d = rig.deployment("limited");
         let mut gate = rig

@@ -15,6 +15,7 @@ use crate::plumbing::{
     fault_and_latency, header_text, is_mid_stream_error, plain_body, plain_wait, response, rfc3339,
     stall_of, stream_events, timed_body, unique_hex, unix_now,
 };
+use crate::reasoning::{self, Kind};
 use crate::routes::NativeRequest;
 use crate::{Fault, FaultKind, Shared};
 
@@ -288,6 +289,12 @@ pub(crate) async fn handle(req: NativeRequest, count_tokens: bool) -> Response {
 
 /// A content block of the answer.
 enum Block {
+    /// Thinking text and the signature issued for it.
+    Thinking {
+        tokens: Vec<String>,
+        signature: String,
+    },
+    RedactedThinking(String),
     Text(Vec<String>),
     ToolUse {
         id: String,
@@ -312,6 +319,27 @@ impl Plan {
     fn new(req: &request::MessagesRequest) -> Plan {
         let answer: Answer = conversation::answer(&req.conv, 0);
         let mut blocks = Vec::new();
+        let mut thinking_tokens = 0u64;
+        if req.thinking.on() {
+            let tokens = reasoning::thought_tokens(&req.conv.digest);
+            let signature = reasoning::sign(
+                Kind::Anthropic,
+                &req.model,
+                derive_seed(&req.conv.digest, "signature", 0),
+                &tokens.concat(),
+            );
+            thinking_tokens += tokens.len() as u64;
+            blocks.push(Block::Thinking { tokens, signature });
+            if req.redacted {
+                blocks.push(Block::RedactedThinking(reasoning::sign(
+                    Kind::Anthropic,
+                    &req.model,
+                    derive_seed(&req.conv.digest, "redacted", 0),
+                    reasoning::REDACTED_CONTENT,
+                )));
+                thinking_tokens += reasoning::REDACTED_TOKENS;
+            }
+        }
         if !answer.text.is_empty() {
             blocks.push(Block::Text(answer.text.clone()));
         }
@@ -339,7 +367,7 @@ impl Plan {
             stop_sequence,
             input_tokens: req.prompt_tokens - req.cached_tokens,
             cache_read: req.cached_tokens,
-            output_tokens: answer.output_tokens().max(1),
+            output_tokens: answer.output_tokens().max(1) + thinking_tokens,
         }
     }
 
@@ -348,6 +376,10 @@ impl Plan {
             .blocks
             .iter()
             .map(|b| match b {
+                Block::Thinking { tokens, signature } => {
+                    json!({"type": "thinking", "thinking": tokens.concat(), "signature": signature})
+                }
+                Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
                 Block::Text(tokens) => json!({"type": "text", "text": tokens.concat()}),
                 Block::ToolUse { id, name, input } => {
                     json!({"type": "tool_use", "id": id, "name": name, "input": input})
@@ -399,6 +431,10 @@ impl Plan {
         }
         for (index, block) in self.blocks.iter().enumerate() {
             let start = match block {
+                Block::Thinking { .. } => {
+                    json!({"type": "thinking", "thinking": "", "signature": ""})
+                }
+                Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
                 Block::Text(_) => json!({"type": "text", "text": ""}),
                 Block::ToolUse { id, name, .. } => {
                     json!({"type": "tool_use", "id": id, "name": name, "input": {}})
@@ -412,6 +448,14 @@ impl Plan {
                 frames.push(ping());
             }
             let deltas: Vec<Value> = match block {
+                Block::Thinking { tokens, signature } => group_tokens(tokens, chunks)
+                    .into_iter()
+                    .map(|piece| json!({"type": "thinking_delta", "thinking": piece}))
+                    .chain(std::iter::once(
+                        json!({"type": "signature_delta", "signature": signature}),
+                    ))
+                    .collect(),
+                Block::RedactedThinking(_) => Vec::new(),
                 Block::Text(tokens) => group_tokens(tokens, chunks)
                     .into_iter()
                     .map(|piece| json!({"type": "text_delta", "text": piece}))

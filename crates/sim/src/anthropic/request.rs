@@ -8,6 +8,7 @@ use crate::conversation::{
     cached_tokens, digest_without, valid_tool_name, Choice, Conversation, OutFormat, Tally,
     ToolSpec,
 };
+use crate::reasoning::{self, Kind, Thinking, MARKER_REDACTED};
 
 /// A validated Messages request.
 #[derive(Debug)]
@@ -18,6 +19,10 @@ pub(super) struct MessagesRequest {
     /// The whole prompt, cached part included.
     pub(super) prompt_tokens: u64,
     pub(super) cached_tokens: u64,
+    /// The requested thinking (checked against the model's rules).
+    pub(super) thinking: Thinking,
+    /// `[[redacted_thinking]]`: a thinking answer also carries a `redacted_thinking` block.
+    pub(super) redacted: bool,
 }
 
 const MEDIA_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
@@ -140,6 +145,15 @@ pub(super) fn parse(body: &Value, count_only: bool) -> Result<MessagesRequest, A
     let walk = walk_messages(messages, &mut tally, &mut all_text)?;
 
     let (tools, choice, parallel) = parse_tools(body, &mut tally)?;
+    let forced = matches!(choice, Choice::Any | Choice::Named(_));
+    let thinking = reasoning::claude_thinking(
+        present(body, "thinking"),
+        &model,
+        limit.map(|l| l as u64),
+        forced,
+    )
+    .map_err(bad)?;
+    check_thinking_history(messages, &model, thinking)?;
     let format = match present(body, "output_config")
         .and_then(|c| present(c, "format"))
         .or_else(|| present(body, "output_format"))
@@ -160,6 +174,7 @@ pub(super) fn parse(body: &Value, count_only: bool) -> Result<MessagesRequest, A
 
     let prompt_tokens = tally.finish();
     let cached = cached_tokens(&all_text, prompt_tokens);
+    let redacted = all_text.contains(MARKER_REDACTED);
     let digest = digest_without(
         body,
         &[&["stream"], &["max_tokens"], &["stop_sequences"]],
@@ -183,7 +198,87 @@ pub(super) fn parse(body: &Value, count_only: bool) -> Result<MessagesRequest, A
         },
         prompt_tokens,
         cached_tokens: cached,
+        thinking,
+        redacted,
     })
+}
+
+/// Thinking blocks in the history must carry a signature (a `redacted_thinking` block:
+/// `data`) this simulator issued for this model, whether or not thinking is on now. With
+/// thinking on, a conversation that ends with tool results needs the assistant turn that
+/// made the calls to start with its thinking block.
+fn check_thinking_history(
+    messages: &[Value],
+    model: &str,
+    thinking: Thinking,
+) -> Result<(), AnthropicError> {
+    for (i, m) in messages.iter().enumerate() {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        let Some(Value::Array(blocks)) = m.get("content") else {
+            continue;
+        };
+        for (j, block) in blocks.iter().enumerate() {
+            let here = format!("messages.{i}.content.{j}");
+            match block.get("type").and_then(Value::as_str) {
+                Some("thinking") => {
+                    let Some(text) = block.get("thinking").and_then(Value::as_str) else {
+                        return Err(bad(format!("{here}.thinking.thinking: Field required")));
+                    };
+                    let Some(signature) = block.get("signature").and_then(Value::as_str) else {
+                        return Err(bad(format!("{here}.thinking.signature: Field required")));
+                    };
+                    if !reasoning::verify(signature, Kind::Anthropic, model, text) {
+                        return Err(bad(format!(
+                            "{here}: Invalid `signature` in `thinking` block"
+                        )));
+                    }
+                }
+                Some("redacted_thinking") => {
+                    let Some(data) = block.get("data").and_then(Value::as_str) else {
+                        return Err(bad(format!(
+                            "{here}.redacted_thinking.data: Field required"
+                        )));
+                    };
+                    if !reasoning::verify(data, Kind::Anthropic, model, reasoning::REDACTED_CONTENT)
+                    {
+                        return Err(bad(format!(
+                            "{here}: Invalid `data` in `redacted_thinking` block"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if !thinking.on() || messages.len() < 2 {
+        return Ok(());
+    }
+    let n = messages.len();
+    let ends_with_results = messages.get(n - 1).is_some_and(|m| {
+        m.get("role").and_then(Value::as_str) == Some("user")
+            && matches!(m.get("content"), Some(Value::Array(blocks))
+                if blocks.iter().any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result")))
+    });
+    let Some(assistant) = messages.get(n - 2).filter(|_| ends_with_results) else {
+        return Ok(());
+    };
+    let first = match assistant.get("content") {
+        Some(Value::Array(blocks)) => blocks
+            .first()
+            .and_then(|b| b.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("text"),
+        _ => "text",
+    };
+    if first == "thinking" || first == "redacted_thinking" {
+        return Ok(());
+    }
+    Err(bad(reasoning::missing_thinking_message(
+        &format!("messages.{}.content.0.type", n - 2),
+        first,
+    )))
 }
 
 struct Walk {

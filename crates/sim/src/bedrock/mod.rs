@@ -13,10 +13,12 @@ use serde_json::{json, Value};
 
 use crate::conversation::{self, fragments, group_tokens, Finish};
 use crate::generate::alnum;
+use crate::generate::derive_seed;
 use crate::plumbing::{
     fault_and_latency, is_mid_stream_error, plain_body, plain_wait, response, stall_of,
     stream_events, timed_body, unique_hex, unix_now,
 };
+use crate::reasoning::{self, Kind};
 use crate::routes::NativeRequest;
 use crate::{Fault, FaultKind, Shared};
 
@@ -325,7 +327,7 @@ pub(crate) async fn handle(req: NativeRequest, model: String, stream: bool) -> R
     {
         return ctx.error(fault_error(f));
     }
-    let plan = Plan::new(&parsed, &latency);
+    let plan = Plan::new(&parsed, &model, &latency);
     let frames = plan.frames(latency.chunks);
     if stream {
         let malformed = eventstream::event_raw(
@@ -361,6 +363,13 @@ pub(crate) async fn handle(req: NativeRequest, model: String, stream: bool) -> R
 }
 
 enum Block {
+    /// `reasoningContent.reasoningText`: the text and its signature.
+    Reasoning {
+        tokens: Vec<String>,
+        signature: String,
+    },
+    /// `reasoningContent.redactedContent` (base64).
+    Redacted(String),
     Text(Vec<String>),
     ToolUse {
         id: String,
@@ -379,9 +388,30 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(req: &request::ConverseRequest, latency: &crate::Latency) -> Plan {
+    fn new(req: &request::ConverseRequest, model: &str, latency: &crate::Latency) -> Plan {
         let answer = conversation::answer(&req.conv, 0);
         let mut blocks = Vec::new();
+        let mut thinking_tokens = 0u64;
+        if req.thinking.on() {
+            let tokens = reasoning::thought_tokens(&req.conv.digest);
+            let signature = reasoning::sign(
+                Kind::Bedrock,
+                model,
+                derive_seed(&req.conv.digest, "signature", 0),
+                &tokens.concat(),
+            );
+            thinking_tokens += tokens.len() as u64;
+            blocks.push(Block::Reasoning { tokens, signature });
+            if req.redacted {
+                blocks.push(Block::Redacted(reasoning::sign(
+                    Kind::Bedrock,
+                    model,
+                    derive_seed(&req.conv.digest, "redacted", 0),
+                    reasoning::REDACTED_CONTENT,
+                )));
+                thinking_tokens += reasoning::REDACTED_TOKENS;
+            }
+        }
         if !answer.text.is_empty() {
             blocks.push(Block::Text(answer.text.clone()));
         }
@@ -402,7 +432,7 @@ impl Plan {
             Finish::Stop(s) => json!({"stop_sequence": s}),
             _ => json!({"stop_sequence": null}),
         });
-        let output = answer.output_tokens().max(1);
+        let output = answer.output_tokens().max(1) + thinking_tokens;
         let mut usage = json!({
             "inputTokens": req.prompt_tokens - req.cached_tokens,
             "outputTokens": output,
@@ -427,6 +457,9 @@ impl Plan {
             .blocks
             .iter()
             .map(|b| match b {
+                Block::Reasoning { tokens, signature } => json!({"reasoningContent": {
+                    "reasoningText": {"text": tokens.concat(), "signature": signature}}}),
+                Block::Redacted(data) => json!({"reasoningContent": {"redactedContent": data}}),
                 Block::Text(tokens) => json!({"text": tokens.concat()}),
                 Block::ToolUse { id, name, input } => {
                     json!({"toolUse": {"toolUseId": id, "name": name, "input": input}})
@@ -453,6 +486,24 @@ impl Plan {
         )];
         for (index, block) in self.blocks.iter().enumerate() {
             match block {
+                Block::Reasoning { tokens, signature } => {
+                    for piece in group_tokens(tokens, chunks) {
+                        frames.push(eventstream::event(
+                            "contentBlockDelta",
+                            &json!({"contentBlockIndex": index, "delta": {"reasoningContent": {"text": piece}}}),
+                        ));
+                    }
+                    frames.push(eventstream::event(
+                        "contentBlockDelta",
+                        &json!({"contentBlockIndex": index, "delta": {"reasoningContent": {"signature": signature}}}),
+                    ));
+                }
+                Block::Redacted(data) => {
+                    frames.push(eventstream::event(
+                        "contentBlockDelta",
+                        &json!({"contentBlockIndex": index, "delta": {"reasoningContent": {"redactedContent": data}}}),
+                    ));
+                }
                 Block::Text(tokens) => {
                     for piece in group_tokens(tokens, chunks) {
                         frames.push(eventstream::event(

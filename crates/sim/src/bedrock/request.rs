@@ -7,6 +7,7 @@ use crate::conversation::{
     cached_tokens, digest_without, valid_tool_name, Choice, Conversation, OutFormat, Tally,
     ToolSpec,
 };
+use crate::reasoning::{self, Family, Kind, Thinking, MARKER_REDACTED};
 
 /// A validated Converse request.
 #[derive(Debug)]
@@ -16,6 +17,10 @@ pub(super) struct ConverseRequest {
     pub(super) cached_tokens: u64,
     /// `additionalModelResponseFieldPaths` asked for `/stop_sequence`.
     pub(super) wants_stop_sequence: bool,
+    /// Claude's thinking, from `additionalModelRequestFields.thinking`.
+    pub(super) thinking: Thinking,
+    /// `[[redacted_thinking]]`: a thinking answer also carries `redactedContent`.
+    pub(super) redacted: bool,
 }
 
 const CONTENT_KEYS: &[&str] = &[
@@ -196,8 +201,20 @@ pub(super) fn parse(body: &Value, model: &str) -> Result<ConverseRequest, Invali
         _ => false,
     };
 
+    let forced = matches!(choice, Choice::Any | Choice::Named(_));
+    let thinking = if reasoning::family(model) == Family::Claude {
+        let requested = present(body, "additionalModelRequestFields")
+            .and_then(|fields| present(fields, "thinking"));
+        reasoning::claude_thinking(requested, model, limit.map(|l| l as u64), forced)
+            .map_err(model_error)?
+    } else {
+        Thinking::Off
+    };
+    check_reasoning_history(messages, model, thinking)?;
+
     let prompt_tokens = tally.finish();
     let cached = cached_tokens(&all_text, prompt_tokens);
+    let redacted = all_text.contains(MARKER_REDACTED);
     Ok(ConverseRequest {
         conv: Conversation {
             digest: digest_without(
@@ -222,7 +239,92 @@ pub(super) fn parse(body: &Value, model: &str) -> Result<ConverseRequest, Invali
         prompt_tokens,
         cached_tokens: cached,
         wants_stop_sequence,
+        thinking,
+        redacted,
     })
+}
+
+/// Bedrock passes a Claude model's own refusals on in this wrapper.
+fn model_error(message: String) -> Invalid {
+    bad(format!(
+        "The model returned the following errors: {message}"
+    ))
+}
+
+/// `reasoningContent` blocks of assistant turns must carry what this simulator issued
+/// (Bedrock, this model): `reasoningText.signature` over the text, or `redactedContent`.
+/// With thinking on, a conversation ending in tool results needs the assistant turn that
+/// made the calls to start with its `reasoningContent`.
+fn check_reasoning_history(
+    messages: &[Value],
+    model: &str,
+    thinking: Thinking,
+) -> Result<(), Invalid> {
+    for (i, m) in messages.iter().enumerate() {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        let Some(Value::Array(blocks)) = m.get("content") else {
+            continue;
+        };
+        for (j, block) in blocks.iter().enumerate() {
+            let Some(reasoning_block) = present(block, "reasoningContent") else {
+                continue;
+            };
+            let here = format!("messages.{i}.content.{j}");
+            if let Some(text_block) = present(reasoning_block, "reasoningText") {
+                let text = text_block.get("text").and_then(Value::as_str).unwrap_or("");
+                let signature = text_block.get("signature").and_then(Value::as_str);
+                let ok =
+                    signature.is_some_and(|s| reasoning::verify(s, Kind::Bedrock, model, text));
+                if !ok {
+                    return Err(model_error(format!(
+                        "{here}: Invalid `signature` in `thinking` block"
+                    )));
+                }
+            } else if let Some(data) = present(reasoning_block, "redactedContent") {
+                let ok = data.as_str().is_some_and(|d| {
+                    reasoning::verify(d, Kind::Bedrock, model, reasoning::REDACTED_CONTENT)
+                });
+                if !ok {
+                    return Err(model_error(format!(
+                        "{here}: Invalid `data` in `redacted_thinking` block"
+                    )));
+                }
+            } else {
+                return Err(bad(format!(
+                    "The ReasoningContentBlock at {here} must set exactly one of reasoningText or \
+                     redactedContent."
+                )));
+            }
+        }
+    }
+    if !thinking.on() || messages.len() < 2 {
+        return Ok(());
+    }
+    let n = messages.len();
+    let ends_with_results = messages.get(n - 1).is_some_and(|m| {
+        m.get("role").and_then(Value::as_str) == Some("user")
+            && matches!(m.get("content"), Some(Value::Array(blocks))
+                if blocks.iter().any(|b| present(b, "toolResult").is_some()))
+    });
+    let Some(assistant) = messages.get(n - 2).filter(|_| ends_with_results) else {
+        return Ok(());
+    };
+    let first = match assistant.get("content") {
+        Some(Value::Array(blocks)) => blocks.first().and_then(block_kind).unwrap_or("text"),
+        _ => "text",
+    };
+    let found = match first {
+        "reasoningContent" => return Ok(()),
+        "toolUse" => "tool_use",
+        "text" => "text",
+        other => other,
+    };
+    Err(model_error(reasoning::missing_thinking_message(
+        &format!("messages.{}.content.0.type", n - 2),
+        found,
+    )))
 }
 
 /// The member a union block sets, when it sets exactly one known member.

@@ -16,6 +16,7 @@ use crate::plumbing::{
     fault_and_latency, header_text, is_mid_stream_error, percent_decode, plain_body, plain_wait,
     query_param, response, rfc3339, stall_of, stream_events, timed_body, unix_now,
 };
+use crate::reasoning::{self, Family, Kind};
 use crate::routes::{GeminiMethod, NativeRequest};
 use crate::{Fault, FaultKind, Shared};
 
@@ -234,6 +235,10 @@ pub(crate) async fn handle(
             &[],
         );
     }
+    let kind = if vertex { Kind::Vertex } else { Kind::Gemini };
+    if let Err(message) = request::check_signatures(&body, &model, kind) {
+        return GoogleError::invalid(message).response();
+    }
     let stream = method == GeminiMethod::Stream;
     let sse = query_param(req.parts.uri.query(), "alt") == Some("sse");
     let (fault, latency) = fault_and_latency(&req.shared, &req.instance, &model);
@@ -310,6 +315,13 @@ struct Plan {
     create_time: String,
     prompt_tokens: u64,
     cached_tokens: u64,
+    /// The thought summary (shown only with `includeThoughts`).
+    thought: Vec<String>,
+    include_thoughts: bool,
+    /// Thought tokens of the whole answer (0 when the model does not think).
+    thoughts_tokens: u64,
+    /// The first function call of each candidate carries a signature (Gemini 3).
+    signatures: Vec<Option<String>>,
 }
 
 fn finish_reason(finish: &Finish) -> &'static str {
@@ -328,7 +340,33 @@ impl Plan {
                 .map(|i| conversation::answer(&req.conv, i))
                 .collect()
         };
+        let thought = if req.thinking {
+            reasoning::thought_tokens(&req.conv.digest)
+        } else {
+            Vec::new()
+        };
+        let thoughts_tokens = thought.len() as u64 * answers.len() as u64;
+        let kind = if vertex { Kind::Vertex } else { Kind::Gemini };
+        let signatures = answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let first = a.calls.first()?;
+                (reasoning::family(model) == Family::Gemini3).then(|| {
+                    reasoning::sign(
+                        kind,
+                        model,
+                        derive_seed(&req.conv.digest, "thought_signature", i as u64),
+                        &first.name,
+                    )
+                })
+            })
+            .collect();
         Plan {
+            thought,
+            include_thoughts: req.include_thoughts,
+            thoughts_tokens,
+            signatures,
             answers,
             blocked: req.blocked,
             enum_text: req.enum_text,
@@ -356,9 +394,12 @@ impl Plan {
         let mut usage = json!({
             "promptTokenCount": self.prompt_tokens,
             "candidatesTokenCount": candidates_tokens,
-            "totalTokenCount": self.prompt_tokens + candidates_tokens,
+            "totalTokenCount": self.prompt_tokens + candidates_tokens + self.thoughts_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": self.prompt_tokens}],
         });
+        if self.thoughts_tokens > 0 {
+            usage["thoughtsTokenCount"] = json!(self.thoughts_tokens);
+        }
         if self.cached_tokens > 0 {
             usage["cachedContentTokenCount"] = json!(self.cached_tokens);
         }
@@ -393,16 +434,39 @@ impl Plan {
         body
     }
 
-    fn parts(&self, answer: &Answer) -> Vec<Value> {
-        let mut parts = Vec::new();
+    fn parts(&self, index: usize, answer: &Answer) -> Vec<Value> {
+        let mut parts = self.thought_parts();
         let text = self.text_tokens(answer).concat();
         if !text.is_empty() || answer.calls.is_empty() {
             parts.push(json!({"text": text}));
         }
-        for call in &answer.calls {
-            parts.push(json!({"functionCall": {"name": call.name, "args": call.input}}));
-        }
+        parts.extend(self.call_parts(index, answer));
         parts
+    }
+
+    /// The thought summary part, when the model thinks and the request asked for it.
+    fn thought_parts(&self) -> Vec<Value> {
+        if self.include_thoughts && !self.thought.is_empty() {
+            vec![json!({"text": self.thought.concat(), "thought": true})]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The function-call parts, the first with its `thoughtSignature` (Gemini 3).
+    fn call_parts(&self, index: usize, answer: &Answer) -> Vec<Value> {
+        answer
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(k, call)| {
+                let mut part = json!({"functionCall": {"name": call.name, "args": call.input}});
+                if let Some(Some(sig)) = self.signatures.get(index).filter(|_| k == 0) {
+                    part["thoughtSignature"] = json!(sig);
+                }
+                part
+            })
+            .collect()
     }
 
     fn output_tokens(&self) -> u64 {
@@ -420,7 +484,7 @@ impl Plan {
             .enumerate()
             .map(|(i, a)| {
                 json!({
-                    "content": {"parts": self.parts(a), "role": "model"},
+                    "content": {"parts": self.parts(i, a), "role": "model"},
                     "finishReason": finish_reason(&a.finish),
                     "index": i,
                 })
@@ -439,8 +503,13 @@ impl Plan {
         let per_candidate: Vec<Vec<(Vec<Value>, u64)>> = self
             .answers
             .iter()
-            .map(|a| {
+            .enumerate()
+            .map(|(i, a)| {
                 let mut seq: Vec<(Vec<Value>, u64)> = Vec::new();
+                let thought = self.thought_parts();
+                if !thought.is_empty() {
+                    seq.push((thought, 0));
+                }
                 let tokens = self.text_tokens(a);
                 if a.calls.is_empty() || !tokens.is_empty() {
                     let pieces = group_tokens(&tokens, chunks);
@@ -458,11 +527,7 @@ impl Plan {
                     }
                 }
                 if !a.calls.is_empty() {
-                    let parts = a
-                        .calls
-                        .iter()
-                        .map(|c| json!({"functionCall": {"name": c.name, "args": c.input}}))
-                        .collect();
+                    let parts = self.call_parts(i, a);
                     seq.push((parts, a.output_tokens() - a.text.len() as u64));
                 }
                 seq

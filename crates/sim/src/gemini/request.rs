@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use crate::conversation::{
     cached_tokens, digest_without, Choice, Conversation, OutFormat, Tally, ToolSpec, MARKER_BLOCKED,
 };
+use crate::reasoning::{self, Family, Kind};
 
 /// A validated generateContent request.
 #[derive(Debug)]
@@ -18,6 +19,153 @@ pub(super) struct GenerateRequest {
     pub(super) blocked: bool,
     /// `responseMimeType: text/x.enum`: the answer is one enum value, unquoted.
     pub(super) enum_text: bool,
+    /// The model thinks (Gemini 3 always; 2.5 with a non-zero `thinkingBudget`).
+    pub(super) thinking: bool,
+    /// `thinkingConfig.includeThoughts`: a thought summary part comes first.
+    pub(super) include_thoughts: bool,
+}
+
+/// Reads `generationConfig.thinkingConfig` under the model's rules: `thinkingLevel`
+/// (MINIMAL, LOW, MEDIUM, HIGH) only for Gemini 3; `thinkingBudget` (-1 dynamic, 0 off,
+/// 1 to 32768) for 2.5 (and accepted by Gemini 3, which cannot turn thinking off);
+/// both at once is refused. Returns (thinking, includeThoughts).
+fn thinking_config(config: Option<&Value>, model: &str) -> Result<(bool, bool), String> {
+    let family = reasoning::family(model);
+    let Some(tc) = config.and_then(|c| present(c, "thinkingConfig")) else {
+        return Ok((family == Family::Gemini3, false));
+    };
+    let field = "generation_config.thinking_config";
+    let include = match present(tc, "includeThoughts") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                &format!("{field}.include_thoughts"),
+                "Expected a boolean.",
+            ))
+        }
+    };
+    let level = present(tc, "thinkingLevel");
+    let budget = present(tc, "thinkingBudget");
+    if level.is_some() && budget.is_some() {
+        return Err(bad(
+            field,
+            "thinking_budget and thinking_level cannot both be set; use thinking_level for \
+             Gemini 3 models and thinking_budget for earlier ones.",
+        ));
+    }
+    if let Some(level) = level {
+        if family != Family::Gemini3 {
+            return Err(bad(
+                &format!("{field}.thinking_level"),
+                "Thinking level is not supported for this model.",
+            ));
+        }
+        let name = level.as_str().unwrap_or("").to_ascii_uppercase();
+        if !matches!(
+            name.as_str(),
+            "MINIMAL" | "LOW" | "MEDIUM" | "HIGH" | "THINKING_LEVEL_UNSPECIFIED"
+        ) {
+            return Err(bad(
+                &format!("{field}.thinking_level"),
+                &format!("Invalid value {level}; expected MINIMAL, LOW, MEDIUM or HIGH."),
+            ));
+        }
+        return Ok((true, include));
+    }
+    let Some(budget) = budget else {
+        return Ok((family == Family::Gemini3, include));
+    };
+    let Some(n) = budget.as_i64().filter(|n| (-1..=32768).contains(n)) else {
+        return Err(bad(
+            &format!("{field}.thinking_budget"),
+            "thinking_budget must be -1 (dynamic), 0 (off) or between 1 and 32768.",
+        ));
+    };
+    match family {
+        Family::Gemini3 => Ok((true, include)),
+        Family::Gemini25 => Ok((n != 0, include)),
+        _ if n == 0 => Ok((false, include)),
+        _ => Err(bad(
+            &format!("{field}.thinking_budget"),
+            "Thinking is not supported for this model.",
+        )),
+    }
+}
+
+/// Gemini 3's rule for the current tool loop (the model turns after the last user turn
+/// with text): the first `functionCall` part of each such turn must carry a
+/// `thoughtSignature`, and every signature on a `functionCall` part there must be one this
+/// simulator issued (`kind`, this model, this function name) or the documented skip value
+/// (as is or base64-encoded).
+/// Earlier turns are not checked.
+pub(super) fn check_signatures(body: &Value, model: &str, kind: Kind) -> Result<(), String> {
+    if reasoning::family(model) != Family::Gemini3 {
+        return Ok(());
+    }
+    let Some(Value::Array(contents)) = present(body, "contents") else {
+        return Ok(());
+    };
+    let role_of = |c: &Value| {
+        c.get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user")
+            .to_string()
+    };
+    let parts_of = |c: &Value| match c.get("parts") {
+        Some(Value::Array(p)) => p.clone(),
+        _ => Vec::new(),
+    };
+    let loop_start = contents
+        .iter()
+        .rposition(|c| {
+            role_of(c) != "model" && parts_of(c).iter().any(|p| present(p, "text").is_some())
+        })
+        .map_or(0, |i| i + 1);
+    for (i, content) in contents.iter().enumerate().skip(loop_start) {
+        if role_of(content) != "model" {
+            continue;
+        }
+        let mut first = true;
+        for part in parts_of(content) {
+            let Some(call) = present(&part, "functionCall") else {
+                continue;
+            };
+            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+            match part.get("thoughtSignature").and_then(Value::as_str) {
+                None | Some("") if first => {
+                    return Err(missing_signature(kind, name, i + 1));
+                }
+                None | Some("") => {}
+                Some(sig) if reasoning::is_gemini_skip(sig) => {}
+                Some(sig) => {
+                    if !reasoning::verify(sig, kind, model, name) {
+                        return Err("Invalid thought signature.".to_string());
+                    }
+                }
+            }
+            first = false;
+        }
+    }
+    Ok(())
+}
+
+/// Google's message for a missing signature (the Gemini API's and Vertex AI's wording);
+/// `position` is the 1-based index of the content.
+fn missing_signature(kind: Kind, name: &str, position: usize) -> String {
+    if kind == Kind::Vertex {
+        format!(
+            "Unable to submit request because function call `{name}` in the {position}. content \
+             block is missing a `thought_signature`."
+        )
+    } else {
+        format!(
+            "Function call is missing a thought_signature in functionCall parts. This is \
+             required for tools to work correctly, and missing thought_signature may lead to \
+             degraded model performance. Additional data, function call `default_api:{name}` , \
+             position {position}."
+        )
+    }
 }
 
 const DATA_FIELDS: &[&str] = &[
@@ -419,6 +567,8 @@ pub(super) fn parse(body: &Value, model: &str) -> Result<GenerateRequest, String
         }
     };
 
+    let (thinking, include_thoughts) = thinking_config(config, model)?;
+
     let prompt_tokens = tally.finish();
     let cached = cached_tokens(&all_text, prompt_tokens);
     let blocked = all_text.contains(MARKER_BLOCKED);
@@ -449,6 +599,8 @@ pub(super) fn parse(body: &Value, model: &str) -> Result<GenerateRequest, String
         cached_tokens: cached,
         blocked,
         enum_text,
+        thinking,
+        include_thoughts,
     })
 }
 

@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 
 use super::chat_request::{parse_chat, ChatRequest, Format, Tool, ToolChoice};
 use super::{
-    fault_error, plain_response, timed_body, unix_now, Ctx, Dialect, Event, Payload, ABORT_GRACE,
+    fault_error, invalid_value, plain_response, timed_body, unix_now, ApiError, Ctx, Dialect,
+    Event, Payload, ABORT_GRACE,
 };
 use crate::conversation::{fragments, group_tokens, pick_tools, Choice};
 use crate::generate::{
     self, alnum, derive_seed, fixed_tokens, message_text, prose_tokens, text_tokens, word_tokens,
     Rng,
 };
+use crate::reasoning::{self, Family, EFFORTS};
 use crate::{Fault, FaultKind, Latency};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -211,8 +213,35 @@ fn answer(req: &ChatRequest, index: usize) -> Output {
 
 struct Usage {
     prompt: u64,
+    /// Output tokens, reasoning tokens included.
     completion: u64,
     cached: u64,
+    reasoning: u64,
+}
+
+/// Reasoning tokens per choice: reasoning families (o1, o3, o4, gpt-5…) always reason
+/// (`reasoning_effort` minimal 8, low 64, medium (the default) 192, high 512 tokens);
+/// other models refuse `reasoning_effort` as OpenAI does.
+fn reasoning_tokens(model: &str, body: &Value) -> Result<u64, ApiError> {
+    let reasons = reasoning::family(model) == Family::OpenAiReasoning;
+    match body.get("reasoning_effort").filter(|v| !v.is_null()) {
+        None if reasons => Ok(reasoning::openai_reasoning_tokens("medium")),
+        None => Ok(0),
+        Some(_) if !reasons => Err(ApiError::invalid(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            Some("reasoning_effort"),
+            Some("unsupported_parameter"),
+        )),
+        Some(Value::String(e)) if EFFORTS.contains(&e.as_str()) => {
+            Ok(reasoning::openai_reasoning_tokens(e))
+        }
+        Some(v) => Err(invalid_value(
+            "reasoning_effort",
+            format!(
+                "Invalid value: {v}. Supported values are: 'minimal', 'low', 'medium', and 'high'."
+            ),
+        )),
+    }
 }
 
 impl Usage {
@@ -223,7 +252,7 @@ impl Usage {
             "total_tokens": self.prompt + self.completion,
             "prompt_tokens_details": {"cached_tokens": self.cached, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": self.reasoning,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -241,7 +270,7 @@ struct ChatPlan {
     usage: Usage,
 }
 
-fn plan_chat(req: &ChatRequest) -> ChatPlan {
+fn plan_chat(req: &ChatRequest, reasoning_per_choice: u64) -> ChatPlan {
     let outputs: Vec<Output> = (0..req.n).map(|i| answer(req, i)).collect();
     let prompt = generate::prompt_tokens(&req.messages, &req.tool_values);
     let cached = if all_text(&req.messages).contains(MARKER_CACHED) {
@@ -255,8 +284,10 @@ fn plan_chat(req: &ChatRequest) -> ChatPlan {
         model: req.model.clone(),
         usage: Usage {
             prompt,
-            completion: outputs.iter().map(Output::completion_tokens).sum(),
+            completion: outputs.iter().map(Output::completion_tokens).sum::<u64>()
+                + reasoning_per_choice * outputs.len() as u64,
             cached,
+            reasoning: reasoning_per_choice * outputs.len() as u64,
         },
         outputs,
     }
@@ -549,7 +580,11 @@ pub(super) async fn chat(ctx: &Ctx, deployment: Option<String>, body: &Value) ->
     if let Some(f) = fault.as_ref().filter(|f| f.kind == FaultKind::Error) {
         return ctx.error(fault_error(ctx.dialect, f, &req.model));
     }
-    let plan = plan_chat(&req);
+    let reasoning = match reasoning_tokens(&req.model, body) {
+        Ok(r) => r,
+        Err(e) => return ctx.error(e),
+    };
+    let plan = plan_chat(&req, reasoning);
     let payloads = stream_payloads(ctx.dialect, &plan, req.include_usage, latency.chunks);
     if req.stream {
         let events = stream_events(&payloads, &latency, fault.as_ref());
@@ -663,8 +698,8 @@ mod tests {
     #[test]
     fn answers_are_deterministic_and_choices_differ() {
         let body = json!({"model":"m","messages":[{"role":"user","content":"hello"}],"n":3});
-        let a = plan_chat(&req(body.clone()));
-        let b = plan_chat(&req(body));
+        let a = plan_chat(&req(body.clone()), 0);
+        let b = plan_chat(&req(body), 0);
         assert_eq!(a.outputs, b.outputs);
         assert_eq!(a.id, b.id);
         assert_ne!(a.outputs[0], a.outputs[1]);
@@ -680,7 +715,7 @@ mod tests {
         let r = req(json!({"model":"m","messages":[
             {"role":"system","content":"be brief [[len:5]]"},
             {"role":"user","content":"[[cached]] hi"}]}));
-        let p = plan_chat(&r);
+        let p = plan_chat(&r, 0);
         assert_eq!(p.usage.completion, 5);
         assert_eq!(p.usage.cached, p.usage.prompt / 2);
         assert!(p.usage.cached > 0);

@@ -419,3 +419,199 @@ async fn stream_faults_mid_stream_error_and_cut() {
     let got = messages(&env, "/v1/messages", &streaming).await;
     assert!(got.text.contains("\"text\":\"broken\n\n"));
 }
+
+fn thinking_body(text: &str) -> Value {
+    json!({
+        "model": MODEL,
+        "max_tokens": 4096,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "tools": [weather_tool()],
+        "messages": [{"role": "user", "content": text}],
+    })
+}
+
+/// The second request of a tool loop: the first answer's content (maybe edited) as the
+/// assistant turn, then a tool result for each of its tool uses.
+fn continuation(first_request: &Value, assistant_content: Value) -> Value {
+    let results: Vec<Value> = assistant_content
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "tool_use")
+        .map(|b| json!({"type": "tool_result", "tool_use_id": b["id"], "content": "sunny"}))
+        .collect();
+    let mut next = first_request.clone();
+    let messages = next["messages"].as_array_mut().expect("messages");
+    messages.push(json!({"role": "assistant", "content": assistant_content}));
+    messages.push(json!({"role": "user", "content": results}));
+    next
+}
+
+#[tokio::test]
+async fn thinking_blocks_signed_and_required_back_in_a_tool_loop() {
+    let env = start().await;
+    let first = thinking_body("Use get_weather for Paris");
+    let answer = ok(&env, &first).await;
+    let content = answer["content"].as_array().expect("content").clone();
+    assert_eq!(content[0]["type"], "thinking");
+    assert!(!content[0]["thinking"].as_str().unwrap_or("").is_empty());
+    assert!(content[0]["signature"]
+        .as_str()
+        .is_some_and(|s| s.len() > 20));
+    assert!(content.iter().any(|b| b["type"] == "tool_use"));
+    assert_eq!(answer["stop_reason"], "tool_use");
+    // Thinking counts as output: more than the same answer without thinking.
+    let mut plain = first.clone();
+    plain.as_object_mut().map(|o| o.remove("thinking"));
+    let without = ok(&env, &plain).await;
+    assert_eq!(without["content"][0]["type"], "text");
+    assert!(answer["usage"]["output_tokens"].as_u64() > without["usage"]["output_tokens"].as_u64());
+
+    // Sent back verbatim: the loop goes on.
+    let next = continuation(&first, json!(content));
+    let done = ok(&env, &next).await;
+    assert_eq!(done["stop_reason"], "end_turn");
+    assert_eq!(done["content"][0]["type"], "thinking");
+
+    // Without the thinking block: refused.
+    let stripped: Vec<Value> = content
+        .iter()
+        .filter(|b| b["type"] != "thinking")
+        .cloned()
+        .collect();
+    let got = messages(&env, "/v1/messages", &continuation(&first, json!(stripped))).await;
+    assert_eq!(got.status, 400, "{}", got.text);
+    let err = got.json();
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    let message = err["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`."),
+        "{message}"
+    );
+
+    // Edited thinking text: the signature no longer verifies.
+    let mut edited = content.clone();
+    edited[0]["thinking"] = json!("I changed my mind.");
+    let got = messages(&env, "/v1/messages", &continuation(&first, json!(edited))).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(
+        got.json()["error"]["message"],
+        "messages.1.content.0: Invalid `signature` in `thinking` block"
+    );
+
+    // A block signed for another model is refused by this one.
+    let mut other = first.clone();
+    other["model"] = json!("claude-haiku-4-5");
+    let foreign = continuation(&other, json!(content));
+    let got = messages(&env, "/v1/messages", &foreign).await;
+    assert_eq!(got.status, 400);
+    assert!(got.text.contains("Invalid `signature` in `thinking` block"));
+}
+
+#[tokio::test]
+async fn thinking_configuration_rules() {
+    let env = start().await;
+    let refused = |body: Value| {
+        let env = &env;
+        async move {
+            let got = messages(env, "/v1/messages", &body).await;
+            assert_eq!(got.status, 400, "{}", got.text);
+            got.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }
+    };
+    let mut small = thinking_body("hi");
+    small["thinking"]["budget_tokens"] = json!(1000);
+    assert!(refused(small)
+        .await
+        .contains("greater than or equal to 1024"));
+    let mut over = thinking_body("hi");
+    over["max_tokens"] = json!(2048);
+    assert!(refused(over)
+        .await
+        .contains("`max_tokens` must be greater than `thinking.budget_tokens`"));
+    let mut forced = thinking_body("hi");
+    forced["tool_choice"] = json!({"type": "any"});
+    assert_eq!(
+        refused(forced.clone()).await,
+        "Thinking may not be enabled when tool_choice forces tool use."
+    );
+    forced["tool_choice"] = json!({"type": "tool", "name": "get_weather"});
+    assert!(refused(forced).await.contains("forces tool use"));
+    // Manual thinking is gone from generation 4.7 on; adaptive is the way there.
+    let mut newest = thinking_body("hi");
+    newest["model"] = json!("claude-opus-4-7");
+    assert!(refused(newest.clone())
+        .await
+        .contains("thinking.type.enabled is not supported"));
+    newest["thinking"] = json!({"type": "adaptive"});
+    let answer = ok(&env, &newest).await;
+    assert_eq!(answer["content"][0]["type"], "thinking");
+    // Adaptive does not exist before 4.6.
+    let mut older = thinking_body("hi");
+    older["thinking"] = json!({"type": "adaptive"});
+    assert!(refused(older).await.contains("adaptive is not supported"));
+    // `disabled` and no thinking at all answer as before.
+    let mut disabled = thinking_body("hi");
+    disabled["thinking"] = json!({"type": "disabled"});
+    assert_ne!(ok(&env, &disabled).await["content"][0]["type"], "thinking");
+}
+
+#[tokio::test]
+async fn thinking_streams_and_redacted_blocks() {
+    let env = start().await;
+    let mut body = thinking_body("Use get_weather for Oslo [[redacted_thinking]]");
+    let plain = ok(&env, &body).await;
+    assert_eq!(plain["content"][0]["type"], "thinking");
+    assert_eq!(plain["content"][1]["type"], "redacted_thinking");
+    assert!(plain["content"][1]["data"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
+    body["stream"] = json!(true);
+    let got = messages(&env, "/v1/messages", &body).await;
+    assert_eq!(got.status, 200);
+    let evs = events(&got.text);
+    let start0 = evs
+        .iter()
+        .find(|(n, e)| n == "content_block_start" && e["index"] == 0)
+        .expect("block 0");
+    assert_eq!(
+        start0.1["content_block"],
+        json!({"type": "thinking", "thinking": "", "signature": ""})
+    );
+    let thinking: String = evs
+        .iter()
+        .filter(|(_, e)| e["index"] == 0 && e["delta"]["type"] == "thinking_delta")
+        .map(|(_, e)| e["delta"]["thinking"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        thinking,
+        plain["content"][0]["thinking"].as_str().unwrap_or("-")
+    );
+    let sigs: Vec<&Value> = evs
+        .iter()
+        .filter(|(_, e)| e["delta"]["type"] == "signature_delta")
+        .map(|(_, e)| &e["delta"]["signature"])
+        .collect();
+    assert_eq!(sigs, [&plain["content"][0]["signature"]]);
+    let start1 = evs
+        .iter()
+        .find(|(n, e)| n == "content_block_start" && e["index"] == 1)
+        .expect("block 1");
+    assert_eq!(start1.1["content_block"], plain["content"][1]);
+    // The streamed blocks, sent back, continue the loop; a forged redacted block does not.
+    let mut first = body.clone();
+    first.as_object_mut().map(|o| o.remove("stream"));
+    let content = plain["content"].as_array().expect("content").clone();
+    ok(&env, &continuation(&first, json!(content))).await;
+    let mut forged = content.clone();
+    forged[1]["data"] = json!("c2ltdWxhdG9yIGRpZCBub3QgaXNzdWUgdGhpcw==");
+    let got = messages(&env, "/v1/messages", &continuation(&first, json!(forged))).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(
+        got.json()["error"]["message"],
+        "messages.1.content.1: Invalid `data` in `redacted_thinking` block"
+    );
+}

@@ -621,3 +621,147 @@ async fn temporary_credentials_from_the_container_endpoint_expire_and_revoke() {
         .header("x-amzn-errortype")
         .is_some_and(|t| t.starts_with("UnrecognizedClientException")));
 }
+
+const THINKING_MODEL_IN_PATH: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0";
+
+fn thinking_request(text: &str) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": [{"text": text}]}],
+        "toolConfig": tool_config(),
+        "inferenceConfig": {"maxTokens": 4096},
+        "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+    })
+}
+
+fn thinking_path(op: &str) -> String {
+    format!("/model/{THINKING_MODEL_IN_PATH}/{op}")
+}
+
+fn continue_converse(first: &Value, content: &Value) -> Value {
+    let results: Vec<Value> = content
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["toolUse"]["toolUseId"].as_str())
+        .map(|id| json!({"toolResult": {"toolUseId": id, "content": [{"text": "shipped"}]}}))
+        .collect();
+    let mut next = first.clone();
+    let messages = next["messages"].as_array_mut().expect("messages");
+    messages.push(json!({"role": "assistant", "content": content}));
+    messages.push(json!({"role": "user", "content": results}));
+    next
+}
+
+#[tokio::test]
+async fn claude_reasoning_content_through_converse() {
+    let env = start().await;
+    let first = thinking_request("Please lookup_order 42 [[redacted_thinking]]");
+    let got = converse(&env, &thinking_path("converse"), &first).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let answer = got.json();
+    let content = answer["output"]["message"]["content"].clone();
+    let text = content[0]["reasoningContent"]["reasoningText"]["text"]
+        .as_str()
+        .unwrap_or("");
+    let signature = content[0]["reasoningContent"]["reasoningText"]["signature"]
+        .as_str()
+        .unwrap_or("");
+    assert!(!text.is_empty() && signature.len() > 20, "{content}");
+    assert!(content[1]["reasoningContent"]["redactedContent"]
+        .as_str()
+        .is_some());
+    assert_eq!(answer["stopReason"], "tool_use");
+
+    // Sent back: the loop goes on. Without the reasoning block: refused.
+    let ok = converse(
+        &env,
+        &thinking_path("converse"),
+        &continue_converse(&first, &content),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let stripped: Vec<Value> = content
+        .as_array()
+        .expect("content")
+        .iter()
+        .filter(|b| b.get("reasoningContent").is_none())
+        .cloned()
+        .collect();
+    let got = converse(
+        &env,
+        &thinking_path("converse"),
+        &continue_converse(&first, &json!(stripped)),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(
+        got.header("x-amzn-errortype")
+            .map(|h| h.split(':').next().unwrap_or("")),
+        Some("ValidationException")
+    );
+    let message = got.json()["message"].as_str().unwrap_or("").to_string();
+    assert!(message.starts_with("The model returned the following errors: messages.1.content.0.type: Expected `thinking` or `redacted_thinking`"), "{message}");
+    // A Bedrock signature is not an Anthropic one, nor one for another model.
+    let mut other = first.clone();
+    other["messages"][0]["content"][0]["text"] = json!("Please lookup_order 42");
+    let foreign = continue_converse(&other, &content);
+    let got = converse(
+        &env,
+        "/model/us.anthropic.claude-opus-4-1-20250805-v1%3A0/converse",
+        &foreign,
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert!(
+        got.text.contains("Invalid `signature` in `thinking` block"),
+        "{}",
+        got.text
+    );
+    // Forced tool choice with thinking: refused.
+    let mut forced = first.clone();
+    forced["toolConfig"]["toolChoice"] = json!({"any": {}});
+    let got = converse(&env, &thinking_path("converse"), &forced).await;
+    assert_eq!(got.status, 400);
+    assert!(got
+        .text
+        .contains("Thinking may not be enabled when tool_choice forces tool use."));
+    // Budget must stay under maxTokens.
+    let mut over = first.clone();
+    over["inferenceConfig"]["maxTokens"] = json!(1500);
+    let got = converse(&env, &thinking_path("converse"), &over).await;
+    assert_eq!(got.status, 400);
+
+    // The stream: reasoning text deltas, then the signature, the same as the plain answer.
+    let resp = signed_post(
+        &env,
+        &thinking_path("converse-stream"),
+        &first,
+        &Signer::default(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let fs = frames(&resp.bytes().await.expect("body"));
+    let deltas: Vec<&Value> = fs
+        .iter()
+        .filter(|(h, p)| {
+            header(h, ":event-type") == "contentBlockDelta" && p["contentBlockIndex"] == 0
+        })
+        .map(|(_, p)| &p["delta"]["reasoningContent"])
+        .collect();
+    let streamed: String = deltas.iter().filter_map(|d| d["text"].as_str()).collect();
+    assert_eq!(streamed, text);
+    assert_eq!(
+        deltas.last().map(|d| d["signature"].clone()),
+        Some(json!(signature))
+    );
+    assert!(fs.iter().any(|(_, p)| p["contentBlockIndex"] == 1
+        && p["delta"]["reasoningContent"]["redactedContent"].is_string()));
+
+    // Models that do not think ignore nothing: the old model answers as before.
+    let plain = converse(&env, &path("converse"), &user("hello"))
+        .await
+        .json();
+    assert!(plain["output"]["message"]["content"][0]
+        .get("text")
+        .is_some());
+}

@@ -640,3 +640,53 @@ async fn models_list_and_get() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "model_not_found");
 }
+
+#[tokio::test]
+async fn reasoning_effort_for_reasoning_models_only() {
+    let env = crate::start().await;
+    let ask = |model: &str, effort: Option<&str>| {
+        let mut b = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(e) = effort {
+            b["reasoning_effort"] = json!(e);
+        }
+        b
+    };
+    let low = env.chat(ask("o4-mini", Some("low"))).await;
+    let high = env.chat(ask("o4-mini", Some("high"))).await;
+    let default = env.chat(ask("gpt-5-mini", None)).await;
+    let r = |v: &Value| {
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!((r(&low), r(&high), r(&default)), (64, 512, 192));
+    // Reasoning is part of the completion tokens.
+    let text_tokens = |v: &Value| v["usage"]["completion_tokens"].as_u64().unwrap_or(0) - r(v);
+    assert!(text_tokens(&low) > 0 && text_tokens(&high) > 0);
+    assert!(text_tokens(&high) < 64, "the answer itself stays short");
+    // A model that does not reason: no reasoning tokens, and no reasoning_effort.
+    let plain = env.chat(ask("gpt-4o-mini", None)).await;
+    assert_eq!(r(&plain), 0);
+    let got = env
+        .post("/v1/chat/completions", &ask("gpt-4o-mini", Some("low")))
+        .await;
+    assert_eq!(got.status, 400);
+    let err = got.json();
+    assert_eq!(err["error"]["code"], "unsupported_parameter");
+    assert_eq!(err["error"]["param"], "reasoning_effort");
+    let got = env
+        .post("/v1/chat/completions", &ask("o3", Some("extreme")))
+        .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["error"]["code"], "invalid_value");
+    // The recorder keeps what arrived.
+    let seen = env.sim().requests("");
+    assert!(seen.iter().any(|q| q.body["reasoning_effort"] == "high"));
+    // Streams report the same usage.
+    let mut streamed = ask("o4-mini", Some("high"));
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let got = env.post("/v1/chat/completions", &streamed).await;
+    let chunks = crate::stream_chunks(&got.text);
+    assert_eq!(chunks.last().map(r), Some(512));
+}

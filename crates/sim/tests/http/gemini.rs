@@ -335,3 +335,324 @@ async fn faults_as_google_rpc_status() {
     let error: Value = serde_json::from_str(error.trim()).expect("raw JSON error");
     assert_eq!(error["error"]["status"], "UNAVAILABLE");
 }
+
+const GEMINI3: &str = "gemini-3-pro-preview";
+
+fn g3_path(method: &str) -> String {
+    format!("/v1beta/models/{GEMINI3}:{method}")
+}
+
+fn g3_vertex_path(method: &str) -> String {
+    format!("/v1/projects/p/locations/global/publishers/google/models/{GEMINI3}:{method}")
+}
+
+fn weather_request(text: &str) -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "tools": [{"functionDeclarations": [
+            {"name": "get_weather", "parameters": {"type": "OBJECT",
+                "properties": {"city": {"type": "STRING"}}, "required": ["city"]}},
+            {"name": "get_time", "parameters": {"type": "OBJECT",
+                "properties": {"zone": {"type": "STRING"}}, "required": ["zone"]}}
+        ]}],
+    })
+}
+
+/// The next request of the loop: the model's content, then one response per call.
+fn continue_loop(first: &Value, model_content: &Value) -> Value {
+    let responses: Vec<Value> = model_content["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["functionCall"]["name"].as_str())
+        .map(|name| json!({"functionResponse": {"name": name, "response": {"result": "ok"}}}))
+        .collect();
+    let mut next = first.clone();
+    let contents = next["contents"].as_array_mut().expect("contents");
+    contents.push(model_content.clone());
+    contents.push(json!({"role": "user", "parts": responses}));
+    next
+}
+
+#[tokio::test]
+async fn gemini3_thought_signatures_in_a_tool_loop() {
+    let env = start().await;
+    let first = weather_request("Call get_weather and get_time please");
+    let got = post_key(&env, &g3_path("generateContent"), &first).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let answer = got.json();
+    let content = answer["candidates"][0]["content"].clone();
+    let parts = content["parts"].as_array().expect("parts");
+    let calls: Vec<&Value> = parts
+        .iter()
+        .filter(|p| p.get("functionCall").is_some())
+        .collect();
+    assert_eq!(calls.len(), 2);
+    // Parallel calls: only the first carries the signature.
+    assert!(calls[0]["thoughtSignature"]
+        .as_str()
+        .is_some_and(|s| s.len() > 20));
+    assert!(calls[1].get("thoughtSignature").is_none());
+    // Gemini 3 always thinks; no summary without includeThoughts.
+    assert!(answer["usageMetadata"]["thoughtsTokenCount"].as_u64() > Some(0));
+    let u = &answer["usageMetadata"];
+    assert_eq!(
+        u["totalTokenCount"].as_u64(),
+        Some(
+            u["promptTokenCount"].as_u64().unwrap_or(0)
+                + u["candidatesTokenCount"].as_u64().unwrap_or(0)
+                + u["thoughtsTokenCount"].as_u64().unwrap_or(0)
+        )
+    );
+    assert!(parts.iter().all(|p| p.get("thought").is_none()));
+
+    // Signatures sent back: the loop goes on.
+    let ok_next = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &continue_loop(&first, &content),
+    )
+    .await;
+    assert_eq!(ok_next.status, 200, "{}", ok_next.text);
+
+    // Stripped: Google's 400.
+    let mut stripped = content.clone();
+    for p in stripped["parts"].as_array_mut().expect("parts") {
+        p.as_object_mut().map(|o| o.remove("thoughtSignature"));
+    }
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &continue_loop(&first, &stripped),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    let err = got.json();
+    assert_eq!(err["error"]["status"], "INVALID_ARGUMENT");
+    let message = err["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("Function call is missing a thought_signature in functionCall parts."),
+        "{message}"
+    );
+    assert!(message.contains("`default_api:get_weather`"), "{message}");
+
+    // The documented skip value passes; a forged or foreign signature does not.
+    let mut skipped = stripped.clone();
+    for p in skipped["parts"].as_array_mut().expect("parts") {
+        if p.get("functionCall").is_some() {
+            p["thoughtSignature"] = json!("skip_thought_signature_validator");
+        }
+    }
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &continue_loop(&first, &skipped),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let mut forged = content.clone();
+    forged["parts"][calls_index(&content)]["thoughtSignature"] = json!("Zm9yZ2VkIHNpZ25hdHVyZQ==");
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &continue_loop(&first, &forged),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["error"]["message"], "Invalid thought signature.");
+    // Issued by the Gemini API, refused by Vertex AI (another provider kind).
+    let resp = env
+        .client
+        .post(env.url(&g3_vertex_path("generateContent")))
+        .bearer_auth("ya29.token")
+        .json(&continue_loop(&first, &content))
+        .send()
+        .await
+        .expect("send");
+    let got = read(resp).await;
+    assert_eq!(got.status, 400, "{}", got.text);
+    assert_eq!(got.json()["error"]["message"], "Invalid thought signature.");
+    // Vertex words a missing signature its own way.
+    let resp = env
+        .client
+        .post(env.url(&g3_vertex_path("generateContent")))
+        .bearer_auth("ya29.token")
+        .json(&continue_loop(&first, &stripped))
+        .send()
+        .await
+        .expect("send");
+    let got = read(resp).await;
+    assert_eq!(got.status, 400);
+    assert!(
+        got.text.contains(
+            "function call `get_weather` in the 2. content block is missing a `thought_signature`"
+        ),
+        "{}",
+        got.text
+    );
+
+    // A new user turn with text closes the loop: older calls are not checked.
+    let mut later = continue_loop(&first, &stripped);
+    later["contents"]
+        .as_array_mut()
+        .expect("contents")
+        .push(json!({"role": "model", "parts": [{"text": "Done."}]}));
+    later["contents"]
+        .as_array_mut()
+        .expect("contents")
+        .push(json!({"role": "user", "parts": [{"text": "Thanks"}]}));
+    let got = post_key(&env, &g3_path("generateContent"), &later).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+
+    // Gemini 2.5 never asks for signatures.
+    let got = post_key(
+        &env,
+        &gemini_path("generateContent"),
+        &continue_loop(&first, &stripped),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+}
+
+fn calls_index(content: &Value) -> usize {
+    content["parts"]
+        .as_array()
+        .and_then(|p| p.iter().position(|p| p.get("functionCall").is_some()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn gemini3_streams_signatures_and_thought_summaries() {
+    let env = start().await;
+    let mut first = weather_request("Call get_weather for Rome");
+    first["generationConfig"] =
+        json!({"thinkingConfig": {"thinkingLevel": "low", "includeThoughts": true}});
+    let plain = post_key(&env, &g3_path("generateContent"), &first)
+        .await
+        .json();
+    let parts = plain["candidates"][0]["content"]["parts"]
+        .as_array()
+        .expect("parts")
+        .clone();
+    assert_eq!(parts[0]["thought"], true);
+    assert!(parts[0]["text"].as_str().is_some_and(|t| !t.is_empty()));
+    let got = post_key(
+        &env,
+        &format!("{}?alt=sse", g3_path("streamGenerateContent")),
+        &first,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let chunks = sse_chunks(&got.text);
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| {
+            c["candidates"][0]["content"]["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(streamed[0], parts[0], "the thought summary comes first");
+    let call = streamed
+        .iter()
+        .find(|p| p.get("functionCall").is_some())
+        .expect("a call");
+    let plain_call = parts
+        .iter()
+        .find(|p| p.get("functionCall").is_some())
+        .expect("call");
+    assert_eq!(call["thoughtSignature"], plain_call["thoughtSignature"]);
+    let last = chunks.last().expect("chunks");
+    assert_eq!(
+        last["usageMetadata"]["thoughtsTokenCount"],
+        plain["usageMetadata"]["thoughtsTokenCount"]
+    );
+    // The streamed signature works in the next turn.
+    let content = json!({"role": "model", "parts": streamed});
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &continue_loop(&first, &content),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+}
+
+#[tokio::test]
+async fn thinking_config_rules_per_model() {
+    let env = start().await;
+    let with = |config: Value| {
+        let mut b = user("hello");
+        b["generationConfig"] = json!({"thinkingConfig": config});
+        b
+    };
+    // Both set: refused.
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &with(json!({"thinkingLevel": "HIGH", "thinkingBudget": 1024})),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert!(got.text.contains("cannot both be set"), "{}", got.text);
+    // thinkingLevel is Gemini 3's; 2.5 refuses it.
+    let got = post_key(
+        &env,
+        &gemini_path("generateContent"),
+        &with(json!({"thinkingLevel": "LOW"})),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert!(
+        got.text.contains("Thinking level is not supported"),
+        "{}",
+        got.text
+    );
+    let got = post_key(
+        &env,
+        &g3_path("generateContent"),
+        &with(json!({"thinkingLevel": "EXTREME"})),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    // 2.5 thinks with a budget (and reports it), not without one.
+    let thinking = post_key(
+        &env,
+        &gemini_path("generateContent"),
+        &with(json!({"thinkingBudget": 1024, "includeThoughts": true})),
+    )
+    .await;
+    assert_eq!(thinking.status, 200, "{}", thinking.text);
+    let thinking = thinking.json();
+    assert!(thinking["usageMetadata"]["thoughtsTokenCount"].as_u64() > Some(0));
+    assert_eq!(
+        thinking["candidates"][0]["content"]["parts"][0]["thought"],
+        true
+    );
+    let off = post_key(
+        &env,
+        &gemini_path("generateContent"),
+        &with(json!({"thinkingBudget": 0, "includeThoughts": true})),
+    )
+    .await
+    .json();
+    assert!(off["usageMetadata"].get("thoughtsTokenCount").is_none());
+    let default = post_key(&env, &gemini_path("generateContent"), &user("hello"))
+        .await
+        .json();
+    assert!(default["usageMetadata"].get("thoughtsTokenCount").is_none());
+    // Function calls of 2.5 carry no signature.
+    let call = post_key(
+        &env,
+        &gemini_path("generateContent"),
+        &weather_request("Call get_weather"),
+    )
+    .await
+    .json();
+    assert!(call["candidates"][0]["content"]["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .all(|p| p.get("thoughtSignature").is_none()));
+}

@@ -168,6 +168,9 @@ pub(super) async fn serve_chat(
 ) -> Result<ChatServed, ApiError> {
     let streamed = req.stream == Some(true);
     tracker.set_model(&req.model, streamed);
+    // Reasoning state rides in tool-call ids; no upstream may see it there.
+    crate::types::reasoning::extract(&mut req);
+    let carried = req.carried.clone();
     let model = resolve_model(state, &req.model)?;
     // Governance before dispatch: policy, PII guardrail, rate limits, budget.
     let admission = state
@@ -185,6 +188,7 @@ pub(super) async fn serve_chat(
         stream: streamed,
         needs,
         caller: &caller,
+        affinity: carried.as_deref().and_then(|c| c.latest_issuer()),
     };
     let served = state
         .dispatcher
@@ -402,6 +406,7 @@ async fn embed(
         stream: false,
         needs,
         caller: &caller,
+        affinity: None,
     };
     let served = state
         .dispatcher

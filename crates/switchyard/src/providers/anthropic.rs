@@ -20,6 +20,7 @@ use super::sse::SseDecoder;
 use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{Deployment, ProviderKind};
 use crate::types::chat::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use crate::types::reasoning::{self, Carried};
 use crate::types::ProviderError;
 use crate::types::Usage;
 
@@ -30,6 +31,103 @@ pub struct AnthropicAdapter;
 
 // ---------------------------------------------------------------- request
 
+/// The thinking budget for OpenAI's `reasoning_effort`, in tokens (Anthropic's
+/// minimum is 1,024); `None` for efforts that mean no thinking.
+fn thinking_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16_384),
+        "xhigh" => Some(32_768),
+        _ => None, // "none", "minimal", anything unknown
+    }
+}
+
+/// The generation in a Claude model name (`claude-sonnet-4-6` → (4, 6),
+/// `claude-3-7-sonnet-20250219` → (3, 7), `anthropic.claude-opus-4-20250514-v1:0` →
+/// (4, 0)): the first number after `claude-`, and the next when it is a minor version
+/// rather than a date.
+pub(crate) fn claude_generation(model: &str) -> Option<(u32, u32)> {
+    let lower = model.to_ascii_lowercase();
+    let (_, rest) = lower.split_once("claude-")?;
+    let mut numbers = rest.split(['-', '@', ':', '.']).filter_map(|part| {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = numbers.next()?;
+    let minor = numbers.next().filter(|n| *n < 100).unwrap_or(0);
+    Some((major, minor))
+}
+
+/// How a Claude model takes a thinking effort: adaptive thinking with an effort level
+/// from generation 4.6 on (the newest refuse a manual budget), a manual token budget
+/// before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaudeThinking {
+    Adaptive(&'static str),
+    Budget(u32),
+}
+
+/// OpenAI's `reasoning_effort` in a Claude model's terms; `None` for no thinking.
+pub(crate) fn claude_thinking(effort: &str, model: &str) -> Option<ClaudeThinking> {
+    let budget = thinking_budget(effort)?;
+    if claude_generation(model).is_some_and(|g| g >= (4, 6)) {
+        let level = match effort {
+            "low" => "low",
+            "medium" => "medium",
+            _ => "high",
+        };
+        return Some(ClaudeThinking::Adaptive(level));
+    }
+    Some(ClaudeThinking::Budget(budget))
+}
+
+/// Whether the assistant turn at `index` may carry its thinking blocks to this
+/// deployment: blocks are signed by the model that wrote them, so those another
+/// deployment issued are dropped; blocks of unknown origin (a client's own history)
+/// are sent as they are.
+fn own_turn(carried: Option<&Carried>, index: usize, issuer: &str) -> bool {
+    carried
+        .and_then(|c| c.turn_issuer(index))
+        .is_none_or(|t| t == issuer)
+}
+
+/// The signed blocks of an assistant message (`thinking_blocks`), as Anthropic
+/// content blocks; only the two block types and their documented fields.
+fn thinking_blocks(m: &ChatMessage) -> Vec<Value> {
+    let Some(Value::Array(blocks)) = m.extra.get("thinking_blocks") else {
+        return Vec::new();
+    };
+    blocks
+        .iter()
+        .filter_map(|b| match b.get("type").and_then(Value::as_str)? {
+            "thinking" => Some(json!({
+                "type": "thinking",
+                "thinking": b.get("thinking").and_then(Value::as_str).unwrap_or(""),
+                "signature": b.get("signature")?.as_str()?,
+            })),
+            "redacted_thinking" => Some(json!({
+                "type": "redacted_thinking",
+                "data": b.get("data")?.as_str()?,
+            })),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the request continues a tool loop: it ends with the results of the last
+/// assistant turn's calls. Returns that turn's index.
+pub(crate) fn continued_turn(req: &ChatRequest) -> Option<usize> {
+    let last = req
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)?;
+    let calls = req.messages.get(last)?.tool_calls.as_ref()?;
+    let after = req.messages.get(last + 1..)?;
+    (!calls.is_empty() && !after.is_empty() && after.iter().all(|m| m.role == Role::Tool))
+        .then_some(last)
+}
+
 /// The Messages request body for `req` at `deployment`.
 pub fn request_body(
     req: &ChatRequest,
@@ -37,14 +135,26 @@ pub fn request_body(
     stream: bool,
 ) -> Result<Value, ProviderError> {
     canonical::single_choice(req)?;
+    let issuer = super::issuer_of(deployment).unwrap_or_default();
+    let carried = req.carried.as_deref();
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in &req.messages {
+    let mut kept_thinking = std::collections::HashSet::new();
+    for (index, m) in req.messages.iter().enumerate() {
         match m.role {
             Role::System | Role::Developer => system.push(canonical::text_of(m.content.as_ref())),
             Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
             Role::Assistant => {
-                canonical::push_turn(&mut messages, "assistant", "content", assistant_blocks(m))
+                let mut blocks = if own_turn(carried, index, &issuer) {
+                    thinking_blocks(m)
+                } else {
+                    Vec::new()
+                };
+                if !blocks.is_empty() {
+                    kept_thinking.insert(index);
+                }
+                blocks.extend(assistant_blocks(m));
+                canonical::push_turn(&mut messages, "assistant", "content", blocks)
             }
             Role::Tool => {
                 let block = json!({
@@ -61,12 +171,44 @@ pub fn request_body(
             }
         }
     }
+    let forced_tool = matches!(&req.tool_choice, Some(Value::Object(_)))
+        || req.tool_choice.as_ref().and_then(Value::as_str) == Some("required");
+    // Thinking is refused with a forced tool, and a tool loop that continues with
+    // thinking on needs the turn's own signed blocks: without them (a loop begun on
+    // another deployment), this turn goes without thinking rather than fail.
+    let thinking = req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .and_then(|effort| claude_thinking(effort, &deployment.upstream_model))
+        .filter(|_| !forced_tool)
+        .filter(|_| continued_turn(req).is_none_or(|turn| kept_thinking.contains(&turn)));
+    let budget = match thinking {
+        Some(ClaudeThinking::Budget(b)) => Some(b),
+        _ => None,
+    };
+    let output = canonical::max_output(req).unwrap_or(DEFAULT_MAX_TOKENS);
     let mut body = Map::new();
     body.insert("model".into(), json!(deployment.upstream_model));
+    // `max_tokens` counts the thinking too and must exceed its budget.
     body.insert(
         "max_tokens".into(),
-        json!(canonical::max_output(req).unwrap_or(DEFAULT_MAX_TOKENS)),
+        json!(output.saturating_add(budget.unwrap_or(0))),
     );
+    let mut output_config = Map::new();
+    match thinking {
+        Some(ClaudeThinking::Budget(b)) => {
+            body.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+        Some(ClaudeThinking::Adaptive(level)) => {
+            body.insert("thinking".into(), json!({"type": "adaptive"}));
+            output_config.insert("effort".into(), json!(level));
+        }
+        None => {}
+    }
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
     }
@@ -74,11 +216,14 @@ pub fn request_body(
     if let Some(stop) = canonical::stop_sequences(req.stop.as_ref()) {
         body.insert("stop_sequences".into(), json!(stop));
     }
+    // Thinking takes neither a temperature nor a narrowed top_p.
     if let Some(t) = req.extra.get("temperature").and_then(Value::as_f64) {
-        // OpenAI allows 0–2, Anthropic 0–1.
-        body.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        if thinking.is_none() {
+            // OpenAI allows 0–2, Anthropic 0–1.
+            body.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        }
     }
-    if let Some(p) = req.extra.get("top_p") {
+    if let Some(p) = req.extra.get("top_p").filter(|_| thinking.is_none()) {
         body.insert("top_p".into(), p.clone());
     }
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
@@ -138,11 +283,14 @@ pub fn request_body(
             _ => None,
         };
         if let Some(schema) = schema {
-            body.insert(
-                "output_config".into(),
-                json!({"format": {"type": "json_schema", "schema": schema}}),
+            output_config.insert(
+                "format".into(),
+                json!({"type": "json_schema", "schema": schema}),
             );
         }
+    }
+    if !output_config.is_empty() {
+        body.insert("output_config".into(), Value::Object(output_config));
     }
     if stream {
         body.insert("stream".into(), json!(true));
@@ -273,6 +421,40 @@ struct WireBlock {
     name: Option<String>,
     #[serde(default)]
     input: Option<Value>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+impl WireBlock {
+    /// A thinking or redacted-thinking block as a `thinking_blocks` entry.
+    fn as_thinking_block(&self) -> Option<Value> {
+        match self.kind.as_str() {
+            "thinking" => Some(json!({
+                "type": "thinking",
+                "thinking": self.thinking.as_deref().unwrap_or(""),
+                "signature": self.signature.as_deref().unwrap_or(""),
+            })),
+            "redacted_thinking" => Some(json!({
+                "type": "redacted_thinking",
+                "data": self.data.as_deref().unwrap_or(""),
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// A tool call id as the client sees it: after thinking, it names the deployment
+/// whose signatures the turn's blocks carry (see `types::reasoning`).
+fn call_id(id: &str, issuer: &str, thought: bool) -> String {
+    if thought && !issuer.is_empty() {
+        reasoning::encode_call_id(id, issuer, None)
+    } else {
+        id.to_owned()
+    }
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
@@ -285,36 +467,47 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// A Messages response → an OpenAI `chat.completion` body and its usage.
-pub fn translate_response(body: &[u8]) -> Result<(Bytes, Usage), ProviderError> {
+/// A Messages response → an OpenAI `chat.completion` body and its usage. Thinking
+/// becomes `reasoning_content` and `thinking_blocks`; `issuer` is the deployment's
+/// tag for the tool-call ids of a turn that thought.
+pub fn translate_response(body: &[u8], issuer: &str) -> Result<(Bytes, Usage), ProviderError> {
     let msg: WireMessage =
         serde_json::from_slice(body).map_err(|e| canonical::protocol("message", e))?;
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thought = canonical::Reasoning::default();
+    for block in &msg.content {
+        if let Some(b) = block.as_thinking_block() {
+            thought
+                .text
+                .push_str(block.thinking.as_deref().unwrap_or(""));
+            thought.blocks.push(b);
+        }
+    }
+    let signed = !thought.blocks.is_empty();
     for block in &msg.content {
         match block.kind.as_str() {
             "text" => text.push_str(block.text.as_deref().unwrap_or("")),
             "tool_use" => calls.push(canonical::tool_call(
-                block.id.as_deref().unwrap_or(""),
+                &call_id(block.id.as_deref().unwrap_or(""), issuer, signed),
                 block.name.as_deref().unwrap_or(""),
                 block
                     .input
                     .as_ref()
                     .map_or_else(|| "{}".into(), Value::to_string),
             )),
-            _ => {} // thinking and server-tool blocks have no OpenAI equivalent
+            _ => {} // server-tool blocks have no OpenAI equivalent
         }
     }
     let usage = msg.usage.to_usage();
     let has_text = !text.is_empty() || calls.is_empty();
-    let body = canonical::completion(
-        &msg.id,
-        &msg.model,
-        has_text.then_some(text),
-        calls,
-        finish_reason(msg.stop_reason.as_deref()),
-        &usage,
-    )?;
+    let choice = canonical::Choice {
+        text: has_text.then_some(text),
+        tool_calls: calls,
+        finish_reason: finish_reason(msg.stop_reason.as_deref()),
+        reasoning: thought,
+    };
+    let body = canonical::completion_choices(&msg.id, &msg.model, vec![choice], &usage)?;
     Ok((body, usage))
 }
 
@@ -334,7 +527,10 @@ enum Event {
         index: usize,
         delta: Delta,
     },
-    ContentBlockStop {},
+    ContentBlockStop {
+        #[serde(default)]
+        index: usize,
+    },
     MessageDelta {
         delta: MessageDelta,
         #[serde(default)]
@@ -366,6 +562,10 @@ enum Delta {
     Text { text: String },
     #[serde(rename = "input_json_delta")]
     InputJson { partial_json: String },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: String },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: String },
     #[serde(other)]
     Other,
 }
@@ -392,16 +592,31 @@ pub struct AnthropicStream {
     /// Content-block index → OpenAI tool-call index.
     tools: HashMap<usize, usize>,
     finished: bool,
+    /// The thinking block being streamed: its index, text and signature, sent whole
+    /// as a `thinking_blocks` delta when it stops (its text went out as
+    /// `reasoning_content` deltas meanwhile). Bounded by the thinking budget.
+    thinking: Option<(usize, String, String)>,
+    /// Whether this turn thought (its tool-call ids then name the issuer).
+    thought: bool,
+    issuer: String,
 }
 
 impl AnthropicStream {
     pub fn new() -> Self {
+        Self::for_issuer(String::new())
+    }
+
+    /// A stream whose tool-call ids after thinking carry `issuer`.
+    pub fn for_issuer(issuer: String) -> Self {
         AnthropicStream {
             sse: SseDecoder::new(),
             out: ChunkWriter::new(),
             usage: WireUsage::default(),
             tools: HashMap::new(),
             finished: false,
+            thinking: None,
+            thought: false,
+            issuer,
         }
     }
 
@@ -420,12 +635,28 @@ impl AnthropicStream {
                 content_block,
             } => match content_block.kind.as_str() {
                 "tool_use" => {
-                    let tool = self.out.tool_start(
+                    let id = call_id(
                         content_block.id.as_deref().unwrap_or(""),
-                        content_block.name.as_deref().unwrap_or(""),
-                        "",
+                        &self.issuer,
+                        self.thought,
                     );
+                    let tool =
+                        self.out
+                            .tool_start(&id, content_block.name.as_deref().unwrap_or(""), "");
                     self.tools.insert(index, tool);
+                }
+                "thinking" => {
+                    self.thought = true;
+                    let text = content_block.thinking.unwrap_or_default();
+                    self.out.reasoning(&text);
+                    let signature = content_block.signature.unwrap_or_default();
+                    self.thinking = Some((index, text, signature));
+                }
+                "redacted_thinking" => {
+                    self.thought = true;
+                    if let Some(block) = content_block.as_thinking_block() {
+                        self.out.thinking_block(block);
+                    }
                 }
                 "text" => {
                     if let Some(t) = content_block.text.as_deref() {
@@ -441,8 +672,30 @@ impl AnthropicStream {
                         self.out.tool_arguments(tool, &partial_json);
                     }
                 }
+                Delta::Thinking { thinking } => {
+                    self.out.reasoning(&thinking);
+                    if let Some((_, text, _)) = self.thinking.as_mut() {
+                        text.push_str(&thinking);
+                    }
+                }
+                Delta::Signature { signature } => {
+                    if let Some((_, _, sig)) = self.thinking.as_mut() {
+                        sig.push_str(&signature);
+                    }
+                }
                 Delta::Other => {}
             },
+            Event::ContentBlockStop { index } => {
+                if let Some((at, text, signature)) = self.thinking.take() {
+                    if at == index {
+                        self.out.thinking_block(json!({
+                            "type": "thinking", "thinking": text, "signature": signature,
+                        }));
+                    } else {
+                        self.thinking = Some((at, text, signature));
+                    }
+                }
+            }
             Event::MessageDelta { delta, usage } => {
                 if let Some(u) = usage {
                     self.usage.merge(u);
@@ -460,7 +713,7 @@ impl AnthropicStream {
                 let (kind, code) = stream_error_kind(&error.kind);
                 self.out.error(kind, code, &error.message);
             }
-            Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => {}
+            Event::Ping {} | Event::Unknown => {}
         }
         Ok(())
     }
@@ -593,10 +846,11 @@ impl Adapter for AnthropicAdapter {
     fn response(
         &self,
         _endpoint: Endpoint,
-        _deployment: &Deployment,
+        deployment: &Deployment,
         body: Bytes,
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
-        let (body, usage) = translate_response(&body)?;
+        let issuer = super::issuer_of(deployment).unwrap_or_default();
+        let (body, usage) = translate_response(&body, &issuer)?;
         Ok((body, Some(usage)))
     }
 
@@ -604,8 +858,10 @@ impl Adapter for AnthropicAdapter {
         super::openai::OpenAiAdapter.is_stream(headers)
     }
 
-    fn stream_decoder(&self, _deployment: &Deployment) -> Box<dyn StreamDecoder> {
-        Box::new(AnthropicStream::new())
+    fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
+        Box::new(AnthropicStream::for_issuer(
+            super::issuer_of(deployment).unwrap_or_default(),
+        ))
     }
 }
 
@@ -640,7 +896,7 @@ mod tests {
     fn golden_responses() {
         for (name, case) in golden::fixtures("anthropic", "response_") {
             let body = serde_json::to_vec(&case["native"]).expect("bytes");
-            let (out, usage) = translate_response(&body).expect("translates");
+            let (out, usage) = translate_response(&body, "").expect("translates");
             let out: Value = serde_json::from_slice(&out).expect("json");
             assert_eq!(golden::without_created(out), case["openai"], "{name}");
             assert_eq!(
@@ -742,5 +998,203 @@ mod tests {
             request_body(&req, &deployment("m"), false),
             Err(ProviderError::Unsupported(_))
         ));
+    }
+
+    fn thinking_answer() -> Vec<u8> {
+        serde_json::to_vec(
+            &json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "claude-x", "stop_reason": "tool_use",
+            "content": [
+                {"type": "thinking", "thinking": "Look it up.", "signature": "SIG-1"},
+                {"type": "redacted_thinking", "data": "REDACTED"},
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}
+            ],
+            "usage": {"input_tokens": 10, "output_tokens": 20}}),
+        )
+        .expect("json")
+    }
+
+    fn follow_up(message: &Value, effort: Option<&str>, tool_choice: Option<Value>) -> ChatRequest {
+        let id = message["tool_calls"][0]["id"].clone();
+        let mut body = json!({"model": "m", "max_tokens": 500, "temperature": 0.2, "messages": [
+            {"role": "user", "content": "weather?"},
+            message,
+            {"role": "tool", "tool_call_id": id, "content": "sunny"}
+        ], "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]});
+        if let Some(e) = effort {
+            body["reasoning_effort"] = json!(e);
+        }
+        if let Some(c) = tool_choice {
+            body["tool_choice"] = c;
+        }
+        let mut req: ChatRequest = serde_json::from_value(body).expect("request");
+        reasoning::extract(&mut req);
+        req
+    }
+
+    #[test]
+    fn thinking_is_shown_and_goes_back_signed_to_its_model_only() {
+        let d = deployment("claude-x");
+        let issuer = super::super::issuer_of(&d).expect("issuer");
+        let (out, _) = translate_response(&thinking_answer(), &issuer).expect("translates");
+        let out: Value = serde_json::from_slice(&out).expect("json");
+        let message = out["choices"][0]["message"].clone();
+        assert_eq!(message["reasoning_content"], "Look it up.");
+        assert_eq!(
+            message["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "Look it up.", "signature": "SIG-1"},
+                   {"type": "redacted_thinking", "data": "REDACTED"}])
+        );
+        let id = message["tool_calls"][0]["id"].as_str().expect("id");
+        assert_eq!(
+            reasoning::decode_call_id(id),
+            Some(("toolu_1", issuer.as_str(), None))
+        );
+
+        // The same deployment: blocks first in the assistant turn, verbatim; plain ids;
+        // thinking on with a budget inside max_tokens and no temperature.
+        let req = follow_up(&message, Some("medium"), None);
+        let body = request_body(&req, &d, false).expect("renders");
+        let turn = &body["messages"][1]["content"];
+        assert_eq!(
+            turn[0],
+            json!({"type": "thinking", "thinking": "Look it up.", "signature": "SIG-1"})
+        );
+        assert_eq!(
+            turn[1],
+            json!({"type": "redacted_thinking", "data": "REDACTED"})
+        );
+        assert_eq!(turn[2]["id"], "toolu_1");
+        assert_eq!(body["messages"][2]["content"][0]["tool_use_id"], "toolu_1");
+        assert_eq!(
+            body["thinking"],
+            json!({"type": "enabled", "budget_tokens": 4096})
+        );
+        assert_eq!(body["max_tokens"], 500 + 4096);
+        assert!(body.get("temperature").is_none());
+
+        // Another model: its signatures would be refused, so the blocks stay out, and
+        // the loop continues without thinking rather than fail for want of them.
+        let other = deployment("claude-y");
+        let body = request_body(&req, &other, false).expect("renders");
+        let turn = &body["messages"][1]["content"];
+        assert_eq!(turn[0]["type"], "tool_use");
+        assert!(body.get("thinking").is_none());
+        assert!(!body.to_string().contains("SIG-1"));
+        assert_eq!(body["max_tokens"], 500);
+
+        // A forced tool never goes with thinking.
+        let forced = follow_up(&message, Some("high"), Some(json!("required")));
+        let body = request_body(&forced, &d, false).expect("renders");
+        assert!(body.get("thinking").is_none());
+        assert_eq!(body["tool_choice"]["type"], "any");
+    }
+
+    #[test]
+    fn claude_generations_and_their_thinking() {
+        assert_eq!(claude_generation("claude-sonnet-4-6"), Some((4, 6)));
+        assert_eq!(
+            claude_generation("claude-3-7-sonnet-20250219"),
+            Some((3, 7))
+        );
+        assert_eq!(
+            claude_generation("anthropic.claude-opus-4-20250514-v1:0"),
+            Some((4, 0))
+        );
+        assert_eq!(claude_generation("claude-haiku-4-5@20251001"), Some((4, 5)));
+        assert_eq!(claude_generation("gpt-4o"), None);
+        assert_eq!(
+            claude_thinking("low", "claude-opus-4-7"),
+            Some(ClaudeThinking::Adaptive("low"))
+        );
+        assert_eq!(
+            claude_thinking("high", "claude-sonnet-4-5"),
+            Some(ClaudeThinking::Budget(16_384))
+        );
+        assert_eq!(claude_thinking("minimal", "claude-opus-4-7"), None);
+        // Adaptive thinking and a JSON schema share `output_config`.
+        let req: ChatRequest = serde_json::from_value(json!({"model": "m",
+            "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "medium",
+            "response_format": {"type": "json_object"}}))
+        .expect("request");
+        let body = request_body(&req, &deployment("claude-opus-4-7"), false).expect("renders");
+        assert_eq!(body["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(body["output_config"]["effort"], "medium");
+        assert_eq!(body["output_config"]["format"]["type"], "json_schema");
+        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn a_first_turn_with_effort_thinks_and_minimal_does_not() {
+        let d = deployment("claude-x");
+        for (effort, budget) in [
+            ("low", Some(1024)),
+            ("high", Some(16_384)),
+            ("minimal", None),
+        ] {
+            let req: ChatRequest = serde_json::from_value(json!({"model": "m",
+                "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}))
+            .expect("request");
+            let body = request_body(&req, &d, false).expect("renders");
+            match budget {
+                Some(b) => {
+                    assert_eq!(body["thinking"]["budget_tokens"], b, "{effort}");
+                    assert_eq!(body["max_tokens"], u64::from(DEFAULT_MAX_TOKENS + b));
+                }
+                None => assert!(body.get("thinking").is_none(), "{effort}"),
+            }
+            assert!(body.get("reasoning_effort").is_none());
+        }
+    }
+
+    #[test]
+    fn a_streamed_thinking_block_arrives_as_reasoning_and_one_signed_block() {
+        let events = [
+            json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 3}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Look "}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "it up."}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "SIG-1"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            json!({"type": "message_stop"}),
+        ];
+        let mut stream = AnthropicStream::for_issuer("anthropic-0000abcd".into());
+        for e in &events {
+            stream.push(format!("event: x\ndata: {e}\n\n").as_bytes());
+        }
+        let mut deltas = Vec::new();
+        while let Some(item) = stream.next().expect("decodes") {
+            if let Translated::Chunk { data, .. } = item {
+                let chunk: Value = serde_json::from_slice(&data).expect("json");
+                if let Some(d) = chunk["choices"][0].get("delta") {
+                    deltas.push(d.clone());
+                }
+            }
+        }
+        let reasoning: String = deltas
+            .iter()
+            .filter_map(|d| d["reasoning_content"].as_str())
+            .collect();
+        assert_eq!(reasoning, "Look it up.");
+        let blocks: Vec<&Value> = deltas
+            .iter()
+            .filter_map(|d| d.get("thinking_blocks"))
+            .collect();
+        assert_eq!(
+            blocks,
+            [&json!([{"type": "thinking", "thinking": "Look it up.", "signature": "SIG-1"}])]
+        );
+        let id = deltas
+            .iter()
+            .find_map(|d| d["tool_calls"][0]["id"].as_str())
+            .expect("a call");
+        assert_eq!(
+            reasoning::decode_call_id(id),
+            Some(("toolu_1", "anthropic-0000abcd", None))
+        );
     }
 }

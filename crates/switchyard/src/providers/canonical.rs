@@ -44,6 +44,16 @@ pub struct Choice {
     pub text: Option<String>,
     pub tool_calls: Vec<Value>,
     pub finish_reason: &'static str,
+    pub reasoning: Reasoning,
+}
+
+/// What a reasoning model showed of its thinking, in the fields OpenAI-compatible
+/// clients of gateways read: `reasoning_content` (the text) and `thinking_blocks`
+/// (the signed blocks, which must come back verbatim in a tool loop).
+#[derive(Debug, Default)]
+pub struct Reasoning {
+    pub text: String,
+    pub blocks: Vec<Value>,
 }
 
 /// A complete `chat.completion` body with one choice.
@@ -59,6 +69,7 @@ pub fn completion(
         text,
         tool_calls,
         finish_reason,
+        reasoning: Reasoning::default(),
     };
     completion_choices(id, model, vec![choice], usage)
 }
@@ -80,6 +91,12 @@ pub fn completion_choices(
             message.insert("refusal".into(), Value::Null);
             if !c.tool_calls.is_empty() {
                 message.insert("tool_calls".into(), Value::Array(c.tool_calls));
+            }
+            if !c.reasoning.text.is_empty() {
+                message.insert("reasoning_content".into(), Value::String(c.reasoning.text));
+            }
+            if !c.reasoning.blocks.is_empty() {
+                message.insert("thinking_blocks".into(), Value::Array(c.reasoning.blocks));
             }
             json!({
                 "index": index,
@@ -168,6 +185,22 @@ impl ChunkWriter {
         if !text.is_empty() {
             self.delta(json!({"content": text}), None);
         }
+    }
+
+    /// Reasoning text, as `reasoning_content` (the field OpenAI-compatible servers
+    /// and gateways stream it in).
+    pub fn reasoning(&mut self, text: &str) {
+        self.role();
+        if !text.is_empty() {
+            self.delta(json!({"reasoning_content": text}), None);
+        }
+    }
+
+    /// One complete signed thinking block, as a `thinking_blocks` delta: a client
+    /// appends each to the assistant message it sends back.
+    pub fn thinking_block(&mut self, block: Value) {
+        self.role();
+        self.delta(json!({"thinking_blocks": [block]}), None);
     }
 
     /// Starts a tool call; returns its OpenAI `index`.
@@ -423,7 +456,7 @@ pub mod golden {
         let makers: Vec<Box<dyn Fn() -> Box<dyn StreamDecoder>>> = vec![
             Box::new(|| Box::new(super::super::anthropic::AnthropicStream::new())),
             Box::new(|| Box::new(super::super::bedrock::BedrockStream::new("m"))),
-            Box::new(|| Box::new(super::super::gemini::GeminiStream::new("m"))),
+            Box::new(|| Box::new(super::super::gemini::GeminiStream::new("m", String::new()))),
             Box::new(|| Box::new(super::super::mistral::MistralStream::new())),
         ];
         let seeds: [&[u8]; 4] = [

@@ -20,6 +20,7 @@ use super::canonical::{self, ChunkWriter};
 use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{Deployment, ProviderKind};
 use crate::types::chat::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use crate::types::reasoning::{self, Carried};
 use crate::types::ProviderError;
 use crate::types::Usage;
 
@@ -30,9 +31,79 @@ const MAX_EVENT_BYTES: usize = super::sse::MAX_EVENT_BYTES;
 
 // ---------------------------------------------------------------- request
 
+/// The deployment a body is rendered for, as far as reasoning state goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The upstream model (its generation decides the thinking configuration).
+    pub model: &'a str,
+    /// This deployment's issuer tag (`types::reasoning::issuer_tag`).
+    pub issuer: &'a str,
+}
+
+/// The value Google documents for a function call whose thought signature the caller
+/// cannot provide (a tool loop begun on another model): it skips the validation.
+pub const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// The major version of a Gemini model name (`gemini-3-pro-preview` → 3), if it
+/// has one.
+fn generation(model: &str) -> Option<u32> {
+    let rest = model.rsplit('/').next()?.strip_prefix("gemini-")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether the model refuses a tool loop whose function calls lack their thought
+/// signatures (Gemini 3 and later).
+pub fn requires_signatures(model: &str) -> bool {
+    generation(model).is_some_and(|g| g >= 3)
+}
+
+/// OpenAI's `reasoning_effort` in Gemini's terms: `thinkingLevel` from Gemini 3 on
+/// (two levels every Gemini 3 model takes), a `thinkingBudget` in tokens before it
+/// (0 turns thinking off where a model allows it; Pro models need at least 128).
+fn thinking_config(effort: &str, model: &str) -> Option<Value> {
+    if requires_signatures(model) {
+        let level = match effort {
+            "none" | "minimal" | "low" => "low",
+            "medium" | "high" | "xhigh" => "high",
+            _ => return None,
+        };
+        return Some(json!({"thinkingLevel": level}));
+    }
+    let pro = model.contains("-pro");
+    let budget = match effort {
+        "none" | "minimal" if pro => 128,
+        "none" | "minimal" => 0,
+        "low" => 1024,
+        "medium" => 8192,
+        "high" | "xhigh" if pro => 32768,
+        "high" | "xhigh" => 24576,
+        _ => return None,
+    };
+    Some(json!({"thinkingBudget": budget}))
+}
+
 /// The generateContent body for `req` (the model is in the URL). `n > 1` becomes
 /// `candidateCount` for plain calls; a stream carries one choice.
 pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderError> {
+    request_body_for(
+        req,
+        stream,
+        Target {
+            model: &req.model,
+            issuer: "",
+        },
+    )
+}
+
+/// [`request_body`] for a deployment: its thought signatures restored on the function
+/// calls that carried them, the documented skip value where a Gemini 3 model needs a
+/// signature it never issued, `reasoning_effort` as its thinking configuration.
+pub fn request_body_for(
+    req: &ChatRequest,
+    stream: bool,
+    target: Target<'_>,
+) -> Result<Value, ProviderError> {
     if stream {
         canonical::single_choice(req)?;
     }
@@ -55,7 +126,8 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
             }
             Role::User => canonical::push_turn(&mut contents, "user", "parts", user_parts(m)?),
             Role::Assistant => {
-                canonical::push_turn(&mut contents, "model", "parts", model_parts(m))
+                let parts = model_parts(m, req.carried.as_deref(), target);
+                canonical::push_turn(&mut contents, "model", "parts", parts)
             }
             Role::Tool => {
                 let id = m.tool_call_id.as_deref().unwrap_or("");
@@ -117,6 +189,14 @@ pub fn request_body(req: &ChatRequest, stream: bool) -> Result<Value, ProviderEr
             }
             _ => {}
         }
+    }
+    if let Some(thinking) = req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .and_then(|effort| thinking_config(effort, target.model))
+    {
+        generation.insert("thinkingConfig".into(), thinking);
     }
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
@@ -204,17 +284,36 @@ fn user_parts(m: &ChatMessage) -> Result<Vec<Value>, ProviderError> {
     Ok(parts)
 }
 
-fn model_parts(m: &ChatMessage) -> Vec<Value> {
+fn model_parts(m: &ChatMessage, carried: Option<&Carried>, target: Target<'_>) -> Vec<Value> {
     let mut parts = Vec::new();
     let text = canonical::text_of(m.content.as_ref());
     if !text.is_empty() {
         parts.push(json!({"text": text}));
     }
+    let mut signed_first = None;
     for call in m.tool_calls.iter().flatten() {
-        parts.push(json!({"functionCall": {
+        let mut part = json!({"functionCall": {
             "name": call.function.name,
             "args": canonical::arguments_object(&call.function.arguments),
-        }}));
+        }});
+        // Only this deployment's own signatures: another model's fail validation.
+        let own = carried.and_then(|c| c.signature(&call.id, target.issuer));
+        if let (Some(sig), Some(p)) = (own, part.as_object_mut()) {
+            p.insert("thoughtSignature".into(), json!(sig));
+        }
+        signed_first.get_or_insert(own.is_some());
+        parts.push(part);
+    }
+    // The first call of a turn must be signed for Gemini 3; a loop begun elsewhere
+    // has no signature from this model, so it gets the documented skip value.
+    if signed_first == Some(false) && requires_signatures(target.model) {
+        if let Some(first) = parts
+            .iter_mut()
+            .find(|p| p.get("functionCall").is_some())
+            .and_then(Value::as_object_mut)
+        {
+            first.insert("thoughtSignature".into(), json!(SKIP_SIGNATURE));
+        }
     }
     parts
 }
@@ -319,6 +418,8 @@ struct Part {
     thought: Option<bool>,
     #[serde(default)]
     function_call: Option<FunctionCall>,
+    #[serde(default)]
+    thought_signature: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,13 +465,20 @@ fn new_call_id() -> String {
     format!("call_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
 }
 
-/// The text and calls of a candidate's parts; thought parts are left out.
+/// The text and calls of a candidate's parts; thought parts are left out. When the
+/// calls are signed, every call id of the candidate carries `issuer` (and its
+/// signature, if it has one), so the next turn can give them back to this model.
 fn read_parts(
     parts: Vec<Part>,
+    issuer: &str,
     make_id: &mut dyn FnMut() -> String,
 ) -> (String, Vec<(String, String, String)>) {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let signed = !issuer.is_empty()
+        && parts
+            .iter()
+            .any(|p| p.function_call.is_some() && p.thought_signature.is_some());
     for part in parts {
         if part.thought == Some(true) {
             continue;
@@ -379,10 +487,13 @@ fn read_parts(
             text.push_str(&t);
         }
         if let Some(call) = part.function_call {
-            let id = call
+            let mut id = call
                 .id
                 .filter(|id| !id.is_empty())
                 .unwrap_or_else(&mut *make_id);
+            if signed {
+                id = reasoning::encode_call_id(&id, issuer, part.thought_signature.as_deref());
+            }
             let args = call
                 .args
                 .as_ref()
@@ -397,6 +508,7 @@ fn read_parts(
 pub fn translate_response(
     body: &[u8],
     model: &str,
+    issuer: &str,
     make_id: &mut dyn FnMut() -> String,
 ) -> Result<(Bytes, Usage), ProviderError> {
     let res: GenerateResponse = serde_json::from_slice(body)
@@ -421,7 +533,7 @@ pub fn translate_response(
         .into_iter()
         .map(|candidate| {
             let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
-            let (text, calls) = read_parts(parts, make_id);
+            let (text, calls) = read_parts(parts, issuer, make_id);
             let finish_reason = finish_reason(
                 candidate.finish_reason.as_deref().unwrap_or("STOP"),
                 !calls.is_empty(),
@@ -434,6 +546,7 @@ pub fn translate_response(
                     .map(|(id, name, args)| canonical::tool_call(&id, &name, args))
                     .collect(),
                 finish_reason,
+                reasoning: canonical::Reasoning::default(),
             }
         })
         .collect();
@@ -453,12 +566,15 @@ pub struct GeminiStream {
     usage: UsageMetadata,
     called_functions: bool,
     done: bool,
+    issuer: String,
     make_id: Box<dyn FnMut() -> String + Send>,
 }
 
 impl GeminiStream {
-    pub fn new(model: &str) -> Self {
-        Self::with_ids(model, Box::new(new_call_id))
+    pub fn new(model: &str, issuer: String) -> Self {
+        let mut stream = Self::with_ids(model, Box::new(new_call_id));
+        stream.issuer = issuer;
+        stream
     }
 
     /// A stream whose made-up ids come from `make_id` (tests use fixed ones).
@@ -471,6 +587,7 @@ impl GeminiStream {
             usage: UsageMetadata::default(),
             called_functions: false,
             done: false,
+            issuer: String::new(),
             make_id,
         }
     }
@@ -559,7 +676,7 @@ impl GeminiStream {
             return Ok(());
         };
         let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
-        let (text, calls) = read_parts(parts, &mut *self.make_id);
+        let (text, calls) = read_parts(parts, &self.issuer, &mut *self.make_id);
         self.out.content(&text);
         for (id, name, args) in calls {
             self.called_functions = true;
@@ -712,14 +829,24 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
 
 // ---------------------------------------------------------------- adapter
 
+/// The issuer tag of a Gemini or Vertex deployment's signatures.
+fn issuer_of(deployment: &Deployment) -> String {
+    super::issuer_of(deployment).unwrap_or_default()
+}
+
 impl Adapter for GeminiAdapter {
     fn chat_body(
         &self,
         req: &mut ChatRequest,
-        _deployment: &Deployment,
+        deployment: &Deployment,
         stream: bool,
     ) -> Result<Vec<u8>, ProviderError> {
-        canonical::to_body(&request_body(req, stream)?)
+        let issuer = issuer_of(deployment);
+        let target = Target {
+            model: &deployment.upstream_model,
+            issuer: &issuer,
+        };
+        canonical::to_body(&request_body_for(req, stream, target)?)
     }
 
     fn embeddings_body(
@@ -774,8 +901,12 @@ impl Adapter for GeminiAdapter {
         deployment: &Deployment,
         body: Bytes,
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
-        let (body, usage) =
-            translate_response(&body, &deployment.upstream_model, &mut new_call_id)?;
+        let (body, usage) = translate_response(
+            &body,
+            &deployment.upstream_model,
+            &issuer_of(deployment),
+            &mut new_call_id,
+        )?;
         Ok((body, Some(usage)))
     }
 
@@ -784,7 +915,10 @@ impl Adapter for GeminiAdapter {
     }
 
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
-        Box::new(GeminiStream::new(&deployment.upstream_model))
+        Box::new(GeminiStream::new(
+            &deployment.upstream_model,
+            issuer_of(deployment),
+        ))
     }
 }
 
@@ -819,7 +953,7 @@ mod tests {
     fn golden_responses() {
         for (name, case) in golden::fixtures("gemini", "response_") {
             let body = serde_json::to_vec(&case["native"]).expect("bytes");
-            let (out, _) = translate_response(&body, "m", &mut counter()).expect("translates");
+            let (out, _) = translate_response(&body, "m", "", &mut counter()).expect("translates");
             let out: Value = serde_json::from_slice(&out).expect("json");
             assert_eq!(golden::without_created(out), case["openai"], "{name}");
         }
@@ -991,5 +1125,190 @@ mod tests {
             request_body(&req, true),
             Err(ProviderError::Unsupported(_))
         ));
+    }
+
+    /// A two-call answer of a Gemini 3 model: the first call signed, as Google does
+    /// for parallel calls.
+    fn signed_answer() -> Vec<u8> {
+        serde_json::to_vec(&json!({"candidates": [{"index": 0, "finishReason": "STOP",
+            "content": {"role": "model", "parts": [
+                {"functionCall": {"name": "weather", "args": {"city": "Paris"}},
+                 "thoughtSignature": "c2lnLW9uZQ=="},
+                {"functionCall": {"name": "time", "args": {"zone": "CET"}}}
+            ]}}],
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3,
+                "thoughtsTokenCount": 7}}))
+        .expect("json")
+    }
+
+    /// The follow-up request of a client that sends the calls back as it got them.
+    fn follow_up(calls: &Value, effort: Option<&str>) -> ChatRequest {
+        let ids: Vec<&str> = calls
+            .as_array()
+            .expect("calls")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id"))
+            .collect();
+        let mut body = json!({"model": "m", "messages": [
+            {"role": "user", "content": "weather and time?"},
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": ids[0], "content": "sunny"},
+            {"role": "tool", "tool_call_id": ids[1], "content": "noon"}
+        ]});
+        if let Some(e) = effort {
+            body["reasoning_effort"] = json!(e);
+        }
+        let mut req: ChatRequest = serde_json::from_value(body).expect("request");
+        reasoning::extract(&mut req);
+        req
+    }
+
+    #[test]
+    fn thought_signatures_ride_in_the_ids_and_come_back_to_their_model_only() {
+        let issuer = reasoning::issuer_tag("gemini", "gemini-3-pro-preview");
+        let (out, usage) = translate_response(
+            &signed_answer(),
+            "gemini-3-pro-preview",
+            &issuer,
+            &mut counter(),
+        )
+        .expect("translates");
+        assert_eq!(usage.reasoning_tokens, 7);
+        let out: Value = serde_json::from_slice(&out).expect("json");
+        let calls = &out["choices"][0]["message"]["tool_calls"];
+        let first = calls[0]["id"].as_str().expect("id");
+        assert_eq!(
+            reasoning::decode_call_id(first),
+            Some((
+                "call_test2",
+                issuer.as_str(),
+                Some("c2lnLW9uZQ==".to_owned())
+            ))
+        );
+        // The unsigned call names the issuer too, with no signature.
+        let second = calls[1]["id"].as_str().expect("id");
+        assert_eq!(
+            reasoning::decode_call_id(second),
+            Some(("call_test3", issuer.as_str(), None))
+        );
+
+        let req = follow_up(calls, None);
+        // Back to the model that signed: the signature in place, plain ids and names.
+        let own = Target {
+            model: "gemini-3-pro-preview",
+            issuer: &issuer,
+        };
+        let body = request_body_for(&req, false, own).expect("renders");
+        let parts = &body["contents"][1]["parts"];
+        assert_eq!(parts[0]["thoughtSignature"], "c2lnLW9uZQ==");
+        assert!(parts[1].get("thoughtSignature").is_none());
+        assert_eq!(
+            body["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "weather"
+        );
+        assert_eq!(
+            body["contents"][2]["parts"][1]["functionResponse"]["name"],
+            "time"
+        );
+        assert!(!body.to_string().contains(".sy1."));
+
+        // Another Gemini 3 model: the foreign signature stays out and the documented
+        // skip value stands in for it on the first call.
+        let other = reasoning::issuer_tag("gemini", "gemini-3-flash-preview");
+        let body = request_body_for(
+            &req,
+            false,
+            Target {
+                model: "gemini-3-flash-preview",
+                issuer: &other,
+            },
+        )
+        .expect("renders");
+        let parts = &body["contents"][1]["parts"];
+        assert_eq!(parts[0]["thoughtSignature"], SKIP_SIGNATURE);
+        assert!(parts[1].get("thoughtSignature").is_none());
+        assert!(!body.to_string().contains("c2lnLW9uZQ=="));
+
+        // A model before Gemini 3 needs none and gets none.
+        let old = reasoning::issuer_tag("gemini", "gemini-2.5-flash");
+        let body = request_body_for(
+            &req,
+            false,
+            Target {
+                model: "gemini-2.5-flash",
+                issuer: &old,
+            },
+        )
+        .expect("renders");
+        assert!(!body.to_string().contains("thoughtSignature"));
+    }
+
+    #[test]
+    fn a_stream_carries_the_signature_in_the_call_id() {
+        let issuer = reasoning::issuer_tag("vertex", "gemini-3-pro");
+        let event = json!({"candidates": [{"index": 0, "finishReason": "STOP",
+            "content": {"role": "model", "parts": [
+                {"functionCall": {"name": "weather", "args": {}}, "thoughtSignature": "c2ln"}]}}]});
+        let mut stream = GeminiStream::with_ids("gemini-3-pro", counter());
+        stream.issuer = issuer.clone();
+        stream.push(format!("data: {event}\r\n\r\n").as_bytes());
+        let mut id = None;
+        while let Some(item) = stream.next().expect("decodes") {
+            if let Translated::Chunk { data, .. } = item {
+                let chunk: Value = serde_json::from_slice(&data).expect("json");
+                if let Some(i) = chunk["choices"][0]["delta"]["tool_calls"][0]["id"].as_str() {
+                    id = Some(i.to_owned());
+                }
+            }
+        }
+        let id = id.expect("a tool call");
+        assert_eq!(
+            reasoning::decode_call_id(&id),
+            Some(("call_test2", issuer.as_str(), Some("c2ln".to_owned())))
+        );
+    }
+
+    fn with_effort(effort: Option<&str>) -> ChatRequest {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(e) = effort {
+            body["reasoning_effort"] = json!(e);
+        }
+        serde_json::from_value(body).expect("request")
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_the_thinking_configuration_of_the_generation() {
+        let req = with_effort(Some("medium"));
+        let config = |model: &str| {
+            request_body_for(&req, false, Target { model, issuer: "" }).expect("renders")
+                ["generationConfig"]["thinkingConfig"]
+                .clone()
+        };
+        assert_eq!(
+            config("gemini-3-pro-preview"),
+            json!({"thinkingLevel": "high"})
+        );
+        assert_eq!(config("gemini-2.5-flash"), json!({"thinkingBudget": 8192}));
+        let low = with_effort(Some("minimal"));
+        let render = |model: &str| {
+            request_body_for(&low, false, Target { model, issuer: "" }).expect("renders")
+                ["generationConfig"]["thinkingConfig"]
+                .clone()
+        };
+        assert_eq!(render("gemini-3-flash"), json!({"thinkingLevel": "low"}));
+        assert_eq!(render("gemini-2.5-flash"), json!({"thinkingBudget": 0}));
+        assert_eq!(render("gemini-2.5-pro"), json!({"thinkingBudget": 128}));
+        // No effort, no thinking configuration: the model's default stands.
+        let plain = with_effort(None);
+        let body = request_body_for(
+            &plain,
+            false,
+            Target {
+                model: "gemini-3-pro",
+                issuer: "",
+            },
+        )
+        .expect("renders");
+        assert!(body.get("generationConfig").is_none());
     }
 }

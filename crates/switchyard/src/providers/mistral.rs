@@ -81,6 +81,9 @@ pub fn request_body(req: &ChatRequest, model: &str) -> Result<Value, ProviderErr
         .flatten()
         .filter_map(Value::as_object_mut)
     {
+        // Other providers' reasoning state (see `types::reasoning`) is not Mistral's.
+        m.remove("thinking_blocks");
+        m.remove("reasoning_content");
         remap_id(m, "tool_call_id");
         let calls = m.get_mut("tool_calls").and_then(Value::as_array_mut);
         for call in calls.into_iter().flatten().filter_map(Value::as_object_mut) {

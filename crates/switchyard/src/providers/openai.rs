@@ -7,12 +7,13 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::lax::{self, ChunkReader};
 use super::sse::SseDecoder;
 use super::{Adapter, Endpoint, StreamDecoder, StreamProgress, Translated};
 use crate::config::{AzureApi, Deployment, ProviderKind};
-use crate::types::chat::{ChatRequest, EmbeddingsRequest, StreamOptions};
+use crate::types::chat::{ChatRequest, EmbeddingsRequest, Role, StreamOptions};
 use crate::types::ProviderError;
 use crate::types::Usage;
 
@@ -224,6 +225,55 @@ fn fit_output_limit(req: &mut ChatRequest, deployment: &Deployment) {
     }
 }
 
+/// Whether the deployment is OpenAI's or Azure's own API, which refuse
+/// `reasoning_effort` for models that do not reason (a compatible server may run a
+/// reasoning model under any name, so it gets the field as sent).
+fn openai_refuses_effort(deployment: &Deployment) -> bool {
+    match &deployment.provider.kind {
+        ProviderKind::OpenAi { base_url } => is_openai_itself(base_url),
+        ProviderKind::Azure { .. } => true,
+        _ => false,
+    }
+}
+
+/// The request serialized without what an OpenAI-style upstream must not see: the
+/// reasoning state other providers return on assistant turns (`thinking_blocks`,
+/// `reasoning_content`: OpenAI refuses unknown message fields, and servers of the
+/// DeepSeek kind refuse their own reasoning back) and, with `drop_effort`,
+/// `reasoning_effort`. Taken out for the serialization and put back, because the same
+/// request is rendered again for the next deployment when this one fails.
+pub fn body_without_reasoning_state(
+    req: &mut ChatRequest,
+    drop_effort: bool,
+) -> Result<Vec<u8>, ProviderError> {
+    let effort = if drop_effort {
+        req.extra.remove("reasoning_effort")
+    } else {
+        None
+    };
+    let mut taken: Vec<(usize, &'static str, Value)> = Vec::new();
+    for (i, m) in req.messages.iter_mut().enumerate() {
+        if m.role != Role::Assistant || m.extra.is_empty() {
+            continue;
+        }
+        for key in ["thinking_blocks", "reasoning_content"] {
+            if let Some(v) = m.extra.remove(key) {
+                taken.push((i, key, v));
+            }
+        }
+    }
+    let body = serde_json::to_vec(req).map_err(|e| ProviderError::Protocol(e.to_string()));
+    for (i, key, v) in taken {
+        if let Some(m) = req.messages.get_mut(i) {
+            m.extra.insert(key.into(), v);
+        }
+    }
+    if let Some(e) = effort {
+        req.extra.insert("reasoning_effort".into(), e);
+    }
+    body
+}
+
 /// The adapter for OpenAI and Azure OpenAI: bodies pass through with the model name
 /// swapped, answers are already in the canonical shape.
 pub struct OpenAiAdapter;
@@ -247,7 +297,12 @@ impl Adapter for OpenAiAdapter {
                 })
                 .include_usage = Some(true);
         }
-        serde_json::to_vec(req).map_err(|e| ProviderError::Protocol(e.to_string()))
+        let drop_effort = matches!(
+            deployment.provider.kind,
+            ProviderKind::Azure { .. } | ProviderKind::OpenAi { .. }
+        ) && !is_reasoning_model(&deployment.upstream_model)
+            && openai_refuses_effort(deployment);
+        body_without_reasoning_state(req, drop_effort)
     }
 
     fn embeddings_body(

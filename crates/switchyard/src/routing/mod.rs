@@ -207,6 +207,27 @@ pub const EXPLORATION: f64 = 0.1;
 
 /// Orders the eligible deployments of `model` for one request. `health` is None when
 /// there are no measurements (e.g. `routes explain`).
+/// Moves the deployment that issued a tool loop's reasoning state (`issuer`, see
+/// `types::reasoning`) to the front of the order: its signatures are valid only
+/// there, so finishing the loop on it keeps the model's reasoning. A soft affinity:
+/// the others keep their order behind it, so an unavailable issuer is skipped like
+/// any other failure.
+pub fn prefer_issuer(plan: &mut Plan, issuer: &str) {
+    let Some(at) = plan
+        .candidates
+        .iter()
+        .position(|c| crate::providers::issuer_of(&c.deployment).as_deref() == Some(issuer))
+    else {
+        return;
+    };
+    if at == 0 {
+        return;
+    }
+    let mut first = plan.candidates.remove(at);
+    first.why = format!("{}; issued this tool loop's reasoning state", first.why);
+    plan.candidates.insert(0, first);
+}
+
 pub fn plan(
     model: &LogicalModel,
     needs: &Needs,

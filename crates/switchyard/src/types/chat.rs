@@ -38,6 +38,10 @@ pub struct ChatRequest {
     /// Everything else (temperature, seed, logprobs, metadata…), forwarded as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Reasoning state the client sent back inside tool-call ids, taken off them
+    /// before any upstream sees the request (see `types::reasoning`).
+    #[serde(skip)]
+    pub carried: Option<std::sync::Arc<super::reasoning::Carried>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

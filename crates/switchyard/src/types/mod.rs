@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod error;
 pub mod money;
+pub mod reasoning;
 pub mod time;
 pub mod usage;
 

@@ -78,6 +78,9 @@ pub fn to_openai(req: &MessagesRequest) -> ChatRequest {
     if no_parallel && tools.is_some() {
         extra.insert("parallel_tool_calls".into(), json!(false));
     }
+    if let Some(effort) = req.extra.get("thinking").and_then(effort_of_thinking) {
+        extra.insert("reasoning_effort".into(), json!(effort));
+    }
     ChatRequest {
         model: req.model.clone(),
         messages,
@@ -95,6 +98,24 @@ pub fn to_openai(req: &MessagesRequest) -> ChatRequest {
         max_tokens: Some(req.max_tokens),
         max_completion_tokens: None,
         extra,
+        carried: None,
+    }
+}
+
+/// Anthropic's `thinking` configuration in OpenAI's vocabulary (`reasoning_effort`),
+/// so that any deployment gets it in its own terms: a manual budget by its size,
+/// adaptive thinking as the middle effort.
+fn effort_of_thinking(thinking: &Value) -> Option<&'static str> {
+    match thinking.get("type").and_then(Value::as_str)? {
+        "enabled" => Some(
+            match thinking.get("budget_tokens").and_then(Value::as_u64) {
+                Some(b) if b <= 2048 => "low",
+                Some(b) if b <= 8192 => "medium",
+                _ => "high",
+            },
+        ),
+        "adaptive" => Some("medium"),
+        _ => None,
     }
 }
 
@@ -216,13 +237,27 @@ fn push_turn(out: &mut Vec<ChatMessage>, m: &InputMessage) {
                     },
                 })
                 .collect();
+            // Signed thinking goes along as `thinking_blocks` (the translators give
+            // it back to the model that signed it, and drop it elsewhere).
+            let thinking: Vec<Value> = blocks
+                .iter()
+                .filter(|b| matches!(b.kind.as_str(), "thinking" | "redacted_thinking"))
+                .filter_map(|b| {
+                    let mut v = b.extra.clone();
+                    v.insert("type".into(), json!(b.kind));
+                    super::response::thinking_content_block(&Value::Object(v))
+                })
+                .collect();
+            let mut extra = Map::new();
+            if !thinking.is_empty() {
+                extra.insert("thinking_blocks".into(), Value::Array(thinking));
+            }
             if text.is_empty() && calls.is_empty() {
                 // Only replayed thinking: nothing an OpenAI upstream can read, but the
                 // turn order must stay user/assistant.
-                out.push(message(
-                    OaRole::Assistant,
-                    MessageContent::Text(String::new()),
-                ));
+                let mut m = message(OaRole::Assistant, MessageContent::Text(String::new()));
+                m.extra = extra;
+                out.push(m);
                 return;
             }
             out.push(ChatMessage {
@@ -231,7 +266,7 @@ fn push_turn(out: &mut Vec<ChatMessage>, m: &InputMessage) {
                 name: None,
                 tool_calls: (!calls.is_empty()).then_some(calls),
                 tool_call_id: None,
-                extra: Map::new(),
+                extra,
             });
         }
     }

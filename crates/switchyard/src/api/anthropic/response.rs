@@ -31,6 +31,25 @@ struct AssistantMessage {
     refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
+}
+
+/// A `thinking_blocks` entry as an Anthropic content block (the two block types and
+/// their documented fields only).
+pub fn thinking_content_block(b: &Value) -> Option<Value> {
+    match b.get("type").and_then(Value::as_str)? {
+        "thinking" => Some(json!({
+            "type": "thinking",
+            "thinking": b.get("thinking").and_then(Value::as_str).unwrap_or(""),
+            "signature": b.get("signature").and_then(Value::as_str).unwrap_or(""),
+        })),
+        "redacted_thinking" => Some(json!({
+            "type": "redacted_thinking",
+            "data": b.get("data").and_then(Value::as_str).unwrap_or(""),
+        })),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +112,12 @@ pub fn to_message(body: &[u8], id: &str, requested: &str, usage: &Usage) -> Resu
         .ok_or_else(|| "the completion has no choices".to_owned())?;
     let mut content = Vec::new();
     if let Some(m) = choice.message {
+        content.extend(
+            m.thinking_blocks
+                .iter()
+                .flatten()
+                .filter_map(thinking_content_block),
+        );
         let text = m.content.or(m.refusal).unwrap_or_default();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));

@@ -43,6 +43,10 @@ struct Delta {
     refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +68,8 @@ struct FunctionDelta {
 #[derive(Debug, PartialEq, Eq)]
 enum Open {
     Text,
+    /// A thinking block, open while its `reasoning_content` arrives.
+    Thinking,
     /// A tool_use block, with the tool-call id it belongs to.
     Tool(String),
 }
@@ -165,6 +171,65 @@ impl AnthropicEvents {
         Self::delta(out, index, json!({"type": "text_delta", "text": text}));
     }
 
+    fn thinking_text(&mut self, out: &mut BytesMut, text: &str) {
+        let index = match &self.open {
+            Some((index, Open::Thinking)) => *index,
+            _ => self.open(
+                out,
+                Open::Thinking,
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+            ),
+        };
+        Self::delta(
+            out,
+            index,
+            json!({"type": "thinking_delta", "thinking": text}),
+        );
+    }
+
+    /// A complete signed block (`thinking_blocks`): it ends the thinking block its
+    /// text opened with the signature, or stands as a block of its own.
+    fn thinking_block(&mut self, out: &mut BytesMut, block: &Value) {
+        match block.get("type").and_then(Value::as_str) {
+            Some("thinking") => {
+                let signature = block.get("signature").and_then(Value::as_str).unwrap_or("");
+                let index = match &self.open {
+                    Some((index, Open::Thinking)) => *index,
+                    _ => {
+                        let text = block.get("thinking").and_then(Value::as_str).unwrap_or("");
+                        let index = self.open(
+                            out,
+                            Open::Thinking,
+                            json!({"type": "thinking", "thinking": "", "signature": ""}),
+                        );
+                        Self::delta(
+                            out,
+                            index,
+                            json!({"type": "thinking_delta", "thinking": text}),
+                        );
+                        index
+                    }
+                };
+                Self::delta(
+                    out,
+                    index,
+                    json!({"type": "signature_delta", "signature": signature}),
+                );
+                self.close(out);
+            }
+            Some("redacted_thinking") => {
+                let data = block.get("data").and_then(Value::as_str).unwrap_or("");
+                self.open(
+                    out,
+                    Open::Thinking,
+                    json!({"type": "redacted_thinking", "data": data}),
+                );
+                self.close(out);
+            }
+            _ => {}
+        }
+    }
+
     fn tool(&mut self, out: &mut BytesMut, call: ToolCallDelta) {
         let (name, arguments) = match call.function {
             Some(f) => (f.name, f.arguments),
@@ -229,6 +294,12 @@ impl Encoder for AnthropicEvents {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             self.start(&mut out);
             let delta = choice.delta.unwrap_or_default();
+            if let Some(text) = delta.reasoning_content.filter(|t| !t.is_empty()) {
+                self.thinking_text(&mut out, &text);
+            }
+            for block in delta.thinking_blocks.iter().flatten() {
+                self.thinking_block(&mut out, block);
+            }
             if let Some(text) = delta.content.or(delta.refusal).filter(|t| !t.is_empty()) {
                 self.text(&mut out, &text);
             }
