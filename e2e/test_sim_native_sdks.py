@@ -485,7 +485,6 @@ def test_gemini3_tool_loop_needs_its_thought_signature(sim: Sim):
     question = types.Content(role="user", parts=[types.Part(text="Weather in Lima? Use get_weather.")])
     first = client.models.generate_content(model=model, contents=[question], config=config)
     content = first.candidates[0].content
-    assert content.parts[0].thought is True
     [call_part] = [p for p in content.parts if p.function_call]
     assert call_part.thought_signature  # bytes, decoded by the SDK
     assert first.usage_metadata.thoughts_token_count > 0
