@@ -192,29 +192,18 @@ impl AnthropicEvents {
     fn thinking_block(&mut self, out: &mut BytesMut, block: &Value) {
         match block.get("type").and_then(Value::as_str) {
             Some("thinking") => {
-                let signature = block.get("signature").and_then(Value::as_str).unwrap_or("");
-                let index = match &self.open {
-                    Some((index, Open::Thinking)) => *index,
-                    _ => {
-                        let text = block.get("thinking").and_then(Value::as_str).unwrap_or("");
-                        let index = self.open(
-                            out,
-                            Open::Thinking,
-                            json!({"type": "thinking", "thinking": "", "signature": ""}),
-                        );
-                        Self::delta(
-                            out,
-                            index,
-                            json!({"type": "thinking_delta", "thinking": text}),
-                        );
-                        index
-                    }
-                };
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "signature_delta", "signature": signature}),
-                );
+                if !matches!(self.open, Some((_, Open::Thinking))) {
+                    let text = block.get("thinking").and_then(Value::as_str).unwrap_or("");
+                    self.thinking_text(out, text);
+                }
+                if let Some((index, Open::Thinking)) = self.open {
+                    let signature = block.get("signature").and_then(Value::as_str).unwrap_or("");
+                    Self::delta(
+                        out,
+                        index,
+                        json!({"type": "signature_delta", "signature": signature}),
+                    );
+                }
                 self.close(out);
             }
             Some("redacted_thinking") => {
