@@ -20,6 +20,13 @@ kind = "anthropic"
 base_url = "{sim}"
 api_key = "sk-ant-sim"
 
+[providers.r-bedrock]
+kind = "bedrock"
+base_url = "{sim}"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
 [providers.r-gemini]
 kind = "gemini"
 base_url = "{sim}"
@@ -45,8 +52,15 @@ model = "claude-sonnet-4-5"
 provider = "r-anthropic"
 model = "claude-opus-4-7"
 
+[deployments.bedrock-claude]
+provider = "r-bedrock"
+model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
 [models.r-gemini]
 deployments = ["g3-pro"]
+
+[models.r-bedrock]
+deployments = ["bedrock-claude"]
 
 [models.r-gemini-25]
 deployments = ["g25"]
@@ -409,4 +423,35 @@ async fn effort_reaches_each_provider_in_its_own_terms() {
             .is_some_and(|n| n > 0),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn bedrock_claude_reasoning_goes_back_signed_in_a_tool_loop() {
+    for stream in [false, true] {
+        let h = start().await;
+        let messages = tool_loop(&h, "r-bedrock", stream, 2, Some("medium"), |_| {}).await;
+        let first = messages
+            .iter()
+            .find(|m| m.get("tool_calls").is_some())
+            .expect("a call");
+        let blocks = first["thinking_blocks"]
+            .as_array()
+            .expect("thinking blocks");
+        assert_eq!(blocks[0]["type"], "thinking", "{first}");
+        assert!(first["tool_calls"][0]["id"]
+            .as_str()
+            .is_some_and(|id| id.contains(".sy1.bedrock-")));
+        let bodies = recorded(&h, |r| r.path.contains("/converse"));
+        assert_eq!(bodies.len(), 4);
+        assert_eq!(
+            bodies[0]["additionalModelRequestFields"]["thinking"],
+            json!({"type": "enabled", "budget_tokens": 4096})
+        );
+        // The continuation starts its assistant turn with the signed reasoning.
+        let turn = &bodies[1]["messages"][1]["content"];
+        let text = &turn[0]["reasoningContent"]["reasoningText"];
+        assert_eq!(text["signature"], blocks[0]["signature"], "{}", bodies[1]);
+        assert_eq!(text["text"], blocks[0]["thinking"]);
+        assert!(!bodies[1].to_string().contains(".sy1."));
+    }
 }

@@ -21,10 +21,12 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::anthropic::ClaudeThinking;
 use super::canonical::{self, ChunkWriter};
 use super::{Adapter, Endpoint, StreamDecoder, Translated};
 use crate::config::{AwsCredentials, Deployment, ProviderKind};
 use crate::types::chat::{ChatMessage, ChatRequest, EmbeddingsRequest, Role};
+use crate::types::reasoning;
 use crate::types::ProviderError;
 use crate::types::Usage;
 
@@ -41,11 +43,39 @@ const MAX_MESSAGE_BYTES: usize = 24 * 1024 * 1024 + 128 * 1024 + 16;
 
 /// The Converse request body for `req` (the model is in the URL, not the body).
 pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
+    request_body_for(req, "", "")
+}
+
+/// A signed thinking block (`thinking_blocks`) as a Converse `reasoningContent` block.
+fn reasoning_block(b: &Value) -> Option<Value> {
+    match b.get("type").and_then(Value::as_str)? {
+        "thinking" => Some(json!({"reasoningContent": {"reasoningText": {
+            "text": b.get("thinking").and_then(Value::as_str).unwrap_or(""),
+            "signature": b.get("signature")?.as_str()?,
+        }}})),
+        "redacted_thinking" => Some(json!({"reasoningContent": {
+            "redactedContent": b.get("data")?.as_str()?,
+        }})),
+        _ => None,
+    }
+}
+
+/// [`request_body`] for a deployment of `model` whose reasoning state is `issuer`'s:
+/// Claude's signed thinking goes back first in its own assistant turns only, and
+/// `reasoning_effort` becomes `additionalModelRequestFields.thinking` (as Anthropic's
+/// own API takes it, see `anthropic::claude_thinking`).
+pub fn request_body_for(
+    req: &ChatRequest,
+    model: &str,
+    issuer: &str,
+) -> Result<Value, ProviderError> {
     canonical::single_choice(req)?;
+    let carried = req.carried.as_deref();
+    let mut kept_thinking = std::collections::HashSet::new();
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     let mut history_has_tools = false;
-    for m in &req.messages {
+    for (index, m) in req.messages.iter().enumerate() {
         match m.role {
             Role::System | Role::Developer => {
                 let text = canonical::text_of(m.content.as_ref());
@@ -55,7 +85,17 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
             }
             Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
             Role::Assistant => {
-                let blocks = assistant_blocks(m);
+                let own = carried
+                    .and_then(|c| c.turn_issuer(index))
+                    .is_none_or(|t| t == issuer);
+                let mut blocks: Vec<Value> = match m.extra.get("thinking_blocks") {
+                    Some(Value::Array(b)) if own => b.iter().filter_map(reasoning_block).collect(),
+                    _ => Vec::new(),
+                };
+                if !blocks.is_empty() {
+                    kept_thinking.insert(index);
+                }
+                blocks.extend(assistant_blocks(m));
                 history_has_tools |= m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
                 canonical::push_turn(&mut messages, "assistant", "content", blocks);
             }
@@ -81,15 +121,60 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, ProviderError> {
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
+    let forced_tool = matches!(&req.tool_choice, Some(Value::Object(_)))
+        || req.tool_choice.as_ref().and_then(Value::as_str) == Some("required");
+    // The same rules as Anthropic's API: no thinking with a forced tool, nor for a
+    // tool loop continued without its own signed blocks.
+    let thinking = req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .filter(|_| model.contains("anthropic.claude"))
+        .and_then(|effort| super::anthropic::claude_thinking(effort, model))
+        .filter(|_| !forced_tool)
+        .filter(|_| {
+            super::anthropic::continued_turn(req).is_none_or(|turn| kept_thinking.contains(&turn))
+        });
     let mut inference = Map::new();
-    if let Some(max) = canonical::max_output(req) {
-        inference.insert("maxTokens".into(), json!(max));
+    let budget = match thinking {
+        Some(ClaudeThinking::Budget(b)) => Some(b),
+        _ => None,
+    };
+    match (canonical::max_output(req), budget) {
+        (Some(max), b) => {
+            inference.insert(
+                "maxTokens".into(),
+                json!(max.saturating_add(b.unwrap_or(0))),
+            );
+        }
+        (None, Some(b)) => {
+            let max = super::anthropic::DEFAULT_MAX_TOKENS.saturating_add(b);
+            inference.insert("maxTokens".into(), json!(max));
+        }
+        (None, None) => {}
     }
     if let Some(t) = req.extra.get("temperature").and_then(Value::as_f64) {
-        inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        if thinking.is_none() {
+            inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        }
     }
-    if let Some(p) = req.extra.get("top_p") {
+    if let Some(p) = req.extra.get("top_p").filter(|_| thinking.is_none()) {
         inference.insert("topP".into(), p.clone());
+    }
+    match thinking {
+        Some(ClaudeThinking::Budget(b)) => {
+            body.insert(
+                "additionalModelRequestFields".into(),
+                json!({"thinking": {"type": "enabled", "budget_tokens": b}}),
+            );
+        }
+        Some(ClaudeThinking::Adaptive(level)) => {
+            body.insert(
+                "additionalModelRequestFields".into(),
+                json!({"thinking": {"type": "adaptive"}, "output_config": {"effort": level}}),
+            );
+        }
+        None => {}
     }
     if let Some(stop) = canonical::stop_sequences(req.stop.as_ref()) {
         inference.insert("stopSequences".into(), json!(stop));
@@ -381,6 +466,30 @@ struct OutputBlock {
     text: Option<String>,
     #[serde(default)]
     tool_use: Option<ToolUse>,
+    #[serde(default)]
+    reasoning_content: Option<ReasoningContent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReasoningContent {
+    #[serde(default)]
+    reasoning_text: Option<ReasoningText>,
+    #[serde(default)]
+    redacted_content: Option<String>,
+    /// Streamed deltas carry these at the top level.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReasoningText {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    signature: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,17 +515,39 @@ fn completion_id() -> String {
     format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
 }
 
-/// A Converse response → an OpenAI `chat.completion` body and its usage.
+/// A Converse response → an OpenAI `chat.completion` body and its usage. Claude's
+/// `reasoningContent` becomes `reasoning_content` and `thinking_blocks` (the shape the
+/// Anthropic translator gives), and the tool-call ids of a turn that thought name
+/// `issuer` (see `types::reasoning`).
 pub fn translate_response(
     body: &[u8],
     id: &str,
     model: &str,
+    issuer: &str,
 ) -> Result<(Bytes, Usage), ProviderError> {
     let res: ConverseResponse =
         serde_json::from_slice(body).map_err(|e| canonical::protocol("converse response", e))?;
     let mut text = String::new();
     let mut calls = Vec::new();
-    for block in res.output.message.content {
+    let mut thought = canonical::Reasoning::default();
+    let content = res.output.message.content;
+    for block in &content {
+        let Some(r) = &block.reasoning_content else {
+            continue;
+        };
+        if let Some(t) = &r.reasoning_text {
+            thought.text.push_str(&t.text);
+            thought
+                .blocks
+                .push(json!({"type": "thinking", "thinking": t.text, "signature": t.signature}));
+        } else if let Some(data) = &r.redacted_content {
+            thought
+                .blocks
+                .push(json!({"type": "redacted_thinking", "data": data}));
+        }
+    }
+    let signed = !thought.blocks.is_empty() && !issuer.is_empty();
+    for block in content {
         if let Some(t) = block.text {
             text.push_str(&t);
         }
@@ -425,19 +556,23 @@ pub fn translate_response(
                 .input
                 .as_ref()
                 .map_or_else(|| "{}".into(), Value::to_string);
-            calls.push(canonical::tool_call(&tool.tool_use_id, &tool.name, args));
+            let call_id = if signed {
+                reasoning::encode_call_id(&tool.tool_use_id, issuer, None)
+            } else {
+                tool.tool_use_id
+            };
+            calls.push(canonical::tool_call(&call_id, &tool.name, args));
         }
     }
     let usage = res.usage.to_usage();
     let has_text = !text.is_empty() || calls.is_empty();
-    let body = canonical::completion(
-        id,
-        model,
-        has_text.then_some(text),
-        calls,
-        finish_reason(res.stop_reason.as_deref()),
-        &usage,
-    )?;
+    let choice = canonical::Choice {
+        text: has_text.then_some(text),
+        tool_calls: calls,
+        finish_reason: finish_reason(res.stop_reason.as_deref()),
+        reasoning: thought,
+    };
+    let body = canonical::completion_choices(id, model, vec![choice], &usage)?;
     Ok((body, usage))
 }
 
@@ -479,6 +614,14 @@ struct DeltaBody {
     text: Option<String>,
     #[serde(default)]
     tool_use: Option<DeltaToolUse>,
+    #[serde(default)]
+    reasoning_content: Option<ReasoningContent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockStop {
+    content_block_index: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -515,6 +658,12 @@ pub struct BedrockStream {
     out: ChunkWriter,
     /// Content-block index → OpenAI tool-call index.
     tools: HashMap<usize, usize>,
+    /// The reasoning block being streamed (index, text, signature), sent whole as a
+    /// `thinking_blocks` delta when it stops; its text goes out as it arrives.
+    thinking: Option<(usize, String, String)>,
+    /// Whether this turn reasoned (its tool-call ids then name the issuer).
+    thought: bool,
+    issuer: String,
 }
 
 impl BedrockStream {
@@ -533,7 +682,17 @@ impl BedrockStream {
             in_frame: false,
             out,
             tools: HashMap::new(),
+            thinking: None,
+            thought: false,
+            issuer: String::new(),
         }
+    }
+
+    /// A stream whose tool-call ids after reasoning carry `issuer`.
+    pub fn for_issuer(model: &str, issuer: String) -> Self {
+        let mut stream = Self::new(model);
+        stream.issuer = issuer;
+        stream
     }
 
     fn on_message(&mut self, msg: &Message) -> Result<(), ProviderError> {
@@ -579,7 +738,12 @@ impl BedrockStream {
                 let start: BlockStart = serde_json::from_value(parse("contentBlockStart")?)
                     .map_err(|e| canonical::protocol("contentBlockStart", e))?;
                 if let Some(tool) = start.start.and_then(|s| s.tool_use) {
-                    let index = self.out.tool_start(&tool.tool_use_id, &tool.name, "");
+                    let id = if self.thought && !self.issuer.is_empty() {
+                        reasoning::encode_call_id(&tool.tool_use_id, &self.issuer, None)
+                    } else {
+                        tool.tool_use_id
+                    };
+                    let index = self.out.tool_start(&id, &tool.name, "");
                     self.tools.insert(start.content_block_index, index);
                 }
             }
@@ -594,6 +758,22 @@ impl BedrockStream {
                         self.out.tool_arguments(index, &tool.input);
                     }
                 }
+                if let Some(r) = delta.delta.reasoning_content {
+                    self.on_reasoning(delta.content_block_index, r);
+                }
+            }
+            "contentBlockStop" => {
+                let stop: BlockStop = serde_json::from_value(parse("contentBlockStop")?)
+                    .map_err(|e| canonical::protocol("contentBlockStop", e))?;
+                if let Some((at, text, signature)) = self.thinking.take() {
+                    if at == stop.content_block_index {
+                        self.out.thinking_block(json!({
+                            "type": "thinking", "thinking": text, "signature": signature,
+                        }));
+                    } else {
+                        self.thinking = Some((at, text, signature));
+                    }
+                }
             }
             "messageStop" => {
                 let stop: MessageStop = serde_json::from_value(parse("messageStop")?)
@@ -605,9 +785,30 @@ impl BedrockStream {
                     .map_err(|e| canonical::protocol("metadata", e))?;
                 self.out.usage_and_done(meta.usage.to_usage());
             }
-            _ => {} // contentBlockStop, and events added after this was written
+            _ => {} // events added after this was written
         }
         Ok(())
+    }
+
+    /// One `reasoningContent` delta: text as it comes, the signature kept for the
+    /// block's end, redacted content as a block of its own.
+    fn on_reasoning(&mut self, index: usize, r: ReasoningContent) {
+        self.thought = true;
+        if let Some(data) = r.redacted_content {
+            self.out
+                .thinking_block(json!({"type": "redacted_thinking", "data": data}));
+            return;
+        }
+        let block = self
+            .thinking
+            .get_or_insert_with(|| (index, String::new(), String::new()));
+        if let Some(text) = r.text {
+            self.out.reasoning(&text);
+            block.1.push_str(&text);
+        }
+        if let Some(signature) = r.signature {
+            block.2.push_str(&signature);
+        }
     }
 }
 
@@ -743,10 +944,11 @@ impl Adapter for BedrockAdapter {
     fn chat_body(
         &self,
         req: &mut ChatRequest,
-        _deployment: &Deployment,
+        deployment: &Deployment,
         _stream: bool,
     ) -> Result<Vec<u8>, ProviderError> {
-        canonical::to_body(&request_body(req)?)
+        let issuer = super::issuer_of(deployment).unwrap_or_default();
+        canonical::to_body(&request_body_for(req, &deployment.upstream_model, &issuer)?)
     }
 
     fn embeddings_body(
@@ -805,8 +1007,9 @@ impl Adapter for BedrockAdapter {
         deployment: &Deployment,
         body: Bytes,
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
+        let issuer = super::issuer_of(deployment).unwrap_or_default();
         let (body, usage) =
-            translate_response(&body, &completion_id(), &deployment.upstream_model)?;
+            translate_response(&body, &completion_id(), &deployment.upstream_model, &issuer)?;
         Ok((body, Some(usage)))
     }
 
@@ -818,7 +1021,10 @@ impl Adapter for BedrockAdapter {
     }
 
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
-        Box::new(BedrockStream::new(&deployment.upstream_model))
+        Box::new(BedrockStream::for_issuer(
+            &deployment.upstream_model,
+            super::issuer_of(deployment).unwrap_or_default(),
+        ))
     }
 }
 
@@ -892,7 +1098,7 @@ mod tests {
     fn golden_responses() {
         for (name, case) in golden::fixtures("bedrock", "response_") {
             let body = serde_json::to_vec(&case["native"]).expect("bytes");
-            let (out, _) = translate_response(&body, "chatcmpl-test", "m").expect("translates");
+            let (out, _) = translate_response(&body, "chatcmpl-test", "m", "").expect("translates");
             let out: Value = serde_json::from_slice(&out).expect("json");
             assert_eq!(golden::without_created(out), case["openai"], "{name}");
         }
