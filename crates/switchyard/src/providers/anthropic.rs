@@ -86,7 +86,7 @@ pub(crate) fn claude_thinking(effort: &str, model: &str) -> Option<ClaudeThinkin
 /// deployment: blocks are signed by the model that wrote them, so those another
 /// deployment issued are dropped; blocks of unknown origin (a client's own history)
 /// are sent as they are.
-fn own_turn(carried: Option<&Carried>, index: usize, issuer: &str) -> bool {
+pub(crate) fn own_turn(carried: Option<&Carried>, index: usize, issuer: &str) -> bool {
     carried
         .and_then(|c| c.turn_issuer(index))
         .is_none_or(|t| t == issuer)
@@ -117,7 +117,7 @@ fn thinking_blocks(m: &ChatMessage) -> Vec<Value> {
 
 /// Whether the request continues a tool loop: it ends with the results of the last
 /// assistant turn's calls. Returns that turn's index.
-pub(crate) fn continued_turn(req: &ChatRequest) -> Option<usize> {
+fn continued_turn(req: &ChatRequest) -> Option<usize> {
     let last = req
         .messages
         .iter()
@@ -126,6 +126,28 @@ pub(crate) fn continued_turn(req: &ChatRequest) -> Option<usize> {
     let after = req.messages.get(last + 1..)?;
     (!calls.is_empty() && !after.is_empty() && after.iter().all(|m| m.role == Role::Tool))
         .then_some(last)
+}
+
+/// The thinking a Claude `model` gets for `req`, on Anthropic's API and on Bedrock
+/// alike: its `reasoning_effort` in the model's terms, but none with a forced tool
+/// (refused together), and none for a tool loop continued without the turn's own
+/// signed blocks (`kept` holds the assistant turns whose blocks go along): a loop begun
+/// on another deployment goes on without thinking rather than fail.
+pub(crate) fn thinking_for(
+    req: &ChatRequest,
+    model: &str,
+    kept: &std::collections::HashSet<usize>,
+) -> Option<ClaudeThinking> {
+    let forced_tool = matches!(&req.tool_choice, Some(Value::Object(_)))
+        || req.tool_choice.as_ref().and_then(Value::as_str) == Some("required");
+    if forced_tool {
+        return None;
+    }
+    let effort = req.extra.get("reasoning_effort").and_then(Value::as_str)?;
+    let thinking = claude_thinking(effort, model)?;
+    continued_turn(req)
+        .is_none_or(|turn| kept.contains(&turn))
+        .then_some(thinking)
 }
 
 /// The Messages request body for `req` at `deployment`.
@@ -171,18 +193,7 @@ pub fn request_body(
             }
         }
     }
-    let forced_tool = matches!(&req.tool_choice, Some(Value::Object(_)))
-        || req.tool_choice.as_ref().and_then(Value::as_str) == Some("required");
-    // Thinking is refused with a forced tool, and a tool loop that continues with
-    // thinking on needs the turn's own signed blocks: without them (a loop begun on
-    // another deployment), this turn goes without thinking rather than fail.
-    let thinking = req
-        .extra
-        .get("reasoning_effort")
-        .and_then(Value::as_str)
-        .and_then(|effort| claude_thinking(effort, &deployment.upstream_model))
-        .filter(|_| !forced_tool)
-        .filter(|_| continued_turn(req).is_none_or(|turn| kept_thinking.contains(&turn)));
+    let thinking = thinking_for(req, &deployment.upstream_model, &kept_thinking);
     let budget = match thinking {
         Some(ClaudeThinking::Budget(b)) => Some(b),
         _ => None,
@@ -1122,6 +1133,40 @@ mod tests {
         assert_eq!(body["output_config"]["effort"], "medium");
         assert_eq!(body["output_config"]["format"]["type"], "json_schema");
         assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn wrong_types_and_huge_numbers_are_ignored_not_fatal() {
+        assert_eq!(
+            claude_generation("claude-opus-99999999999999999999-1"),
+            Some((1, 0))
+        );
+        assert_eq!(claude_generation("claude-sonnet-٤-٦"), None);
+        let d = deployment("claude-sonnet-4-5");
+        // A number for the effort, blocks that are not blocks, fields of the wrong type.
+        let req: ChatRequest = serde_json::from_value(json!({"model": "m",
+        "reasoning_effort": 3,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "ok", "thinking_blocks": [
+                "text", 7, null, {"type": 1}, {"type": "thinking", "signature": 5},
+                {"type": "redacted_thinking", "data": {"x": 1}},
+                {"type": "thinking", "thinking": 1e300, "signature": "S"}
+            ]},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "ok", "thinking_blocks": "not a list"},
+            {"role": "user", "content": "more"}
+        ]}))
+        .expect("request");
+        let body = request_body(&req, &d, false).expect("renders");
+        assert!(body.get("thinking").is_none());
+        // Only the block with a string signature goes up; its non-string text is empty.
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "", "signature": "S"})
+        );
+        assert_eq!(body["messages"][1]["content"][1]["type"], "text");
+        assert_eq!(body["messages"][3]["content"][0]["type"], "text");
     }
 
     #[test]

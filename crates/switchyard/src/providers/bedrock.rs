@@ -85,9 +85,7 @@ pub fn request_body_for(
             }
             Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
             Role::Assistant => {
-                let own = carried
-                    .and_then(|c| c.turn_issuer(index))
-                    .is_none_or(|t| t == issuer);
+                let own = super::anthropic::own_turn(carried, index, issuer);
                 let mut blocks: Vec<Value> = match m.extra.get("thinking_blocks") {
                     Some(Value::Array(b)) if own => b.iter().filter_map(reasoning_block).collect(),
                     _ => Vec::new(),
@@ -121,20 +119,12 @@ pub fn request_body_for(
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
-    let forced_tool = matches!(&req.tool_choice, Some(Value::Object(_)))
-        || req.tool_choice.as_ref().and_then(Value::as_str) == Some("required");
-    // The same rules as Anthropic's API: no thinking with a forced tool, nor for a
-    // tool loop continued without its own signed blocks.
-    let thinking = req
-        .extra
-        .get("reasoning_effort")
-        .and_then(Value::as_str)
-        .filter(|_| model.contains("anthropic.claude"))
-        .and_then(|effort| super::anthropic::claude_thinking(effort, model))
-        .filter(|_| !forced_tool)
-        .filter(|_| {
-            super::anthropic::continued_turn(req).is_none_or(|turn| kept_thinking.contains(&turn))
-        });
+    // Claude's thinking on Bedrock follows Anthropic's own rules.
+    let thinking = if model.contains("anthropic.claude") {
+        super::anthropic::thinking_for(req, model, &kept_thinking)
+    } else {
+        None
+    };
     let mut inference = Map::new();
     let budget = match thinking {
         Some(ClaudeThinking::Budget(b)) => Some(b),

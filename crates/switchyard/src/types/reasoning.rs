@@ -169,6 +169,30 @@ mod tests {
     }
 
     #[test]
+    fn hostile_ids_decode_to_nothing_and_never_panic() {
+        let long = format!("call_x.sy1.gemini-1.{}", "A".repeat(100_000));
+        for id in [
+            "call_é.sy1.gemini-١٢٣.c2ln", // non-ASCII base and issuer: kept as text
+            "call_x.sy1.gemini-1.٣٣٣",    // non-ASCII digits in the payload
+            "call_x.sy1.gemini-1.%%%%",   // not base64
+            "call_x.sy1.gemini-1./w",     // base64 of bytes that are not UTF-8
+            ".sy1..sy1..sy1.",
+            &long,
+        ] {
+            let decoded = decode_call_id(id);
+            if let Some((base, issuer, _)) = decoded {
+                assert!(!base.is_empty() && !issuer.is_empty(), "{id}");
+            }
+        }
+        assert_eq!(decode_call_id("call_x.sy1.gemini-1.%%%%"), None);
+        assert_eq!(decode_call_id("call_x.sy1.gemini-1./w"), None);
+        assert_eq!(
+            decode_call_id("call_é.sy1.gemini-١٢٣.c2ln"),
+            Some(("call_é", "gemini-١٢٣", Some("sig".to_owned())))
+        );
+    }
+
+    #[test]
     fn the_tag_depends_on_kind_and_model_and_is_stable() {
         let a = issuer_tag("gemini", "gemini-3-pro");
         assert_eq!(a, issuer_tag("gemini", "gemini-3-pro"));
