@@ -10,6 +10,7 @@ pub mod error;
 pub mod generation;
 mod panics;
 mod relay;
+pub mod responses;
 
 pub mod wire;
 
@@ -114,6 +115,11 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/embeddings", post(chat::embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))

@@ -64,6 +64,11 @@ pub trait Encoder: Send + 'static {
     fn done(&mut self) -> Bytes;
     /// The stream broke off after it started; the stream ends after this event.
     fn failed(&mut self, error: &ApiError) -> Bytes;
+    /// Work to finish after [`Encoder::done`] and before its bytes are sent (a
+    /// stored response is written before the client hears it is complete).
+    fn persist(&mut self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// OpenAI Chat Completions frames: the upstream's chunks as they are.
@@ -264,7 +269,11 @@ impl<E: Encoder> RelayState<E> {
             self.usage = Some(usage);
         }
         self.finish(None).await;
-        out.put_slice(&self.encoder.done());
+        let tail = self.encoder.done();
+        if let Some(work) = self.encoder.persist() {
+            work.await;
+        }
+        out.put_slice(&tail);
         out.freeze()
     }
 

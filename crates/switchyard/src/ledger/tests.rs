@@ -117,6 +117,7 @@ async fn open_creates_file_tables_and_reopens() {
             "governance_version",
             "request_content",
             "requests",
+            "responses",
             "teams",
             "virtual_keys"
         ]

@@ -11,11 +11,18 @@ use super::StorageError;
 use crate::config::PostgresConfig;
 
 /// The schema migrations, embedded in the binary (`migrations/postgres/`). Append only.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "responses",
+        include_str!("../../migrations/postgres/0002_responses.sql"),
+    ),
+];
 
 /// A pool of connections to the database of `[storage] kind = "postgres"`. Cheap to
 /// clone (the pool is shared).

@@ -23,10 +23,14 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0003_ledger_indexes.sql"),
     ),
     (4, include_str!("../../migrations/sqlite/0004_key_ids.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_responses.sql"),
+    ),
 ];
 
 /// Highest schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a statement waits for another connection's write lock (e.g. a
 /// second gateway process or a `sqlite3` shell) before failing with BUSY.

@@ -1,0 +1,309 @@
+//! `POST /v1/responses`: OpenAI's Responses API, in front of any backend.
+//!
+//! A request is translated into the canonical OpenAI Chat Completions request
+//! ([`request`]) and then takes the same path as `/v1/chat/completions`: the same
+//! authentication, admission, dispatch, ledger row (`endpoint = responses`) and
+//! headers ([`crate::api::chat::serve_chat`]). The answer is translated back: a
+//! complete `chat.completion` into a `response` object ([`response`]), a stream into
+//! Responses events by an encoder the relay drives ([`stream`]). Errors are OpenAI's
+//! JSON errors.
+//!
+//! Reasoning state needs no session: a `function_call`'s `call_id` is the tool-call id
+//! the chat path returns (signatures and issuer encoded in it), and Claude's signed
+//! thinking rides in a `reasoning` item's `encrypted_content`; the client sends both
+//! back as input items.
+//!
+//! `store` keeps the conversation and the response ([`store`], in the ledger's
+//! database) for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`; it is
+//! on by default, as OpenAI has it, except for keys whose policy forbids keeping
+//! content (`log_content = false`), for which asking for it is a 400.
+
+mod request;
+mod response;
+mod store;
+mod stream;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, ChatServed};
+use super::error::ApiError;
+use super::relay::Relay;
+use super::wire::parse_body;
+use super::{new_request_id, read_body, with_request_id, AppState, Generation};
+use crate::ledger::tracker::RequestTracker;
+use crate::types::ProviderError;
+use response::{Echo, ItemIds, Shape};
+use store::{Owner, ResponseStore};
+use stream::ResponseEvents;
+use wire::ResponsesRequest;
+
+/// The ledger's `endpoint` for this route.
+const ENDPOINT: &str = "responses";
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // This request runs on the configuration in force now, to its end.
+    let state = state.current();
+    let request_id = new_request_id();
+    let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), ENDPOINT);
+    tracker.continue_trace(super::chat::traceparent(&headers));
+    let mut limit_headers = HeaderMap::new();
+    let res = match run(
+        &state,
+        &headers,
+        body,
+        &mut tracker,
+        &mut limit_headers,
+        &request_id,
+    )
+    .await
+    {
+        Ok(Reply::Full(res)) => {
+            tracker.finish(res.status().as_u16(), None).await;
+            res
+        }
+        // The tracker moves into the relay, which finishes it with the stream.
+        Ok(Reply::Stream(relay, events)) => (*relay).into_response(tracker, *events),
+        Err(e) => {
+            tracker.finish(e.status.as_u16(), Some(e.code)).await;
+            e.into_response()
+        }
+    };
+    with_request_id(with_limit_headers(res, limit_headers), &request_id)
+}
+
+enum Reply {
+    Full(Response),
+    Stream(Box<Relay>, Box<ResponseEvents>),
+}
+
+async fn run(
+    state: &Generation,
+    headers: &HeaderMap,
+    body: Body,
+    tracker: &mut RequestTracker,
+    limit_headers: &mut HeaderMap,
+    request_id: &str,
+) -> Result<Reply, ApiError> {
+    // Read before the key is answered, as in `chat`: answering while a body is unread
+    // makes HTTP/1.1 close the connection the SDK wants to reuse.
+    let key = authenticate(state, headers, tracker);
+    let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
+    let key = key?;
+    let req: ResponsesRequest = parse_body(&bytes)?;
+    req.validate()?;
+    let suffix = request_id.trim_start_matches("req_").to_owned();
+    let id = format!("resp_{suffix}");
+    let owner = owner_of(&key);
+    let db = state.governance.ledger().cloned().map(ResponseStore::new);
+    let store = store_decision(&req, &key, db.is_some())?;
+    let history = match &req.previous_response_id {
+        Some(previous) => previous_conversation(db.as_ref(), previous, &owner).await?,
+        None => Vec::new(),
+    };
+    let echo = Echo::of(&req, store);
+    let chat = request::to_chat(&req, &history)?;
+    // What a stored response keeps: the conversation before it, this input included.
+    let kept = match (store, db) {
+        (true, Some(db)) => {
+            let mut items = history;
+            items.extend(input_items(&req));
+            Some((db, owner, items))
+        }
+        _ => None,
+    };
+    let created_at = crate::types::time::now_ms() / 1000;
+    match serve_chat(state, &key, chat, tracker, limit_headers, |_, _| None).await? {
+        ChatServed::Full {
+            body,
+            usage,
+            deployment,
+            attempts,
+            route,
+        } => {
+            let ids = ItemIds { suffix: &suffix };
+            let (output, status, model) = response::output_of(&body, &ids).map_err(|why| {
+                ApiError::from_provider(&ProviderError::Protocol(why), &deployment.name)
+            })?;
+            let model = model.unwrap_or_else(|| req.model.clone());
+            let object = echo.response(&Shape {
+                id: &id,
+                created_at,
+                completed_at: crate::types::time::now_ms() / 1000,
+                status,
+                model: &model,
+                output: &output,
+                usage: Some(&usage),
+                error: Value::Null,
+            });
+            if let Some((db, owner, items)) = kept {
+                keep(db, id.clone(), owner, items, object.clone()).await;
+            }
+            let mut res =
+                Response::new(Body::from(serde_json::to_vec(&object).unwrap_or_default()));
+            *res.status_mut() = StatusCode::OK;
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            served_headers(h, &deployment, attempts, &route);
+            Ok(Reply::Full(res))
+        }
+        ChatServed::Stream(relay) => {
+            let finished: Option<stream::Finished> = kept.map(|(db, owner, items)| {
+                let id = id.clone();
+                Box::new(
+                    move |object: Value| -> futures_util::future::BoxFuture<'static, ()> {
+                        Box::pin(keep(db, id, owner, items, object))
+                    },
+                ) as stream::Finished
+            });
+            let events = ResponseEvents::new(id, suffix, echo, finished);
+            Ok(Reply::Stream(Box::new(relay), Box::new(events)))
+        }
+    }
+}
+
+fn owner_of(key: &crate::governance::Principal) -> Owner {
+    Owner {
+        key_id: key.id.to_string(),
+        team: key.team.as_deref().map(str::to_owned),
+    }
+}
+
+/// Whether this response is stored: as asked, by default when the key may keep
+/// content and there is a database; asking for it otherwise is a 400 naming `store`.
+fn store_decision(
+    req: &ResponsesRequest,
+    key: &crate::governance::Principal,
+    have_db: bool,
+) -> Result<bool, ApiError> {
+    let may = key.policy.data.log_content;
+    match req.store {
+        Some(true) if !may => Err(ApiError::invalid_request(
+            Some("store".into()),
+            "This key's policy forbids keeping request content, so its responses cannot be stored; send 'store': false.",
+        )),
+        Some(true) if !have_db => Err(ApiError::invalid_request(
+            Some("store".into()),
+            "This gateway keeps no database (the ledger is off), so responses cannot be stored; send 'store': false.",
+        )),
+        Some(s) => Ok(s),
+        None => Ok(may && have_db),
+    }
+}
+
+/// The input items of `req` as they are stored: a string input as a user message.
+fn input_items(req: &ResponsesRequest) -> Vec<Value> {
+    match &req.input {
+        Some(Value::String(s)) => vec![json!({"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": s}]})],
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn response_not_found(id: &str, param: Option<&str>) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        code: "response_not_found",
+        param: param.map(str::to_owned),
+        message: format!("No response with id '{id}' was found."),
+        retry_after: None,
+    }
+}
+
+fn store_unavailable(e: &sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "the response store failed");
+    ApiError::internal("The response store could not be read.")
+}
+
+/// The stored conversation `previous` continues: its items and its output.
+async fn previous_conversation(
+    db: Option<&ResponseStore>,
+    previous: &str,
+    owner: &Owner,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(db) = db else {
+        return Err(response_not_found(previous, Some("previous_response_id")));
+    };
+    match db.get(previous, owner).await {
+        Ok(Some(stored)) => Ok(stored.conversation()),
+        Ok(None) => Err(response_not_found(previous, Some("previous_response_id"))),
+        Err(e) => Err(store_unavailable(&e)),
+    }
+}
+
+/// Writes a response to the store; a failure is logged (the client has its answer).
+async fn keep(db: ResponseStore, id: String, owner: Owner, items: Vec<Value>, object: Value) {
+    if let Err(e) = db.put(&id, &owner, &items, &object).await {
+        tracing::error!(error = %e, response = %id, "a response could not be stored");
+    }
+}
+
+/// `GET /v1/responses/{id}`: a stored response, to the key (or team) that made it.
+pub async fn retrieve(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let state = state.current();
+    let request_id = new_request_id();
+    let res = match lookup(&state, &headers, &id, false).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    with_request_id(res, &request_id)
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let state = state.current();
+    let request_id = new_request_id();
+    let res = match lookup(&state, &headers, &id, true).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    with_request_id(res, &request_id)
+}
+
+async fn lookup(
+    state: &Generation,
+    headers: &HeaderMap,
+    id: &str,
+    delete: bool,
+) -> Result<Value, ApiError> {
+    let key = state.authenticate(headers)?;
+    let owner = owner_of(&key);
+    let Some(db) = state.governance.ledger().cloned().map(ResponseStore::new) else {
+        return Err(response_not_found(id, None));
+    };
+    if delete {
+        return match db.delete(id, &owner).await {
+            Ok(true) => Ok(json!({"id": id, "object": "response.deleted", "deleted": true})),
+            Ok(false) => Err(response_not_found(id, None)),
+            Err(e) => Err(store_unavailable(&e)),
+        };
+    }
+    match db.get(id, &owner).await {
+        Ok(Some(stored)) => Ok(stored.response),
+        Ok(None) => Err(response_not_found(id, None)),
+        Err(e) => Err(store_unavailable(&e)),
+    }
+}
