@@ -818,6 +818,121 @@ deployments = ["oa-mini"]
     pg.close().await;
 }
 
+#[tokio::test]
+async fn a_gateway_on_postgres_stores_responses_there() {
+    let pg_db = TestDb::create().await;
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sim");
+    let sim = switchyard_sim::Simulator::new(switchyard_sim::SimOptions::default())
+        .spawn(sim_listener)
+        .await
+        .expect("sim");
+    let (key, other) = ("sy-test-key-postgres-0001", "sy-test-key-postgres-0002");
+    let config = pg_config(
+        &pg_db.url,
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+drain_grace_ms = 0
+
+[[keys]]
+name = "app"
+key = "{key}"
+
+[[keys]]
+name = "other"
+key = "{other}"
+
+[providers.oa]
+kind = "openai"
+base_url = "{}/v1"
+api_key = "sk-upstream-secret"
+
+[deployments.oa-mini]
+provider = "oa"
+model = "gpt-4o-mini"
+
+[models.gpt-4o-mini]
+deployments = ["oa-mini"]
+"#,
+            sim.base_url()
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind gateway");
+    let gateway = switchyard::Gateway::start_on(config, listener)
+        .await
+        .expect("gateway on postgres");
+    let base = gateway.base_url();
+    let client = reqwest::Client::new();
+    let create = |body: serde_json::Value, as_key: &'static str| {
+        client
+            .post(format!("{base}/v1/responses"))
+            .bearer_auth(as_key)
+            .json(&body)
+            .send()
+    };
+    let first: serde_json::Value = create(
+        serde_json::json!({"model": "gpt-4o-mini", "input": "Remember the word lantern."}),
+        key,
+    )
+    .await
+    .expect("send")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(first["store"], true, "{first}");
+    let id = first["id"].as_str().expect("id").to_owned();
+    let res = create(
+        serde_json::json!({"model": "gpt-4o-mini", "input": "Which word?", "previous_response_id": id}),
+        key,
+    )
+    .await
+    .expect("send");
+    assert_eq!(res.status(), 200);
+    // The continuation sent the stored conversation first.
+    let sent = sim.sim.requests("").pop().expect("a request").body;
+    assert_eq!(
+        sent["messages"][0]["content"][0]["text"],
+        "Remember the word lantern."
+    );
+    assert_eq!(sent["messages"][1]["role"], "assistant");
+    assert_eq!(sent["messages"][2]["content"], "Which word?");
+    let get = |as_key: &'static str| {
+        client
+            .get(format!("{base}/v1/responses/{id}"))
+            .bearer_auth(as_key)
+            .send()
+    };
+    assert_eq!(get(other).await.expect("send").status(), 404);
+    let got: serde_json::Value = get(key).await.expect("send").json().await.expect("json");
+    assert_eq!(got, first);
+    let deleted = client
+        .delete(format!("{base}/v1/responses/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(get(key).await.expect("send").status(), 404);
+    gateway.shutdown().await.expect("shutdown");
+
+    let pg = postgres(&pg_db).await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, key_id FROM responses ORDER BY created_at_ms")
+            .fetch_all(pg.pool())
+            .await
+            .expect("the responses table is in PostgreSQL");
+    // The first was deleted; the second stays, its owner's.
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1, "cfg:app");
+    assert_ne!(rows[0].0, id);
+    pg.close().await;
+}
+
 // ---------------------------------------------------------------------------------
 // Throughput (a measurement, not a test: `cargo test --release --test storage --
 // --ignored --nocapture ledger_rows_per_second`)
