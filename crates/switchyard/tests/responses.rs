@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use switchyard_sim::{schema_check, Fault, RecordedRequest};
 
 const NOLOG_KEY: &str = "sy-test-key-nolog-4242424242";
+const REDACTOR_KEY: &str = "sy-test-key-redactor-31313131";
 
 fn extra_config(sim: &str) -> String {
     format!(
@@ -92,6 +93,11 @@ deployments = ["claude-45", "bedrock-claude"]
 name = "nolog"
 key = "{NOLOG_KEY}"
 policy = {{ log_content = false }}
+
+[[keys]]
+name = "redactor"
+key = "{REDACTOR_KEY}"
+policy = {{ pii = "redact" }}
 "#
     )
 }
@@ -1295,4 +1301,35 @@ async fn store_false_and_keys_that_may_not_keep_content() {
     assert_eq!(status, 400);
     check_schema("ErrorResponse", &e);
     assert_eq!(e["error"]["param"], "store");
+}
+
+#[tokio::test]
+async fn the_pii_guardrail_sees_input_items_before_they_are_stored() {
+    let h = start().await;
+    let (status, _, first) = send_as(
+        &h,
+        REDACTOR_KEY,
+        json!({"model": "gpt-4o-mini", "instructions": "Reply to jane@example.com.",
+            "input": [{"role": "user", "content": [
+                {"type": "input_text", "text": "Mail jane@example.com please"}]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let (status, _, _) = send_as(
+        &h,
+        REDACTOR_KEY,
+        json!({"model": "gpt-4o-mini", "previous_response_id": first["id"], "input": "Thanks"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Neither the first request nor the stored conversation sent again has the address.
+    for body in chat_bodies(&h) {
+        let text = body.to_string();
+        assert!(!text.contains("jane@example.com"), "{text}");
+    }
+    let second = chat_bodies(&h)[1].clone();
+    assert_eq!(
+        second["messages"][0]["content"][0]["text"], "Mail [EMAIL_1] please",
+        "{second}"
+    );
 }

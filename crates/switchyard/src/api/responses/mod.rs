@@ -100,8 +100,13 @@ async fn run(
     let key = authenticate(state, headers, tracker);
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
     let key = key?;
-    let req: ResponsesRequest = parse_body(&bytes)?;
+    let mut req: ResponsesRequest = parse_body(&bytes)?;
     req.validate()?;
+    // The PII guardrail reads the client's own texts first, since they may be stored
+    // as they are: a `block` refuses here, a `redact` rewrites them.
+    state
+        .governance
+        .guard_texts(&key, tracker, |f| visit_texts(&mut req, f))?;
     let suffix = request_id.trim_start_matches("req_").to_owned();
     let id = format!("resp_{suffix}");
     let owner = owner_of(&key);
@@ -171,6 +176,51 @@ async fn run(
             });
             let events = ResponseEvents::new(id, suffix, echo, finished);
             Ok(Reply::Stream(Box::new(relay), Box::new(events)))
+        }
+    }
+}
+
+/// Every text of a request the PII guardrail must see: instructions, a string input,
+/// and in input items message content, call arguments and call outputs.
+fn visit_texts(req: &mut ResponsesRequest, f: &mut dyn FnMut(&mut String)) {
+    if let Some(s) = req.instructions.as_mut() {
+        f(s);
+    }
+    let items = match req.input.as_mut() {
+        Some(Value::String(s)) => return f(s),
+        Some(Value::Array(items)) => items,
+        _ => return,
+    };
+    let mut text = |v: &mut Value| {
+        if let Value::String(s) = v {
+            f(s);
+        }
+    };
+    for item in items.iter_mut().filter_map(Value::as_object_mut) {
+        for field in ["arguments", "output"] {
+            if let Some(v) = item.get_mut(field) {
+                text(v);
+            }
+        }
+        match item.get_mut("content") {
+            Some(v @ Value::String(_)) => text(v),
+            Some(Value::Array(parts)) => {
+                for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                    for field in ["text", "refusal"] {
+                        if let Some(v) = part.get_mut(field) {
+                            text(v);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(Value::Array(parts)) = item.get_mut("output") {
+            for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(v) = part.get_mut("text") {
+                    text(v);
+                }
+            }
         }
     }
 }
