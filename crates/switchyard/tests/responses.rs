@@ -11,6 +11,7 @@ use switchyard_sim::{schema_check, Fault, RecordedRequest};
 
 const NOLOG_KEY: &str = "sy-test-key-nolog-4242424242";
 const REDACTOR_KEY: &str = "sy-test-key-redactor-31313131";
+const ADMIN: &str = "sy-admin-test-token-0123456789";
 
 fn extra_config(sim: &str) -> String {
     format!(
@@ -93,6 +94,9 @@ deployments = ["claude-45", "bedrock-claude"]
 name = "nolog"
 key = "{NOLOG_KEY}"
 policy = {{ log_content = false }}
+
+[admin]
+token = "{ADMIN}"
 
 [[keys]]
 name = "redactor"
@@ -1332,4 +1336,122 @@ async fn the_pii_guardrail_sees_input_items_before_they_are_stored() {
         second["messages"][0]["content"][0]["text"], "Mail [EMAIL_1] please",
         "{second}"
     );
+}
+
+#[tokio::test]
+async fn a_stored_response_belongs_to_its_team() {
+    let h = start().await;
+    let admin = |path: &str, body: Value| {
+        h.client
+            .post(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+    let res = admin("/admin/teams", json!({"name": "alpha"}))
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 201);
+    let mut secrets = Vec::new();
+    for (name, team) in [
+        ("a1", Some("alpha")),
+        ("a2", Some("alpha")),
+        ("loner", None),
+    ] {
+        let mut body = json!({"name": name});
+        if let Some(t) = team {
+            body["team"] = json!(t);
+        }
+        let res = admin("/admin/keys", body).await.expect("send");
+        assert_eq!(res.status(), 201);
+        let key: Value = res.json().await.expect("json");
+        secrets.push(key["key"].as_str().expect("secret").to_owned());
+    }
+    let (status, _, made) = send_as(
+        &h,
+        &secrets[0],
+        json!({"model": "gpt-4o-mini", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let url = format!(
+        "{}/v1/responses/{}",
+        h.base,
+        made["id"].as_str().expect("id")
+    );
+    let status_for = |key: String, delete: bool| {
+        let req = if delete {
+            h.client.delete(&url)
+        } else {
+            h.client.get(&url)
+        };
+        async move {
+            req.bearer_auth(key)
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    };
+    // A key of the same team reads it; a key of no team, or of the config file, cannot.
+    assert_eq!(status_for(secrets[1].clone(), false).await, 200);
+    assert_eq!(status_for(secrets[2].clone(), false).await, 404);
+    assert_eq!(status_for(KEY.to_owned(), false).await, 404);
+    assert_eq!(status_for(secrets[2].clone(), true).await, 404);
+    // A teammate continues it, and may delete it.
+    let (status, _, _) = send_as(
+        &h,
+        &secrets[1],
+        json!({"model": "gpt-4o-mini", "input": "again", "previous_response_id": made["id"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(status_for(secrets[1].clone(), true).await, 200);
+    assert_eq!(status_for(secrets[0].clone(), false).await, 404);
+}
+
+#[tokio::test]
+async fn a_streamed_response_cut_by_max_output_tokens_is_incomplete() {
+    let h = start().await;
+    for model in ["gpt-4o-mini", "r-claude"] {
+        let events = stream(
+            &h,
+            json!({"model": model, "input": "[[len:200]] Tell a long story.",
+                "max_output_tokens": 20, "stream": true}),
+        )
+        .await;
+        let last = events.last().expect("events");
+        assert_eq!(last["type"], "response.incomplete", "{model}");
+        assert_eq!(last["response"]["status"], "incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        let message = &last["response"]["output"][0];
+        assert_eq!(message["status"], "incomplete", "{message}");
+    }
+}
+
+#[tokio::test]
+async fn tools_are_echoed_in_openai_s_shape() {
+    let h = start().await;
+    let r = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "hi",
+            "tools": [{"type": "function", "name": "noop"}],
+            "reasoning": {"summary": "auto"}}),
+    )
+    .await;
+    assert_eq!(
+        r["tools"],
+        json!([{"type": "function", "name": "noop", "parameters": null, "strict": null}])
+    );
+    let (status, _, e) = send(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "hi", "reasoning": {"summary": "verbose"}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["param"], "reasoning.summary");
 }

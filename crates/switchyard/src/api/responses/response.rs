@@ -47,7 +47,7 @@ impl Echo {
         Echo {
             model: req.model.clone(),
             instructions: req.instructions.clone(),
-            tools: Value::Array(req.tools.clone().unwrap_or_default()),
+            tools: Value::Array(req.tools.iter().flatten().map(echo_tool).collect()),
             tool_choice: req.tool_choice.clone().unwrap_or_else(|| json!("auto")),
             temperature: req.temperature,
             top_p: req.top_p,
@@ -99,6 +99,21 @@ impl Echo {
         }
         out
     }
+}
+
+/// A function tool as OpenAI's response shows it: `parameters` and `strict` always
+/// there (null when the request left them out).
+fn echo_tool(tool: &Value) -> Value {
+    let mut out = json!({
+        "type": "function",
+        "name": tool.get("name").cloned().unwrap_or(Value::Null),
+        "parameters": tool.get("parameters").cloned().unwrap_or(Value::Null),
+        "strict": tool.get("strict").cloned().unwrap_or(Value::Null),
+    });
+    if let (Some(d), Some(o)) = (tool.get("description"), out.as_object_mut()) {
+        o.insert("description".into(), d.clone());
+    }
+    out
 }
 
 /// A response's changing parts.

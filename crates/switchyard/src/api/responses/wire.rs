@@ -130,6 +130,14 @@ impl ResponsesRequest {
                 ));
             }
         }
+        if let Some(summary) = self.reasoning.as_ref().and_then(|r| r.summary.as_deref()) {
+            if !matches!(summary, "auto" | "concise" | "detailed") {
+                return Err(invalid(
+                    "reasoning.summary",
+                    format!("Invalid value for 'reasoning.summary': `{summary}`; expected auto, concise or detailed."),
+                ));
+            }
+        }
         if let Some(metadata) = &self.metadata {
             if metadata.len() > 16 {
                 return Err(invalid("metadata", "'metadata' may have at most 16 keys."));
