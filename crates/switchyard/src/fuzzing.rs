@@ -434,7 +434,8 @@ fn bedrock_events_once(input: &[u8], retype: Option<usize>) {
 }
 
 /// The request translators: arbitrary bytes parsed as an OpenAI chat request (and,
-/// when they are one, as an Anthropic Messages request translated to it), validated
+/// when they are one, as an Anthropic Messages request or a Responses request
+/// translated to it, reasoning state taken off its ids as the ingress does), validated
 /// as the ingress does, then rendered for every provider, plain and streamed. What
 /// renders must be JSON.
 pub fn chat(input: &[u8]) {
@@ -451,6 +452,14 @@ fn chat_once(input: &[u8]) {
     if let Ok(req) = parse_body::<crate::api::anthropic::wire::MessagesRequest>(input) {
         if req.validate().is_ok() {
             render_all(crate::api::anthropic::request::to_openai(&req));
+        }
+    }
+    if let Ok(req) = parse_body::<crate::api::responses::wire::ResponsesRequest>(input) {
+        if req.validate().is_ok() {
+            if let Ok(mut chat) = crate::api::responses::request::to_chat(&req, &[]) {
+                crate::types::reasoning::extract(&mut chat);
+                render_all(chat);
+            }
         }
     }
 }
@@ -504,4 +513,9 @@ fn response_once(kind: usize, input: &[u8]) {
         &http::HeaderMap::new(),
         input,
     );
+    // The Responses ingress reads the same bytes as a completion.
+    let ids = crate::api::responses::response::ItemIds { suffix: "fuzz" };
+    if let Ok((output, _, _)) = crate::api::responses::response::output_of(input, &ids) {
+        let _ = serde_json::to_vec(&output).expect("output items are JSON");
+    }
 }

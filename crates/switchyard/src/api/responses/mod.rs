@@ -18,10 +18,10 @@
 //! on by default, as OpenAI has it, except for keys whose policy forbids keeping
 //! content (`log_content = false`), for which asking for it is a 400.
 
-mod request;
-mod response;
+pub(crate) mod request;
+pub(crate) mod response;
 mod store;
-mod stream;
+pub(crate) mod stream;
 pub mod wire;
 
 use std::sync::Arc;

@@ -632,3 +632,113 @@ pub fn to_chat(req: &ResponsesRequest, history: &[Value]) -> Result<ChatRequest,
         carried: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::parse_body;
+
+    fn chat_of(body: &Value) -> ChatRequest {
+        let req: ResponsesRequest = serde_json::from_value(body.clone()).expect("request");
+        req.validate().expect("valid");
+        to_chat(&req, &[]).expect("translates")
+    }
+
+    #[test]
+    fn an_echoed_turn_becomes_one_assistant_message_and_its_results_tool_messages() {
+        let blocks = vec![json!({"type": "thinking", "thinking": "hm", "signature": "s1"})];
+        let chat = chat_of(
+            &json!({"model": "m", "instructions": "Be brief.", "input": [
+                {"role": "user", "content": "go"},
+                {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "hm"}],
+                    "encrypted_content": encode_blocks(&blocks)},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling."}]},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{\"a\":1}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "one"},
+                {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]}
+            ]}),
+        );
+        let v = serde_json::to_value(&chat).expect("json");
+        let m = v["messages"].as_array().expect("messages");
+        assert_eq!(m.len(), 5, "{v}");
+        assert_eq!(m[0], json!({"role": "system", "content": "Be brief."}));
+        assert_eq!(m[2]["role"], "assistant");
+        assert_eq!(m[2]["content"], "Calling.");
+        assert_eq!(m[2]["tool_calls"][1]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(m[2]["thinking_blocks"], json!(blocks));
+        assert_eq!(m[2]["reasoning_content"], "hm");
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "one"})
+        );
+        assert_eq!(m[4]["content"], "two");
+    }
+
+    #[test]
+    fn encrypted_content_is_read_only_when_it_is_ours() {
+        let blocks = vec![
+            json!({"type": "thinking", "thinking": "t", "signature": "s", "extra": 1}),
+            json!({"type": "redacted_thinking", "data": "d"}),
+            json!({"type": "thinking", "thinking": 7, "signature": "s"}),
+            json!({"type": "tool_use"}),
+        ];
+        let decoded = decode_blocks(&encode_blocks(&blocks)).expect("ours");
+        assert_eq!(
+            decoded,
+            Some(vec![
+                json!({"type": "thinking", "thinking": "t", "signature": "s"}),
+                json!({"type": "redacted_thinking", "data": "d"}),
+            ])
+        );
+        assert_eq!(decode_blocks("gAAAAABo-openai-state"), Ok(None));
+        assert_eq!(decode_blocks("sy1.%%%"), Err(()));
+        assert_eq!(decode_blocks("sy1.bm90IGpzb24"), Err(()));
+    }
+
+    #[test]
+    fn call_ids_keep_the_reasoning_state_for_extract() {
+        let id = crate::types::reasoning::encode_call_id("call_1", "gemini-aa", Some("sig"));
+        let mut chat = chat_of(&json!({"model": "m", "input": [
+            {"role": "user", "content": "go"},
+            {"type": "function_call", "call_id": id, "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": id, "output": "x"}
+        ], "reasoning": {"effort": "xhigh"}}));
+        assert_eq!(chat.extra["reasoning_effort"], "high");
+        crate::types::reasoning::extract(&mut chat);
+        let carried = chat.carried.as_deref().expect("carried");
+        assert_eq!(carried.signature("call_1", "gemini-aa"), Some("sig"));
+        let v = serde_json::to_value(&chat).expect("json");
+        assert_eq!(v["messages"][1]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(v["messages"][2]["tool_call_id"], "call_1");
+    }
+
+    #[test]
+    fn hostile_values_are_400s_naming_the_field() {
+        for (body, param) in [
+            (
+                r#"{"model":"m","input":"x","max_output_tokens":1e999}"#,
+                None,
+            ),
+            (
+                r#"{"model":"m","input":"x","max_output_tokens":-1}"#,
+                Some("max_output_tokens"),
+            ),
+            (
+                r#"{"model":"m","input":"x","temperature":"hot"}"#,
+                Some("temperature"),
+            ),
+            (r#"{"model":"m","input":"x","tools":"all"}"#, Some("tools")),
+            (
+                r#"{"model":"m","input":"x","reasoning":[]}"#,
+                Some("reasoning"),
+            ),
+        ] {
+            let err = parse_body::<ResponsesRequest>(body.as_bytes()).expect_err(body);
+            if let Some(p) = param {
+                assert_eq!(err.param.as_deref(), Some(p), "{body}");
+            }
+            assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+        }
+    }
+}
