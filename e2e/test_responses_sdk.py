@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import httpx
+import jsonschema
 import openai
 import pytest
 from openai import OpenAI
 
-from conftest import start_gateway, start_sim
+from conftest import REPO_ROOT, start_gateway, start_sim
+
+SCHEMAS = json.loads((REPO_ROOT / "crates/switchyard/tests/fixtures/openai-responses-schemas.json").read_text())
 
 KEY = "sy-e2e-responses-0123456789"
 OTHER_KEY = "sy-e2e-responses-other-0000"
@@ -228,6 +232,44 @@ def test_stream_text_events(gw):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and events[-1].response.output_text == text
     assert events[-1].response.usage.output_tokens > 0
+
+
+def check(name: str, value: dict) -> None:
+    """Validates `value` against OpenAI's schema `name` (jsonschema, not the Rust checker)."""
+    root = dict(SCHEMAS, **{"$ref": f"#/components/schemas/{name}"})
+    jsonschema.Draft202012Validator(root).validate(value)
+
+
+def event_schema(kind: str) -> str:
+    schemas = SCHEMAS["components"]["schemas"]
+    for branch in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = branch["$ref"].rsplit("/", 1)[-1]
+        if schemas[name]["properties"]["type"]["enum"][0] == kind:
+            return name
+    raise AssertionError(f"no schema for {kind}")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude", "gemini-3", "bedrock-claude"])
+def test_raw_answers_and_events_fit_openai_schema(gw, model: str):
+    base, body = gw[0].base_url, {"model": model, "input": "Call get_weather for Paris, please.",
+                                  "tools": [WEATHER_TOOL]}
+    if model != "gpt-4o-mini":  # a model that does not reason refuses an effort
+        body["reasoning"] = {"effort": "low"}
+    with httpx.Client(timeout=30) as http:
+        res = http.post(f"{base}/responses", json=body, headers={"authorization": f"Bearer {KEY}"})
+        assert res.status_code == 200, res.text
+        check("Response", res.json())
+        res = http.post(f"{base}/responses", json=dict(body, stream=True), headers={"authorization": f"Bearer {KEY}"})
+        assert res.status_code == 200
+        events = [json.loads(line[len("data: "):]) for line in res.text.splitlines() if line.startswith("data: ")]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        for e in events:
+            check(event_schema(e["type"]), e)
+        assert events[-1]["type"] == "response.completed"
+        res = http.post(f"{base}/responses", json={"model": model, "input": 7},
+                        headers={"authorization": f"Bearer {KEY}"})
+        assert res.status_code == 400
+        check("ErrorResponse", res.json())
 
 
 def test_structured_output(gw):
