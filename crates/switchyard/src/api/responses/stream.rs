@@ -512,3 +512,124 @@ impl Encoder for ResponseEvents {
         self.persist.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::responses::wire::ResponsesRequest;
+
+    fn encoder() -> ResponseEvents {
+        let req: ResponsesRequest =
+            serde_json::from_value(json!({"model": "m", "input": "hi"})).expect("request");
+        ResponseEvents::new("resp_x".into(), "x".into(), Echo::of(&req, false), None)
+    }
+
+    fn events(bytes: &[Bytes]) -> Vec<Value> {
+        bytes
+            .iter()
+            .flat_map(|b| {
+                std::str::from_utf8(b)
+                    .expect("utf-8")
+                    .split_terminator("\n\n")
+                    .map(|e| {
+                        let data = e.split_once("\ndata: ").expect("data line").1;
+                        serde_json::from_str::<Value>(data).expect("json")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn chunk(delta: Value, finish: Option<&str>) -> Bytes {
+        Bytes::from(
+            json!({"model": "up", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn items_follow_each_other_with_consistent_indexes() {
+        let mut e = encoder();
+        let mut out = Vec::new();
+        for (delta, finish) in [
+            (json!({"reasoning_content": "think"}), None),
+            (
+                json!({"thinking_blocks": [{"type": "thinking", "thinking": "think", "signature": "s"}]}),
+                None,
+            ),
+            (
+                json!({"thinking_blocks": [{"type": "redacted_thinking", "data": "d"}]}),
+                None,
+            ),
+            (json!({"content": "Hi"}), None),
+            (
+                json!({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{\"a\""}}]}),
+                None,
+            ),
+            (
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+                None,
+            ),
+            (
+                json!({"tool_calls": [{"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{}"}}]}),
+                Some("tool_calls"),
+            ),
+        ] {
+            out.extend(e.chunk(&chunk(delta, finish), true, None));
+        }
+        // A delta for no open call is dropped; an unreadable chunk too.
+        out.extend(e.chunk(&Bytes::from_static(b"not json"), true, None));
+        out.push(e.done());
+        let all = events(&out);
+        let seqs: Vec<u64> = all
+            .iter()
+            .filter_map(|v| v["sequence_number"].as_u64())
+            .collect();
+        assert_eq!(seqs, (0..all.len() as u64).collect::<Vec<_>>());
+        let last = all.last().expect("events");
+        assert_eq!(last["type"], "response.completed");
+        let output = last["response"]["output"].as_array().expect("output");
+        let kinds: Vec<&str> = output.iter().filter_map(|i| i["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["reasoning", "message", "function_call", "function_call"]
+        );
+        assert_eq!(output[0]["summary"][0]["text"], "think");
+        let blocks = crate::api::responses::request::decode_blocks(
+            output[0]["encrypted_content"].as_str().expect("blocks"),
+        )
+        .expect("ours")
+        .expect("blocks");
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(output[2]["arguments"], "{\"a\":1}");
+        assert_eq!(output[3]["call_id"], "c2");
+        assert_eq!(last["response"]["model"], "up");
+        // Every item event names the index its item has in the final output.
+        for ev in &all {
+            if let (Some(i), Some(id)) = (ev["output_index"].as_u64(), ev["item_id"].as_str()) {
+                assert_eq!(output[i as usize]["id"], id, "{ev}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_before_anything_still_starts_the_response() {
+        let mut e = encoder();
+        let out = e.upstream_error(&Bytes::from_static(
+            br#"{"error":{"type":"rate_limit_error","code":"rate_limited","message":"slow down"}}"#,
+        ));
+        let all = events(&[out]);
+        let kinds: Vec<&str> = all.iter().filter_map(|v| v["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "error",
+                "response.failed"
+            ]
+        );
+        assert_eq!(all[3]["response"]["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(all[2]["message"], "slow down");
+    }
+}
