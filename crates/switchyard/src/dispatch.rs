@@ -415,6 +415,45 @@ impl Dispatcher {
         None
     }
 
+    /// Asks Anthropic deployment `d` of `model` to count the input tokens of `body`
+    /// (a Messages body naming `d`'s upstream model): one call within the attempt's
+    /// timeouts, outside the attempt loop. It takes no quota and is not a breaker's
+    /// call: Anthropic counts tokens free, under limits of its own.
+    pub async fn count_tokens(
+        &self,
+        model: &LogicalModel,
+        d: &Deployment,
+        body: Vec<u8>,
+    ) -> Result<u64, ProviderError> {
+        let timeouts = model.timeouts_for(d);
+        let start = TokioInstant::now();
+        let total = start + timeouts.total;
+        let first_byte = (start + timeouts.first_byte).min(total);
+        let request =
+            providers::anthropic::count_tokens_request(&self.client(d), d, Bytes::from(body))?;
+        let response = match timeout_at(first_byte, request.send()).await {
+            Err(_) => {
+                return Err(ProviderError::Timeout {
+                    phase: "response headers",
+                })
+            }
+            Ok(Err(e)) => return Err(send_error(e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        // A count is a few bytes; an error body is read as far as any other's.
+        let body = read_limited(response.bytes_stream().boxed(), MAX_ERROR_BODY, total).await?;
+        if !status.is_success() {
+            return Err(providers::anthropic::status_error(
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                &headers,
+                &body,
+            ));
+        }
+        providers::anthropic::counted_tokens(&body)
+    }
+
     /// What is left of `d`'s granted quota (RPM, TPM) in the current minute, for
     /// `GET /admin/health`: a read of the limiter's windows, which reserves nothing.
     pub async fn quota_headroom(&self, d: &Deployment) -> QuotaHeadroom {

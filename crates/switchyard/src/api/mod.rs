@@ -114,6 +114,10 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(anthropic::count_tokens::count_tokens),
+        )
         .route("/v1/embeddings", post(chat::embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))

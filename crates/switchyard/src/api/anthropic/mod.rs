@@ -10,6 +10,7 @@
 //! itself gets the client's own body ([`passthrough`]), and its answer goes back as
 //! it came ([`native`]).
 
+pub(crate) mod count_tokens;
 mod error;
 mod native;
 mod passthrough;
