@@ -9,6 +9,7 @@ pub mod chat;
 pub mod error;
 pub mod generation;
 mod panics;
+mod recovery;
 mod relay;
 
 pub mod wire;
