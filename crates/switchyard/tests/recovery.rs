@@ -37,6 +37,35 @@ provider = "ant2"
 model = "claude-haiku-4-5"
 price = {{ input = 1.0, output = 5.0 }}
 
+[providers.br1]
+kind = "bedrock"
+base_url = "{sim}/br1"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[providers.br2]
+kind = "bedrock"
+base_url = "{sim}/br2"
+region = "us-east-1"
+access_key_id = "AKIDSIMULATOR"
+secret_access_key = "sim-secret-key"
+
+[deployments.br1-haiku]
+provider = "br1"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[deployments.br2-haiku]
+provider = "br2"
+model = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+[models.bedrock-recovering]
+deployments = ["br1-haiku", "br2-haiku"]
+stream_recovery = "continue"
+
+[models.bedrock-whole]
+deployments = ["br2-haiku"]
+
 [providers.mis1]
 kind = "mistral"
 base_url = "{sim}/mis1/mistral/v1"
@@ -286,6 +315,30 @@ async fn anthropic_deployments_continue_from_a_prefill() {
         full.starts_with(text) && text.trim_end() == text,
         "{text:?}"
     );
+}
+
+#[tokio::test]
+async fn claude_on_bedrock_continues_from_a_prefill() {
+    let h = start().await;
+    let full = whole_answer(&h, "bedrock-whole", user(STORY)).await;
+    // messageStart, contentBlockStart?, then text deltas.
+    h.sim.sim.set_fault("br1", "*", Fault::cut(5));
+    let (_, raw, chunks, done) = stream(
+        &h,
+        json!({"model": "bedrock-recovering", "messages": user(STORY), "stream": true}),
+    )
+    .await;
+    assert!(done, "{raw}");
+    assert_eq!(text_of(&chunks), full, "{raw}");
+    assert!(raw.contains(": switchyard recovered from br1-haiku\n\n"));
+    let asked = messages_of(&h, "br2");
+    let turns = asked.last().and_then(Value::as_array).expect("messages");
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert_eq!(turns[1]["role"], "assistant");
+    let so_far = turns[1]["content"][0]["text"]
+        .as_str()
+        .expect("prefill text");
+    assert!(!so_far.is_empty() && full.starts_with(so_far) && so_far.trim_end() == so_far);
 }
 
 #[tokio::test]
