@@ -590,18 +590,39 @@ pub(crate) enum Continue {
     Prefix,
 }
 
+/// The text of a message: its `content` (a string or text parts), or Gemini's `parts`.
+fn turn_text(m: &Value) -> String {
+    match m.get("parts").and_then(Value::as_array) {
+        Some(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        None => generate::message_text(m),
+    }
+}
+
 /// When `body` asks to continue an answer in `style`: the body without the turns that
-/// carry it (the request whose answer it continues) and the answer so far.
+/// carry it (the request whose answer it continues) and the answer so far. The turns
+/// are `messages`, or Gemini's `contents` (whose assistant role is `model`).
 pub(crate) fn continuation(body: &Value, style: Continue) -> Option<(Value, String)> {
-    let messages = body.get("messages")?.as_array()?;
-    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_owned);
+    let key = if body.get("contents").is_some() {
+        "contents"
+    } else {
+        "messages"
+    };
+    let messages = body.get(key)?.as_array()?;
+    let role = |m: &Value| {
+        m.get("role")
+            .and_then(Value::as_str)
+            .map(|r| if r == "model" { "assistant" } else { r }.to_owned())
+    };
     let (carried, dropped) = match style {
         Continue::Instruction => {
             let [.., answer, ask] = messages.as_slice() else {
                 return None;
             };
             let asks = role(ask).as_deref() == Some("user")
-                && generate::message_text(ask)
+                && turn_text(ask)
                     .trim_start()
                     .to_ascii_lowercase()
                     .starts_with("continue");
@@ -622,7 +643,7 @@ pub(crate) fn continuation(body: &Value, style: Continue) -> Option<(Value, Stri
     if role(carried).as_deref() != Some("assistant") {
         return None;
     }
-    let text = generate::message_text(carried);
+    let text = turn_text(carried);
     if text.is_empty() {
         return None;
     }
@@ -631,7 +652,7 @@ pub(crate) fn continuation(body: &Value, style: Continue) -> Option<(Value, Stri
     if kept == 0 {
         return None;
     }
-    if let Some(Value::Array(m)) = base.get_mut("messages") {
+    if let Some(Value::Array(m)) = base.get_mut(key) {
         m.truncate(kept);
     }
     Some((base, text))
@@ -687,6 +708,14 @@ mod continuation_tests {
         let marked = json!({"role": "assistant", "content": "Once upon", "prefix": true});
         let body = json!({"model": "m", "messages": [user, marked]});
         assert!(continuation(&body, Continue::Prefix).is_some());
+        // Gemini's contents, with the `model` role.
+        let body = json!({"contents": [
+            {"role": "user", "parts": [{"text": "Tell me"}]},
+            {"role": "model", "parts": [{"text": "Once "}, {"text": "upon"}]},
+            {"role": "user", "parts": [{"text": "Continue exactly there."}]}]});
+        let (base, text) = continuation(&body, Continue::Instruction).expect("gemini");
+        assert_eq!(text, "Once upon");
+        assert_eq!(base["contents"].as_array().map(Vec::len), Some(1));
         // An ordinary conversation is not a continuation.
         let body = json!({"model": "m", "messages": [user, so_far, {"role": "user", "content": "Thanks"}]});
         assert!(continuation(&body, Continue::Instruction).is_none());

@@ -66,6 +66,31 @@ stream_recovery = "continue"
 [models.bedrock-whole]
 deployments = ["br2-haiku"]
 
+[providers.gm1]
+kind = "gemini"
+base_url = "{sim}/gm1"
+api_key = "gemini-sim-key"
+
+[providers.gm2]
+kind = "gemini"
+base_url = "{sim}/gm2"
+api_key = "gemini-sim-key"
+
+[deployments.gm1-flash]
+provider = "gm1"
+model = "gemini-2.5-flash"
+
+[deployments.gm2-flash]
+provider = "gm2"
+model = "gemini-2.5-flash"
+
+[models.gemini-recovering]
+deployments = ["gm1-flash", "gm2-flash"]
+stream_recovery = "continue"
+
+[models.gemini-whole]
+deployments = ["gm2-flash"]
+
 [providers.mis1]
 kind = "mistral"
 base_url = "{sim}/mis1/mistral/v1"
@@ -339,6 +364,32 @@ async fn claude_on_bedrock_continues_from_a_prefill() {
         .as_str()
         .expect("prefill text");
     assert!(!so_far.is_empty() && full.starts_with(so_far) && so_far.trim_end() == so_far);
+}
+
+#[tokio::test]
+async fn gemini_deployments_are_asked_to_continue() {
+    let h = start().await;
+    let full = whole_answer(&h, "gemini-whole", user(STORY)).await;
+    h.sim.sim.set_fault("gm1", "*", Fault::cut(4));
+    let (_, raw, chunks, done) = stream(
+        &h,
+        json!({"model": "gemini-recovering", "messages": user(STORY), "stream": true}),
+    )
+    .await;
+    assert!(done, "{raw}");
+    assert_eq!(text_of(&chunks), full, "{raw}");
+    assert!(raw.contains(": switchyard recovered from gm1-flash\n\n"));
+    let asked = h.sim.sim.requests("gm2");
+    let contents = asked
+        .last()
+        .and_then(|r| r.body["contents"].as_array())
+        .expect("contents");
+    assert_eq!(contents.len(), 3);
+    assert_eq!(contents[1]["role"], "model");
+    assert_eq!(contents[2]["role"], "user");
+    assert!(contents[2]["parts"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("Continue")));
 }
 
 #[tokio::test]
