@@ -415,6 +415,28 @@ async fn mistral_deployments_continue_from_a_prefix() {
 }
 
 #[tokio::test]
+async fn an_overloaded_error_event_after_content_is_recovered_too() {
+    let h = start().await;
+    let full = whole_answer(&h, "claude-whole", user(STORY)).await;
+    h.sim.sim.set_fault(
+        "ant1",
+        "*",
+        Fault::error(529)
+            .with_type("overloaded_error")
+            .mid_stream(6),
+    );
+    let (_, raw, chunks, done) = stream(
+        &h,
+        json!({"model": "claude-recovering", "messages": user(STORY), "stream": true}),
+    )
+    .await;
+    assert!(done, "{raw}");
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{raw}");
+    assert_eq!(text_of(&chunks), full);
+    assert!(raw.contains(": switchyard recovered from ant1-haiku\n\n"));
+}
+
+#[tokio::test]
 async fn a_cut_tool_call_stream_is_not_continued() {
     let h = start().await;
     h.sim.sim.set_fault("primary", "*", Fault::cut(3));
