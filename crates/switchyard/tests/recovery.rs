@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{sse_data, user, Harness, KEY, PATIENT_BREAKER};
 use serde_json::{json, Value};
-use switchyard_sim::{Fault, Latency};
+use switchyard_sim::{schema_check, Fault, Latency};
 
 const ADMIN: &str = "sy-admin-recovery-0000001";
 
@@ -143,6 +143,15 @@ type AttemptRow = (String, Option<i64>, Option<String>, i64, i64, i64, i64);
 
 const STORY: &str = "Tell me a long story about railways please";
 
+/// Validates a chunk against OpenAI's own schema for stream chunks.
+fn check_chunk(chunk: &Value) {
+    let mut root: Value =
+        serde_json::from_str(include_str!("fixtures/openai-chat-schemas.json")).expect("schemas");
+    root["$ref"] = json!("#/components/schemas/CreateChatCompletionStreamResponse");
+    schema_check::validate(&root, chunk)
+        .unwrap_or_else(|e| panic!("not a valid chunk: {e}\n{chunk:#}"));
+}
+
 /// The text of an OpenAI stream's chunks.
 fn text_of(chunks: &[Value]) -> String {
     chunks
@@ -223,6 +232,7 @@ async fn a_stream_cut_after_content_is_continued_on_the_next_deployment() {
     // One stream: the same identity everywhere, one finish reason, one usage chunk.
     let first = &chunks[0];
     for c in &chunks {
+        check_chunk(c);
         assert_eq!(c["id"], first["id"], "{c}");
         assert_eq!(c["model"], first["model"], "{c}");
         assert_eq!(c["created"], first["created"], "{c}");
@@ -526,6 +536,29 @@ async fn a_cut_before_anything_was_relayed_is_an_ordinary_failover() {
     // The backup was asked the client's request, not a continuation.
     let asked = messages_of(&h, "backup");
     assert_eq!(asked, vec![user(STORY)]);
+}
+
+#[tokio::test]
+async fn a_cut_after_the_role_alone_gets_the_whole_answer_from_the_next() {
+    let h = start().await;
+    let full = whole_answer(&h, "gpt-4o-mini", user(STORY)).await;
+    h.sim.sim.set_fault("primary", "*", Fault::cut(1));
+    let (headers, raw, chunks, done) = stream(
+        &h,
+        json!({"model": "recovering", "messages": user(STORY), "stream": true}),
+    )
+    .await;
+    assert!(done, "{raw}");
+    assert_eq!(headers["x-switchyard-deployment"], "primary-mini");
+    assert_eq!(text_of(&chunks), full);
+    assert!(raw.contains(": switchyard recovered from primary-mini\n\n"));
+    // Nothing of the answer went out: the backup was asked the request itself.
+    assert_eq!(messages_of(&h, "backup"), vec![user(STORY)]);
+    let roles = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["delta"]["role"].is_null())
+        .count();
+    assert_eq!(roles, 1);
 }
 
 #[tokio::test]
