@@ -158,3 +158,35 @@ def test_errors_raise_the_sdk_exceptions(demo: Demo, client: anthropic.Anthropic
         )
     assert e.value.body["error"]["type"] == "invalid_request_error"
     assert "messages[0].content[0].source.url" in e.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "model,how",
+    [("anthropic-claude-haiku", "exact"), ("gpt-4o-mini", "estimated"), ("gemini-flash", "estimated")],
+)
+def test_count_tokens(client: anthropic.Anthropic, model: str, how: str) -> None:
+    request = dict(
+        model=model,
+        system="You are terse.",
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "What is the weather in Lisbon?"}],
+    )
+    counted = client.messages.count_tokens(**request)
+    assert counted.input_tokens > 0
+    raw = client.messages.with_raw_response.count_tokens(**request)
+    assert raw.headers.get("x-switchyard-token-count") == how
+    assert raw.parse().input_tokens == counted.input_tokens
+    if how == "exact":
+        # The count is what the same prompt is billed for.
+        msg = client.messages.create(max_tokens=20, **request)
+        assert msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0) == counted.input_tokens
+
+
+def test_count_tokens_errors_raise_the_sdk_exceptions(demo: Demo, client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.count_tokens(model=MODEL, messages=[])
+    stranger = anthropic.Anthropic(base_url=demo.root_url, api_key="sy-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        stranger.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])

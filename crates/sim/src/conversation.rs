@@ -577,3 +577,164 @@ mod tests {
         assert!(!valid_tool_name("a b", 64));
     }
 }
+
+/// How a request asks for the rest of an answer it carries (see [`continuation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Continue {
+    /// An assistant message with the answer so far, then a user message that starts
+    /// with "Continue" (OpenAI-style protocols, which take no prefill).
+    Instruction,
+    /// A final assistant message the model continues (Anthropic, Bedrock).
+    Prefill,
+    /// A final assistant message with `prefix: true` (Mistral).
+    Prefix,
+}
+
+/// The text of a message: its `content` (a string or text parts), or Gemini's `parts`.
+fn turn_text(m: &Value) -> String {
+    match m.get("parts").and_then(Value::as_array) {
+        Some(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        None => generate::message_text(m),
+    }
+}
+
+/// When `body` asks to continue an answer in `style`: the body without the turns that
+/// carry it (the request whose answer it continues) and the answer so far. The turns
+/// are `messages`, or Gemini's `contents` (whose assistant role is `model`).
+pub(crate) fn continuation(body: &Value, style: Continue) -> Option<(Value, String)> {
+    let key = if body.get("contents").is_some() {
+        "contents"
+    } else {
+        "messages"
+    };
+    let messages = body.get(key)?.as_array()?;
+    let role = |m: &Value| {
+        m.get("role")
+            .and_then(Value::as_str)
+            .map(|r| if r == "model" { "assistant" } else { r }.to_owned())
+    };
+    let (carried, dropped) = match style {
+        Continue::Instruction => {
+            let [.., answer, ask] = messages.as_slice() else {
+                return None;
+            };
+            let asks = role(ask).as_deref() == Some("user")
+                && turn_text(ask)
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("continue");
+            if !asks || answer.get("tool_calls").is_some_and(|c| !c.is_null()) {
+                return None;
+            }
+            (answer, 2)
+        }
+        Continue::Prefill | Continue::Prefix => {
+            let answer = messages.last()?;
+            let marked = answer.get("prefix").and_then(Value::as_bool) == Some(true);
+            if style == Continue::Prefix && !marked {
+                return None;
+            }
+            (answer, 1)
+        }
+    };
+    if role(carried).as_deref() != Some("assistant") {
+        return None;
+    }
+    let text = turn_text(carried);
+    if text.is_empty() {
+        return None;
+    }
+    let mut base = body.clone();
+    let kept = messages.len() - dropped;
+    if kept == 0 {
+        return None;
+    }
+    if let Some(Value::Array(m)) = base.get_mut(key) {
+        m.truncate(kept);
+    }
+    Some((base, text))
+}
+
+/// The tokens of `tokens` after `prefix`, when their text starts with it (a token the
+/// prefix ends inside is split).
+pub(crate) fn after_prefix(tokens: &[String], prefix: &str) -> Option<Vec<String>> {
+    if !tokens.concat().starts_with(prefix) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    for t in tokens {
+        let end = offset + t.len();
+        if end <= prefix.len() {
+            offset = end;
+            continue;
+        }
+        if offset < prefix.len() {
+            out.push(t.get(prefix.len() - offset..)?.to_string());
+        } else {
+            out.push(t.clone());
+        }
+        offset = end;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod continuation_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn continuations_are_recognised_in_each_style() {
+        let user = json!({"role": "user", "content": "Tell me"});
+        let so_far = json!({"role": "assistant", "content": "Once upon"});
+        let ask = json!({"role": "user", "content": "Continue your previous answer."});
+        let body = json!({"model": "m", "messages": [user, so_far, ask]});
+        let (base, text) = continuation(&body, Continue::Instruction).expect("instruction");
+        assert_eq!(base["messages"], json!([user]));
+        assert_eq!(text, "Once upon");
+        assert!(continuation(&body, Continue::Prefill).is_none());
+
+        let body = json!({"model": "m", "messages": [user, so_far]});
+        assert!(continuation(&body, Continue::Prefill).is_some());
+        assert!(
+            continuation(&body, Continue::Prefix).is_none(),
+            "no prefix: true"
+        );
+        assert!(continuation(&body, Continue::Instruction).is_none());
+        let marked = json!({"role": "assistant", "content": "Once upon", "prefix": true});
+        let body = json!({"model": "m", "messages": [user, marked]});
+        assert!(continuation(&body, Continue::Prefix).is_some());
+        // Gemini's contents, with the `model` role.
+        let body = json!({"contents": [
+            {"role": "user", "parts": [{"text": "Tell me"}]},
+            {"role": "model", "parts": [{"text": "Once "}, {"text": "upon"}]},
+            {"role": "user", "parts": [{"text": "Continue exactly there."}]}]});
+        let (base, text) = continuation(&body, Continue::Instruction).expect("gemini");
+        assert_eq!(text, "Once upon");
+        assert_eq!(base["contents"].as_array().map(Vec::len), Some(1));
+        // An ordinary conversation is not a continuation.
+        let body = json!({"model": "m", "messages": [user, so_far, {"role": "user", "content": "Thanks"}]});
+        assert!(continuation(&body, Continue::Instruction).is_none());
+    }
+
+    #[test]
+    fn the_rest_after_a_prefix() {
+        let tokens: Vec<String> = ["Once", " upon", " a", " time", "."]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
+        assert_eq!(
+            after_prefix(&tokens, "Once upon"),
+            Some(vec![" a".into(), " time".into(), ".".into()])
+        );
+        assert_eq!(
+            after_prefix(&tokens, "Once up"),
+            Some(vec!["on".into(), " a".into(), " time".into(), ".".into()])
+        );
+        assert_eq!(after_prefix(&tokens, "Twice"), None);
+    }
+}

@@ -322,8 +322,35 @@ pub(crate) async fn handle(req: NativeRequest) -> Response {
         return fault_error(f, &chat.model).response(&request_id);
     }
     let conv = conversation(&chat);
+    // `prefix: true` on a final assistant message: the answer goes on from it.
+    let continued = conversation::continuation(&body, conversation::Continue::Prefix).and_then(
+        |(mut base, so_far)| {
+            if let Some(o) = base.as_object_mut() {
+                o.remove("max_tokens");
+            }
+            let base = parse_chat(&base, None).ok()?;
+            Some((conversation(&base), so_far))
+        },
+    );
     let answers: Vec<Answer> = (0..chat.n)
-        .map(|i| conversation::answer(&conv, i))
+        .map(|i| {
+            continued
+                .as_ref()
+                .and_then(|(base, so_far)| {
+                    let whole = conversation::answer(base, i);
+                    if !whole.calls.is_empty() {
+                        return None;
+                    }
+                    let rest = conversation::after_prefix(&whole.text, so_far)?;
+                    let (text, finish) = conversation::limit_tokens(rest, &conv.stop, conv.limit);
+                    Some(Answer {
+                        text,
+                        calls: Vec::new(),
+                        finish,
+                    })
+                })
+                .unwrap_or_else(|| conversation::answer(&conv, i))
+        })
         .collect();
     let prompt = generate::prompt_tokens(&chat.messages, &chat.tool_values);
     let plan = Plan {

@@ -250,19 +250,63 @@ impl Dispatcher {
         &self,
         job: Job<'_>,
         tracker: &mut RequestTracker,
+        make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
+    ) -> Result<Served, DispatchError> {
+        self.dispatch_within(job, Bounds::default(), tracker, make_body)
+            .await
+    }
+
+    /// Routes the continuation of a stream that broke on deployment `broken` (see
+    /// `stream_recovery`): the model's plan without that deployment, at most
+    /// `max_attempts` calls, no hedge. Everything else is as for a request: the same
+    /// constraints, gates and failover.
+    pub async fn dispatch_continuation(
+        &self,
+        job: Job<'_>,
+        broken: &str,
+        max_attempts: u32,
+        tracker: &mut RequestTracker,
+        make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
+    ) -> Result<Served, DispatchError> {
+        let bounds = Bounds {
+            exclude: Some(broken),
+            max_attempts: Some(max_attempts),
+            no_hedge: true,
+        };
+        self.dispatch_within(job, bounds, tracker, make_body).await
+    }
+
+    async fn dispatch_within(
+        &self,
+        job: Job<'_>,
+        bounds: Bounds<'_>,
+        tracker: &mut RequestTracker,
         mut make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, DispatchError> {
         let mut plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
         if let Some(issuer) = job.affinity {
             routing::prefer_issuer(&mut plan, issuer);
         }
+        if let Some(broken) = bounds.exclude {
+            plan.candidates.retain(|c| c.deployment.name != broken);
+        }
         if plan.candidates.is_empty() {
+            let mut exclusions = plan.exclusions();
+            if let Some(broken) = bounds.exclude {
+                if !exclusions.is_empty() {
+                    exclusions.push_str("; ");
+                }
+                exclusions.push_str(&format!("{broken}: its stream broke off"));
+            }
             return Err(DispatchError::NoEligibleDeployment {
                 model: job.model.name.clone(),
-                exclusions: plan.exclusions(),
+                exclusions,
             });
         }
-        let retry = job.model.retry;
+        let mut retry = job.model.retry;
+        if let Some(most) = bounds.max_attempts {
+            retry.max_attempts = retry.max_attempts.min(most);
+        }
         let mut attempts = 0u32;
         let mut last: Option<(ProviderError, Arc<Deployment>)> = None;
         let mut skipped = Skipped::default();
@@ -289,7 +333,7 @@ impl Dispatcher {
                 let hedge_after = job
                     .model
                     .hedge_after
-                    .filter(|_| attempts == 1 && attempts < retry.max_attempts);
+                    .filter(|_| !bounds.no_hedge && attempts == 1 && attempts < retry.max_attempts);
                 let outcome = match hedge_after {
                     None => {
                         self.attempt_logged(d, &job, tracker, gate, &mut make_body)
@@ -413,6 +457,45 @@ impl Dispatcher {
             }
         }
         None
+    }
+
+    /// Asks Anthropic deployment `d` of `model` to count the input tokens of `body`
+    /// (a Messages body naming `d`'s upstream model): one call within the attempt's
+    /// timeouts, outside the attempt loop. It takes no quota and is not a breaker's
+    /// call: Anthropic counts tokens free, under limits of its own.
+    pub async fn count_tokens(
+        &self,
+        model: &LogicalModel,
+        d: &Deployment,
+        body: Vec<u8>,
+    ) -> Result<u64, ProviderError> {
+        let timeouts = model.timeouts_for(d);
+        let start = TokioInstant::now();
+        let total = start + timeouts.total;
+        let first_byte = (start + timeouts.first_byte).min(total);
+        let request =
+            providers::anthropic::count_tokens_request(&self.client(d), d, Bytes::from(body))?;
+        let response = match timeout_at(first_byte, request.send()).await {
+            Err(_) => {
+                return Err(ProviderError::Timeout {
+                    phase: "response headers",
+                })
+            }
+            Ok(Err(e)) => return Err(send_error(e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        // A count is a few bytes; an error body is read as far as any other's.
+        let body = read_limited(response.bytes_stream().boxed(), MAX_ERROR_BODY, total).await?;
+        if !status.is_success() {
+            return Err(providers::anthropic::status_error(
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                &headers,
+                &body,
+            ));
+        }
+        providers::anthropic::counted_tokens(&body)
     }
 
     /// What is left of `d`'s granted quota (RPM, TPM) in the current minute, for
@@ -717,6 +800,16 @@ impl Dispatcher {
         let other = loser_fut.await;
         (self.conclude(loser, other, tracker), Some(offset))
     }
+}
+
+/// What narrows a dispatch beyond the model's own settings.
+#[derive(Default)]
+struct Bounds<'a> {
+    /// A deployment left out of the plan.
+    exclude: Option<&'a str>,
+    /// At most this many calls (never more than the model's `retry.max_attempts`).
+    max_attempts: Option<u32>,
+    no_hedge: bool,
 }
 
 /// Where a hedged first call may find its twin.
@@ -1276,6 +1369,37 @@ price = {{ input = 1.0, output = 5.0 }}
             (outcome, tracker.attempts())
         }
 
+        /// Dispatches the continuation of a stream `broken` served for `model`.
+        async fn continue_on(
+            &self,
+            model: &str,
+            broken: &str,
+            tracker: &mut RequestTracker,
+        ) -> Result<Served, DispatchError> {
+            let model = self.model(model);
+            let caller = Constraints::default();
+            let job = Job {
+                model: &model,
+                endpoint: Endpoint::ChatCompletions,
+                stream: true,
+                needs: Needs::default(),
+                caller: &caller,
+                affinity: None,
+            };
+            let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
+                "model": model.name, "stream": true,
+                "messages": [{"role": "user", "content": "hello"}],
+            }))
+            .expect("request");
+            self.dispatcher
+                .dispatch_continuation(job, broken, 5, tracker, |d| {
+                    providers::adapter(&d.provider.kind)
+                        .chat_body(&mut req, d, true)
+                        .map(Rendered::from)
+                })
+                .await
+        }
+
         /// Opens `name`'s breaker (configured to open on one failure, for 1 ms) and
         /// waits out its open period, so that the next call to it is the probe.
         fn half_open(&self, name: &str) {
@@ -1456,6 +1580,60 @@ deployments = ["limited"]
             Some("primary")
         );
         assert_eq!(health.breaker_state(Instant::now()), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_continuation_leaves_out_the_broken_deployment_and_gives_back_what_it_held_when_dropped(
+    ) {
+        let rig = rig(&format!(
+            "[models.pair]\ndeployments = [\"primary\", \"backup\"]\n\n[models.solo]\ndeployments = [\"backup\"]\n{ONE_FAILURE_OPENS}"
+        ))
+        .await;
+        // The broken deployment is not asked again; the next one serves.
+        let mut tracker =
+            RequestTracker::new(LedgerSink::disabled(), "t".into(), "chat.completions");
+        let served = rig
+            .continue_on("pair", "primary", &mut tracker)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(served.deployment.name, "backup");
+        drop(served);
+        assert!(rig.sim.sim.requests("primary").is_empty());
+        // With the next one's call in flight (its breaker's probe), the request goes away.
+        rig.half_open("backup");
+        rig.sim.sim.set_latency(
+            "backup",
+            "*",
+            Latency {
+                ttft_ms: 1_000,
+                chunk_delay_ms: 0,
+                chunks: None,
+            },
+        );
+        let mut tracker =
+            RequestTracker::new(LedgerSink::disabled(), "t2".into(), "chat.completions");
+        tokio::select! {
+            _ = rig.continue_on("pair", "primary", &mut tracker) => panic!("the call answered first"),
+            () = rig.received("backup", 2) => {}
+        }
+        let health = rig.dispatcher.health.of(&rig.deployment("backup"));
+        assert_eq!(health.calls_in_flight(), 0);
+        assert_eq!(
+            rig.admissible("backup").await,
+            Some(true),
+            "the probe slot is back"
+        );
+        // Without another deployment there is nothing to continue on.
+        match rig.continue_on("solo", "backup", &mut tracker).await {
+            Err(DispatchError::NoEligibleDeployment { exclusions, .. }) => {
+                assert!(
+                    exclusions.contains("backup: its stream broke off"),
+                    "{exclusions}"
+                );
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("nothing may serve"),
+        }
     }
 
     // The clock is paused: the simulator's latency and dispatch's measurement of it

@@ -995,3 +995,228 @@ async fn anthropic_upstream_errors_keep_their_anthropic_type() {
     assert!(!names.contains(&"message_stop"));
     assert_anthropic_error(&evs[evs.len() - 1].1, "overloaded_error");
 }
+
+const NARROW_KEY: &str = "sy-test-key-narrow-000001";
+const LIMITED_KEY: &str = "sy-test-key-limited-00001";
+
+/// An Anthropic deployment (`ant`), a model served by it first and by OpenAI after,
+/// a key allowed only `gpt-4o-mini`, and a key with one request a minute.
+async fn for_counting() -> Harness {
+    Harness::start_with_sim(|sim| {
+        format!(
+            r#"
+[providers.ant]
+kind = "anthropic"
+base_url = "{sim}/ant"
+api_key = "sk-ant-upstream-secret"
+
+[deployments.ant-haiku]
+provider = "ant"
+model = "claude-haiku-4-5"
+price = {{ input = 1.0, output = 5.0 }}
+
+[models.claude]
+deployments = ["ant-haiku", "oa-mini"]
+
+[[keys]]
+name = "narrow"
+key = "{NARROW_KEY}"
+policy = {{ models = ["gpt-4o-mini"] }}
+
+[[keys]]
+name = "limited"
+key = "{LIMITED_KEY}"
+policy = {{ rpm = 1 }}
+"#
+        )
+    })
+    .await
+}
+
+async fn count_tokens(h: &Harness, key: &str, body: &Value) -> (u16, http::HeaderMap, Value) {
+    let res = h
+        .client
+        .post(format!("{}/v1/messages/count_tokens", h.base))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, headers, v)
+}
+
+fn counting_request(model: &str) -> Value {
+    json!({
+        "model": model,
+        "system": "You are terse.",
+        "tools": [weather_tool()],
+        "messages": [
+            {"role": "user", "content": "What is the weather in Lisbon today, roughly?"},
+            {"role": "assistant", "content": "Let me think."},
+            {"role": "user", "content": [{"type": "text", "text": "Go on, please."}]},
+        ],
+    })
+}
+
+#[tokio::test]
+async fn count_tokens_asks_an_anthropic_deployment_for_the_exact_count() {
+    let mut h = for_counting().await;
+    let request = counting_request("claude");
+    let (status, headers, body) = count_tokens(&h, KEY, &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-token-count"], "exact");
+    assert_eq!(headers["x-switchyard-deployment"], "ant-haiku");
+    assert!(headers.contains_key("request-id"));
+    let counted = body["input_tokens"].as_u64().expect("input_tokens");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    // The upstream got the client's body at its count_tokens, model swapped, and no
+    // max_tokens the client did not send.
+    let seen = h.sim.sim.requests("ant");
+    let last = seen.last().expect("a recorded request");
+    assert!(
+        last.path.ends_with("/v1/messages/count_tokens"),
+        "{}",
+        last.path
+    );
+    let mut want = request.clone();
+    want["model"] = json!("claude-haiku-4-5");
+    assert_eq!(last.body, want);
+    // The same count the upstream bills the same prompt with on /v1/messages.
+    let mut asked = request;
+    asked["max_tokens"] = json!(50);
+    let (status, _, msg) = send(&h, asked).await;
+    assert_eq!(status, 200, "{msg}");
+    let billed = msg["usage"]["input_tokens"].as_u64().unwrap_or(0)
+        + msg["usage"]["cache_read_input_tokens"]
+            .as_u64()
+            .unwrap_or(0);
+    assert_eq!(counted, billed);
+    // Counting is not a billed request: only the message has a ledger row.
+    let db = h.finish().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn count_tokens_estimates_for_other_providers_and_says_so() {
+    let h = for_counting().await;
+    let (status, headers, body) = count_tokens(&h, KEY, &counting_request("gpt-4o-mini")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-token-count"], "estimated");
+    assert_eq!(headers["x-switchyard-deployment"], "oa-mini");
+    let estimated = body["input_tokens"].as_u64().expect("input_tokens");
+    assert!(estimated > 20, "tools and messages count: {estimated}");
+    // Nothing went upstream.
+    assert!(h.sim.sim.requests("").is_empty());
+    // More text, more tokens.
+    let mut longer = counting_request("gpt-4o-mini");
+    longer["messages"][0]["content"] =
+        json!("What is the weather in Lisbon today, roughly? ".repeat(20));
+    let (_, _, more) = count_tokens(&h, KEY, &longer).await;
+    assert!(
+        more["input_tokens"].as_u64() > Some(estimated + 100),
+        "{more}"
+    );
+}
+
+#[tokio::test]
+async fn count_tokens_falls_back_to_the_estimate_when_anthropic_is_unreachable() {
+    // A provider that does not answer at all: the model's one deployment points at a
+    // closed port.
+    let h = Harness::start_with_sim(|_| {
+        r#"
+[providers.gone]
+kind = "anthropic"
+base_url = "http://127.0.0.1:9"
+api_key = "sk-ant-upstream-secret"
+
+[deployments.gone-haiku]
+provider = "gone"
+model = "claude-haiku-4-5"
+
+[models.claude]
+deployments = ["gone-haiku"]
+"#
+        .to_owned()
+    })
+    .await;
+    let (status, headers, body) = count_tokens(&h, KEY, &counting_request("claude")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-switchyard-token-count"], "estimated");
+    assert!(body["input_tokens"].as_u64() > Some(0));
+}
+
+#[tokio::test]
+async fn count_tokens_is_governed_and_errors_are_anthropic_shaped() {
+    let h = for_counting().await;
+    let request = counting_request("claude");
+    // No key, a wrong key.
+    let res = h
+        .client
+        .post(format!("{}/v1/messages/count_tokens", h.base))
+        .json(&request)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.expect("json");
+    assert_anthropic_error(&body, "authentication_error");
+    let (status, _, body) = count_tokens(&h, "sy-not-a-key", &request).await;
+    assert_eq!(status, 401);
+    assert_anthropic_error(&body, "authentication_error");
+    // A model the key's policy does not allow; an unknown model.
+    let (status, _, body) = count_tokens(&h, NARROW_KEY, &request).await;
+    assert_eq!(status, 403, "{body}");
+    assert_anthropic_error(&body, "permission_error");
+    let (status, _, body) = count_tokens(&h, KEY, &counting_request("no-such-model")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_anthropic_error(&body, "not_found_error");
+    // Hostile bodies: 400 naming the field, never a 500.
+    for (bad, field) in [
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            "model",
+        ),
+        (json!({"model": "claude", "messages": "hi"}), "messages"),
+        (json!({"model": 7, "messages": []}), "model"),
+        (json!({"model": "claude", "messages": []}), "messages"),
+        (
+            json!({"model": "claude", "max_tokens": 1e300, "messages": [{"role": "user", "content": "hi"}]}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": "claude", "messages": [{"role": "robot", "content": "ø"}]}),
+            "role",
+        ),
+        (json!([1, 2]), ""),
+    ] {
+        let (status, _, body) = count_tokens(&h, KEY, &bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_anthropic_error(&body, "invalid_request_error");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{bad}: {message}");
+    }
+    // Counting takes no rate-limit room: a key with one request a minute counts
+    // many times, and still has its request.
+    for _ in 0..3 {
+        let (status, _, body) = count_tokens(&h, LIMITED_KEY, &request).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let res = h
+        .client
+        .post(format!("{}/v1/messages", h.base))
+        .header("x-api-key", LIMITED_KEY)
+        .json(&json!({"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+}

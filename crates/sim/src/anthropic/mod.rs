@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::conversation::{self, fragments, group_tokens, Answer, Finish};
+use crate::conversation::{self, fragments, group_tokens, Answer, Continue, Finish};
 use crate::generate::{alnum, derive_seed};
 use crate::plumbing::{
     fault_and_latency, header_text, is_mid_stream_error, plain_body, plain_wait, response, rfc3339,
@@ -247,7 +247,26 @@ pub(crate) async fn handle(req: NativeRequest, count_tokens: bool) -> Response {
     {
         return ctx.error(fault_error(f));
     }
-    let plan = Plan::new(&parsed);
+    // A prefill: the answer goes on from the final assistant message, which
+    // Anthropic refuses with trailing whitespace.
+    let continued = conversation::continuation(&req.body, Continue::Prefill);
+    if continued
+        .as_ref()
+        .is_some_and(|(_, so_far)| so_far.trim_end() != so_far)
+    {
+        return ctx.error(AnthropicError::invalid(
+            "messages: final assistant content cannot end with trailing whitespace",
+        ));
+    }
+    let plan = continued
+        .and_then(|(mut base, so_far)| {
+            if let Some(o) = base.as_object_mut() {
+                o.remove("max_tokens");
+            }
+            let base = request::parse(&base, true).ok()?;
+            Plan::continued(&parsed, &base, &so_far)
+        })
+        .unwrap_or_else(|| Plan::new(&parsed));
     let frames = plan.stream_frames(latency.chunks);
     if parsed.stream {
         let malformed = Bytes::from_static(
@@ -369,6 +388,42 @@ impl Plan {
             cache_read: req.cached_tokens,
             output_tokens: answer.output_tokens().max(1) + thinking_tokens,
         }
+    }
+
+    /// The answer to a prefilled `req`: the rest, after `so_far`, of the text answer
+    /// `base` (the request without the prefill) gets; `None` when that answer is no
+    /// such text.
+    fn continued(
+        req: &request::MessagesRequest,
+        base: &request::MessagesRequest,
+        so_far: &str,
+    ) -> Option<Plan> {
+        let mut plan = Plan::new(base);
+        if plan
+            .blocks
+            .iter()
+            .any(|b| matches!(b, Block::ToolUse { .. }))
+        {
+            return None;
+        }
+        let text = plan.blocks.iter_mut().find_map(|b| match b {
+            Block::Text(tokens) => Some(tokens),
+            _ => None,
+        })?;
+        let rest = conversation::after_prefix(text, so_far)?;
+        let (kept, finish) = conversation::limit_tokens(rest, &req.conv.stop, req.conv.limit);
+        // What the answer spent thinking stays counted.
+        let thinking = plan.output_tokens.saturating_sub(text.len() as u64);
+        plan.output_tokens = (kept.len() as u64).max(1) + thinking;
+        *text = kept;
+        (plan.stop_reason, plan.stop_sequence) = match finish {
+            Finish::Length => ("max_tokens", None),
+            Finish::Stop(s) => ("stop_sequence", Some(s)),
+            Finish::Done | Finish::Tools => ("end_turn", None),
+        };
+        plan.input_tokens = req.prompt_tokens - req.cached_tokens;
+        plan.cache_read = req.cached_tokens;
+        Some(plan)
     }
 
     fn message_json(&self) -> Value {

@@ -327,7 +327,9 @@ pub(crate) async fn handle(req: NativeRequest, model: String, stream: bool) -> R
     {
         return ctx.error(fault_error(f));
     }
-    let plan = Plan::new(&parsed, &model, &latency);
+    let answer = continued_answer(&req.body, &parsed, &model)
+        .unwrap_or_else(|| conversation::answer(&parsed.conv, 0));
+    let plan = Plan::new(&parsed, &model, &latency, answer);
     let frames = plan.frames(latency.chunks);
     if stream {
         let malformed = eventstream::event_raw(
@@ -387,9 +389,42 @@ struct Plan {
     latency_ms: u64,
 }
 
+/// The answer to a request whose final assistant message is a prefill (Claude on
+/// Bedrock continues it): the rest, after it, of the text answer the request without
+/// it gets, cut by `req`'s own limits; `None` when there is no such text.
+fn continued_answer(
+    body: &Value,
+    req: &request::ConverseRequest,
+    model: &str,
+) -> Option<conversation::Answer> {
+    let (mut base, so_far) = conversation::continuation(body, conversation::Continue::Prefill)?;
+    if let Some(config) = base
+        .get_mut("inferenceConfig")
+        .and_then(Value::as_object_mut)
+    {
+        config.remove("maxTokens");
+    }
+    let base = request::parse(&base, model).ok()?;
+    let whole = conversation::answer(&base.conv, 0);
+    if !whole.calls.is_empty() {
+        return None;
+    }
+    let rest = conversation::after_prefix(&whole.text, &so_far)?;
+    let (text, finish) = conversation::limit_tokens(rest, &req.conv.stop, req.conv.limit);
+    Some(conversation::Answer {
+        text,
+        calls: Vec::new(),
+        finish,
+    })
+}
+
 impl Plan {
-    fn new(req: &request::ConverseRequest, model: &str, latency: &crate::Latency) -> Plan {
-        let answer = conversation::answer(&req.conv, 0);
+    fn new(
+        req: &request::ConverseRequest,
+        model: &str,
+        latency: &crate::Latency,
+        answer: conversation::Answer,
+    ) -> Plan {
         let mut blocks = Vec::new();
         let mut thinking_tokens = 0u64;
         if req.thinking.on() {

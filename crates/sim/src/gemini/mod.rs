@@ -248,7 +248,19 @@ pub(crate) async fn handle(
     {
         return fault_error(f).response();
     }
-    let plan = Plan::new(&parsed, &model, vertex);
+    // A request to continue an answer it carries: the rest of the answer the request
+    // without it gets (whole, then cut by this request's limits).
+    let continued = conversation::continuation(&body, conversation::Continue::Instruction)
+        .and_then(|(mut base, so_far)| {
+            if let Some(config) = base
+                .get_mut("generationConfig")
+                .and_then(Value::as_object_mut)
+            {
+                config.remove("maxOutputTokens");
+            }
+            request::parse(&base, &model).ok().map(|b| (b, so_far))
+        });
+    let plan = Plan::new(&parsed, &model, vertex, continued.as_ref());
     let chunks = plan.chunks(latency.chunks);
     if stream {
         let (frames, malformed, error_frame, trailer, content_type) = if sse {
@@ -332,12 +344,31 @@ fn finish_reason(finish: &Finish) -> &'static str {
 }
 
 impl Plan {
-    fn new(req: &request::GenerateRequest, model: &str, vertex: bool) -> Plan {
+    fn new(
+        req: &request::GenerateRequest,
+        model: &str,
+        vertex: bool,
+        continued: Option<&(request::GenerateRequest, String)>,
+    ) -> Plan {
+        let rest = |i: usize| {
+            let (base, so_far) = continued?;
+            let whole = conversation::answer(&base.conv, i);
+            if !whole.calls.is_empty() {
+                return None;
+            }
+            let rest = conversation::after_prefix(&whole.text, so_far)?;
+            let (text, finish) = conversation::limit_tokens(rest, &req.conv.stop, req.conv.limit);
+            Some(Answer {
+                text,
+                calls: Vec::new(),
+                finish,
+            })
+        };
         let answers = if req.blocked {
             Vec::new()
         } else {
             (0..req.candidates)
-                .map(|i| conversation::answer(&req.conv, i))
+                .map(|i| rest(i).unwrap_or_else(|| conversation::answer(&req.conv, i)))
                 .collect()
         };
         let thought = if req.thinking {

@@ -13,7 +13,7 @@ use super::{
     fault_error, invalid_value, plain_response, timed_body, unix_now, ApiError, Ctx, Dialect,
     Event, Payload, ABORT_GRACE,
 };
-use crate::conversation::{fragments, group_tokens, pick_tools, Choice};
+use crate::conversation::{fragments, group_tokens, pick_tools, Choice, Continue};
 use crate::generate::{
     self, alnum, derive_seed, fixed_tokens, message_text, prose_tokens, text_tokens, word_tokens,
     Rng,
@@ -270,8 +270,34 @@ struct ChatPlan {
     usage: Usage,
 }
 
-fn plan_chat(req: &ChatRequest, reasoning_per_choice: u64) -> ChatPlan {
-    let outputs: Vec<Output> = (0..req.n).map(|i| answer(req, i)).collect();
+/// The rest of the answer `base` gets, after `so_far` (a continuation request, see
+/// [`crate::conversation::continuation`]), cut by `req`'s own limits; `None` when that
+/// answer is not text or does not start with `so_far`.
+fn continued_answer(
+    req: &ChatRequest,
+    base: &ChatRequest,
+    so_far: &str,
+    index: usize,
+) -> Option<Output> {
+    let Output::Text { tokens, .. } = answer(base, index) else {
+        return None;
+    };
+    let rest = crate::conversation::after_prefix(&tokens, so_far)?;
+    Some(apply_limits(rest, &req.stop, req.limit))
+}
+
+fn plan_chat(
+    req: &ChatRequest,
+    reasoning_per_choice: u64,
+    continued: Option<&(ChatRequest, String)>,
+) -> ChatPlan {
+    let outputs: Vec<Output> = (0..req.n)
+        .map(|i| {
+            continued
+                .and_then(|(base, so_far)| continued_answer(req, base, so_far, i))
+                .unwrap_or_else(|| answer(req, i))
+        })
+        .collect();
     let prompt = generate::prompt_tokens(&req.messages, &req.tool_values);
     let cached = if all_text(&req.messages).contains(MARKER_CACHED) {
         prompt / 2
@@ -566,6 +592,19 @@ fn stream_events(payloads: &[Value], latency: &Latency, fault: Option<&Fault>) -
 }
 
 pub(super) async fn chat(ctx: &Ctx, deployment: Option<String>, body: &Value) -> Response {
+    // A request to continue an answer it carries: the answer is the rest of the one
+    // the request without it gets (its whole answer, without limits, then cut).
+    let continued = crate::conversation::continuation(body, Continue::Instruction).and_then(
+        |(mut base, so_far)| {
+            if let Some(o) = base.as_object_mut() {
+                o.remove("max_tokens");
+                o.remove("max_completion_tokens");
+            }
+            parse_chat(&base, deployment.clone())
+                .ok()
+                .map(|b| (b, so_far))
+        },
+    );
     let req = match parse_chat(body, deployment) {
         Ok(r) => r,
         Err(e) => return ctx.error(e),
@@ -584,7 +623,7 @@ pub(super) async fn chat(ctx: &Ctx, deployment: Option<String>, body: &Value) ->
         Ok(r) => r,
         Err(e) => return ctx.error(e),
     };
-    let plan = plan_chat(&req, reasoning);
+    let plan = plan_chat(&req, reasoning, continued.as_ref());
     let payloads = stream_payloads(ctx.dialect, &plan, req.include_usage, latency.chunks);
     if req.stream {
         let events = stream_events(&payloads, &latency, fault.as_ref());
@@ -698,8 +737,8 @@ mod tests {
     #[test]
     fn answers_are_deterministic_and_choices_differ() {
         let body = json!({"model":"m","messages":[{"role":"user","content":"hello"}],"n":3});
-        let a = plan_chat(&req(body.clone()), 0);
-        let b = plan_chat(&req(body), 0);
+        let a = plan_chat(&req(body.clone()), 0, None);
+        let b = plan_chat(&req(body), 0, None);
         assert_eq!(a.outputs, b.outputs);
         assert_eq!(a.id, b.id);
         assert_ne!(a.outputs[0], a.outputs[1]);
@@ -715,7 +754,7 @@ mod tests {
         let r = req(json!({"model":"m","messages":[
             {"role":"system","content":"be brief [[len:5]]"},
             {"role":"user","content":"[[cached]] hi"}]}));
-        let p = plan_chat(&r, 0);
+        let p = plan_chat(&r, 0, None);
         assert_eq!(p.usage.completion, 5);
         assert_eq!(p.usage.cached, p.usage.prompt / 2);
         assert!(p.usage.cached > 0);
@@ -726,6 +765,45 @@ mod tests {
             Output::Text { tokens, .. } => assert_eq!(tokens.concat(), "alpha beta STOP gamma"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_continuation_answers_the_rest_of_the_answer() {
+        let base =
+            json!({"model": "m", "messages": [{"role": "user", "content": "Tell me a story"}]});
+        let Output::Text { tokens: whole, .. } = answer(&req(base.clone()), 0) else {
+            panic!("a text answer");
+        };
+        let so_far = whole[..3].concat();
+        let mut asked = base;
+        if let Some(m) = asked["messages"].as_array_mut() {
+            m.push(json!({"role": "assistant", "content": so_far}));
+            m.push(json!({"role": "user", "content": "Continue where you stopped."}));
+        }
+        let continued = crate::conversation::continuation(&asked, Continue::Instruction)
+            .map(|(b, text)| (req(b), text));
+        assert!(continued.is_some());
+        let plan = plan_chat(&req(asked.clone()), 0, continued.as_ref());
+        let Output::Text { tokens: rest, .. } = &plan.outputs[0] else {
+            panic!("a text answer");
+        };
+        assert_eq!(format!("{so_far}{}", rest.concat()), whole.concat());
+        // The prompt counts what the request carries.
+        assert!(
+            plan.usage.prompt
+                > generate::prompt_tokens(
+                    &req(json!({"model": "m",
+            "messages": [{"role": "user", "content": "Tell me a story"}]}))
+                    .messages,
+                    &[]
+                )
+        );
+        // A prefix that is not the answer's start gets an answer of its own.
+        asked["messages"][1]["content"] = json!("Something else entirely");
+        let continued = crate::conversation::continuation(&asked, Continue::Instruction)
+            .map(|(b, text)| (req(b), text));
+        let plan = plan_chat(&req(asked.clone()), 0, continued.as_ref());
+        assert_eq!(plan.outputs[0], answer(&req(asked), 0));
     }
 
     #[test]

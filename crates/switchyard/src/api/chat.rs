@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::relay::{OpenAiFrames, Relay};
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
-use crate::config::{Constraints, Deployment, LogicalModel};
+use crate::config::{Constraints, Deployment, LogicalModel, StreamRecovery};
 use crate::dispatch::{Job, Opened, Rendered};
 use crate::ledger::tracker::RequestTracker;
 use crate::providers::{adapter, Endpoint};
@@ -92,7 +92,7 @@ enum Reply {
 }
 
 async fn chat(
-    state: &Generation,
+    state: &Arc<Generation>,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
@@ -159,7 +159,7 @@ pub(super) enum ChatServed {
 /// request in hand): an ingress whose own protocol that deployment speaks passes the
 /// client's request through instead of the translation.
 pub(super) async fn serve_chat(
-    state: &Generation,
+    state: &Arc<Generation>,
     key: &crate::governance::Principal,
     mut req: ChatRequest,
     tracker: &mut RequestTracker,
@@ -182,6 +182,17 @@ pub(super) async fn serve_chat(
 
     let needs = Needs::of_chat(&req, admission.estimate);
     let choices = req.n.unwrap_or(1);
+    // A stream that may be continued elsewhere keeps the admitted request for it.
+    let recovery = (streamed && choices <= 1 && model.stream_recovery == StreamRecovery::Continue)
+        .then(|| {
+            Box::new(super::recovery::Recovery::new(
+                state.clone(),
+                model.clone(),
+                req.clone(),
+                caller.clone(),
+                needs,
+            ))
+        });
     let job = Job {
         model: &model,
         endpoint: Endpoint::ChatCompletions,
@@ -241,6 +252,7 @@ pub(super) async fn serve_chat(
             first,
             prompt_estimate: needs.prompt_tokens,
             choices: u64::from(choices.max(1)),
+            recovery,
         })),
     }
 }

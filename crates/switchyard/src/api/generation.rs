@@ -266,6 +266,7 @@ fn same_model(a: &&LogicalModel, b: &&LogicalModel) -> bool {
         && a.total_timeout == b.total_timeout
         && a.retry == b.retry
         && a.hedge_after == b.hedge_after
+        && a.stream_recovery == b.stream_recovery
 }
 
 fn same_key(a: &&ApiKey, b: &&ApiKey) -> bool {

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod error;
 pub mod generation;
 mod panics;
+mod recovery;
 mod relay;
 pub mod responses;
 
@@ -119,6 +120,10 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
         .route(
             "/v1/responses/{id}",
             get(responses::retrieve).delete(responses::delete),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(anthropic::count_tokens::count_tokens),
         )
         .route("/v1/embeddings", post(chat::embeddings))
         .route("/v1/models", get(list_models))

@@ -25,7 +25,7 @@ use super::error::ApiError;
 
 /// The middleware: wraps the handler and its response body.
 pub async fn catch_panics(req: Request, next: Next) -> Response {
-    let anthropic = req.uri().path() == "/v1/messages";
+    let anthropic = req.uri().path().starts_with("/v1/messages");
     match AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(res) => res.map(|body| {
             Body::new(CatchBody {

@@ -29,6 +29,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::chat::{estimate, served_headers};
 use super::error::ApiError;
+use super::recovery::{Recovery, Splice};
 use crate::config::Deployment;
 use crate::dispatch::{Capacity, UpstreamStream};
 use crate::ledger::tracker::RequestTracker;
@@ -50,6 +51,8 @@ pub struct Relay {
     pub prompt_estimate: u64,
     /// The choices the request asked for (its `n`, at least 1).
     pub choices: u64,
+    /// Set when a break after content may be continued elsewhere (`stream_recovery`).
+    pub recovery: Option<Box<Recovery>>,
 }
 
 /// How one ingress protocol renders a relayed stream. Each call returns the bytes to
@@ -123,6 +126,8 @@ impl Relay {
             usage: None,
             choice_chunks: 0,
             tracker: Some(tracker),
+            recovery: self.recovery,
+            splice: None,
         };
         *res.body_mut() = Body::from_stream(frames(state));
         res
@@ -147,6 +152,10 @@ struct RelayState<E: Encoder> {
     choice_chunks: u64,
     /// Present until the stream's outcome is recorded.
     tracker: Option<RequestTracker>,
+    /// Present until the stream has been recovered once (or cannot be).
+    recovery: Option<Box<Recovery>>,
+    /// Set once a continuation is being relayed.
+    splice: Option<Splice>,
 }
 
 fn frame(data: &[u8]) -> Bytes {
@@ -221,9 +230,19 @@ impl<E: Encoder> RelayState<E> {
                     return Some(self.complete().await)
                 }
                 Ok(None) => {
-                    return Some(self.cut("the upstream stream ended without [DONE]").await)
+                    let why = "the upstream stream ended without [DONE]";
+                    if self.recover(why).await {
+                        continue;
+                    }
+                    return Some(self.cut(why).await);
                 }
-                Err(e) => return Some(self.cut(&e.to_string()).await),
+                Err(e) => {
+                    let why = e.to_string();
+                    if self.recover(&why).await {
+                        continue;
+                    }
+                    return Some(self.cut(&why).await);
+                }
             };
             match item {
                 Translated::Chunk {
@@ -240,12 +259,27 @@ impl<E: Encoder> RelayState<E> {
                         if let Some(t) = self.tracker.as_mut() {
                             t.first_token();
                         }
+                        if let Some(r) = self.recovery.as_mut() {
+                            r.observe(&data);
+                        }
                     }
+                    let (data, usage) = match self.splice.as_mut() {
+                        None => (data, usage),
+                        Some(splice) => match splice.rewrite(&data, usage.as_ref()) {
+                            Some(shown) => shown,
+                            None => continue,
+                        },
+                    };
                     if let Some(out) = self.encoder.chunk(&data, has_choices, usage.as_ref()) {
                         return Some(out);
                     }
                 }
                 Translated::Error(data) => {
+                    if crate::providers::stream_error(&data).retryable()
+                        && self.recover("the upstream sent an error event").await
+                    {
+                        continue;
+                    }
                     // The upstream's own error event, passed on; nothing after it.
                     self.finish(Some("upstream_stream_error")).await;
                     return Some(self.encoder.upstream_error(&data));
@@ -262,8 +296,14 @@ impl<E: Encoder> RelayState<E> {
         if self.usage.is_none() {
             let usage = self.estimated_usage();
             if let Some(chunk) = self.upstream.usage_chunk(&usage) {
-                if let Some(frame) = self.encoder.chunk(&chunk, false, Some(&usage)) {
-                    out.put_slice(&frame);
+                let shown = match self.splice.as_mut() {
+                    None => Some((chunk, Some(usage))),
+                    Some(splice) => splice.rewrite(&chunk, Some(&usage)),
+                };
+                if let Some((chunk, shown)) = shown {
+                    if let Some(frame) = self.encoder.chunk(&chunk, false, shown.as_ref()) {
+                        out.put_slice(&frame);
+                    }
                 }
             }
             self.usage = Some(usage);
@@ -273,8 +313,64 @@ impl<E: Encoder> RelayState<E> {
         if let Some(work) = self.encoder.persist() {
             work.await;
         }
+        if let Some(splice) = &self.splice {
+            out.put_slice(&splice.comment());
+        }
         out.put_slice(&tail);
         out.freeze()
+    }
+
+    /// The upstream broke off after the client got the first bytes: with recovery on
+    /// and the stream eligible, the next deployment is asked to continue it (see
+    /// [`super::recovery`]). True when a continuation is now being relayed; false
+    /// leaves the break to [`Self::cut`] (the broken attempt stays the one that is
+    /// settled and named).
+    async fn recover(&mut self, why: &str) -> bool {
+        let Some(recovery) = self.recovery.take() else {
+            return false;
+        };
+        if !recovery.eligible() || self.tracker.is_none() {
+            return false;
+        }
+        tracing::warn!(
+            deployment = %self.deployment.name,
+            reason = why,
+            "stream cut; asking the next deployment to continue it"
+        );
+        // The broken attempt is billed for what it relayed.
+        let prior = self.usage.unwrap_or_else(|| self.estimated_usage());
+        self.usage = Some(prior);
+        self.settle();
+        let Some(tracker) = self.tracker.as_mut() else {
+            return false;
+        };
+        tracker.mark_attempt(self.attempt, "stream_cut");
+        let prompt_estimate = recovery.prompt_estimate();
+        let (served, splice) = match recovery.resume(&self.deployment.name, prior, tracker).await {
+            Ok(resumed) => resumed,
+            Err(e) => {
+                tracing::warn!(
+                    deployment = %self.deployment.name,
+                    error = ?e,
+                    "the stream could not be continued"
+                );
+                return false;
+            }
+        };
+        let crate::dispatch::Opened::Stream { stream, first } = served.opened else {
+            return false;
+        };
+        self.pending = Some(first);
+        self.upstream = stream;
+        self.deployment = served.deployment;
+        self.attempt = served.attempt;
+        self.attempt_started = served.attempt_started;
+        self.capacity = served.capacity;
+        self.prompt_estimate = prompt_estimate;
+        self.usage = None;
+        self.choice_chunks = 0;
+        self.splice = Some(splice);
+        true
     }
 
     /// The upstream broke off after the client got the first bytes: one error event,

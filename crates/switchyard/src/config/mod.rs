@@ -494,6 +494,18 @@ pub struct LogicalModel {
     pub total_timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub hedge_after: Option<Duration>,
+    /// What a stream that breaks after content was relayed does.
+    pub stream_recovery: StreamRecovery,
+}
+
+/// `[models.NAME] stream_recovery`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamRecovery {
+    /// The stream ends with one error event.
+    #[default]
+    Off,
+    /// The next eligible deployment continues the partial answer.
+    Continue,
 }
 
 impl LogicalModel {
@@ -1624,6 +1636,16 @@ fn validate_model(
         v.map(|_| millis(v, 0, &format!("{at}.{field}")))
             .transpose()
     };
+    let stream_recovery = match m.stream_recovery.as_deref() {
+        None | Some("off") => StreamRecovery::Off,
+        Some("continue") => StreamRecovery::Continue,
+        Some(other) => {
+            return Err(err(
+                format!("{at}.stream_recovery"),
+                format!("unknown stream_recovery `{other}`; expected \"continue\" or \"off\""),
+            ))
+        }
+    };
     if m.timeouts.connect_ms.is_some() {
         return Err(err(
             format!("{at}.timeouts.connect_ms"),
@@ -1639,6 +1661,7 @@ fn validate_model(
         total_timeout: optional(m.timeouts.total_ms, "timeouts.total_ms")?,
         retry,
         hedge_after: optional(m.hedge_after_ms, "hedge_after_ms")?,
+        stream_recovery,
     })
 }
 

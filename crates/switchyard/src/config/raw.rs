@@ -456,6 +456,11 @@ pub struct RawModel {
     /// second one on the next deployment; the first answer wins. A first attempt that
     /// fails sooner moves on to the next deployment at once, as without hedging.
     pub hedge_after_ms: Option<u64>,
+    /// What happens to a stream that breaks after content was relayed: `off` (the
+    /// default: it ends with one error event) or `continue` (the next eligible
+    /// deployment is asked to continue the partial answer, and the client's stream
+    /// goes on as one; at most once per request, never after a tool-call delta).
+    pub stream_recovery: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -355,7 +355,8 @@ strategy = "weighted"
 deployments = [{ name = "az-mini", weight = 3 }, "oa-mini"]
 allowed_regions = ["eu-west"]
 retry = { max_attempts = 4 }
-hedge_after_ms = 250"#,
+hedge_after_ms = 250
+stream_recovery = "continue""#,
     );
     let c = Config::parse(&src, env).expect("valid");
     let m = c.model("support-chat").expect("model");
@@ -364,6 +365,14 @@ hedge_after_ms = 250"#,
     assert_eq!(m.targets[1].weight, 1);
     assert_eq!(m.retry.max_attempts, 4);
     assert_eq!(m.hedge_after, Some(Duration::from_millis(250)));
+    assert_eq!(m.stream_recovery, super::StreamRecovery::Continue);
+    for other in c.models.values().filter(|m| m.name != "support-chat") {
+        assert_eq!(
+            other.stream_recovery,
+            super::StreamRecovery::Off,
+            "the default"
+        );
+    }
     assert_eq!(
         m.constraints.allowed_regions,
         Some(vec!["eu-west".to_owned()])
@@ -393,6 +402,11 @@ hedge_after_ms = 250"#,
             "allowed_regions = [\"eu-west\"]",
             "allowed_regions = [\"mars\"]",
             "models.support-chat.allowed_regions",
+        ),
+        (
+            "stream_recovery = \"continue\"",
+            "stream_recovery = \"resume\"",
+            "models.support-chat.stream_recovery",
         ),
     ];
     for (from, to, path) in cases {

@@ -217,6 +217,14 @@ impl RequestTracker {
         }
     }
 
+    /// Names what ended an attempt that had served (a stream that broke off and was
+    /// continued elsewhere); its usage is settled as a serving attempt's is.
+    pub fn mark_attempt(&mut self, index: usize, class: &str) {
+        if let Some(a) = self.record.attempts.get_mut(index) {
+            a.error_class = Some(class.to_owned());
+        }
+    }
+
     /// Closes the serving attempt with its usage and cost.
     pub fn settle(
         &mut self,

@@ -803,6 +803,42 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
     }
 }
 
+// ---------------------------------------------------------------- count_tokens
+
+/// `POST /v1/messages/count_tokens` on an Anthropic deployment's provider, with
+/// `body` (a Messages body whose `model` is the deployment's) as it is.
+pub fn count_tokens_request(
+    client: &reqwest::Client,
+    deployment: &Deployment,
+    body: Bytes,
+) -> Result<reqwest::RequestBuilder, ProviderError> {
+    let ProviderKind::Anthropic { base_url, version } = &deployment.provider.kind else {
+        return Err(ProviderError::Unsupported(
+            "token counting (not an Anthropic provider)".into(),
+        ));
+    };
+    let mut req = client
+        .post(format!("{base_url}/v1/messages/count_tokens"))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header("anthropic-version", version.as_str())
+        .body(body);
+    if let Some(key) = &deployment.provider.api_key {
+        req = req.header("x-api-key", key.expose());
+    }
+    Ok(req)
+}
+
+/// The `input_tokens` of a count_tokens answer (`{"input_tokens": N}`).
+pub fn counted_tokens(body: &[u8]) -> Result<u64, ProviderError> {
+    #[derive(Deserialize)]
+    struct Counted {
+        input_tokens: u64,
+    }
+    serde_json::from_slice::<Counted>(body)
+        .map(|c| c.input_tokens)
+        .map_err(|e| ProviderError::Protocol(format!("unreadable token count: {e}")))
+}
+
 // ---------------------------------------------------------------- adapter
 
 impl Adapter for AnthropicAdapter {

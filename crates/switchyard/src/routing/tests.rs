@@ -67,6 +67,7 @@ fn model(strategy: Strategy, deps: Vec<(Arc<Deployment>, u32, u32)>) -> LogicalM
             max_backoff: Duration::from_millis(2),
         },
         hedge_after: None,
+        stream_recovery: crate::config::StreamRecovery::Off,
     }
 }
 

@@ -10,6 +10,7 @@
 //! itself gets the client's own body ([`passthrough`]), and its answer goes back as
 //! it came ([`native`]).
 
+pub(crate) mod count_tokens;
 mod error;
 mod native;
 mod passthrough;
@@ -113,7 +114,7 @@ fn with_bearer(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
 }
 
 async fn run(
-    state: &Generation,
+    state: &std::sync::Arc<Generation>,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
@@ -173,8 +174,11 @@ async fn run(
             served_headers(h, &deployment, attempts, &route);
             Ok(Reply::Full(res))
         }
-        ChatServed::Stream(relay) => {
+        ChatServed::Stream(mut relay) => {
             let events = if native.passed_to(&relay.deployment) {
+                // The upstream's own events go through as they are: a continuation
+                // (OpenAI chunks) could not be spliced into them.
+                relay.recovery = None;
                 Events::Native(NativeEvents)
             } else {
                 Events::Translated(AnthropicEvents::new(message_id, req.model.clone()))

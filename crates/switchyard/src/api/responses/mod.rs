@@ -88,7 +88,7 @@ enum Reply {
 }
 
 async fn run(
-    state: &Generation,
+    state: &Arc<Generation>,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
