@@ -15,6 +15,7 @@
 //! dispatch and the ingress, which carry its trace context.
 
 mod metrics;
+mod otlp;
 mod series;
 mod traces;
 

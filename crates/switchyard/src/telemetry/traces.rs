@@ -3,12 +3,13 @@
 //! (so the `traceparent` sent upstream names the attempt's span), and exported over
 //! OTLP/HTTP (protobuf) in batches by a thread of their own.
 //!
-//! The spans are built straight as OTLP's protobuf messages (the `opentelemetry-proto`
-//! types, encoded by prost) rather than through the SDK's tracer and batch processor:
-//! every span here is finished when it is made, with times and ids the ledger's record
-//! already holds, so the SDK's live-span machinery, its per-span conversion to the wire
-//! types and its per-batch regrouping by resource and scope were all cost and no use
-//! (about 70,000 instructions a request; see bench/README.md, "Telemetry").
+//! The spans are encoded straight into OTLP's protobuf ([`super::otlp`]) when the
+//! request ends, rather than made through the SDK's tracer and batch processor: every
+//! span here is finished when it is made, with times and ids the ledger's record
+//! already holds, so the SDK's live-span machinery, its per-span conversion to the
+//! wire types and its per-batch regrouping by resource and scope were all cost and no
+//! use (see bench/README.md, "Telemetry"). The SDK's propagator still reads the
+//! caller's `traceparent`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -18,17 +19,12 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
-};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost::Message as _;
 
+use super::otlp::{self, Attr, SpanFields, KIND_CLIENT, KIND_SERVER};
 use super::{operation_name, TelemetryError};
 use crate::ledger::{AttemptRecord, RequestRecord, TraceIds};
 
@@ -39,12 +35,11 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 /// How long one export may take before it is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The W3C trace flag `sampled`, as OTLP's span `flags` carry it.
-const FLAG_SAMPLED: u32 = 1;
 
 enum Job {
-    /// One request's spans: its own and its attempts'.
-    Spans(Vec<Span>),
+    /// One request's spans, its own and its attempts', encoded ([`otlp::put_span`]),
+    /// and how many there are.
+    Spans(Vec<u8>, usize),
     /// Send what is queued, then stop.
     Stop,
 }
@@ -84,7 +79,12 @@ impl Traces {
         let exporter = Exporter {
             endpoint: endpoint.to_owned(),
             resource: Resource {
-                attributes: vec![string("service.name", service_name.to_owned())],
+                attributes: vec![KeyValue {
+                    key: "service.name".to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service_name.to_owned())),
+                    }),
+                }],
                 ..Resource::default()
             },
             scope: InstrumentationScope {
@@ -163,64 +163,69 @@ impl Traces {
         let operation = operation_name(r.endpoint);
         let model = r.logical_model.as_deref().unwrap_or("none");
         let start = nanos_at_ms(r.started_at_ms);
+        let finish_reason = r.finish_reason.as_deref();
+        let serving = r.attempts.last();
 
         // Few attributes: each is encoded into every export (see bench/README.md,
         // "Telemetry"); what a span lacks, its children or the ledger row (by time
         // and deployment) have.
-        let mut attrs = Vec::with_capacity(10);
-        attrs.push(string("gen_ai.operation.name", operation.to_owned()));
-        attrs.push(string("gen_ai.request.model", model.to_owned()));
-        attrs.push(int("gen_ai.usage.input_tokens", r.usage.prompt_tokens));
-        attrs.push(int("gen_ai.usage.output_tokens", r.usage.completion_tokens));
-        attrs.push(double("switchyard.cost_usd", r.cost_nano_usd as f64 / 1e9));
-        if let Some(serving) = r.attempts.last() {
-            attrs.push(string(
-                "gen_ai.provider.name",
-                serving.provider_kind.to_owned(),
-            ));
-            attrs.push(string(
-                "gen_ai.response.model",
-                serving.upstream_model.clone(),
-            ));
-            attrs.push(string("switchyard.deployment", serving.deployment.clone()));
+        let mut attrs: Vec<(&str, Attr)> = Vec::with_capacity(10);
+        attrs.push(("gen_ai.operation.name", Attr::Str(operation)));
+        attrs.push(("gen_ai.request.model", Attr::Str(model)));
+        attrs.push((
+            "gen_ai.usage.input_tokens",
+            Attr::Int(r.usage.prompt_tokens),
+        ));
+        attrs.push((
+            "gen_ai.usage.output_tokens",
+            Attr::Int(r.usage.completion_tokens),
+        ));
+        attrs.push((
+            "switchyard.cost_usd",
+            Attr::Double(r.cost_nano_usd as f64 / 1e9),
+        ));
+        if let Some(serving) = serving {
+            attrs.push(("gen_ai.provider.name", Attr::Str(serving.provider_kind)));
+            attrs.push(("gen_ai.response.model", Attr::Str(&serving.upstream_model)));
+            attrs.push(("switchyard.deployment", Attr::Str(&serving.deployment)));
         }
-        if let Some(reason) = &r.finish_reason {
-            attrs.push(KeyValue {
-                key: "gen_ai.response.finish_reasons".to_owned(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::ArrayValue(ArrayValue {
-                        values: vec![AnyValue {
-                            value: Some(any_value::Value::StringValue(reason.clone())),
-                        }],
-                    })),
-                }),
-            });
+        if let Some(reason) = finish_reason {
+            attrs.push(("gen_ai.response.finish_reasons", Attr::OneStr(reason)));
         }
         if let Some(e) = &r.error_code {
-            attrs.push(string("error.type", e.clone()));
+            attrs.push(("error.type", Attr::Str(e)));
         }
 
-        let mut spans = Vec::with_capacity(1 + r.attempts.len());
-        spans.push(Span {
-            trace_id: trace_id.to_vec(),
-            span_id: ids.span_id.to_be_bytes().to_vec(),
-            parent_span_id: match ids.parent_span_id {
-                0 => Vec::new(),
-                parent => parent.to_be_bytes().to_vec(),
+        let mut spans = Vec::with_capacity(512 * (1 + r.attempts.len()));
+        let mut scratch = Vec::with_capacity(512);
+        otlp::put_span(
+            &SpanFields {
+                trace_id,
+                span_id: ids.span_id,
+                parent_span_id: ids.parent_span_id,
+                name: (operation, model),
+                kind: KIND_SERVER,
+                start_unix_nano: start,
+                end_unix_nano: start.saturating_add(nanos_of_us(r.latency_us)),
+                error: r.error_code.as_deref(),
             },
-            flags: FLAG_SAMPLED,
-            name: format!("{operation} {model}"),
-            kind: span::SpanKind::Server as i32,
-            start_time_unix_nano: start,
-            end_time_unix_nano: start.saturating_add(nanos_of_us(r.latency_us)),
-            attributes: attrs,
-            status: r.error_code.as_deref().map(error_status),
-            ..Span::default()
-        });
+            &attrs,
+            &mut scratch,
+            &mut spans,
+        );
+        let mut count = 1;
         for a in r.attempts.iter().filter(|a| a.span_id != 0) {
-            spans.push(attempt_span(a, operation, &trace_id, ids.span_id));
+            put_attempt_span(
+                a,
+                operation,
+                trace_id,
+                ids.span_id,
+                &mut scratch,
+                &mut spans,
+            );
+            count += 1;
         }
-        match self.queue.try_send(Job::Spans(spans)) {
+        match self.queue.try_send(Job::Spans(spans, count)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -230,36 +235,56 @@ impl Traces {
 }
 
 /// An upstream call's client span, a child of its request's span.
-fn attempt_span(a: &AttemptRecord, operation: &str, trace_id: &[u8], parent: u64) -> Span {
+fn put_attempt_span(
+    a: &AttemptRecord,
+    operation: &str,
+    trace_id: [u8; 16],
+    parent: u64,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
     let start = nanos_at_ms(a.started_at_ms);
-    let mut attrs = Vec::with_capacity(9);
-    attrs.push(string("gen_ai.operation.name", operation.to_owned()));
-    attrs.push(string("gen_ai.provider.name", a.provider_kind.to_owned()));
-    attrs.push(string("gen_ai.request.model", a.upstream_model.clone()));
-    attrs.push(string("switchyard.deployment", a.deployment.clone()));
-    attrs.push(int("gen_ai.usage.input_tokens", a.usage.prompt_tokens));
-    attrs.push(int("gen_ai.usage.output_tokens", a.usage.completion_tokens));
-    attrs.push(double("switchyard.cost_usd", a.cost_nano_usd as f64 / 1e9));
+    let mut attrs: Vec<(&str, Attr)> = Vec::with_capacity(9);
+    attrs.extend([
+        ("gen_ai.operation.name", Attr::Str(operation)),
+        ("gen_ai.provider.name", Attr::Str(a.provider_kind)),
+        ("gen_ai.request.model", Attr::Str(&a.upstream_model)),
+        ("switchyard.deployment", Attr::Str(&a.deployment)),
+        (
+            "gen_ai.usage.input_tokens",
+            Attr::Int(a.usage.prompt_tokens),
+        ),
+        (
+            "gen_ai.usage.output_tokens",
+            Attr::Int(a.usage.completion_tokens),
+        ),
+        (
+            "switchyard.cost_usd",
+            Attr::Double(a.cost_nano_usd as f64 / 1e9),
+        ),
+    ]);
     if let Some(status) = a.status {
-        attrs.push(int("http.response.status_code", u64::from(status)));
+        attrs.push(("http.response.status_code", Attr::Int(u64::from(status))));
     }
-    match &a.error_class {
-        Some(e) => attrs.push(string("error.type", e.clone())),
-        None => attrs.push(string("gen_ai.response.model", a.upstream_model.clone())),
-    }
-    Span {
-        trace_id: trace_id.to_vec(),
-        span_id: a.span_id.to_be_bytes().to_vec(),
-        parent_span_id: parent.to_be_bytes().to_vec(),
-        flags: FLAG_SAMPLED,
-        name: format!("{operation} {}", a.upstream_model),
-        kind: span::SpanKind::Client as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: start.saturating_add(nanos_of_us(a.latency_us)),
-        attributes: attrs,
-        status: a.error_class.as_deref().map(error_status),
-        ..Span::default()
-    }
+    attrs.push(match &a.error_class {
+        Some(e) => ("error.type", Attr::Str(e)),
+        None => ("gen_ai.response.model", Attr::Str(&a.upstream_model)),
+    });
+    otlp::put_span(
+        &SpanFields {
+            trace_id,
+            span_id: a.span_id,
+            parent_span_id: parent,
+            name: (operation, &a.upstream_model),
+            kind: KIND_CLIENT,
+            start_unix_nano: start,
+            end_unix_nano: start.saturating_add(nanos_of_us(a.latency_us)),
+            error: a.error_class.as_deref(),
+        },
+        &attrs,
+        scratch,
+        out,
+    );
 }
 
 /// The exporter's thread: batches requests' spans and posts them, when a batch is
@@ -272,51 +297,48 @@ struct Exporter {
 
 impl Exporter {
     fn run(self, client: &reqwest::blocking::Client, jobs: Receiver<Job>, interval: Duration) {
-        let mut batch: Vec<Span> = Vec::with_capacity(MAX_BATCH);
+        let resource = self.resource.encode_to_vec();
+        let scope = self.scope.encode_to_vec();
+        let send = |batch: &mut Vec<u8>, spans: &mut usize| {
+            if *spans > 0 {
+                let body = otlp::export_request(&resource, &scope, batch);
+                self.send(client, body, *spans);
+            }
+            batch.clear();
+            *spans = 0;
+        };
+        let mut batch: Vec<u8> = Vec::new();
+        let mut spans = 0;
         let mut due = Instant::now() + interval;
         loop {
             let wait = due.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(wait) {
-                Ok(Job::Spans(spans)) => {
-                    batch.extend(spans);
-                    if batch.len() >= MAX_BATCH {
-                        self.send(client, &mut batch);
+                Ok(Job::Spans(encoded, n)) => {
+                    batch.extend_from_slice(&encoded);
+                    spans += n;
+                    if spans >= MAX_BATCH {
+                        send(&mut batch, &mut spans);
                         due = Instant::now() + interval;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.send(client, &mut batch);
+                    send(&mut batch, &mut spans);
                     due = Instant::now() + interval;
                 }
                 Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     // What was queued before `Stop` has been received; send it all.
-                    while let Ok(Job::Spans(spans)) = jobs.try_recv() {
-                        batch.extend(spans);
+                    while let Ok(Job::Spans(encoded, n)) = jobs.try_recv() {
+                        batch.extend_from_slice(&encoded);
+                        spans += n;
                     }
-                    self.send(client, &mut batch);
+                    send(&mut batch, &mut spans);
                     return;
                 }
             }
         }
     }
 
-    fn send(&self, client: &reqwest::blocking::Client, batch: &mut Vec<Span>) {
-        if batch.is_empty() {
-            return;
-        }
-        let spans = batch.len();
-        let body = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans: std::mem::replace(batch, Vec::with_capacity(MAX_BATCH)),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-        .encode_to_vec();
+    fn send(&self, client: &reqwest::blocking::Client, body: Vec<u8>, spans: usize) {
         let result = client
             .post(&self.endpoint)
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
@@ -327,42 +349,6 @@ impl Exporter {
             Ok(res) => tracing::warn!(status = %res.status(), spans, "OTLP export refused"),
             Err(e) => tracing::warn!(error = %e, spans, "OTLP export failed"),
         }
-    }
-}
-
-fn string(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value)),
-        }),
-    }
-}
-
-fn int(key: &str, value: u64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(
-                i64::try_from(value).unwrap_or(i64::MAX),
-            )),
-        }),
-    }
-}
-
-fn double(key: &str, value: f64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::DoubleValue(value)),
-        }),
-    }
-}
-
-fn error_status(message: &str) -> Status {
-    Status {
-        message: message.to_owned(),
-        code: status::StatusCode::Error as i32,
     }
 }
 
