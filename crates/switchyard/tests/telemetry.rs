@@ -11,6 +11,8 @@ use axum::routing::post;
 use common::{user, Harness, KEY};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{json, Value};
@@ -392,9 +394,10 @@ fn telemetry_config_errors_name_the_field() {
     }
 }
 
-/// Spans received by the loopback OTLP receiver.
+/// Spans received by the loopback OTLP receiver, and the `service.name` and scope
+/// name each export request named.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Span>>>);
+struct Received(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<(String, String)>>>);
 
 async fn otlp_receiver() -> (String, Received) {
     let received = Received::default();
@@ -407,7 +410,19 @@ async fn otlp_receiver() -> (String, Received) {
                 let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 let mut all = spans.0.lock().expect("lock");
                 for rs in req.resource_spans {
+                    let service = rs
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.as_ref()?.value.clone());
+                    let service = match service {
+                        Some(AnyValue::StringValue(s)) => s,
+                        other => format!("{other:?}"),
+                    };
                     for ss in rs.scope_spans {
+                        let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                        spans.1.lock().expect("lock").push((service.clone(), scope));
                         all.extend(ss.spans);
                     }
                 }
@@ -478,6 +493,20 @@ async fn a_failover_is_one_request_span_with_two_attempt_spans_on_the_callers_tr
         .find(|s| hex(&s.parent_span_id) == parent)
         .expect("the request span continues the caller's span");
     assert_eq!(request.name, "chat failover");
+    assert_eq!(request.kind, SpanKind::Server as i32);
+    assert_eq!(request.status, None, "the request succeeded");
+    assert!(request.end_time_unix_nano >= request.start_time_unix_nano);
+    assert!(
+        request.start_time_unix_nano > 1_600_000_000_000_000_000,
+        "Unix nanoseconds: {}",
+        request.start_time_unix_nano
+    );
+    let exports = received.1.lock().expect("lock").clone();
+    assert!(!exports.is_empty());
+    for (service, scope) in &exports {
+        assert_eq!(service, "gw-test");
+        assert_eq!(scope, "switchyard");
+    }
     assert_eq!(
         string_attr(request, "gen_ai.request.model"),
         Some("failover")
@@ -506,6 +535,19 @@ async fn a_failover_is_one_request_span_with_two_attempt_spans_on_the_callers_tr
         Some("primary-mini")
     );
     assert_eq!(string_attr(attempts[0], "error.type"), Some("upstream_5xx"));
+    for a in &attempts {
+        assert_eq!(a.kind, SpanKind::Client as i32);
+        assert_eq!(a.flags & 1, 1, "sampled");
+    }
+    assert_eq!(
+        attempts[0].status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(attempts[1].status, None);
+    assert!(matches!(
+        attr(attempts[0], "http.response.status_code"),
+        Some(AnyValue::IntValue(500))
+    ));
     assert_eq!(
         string_attr(attempts[1], "switchyard.deployment"),
         Some("backup-mini")

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::series::{Labels, Series};
 use super::{operation_name, Snapshot};
 use crate::config::TelemetryConfig;
 use crate::ledger::RequestRecord;
@@ -18,8 +19,21 @@ use crate::ledger::RequestRecord;
 pub const PROMETHEUS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Label names and values; names are static, values few (no request ids).
-type Labels = Vec<(&'static str, String)>;
+/// The GenAI histograms' labels, and with the token type or the error class.
+const GEN_AI: [&str; 4] = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+];
+const GEN_AI_TOKEN: [&str; 5] = [
+    GEN_AI[0],
+    GEN_AI[1],
+    GEN_AI[2],
+    GEN_AI[3],
+    "gen_ai_token_type",
+];
+const GEN_AI_ERROR: [&str; 5] = [GEN_AI[0], GEN_AI[1], GEN_AI[2], GEN_AI[3], "error_type"];
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// `gen_ai.client.operation.duration`'s advised buckets, in seconds.
@@ -45,14 +59,14 @@ pub(super) struct Metrics {
     registry: Registry,
     key_labels: bool,
     team_labels: bool,
-    operation_duration: HistogramFamily,
-    token_usage: HistogramFamily,
-    time_to_first_token: HistogramFamily,
-    requests: Family<Labels, Counter>,
-    attempts: Family<Labels, Counter>,
-    failovers: Family<Labels, Counter>,
-    cost: Family<Labels, Counter<f64, AtomicU64>>,
-    pii: Family<Labels, Counter>,
+    operation_duration: Series<Histogram>,
+    token_usage: Series<Histogram>,
+    time_to_first_token: Series<Histogram>,
+    requests: Series<Counter>,
+    attempts: Series<Counter>,
+    failovers: Series<Counter>,
+    cost: Series<Counter<f64, AtomicU64>>,
+    pii: Series<Counter>,
     in_flight: Gauge,
 }
 
@@ -119,14 +133,27 @@ impl Metrics {
             registry,
             key_labels: config.key_labels,
             team_labels: config.team_labels,
-            operation_duration,
-            token_usage,
-            time_to_first_token,
-            requests,
-            attempts,
-            failovers,
-            cost,
-            pii,
+            operation_duration: Series::new(operation_duration, &GEN_AI_ERROR),
+            token_usage: Series::new(token_usage, &GEN_AI_TOKEN),
+            time_to_first_token: Series::new(time_to_first_token, &GEN_AI[..]),
+            requests: Series::new(
+                requests,
+                &[
+                    "model",
+                    "deployment",
+                    "outcome",
+                    "error_type",
+                    "key",
+                    "team",
+                ],
+            ),
+            attempts: Series::new(
+                attempts,
+                &["model", "deployment", "provider", "outcome", "error_type"],
+            ),
+            failovers: Series::new(failovers, &["model", "deployment", "error_type"]),
+            cost: Series::new(cost, &["model", "deployment", "key", "team"]),
+            pii: Series::new(pii, &["type", "mode"]),
             in_flight,
         }
     }
@@ -151,100 +178,60 @@ impl Metrics {
         } else {
             "error"
         };
-        let mut caller: Labels = Vec::new();
-        if self.key_labels {
-            if let Some(k) = &r.key_id {
-                caller.push(("key", k.clone()));
-            }
-        }
-        if self.team_labels {
-            if let Some(t) = &r.team_id {
-                caller.push(("team", t.clone()));
-            }
-        }
-
-        let mut labels = vec![
-            ("model", model.to_owned()),
-            ("deployment", deployment.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        if let Some(e) = &r.error_code {
-            labels.push(("error_type", e.clone()));
-        }
-        labels.extend(caller.iter().cloned());
-        self.requests.get_or_create(&labels).inc();
+        let key = match (self.key_labels, &r.key_id) {
+            (true, Some(k)) => k.as_str(),
+            _ => "",
+        };
+        let team = match (self.team_labels, &r.team_id) {
+            (true, Some(t)) => t.as_str(),
+            _ => "",
+        };
+        let error = r.error_code.as_deref().unwrap_or("");
+        self.requests
+            .get(&[model, deployment, outcome, error, key, team])
+            .inc();
 
         let operation = operation_name(r.endpoint);
         if let Some(serving) = r.attempts.last() {
-            let mut gen_ai = vec![
-                ("gen_ai_operation_name", operation.to_owned()),
-                ("gen_ai_provider_name", serving.provider_kind.to_owned()),
-                ("gen_ai_request_model", model.to_owned()),
-                ("gen_ai_response_model", serving.upstream_model.clone()),
-            ];
+            let provider = serving.provider_kind;
+            let response_model = serving.upstream_model.as_str();
             if r.status < 400 {
                 for (kind, n) in [
                     ("input", r.usage.prompt_tokens),
                     ("output", r.usage.completion_tokens),
                 ] {
-                    let mut l = gen_ai.clone();
-                    l.push(("gen_ai_token_type", kind.to_owned()));
-                    self.token_usage.get_or_create(&l).observe(n as f64);
+                    self.token_usage
+                        .get(&[operation, provider, model, response_model, kind])
+                        .observe(n as f64);
                 }
             }
             if let Some(ttft) = r.ttft_us {
                 self.time_to_first_token
-                    .get_or_create(&gen_ai)
+                    .get(&[operation, provider, model, response_model])
                     .observe(ttft as f64 / 1e6);
             }
-            if let Some(e) = &r.error_code {
-                gen_ai.push(("error_type", e.clone()));
-            }
             self.operation_duration
-                .get_or_create(&gen_ai)
+                .get(&[operation, provider, model, response_model, error])
                 .observe(r.latency_us as f64 / 1e6);
         }
 
         let last = r.attempts.len().saturating_sub(1);
         for (i, a) in r.attempts.iter().enumerate() {
-            let mut l = vec![
-                ("model", model.to_owned()),
-                ("deployment", a.deployment.clone()),
-                ("provider", a.provider.clone()),
-                (
-                    "outcome",
-                    if a.error_class.is_some() {
-                        "error"
-                    } else {
-                        "success"
-                    }
-                    .to_owned(),
-                ),
-            ];
-            if let Some(e) = &a.error_class {
-                l.push(("error_type", e.clone()));
-            }
-            self.attempts.get_or_create(&l).inc();
+            let (outcome, error) = match &a.error_class {
+                Some(e) => ("error", e.as_str()),
+                None => ("success", ""),
+            };
+            self.attempts
+                .get(&[model, &a.deployment, &a.provider, outcome, error])
+                .inc();
             // A failover moves to another deployment; a retry of the same one is not.
             let next = r.attempts.get(i + 1).map(|n| n.deployment.as_str());
-            if i < last && next != Some(a.deployment.as_str()) {
-                if let Some(e) = &a.error_class {
-                    let l = vec![
-                        ("model", model.to_owned()),
-                        ("deployment", a.deployment.clone()),
-                        ("error_type", e.clone()),
-                    ];
-                    self.failovers.get_or_create(&l).inc();
-                }
+            if i < last && next != Some(a.deployment.as_str()) && !error.is_empty() {
+                self.failovers.get(&[model, &a.deployment, error]).inc();
             }
             if a.cost_nano_usd > 0 {
-                let mut l = vec![
-                    ("model", model.to_owned()),
-                    ("deployment", a.deployment.clone()),
-                ];
-                l.extend(caller.iter().cloned());
                 self.cost
-                    .get_or_create(&l)
+                    .get(&[model, &a.deployment, key, team])
                     .inc_by(a.cost_nano_usd as f64 / 1e9);
             }
         }
@@ -253,21 +240,29 @@ impl Metrics {
         if let Some((mode, found)) = r.redactions.as_deref().and_then(|s| s.split_once(':')) {
             for (kind, n) in found.split(',').filter_map(|p| p.split_once('=')) {
                 if let Ok(n) = n.parse::<u64>() {
-                    let l = vec![
-                        ("type", kind.to_ascii_lowercase()),
-                        ("mode", mode.to_owned()),
-                    ];
-                    self.pii.get_or_create(&l).inc_by(n);
+                    self.pii.get(&[&kind.to_ascii_lowercase(), mode]).inc_by(n);
                 }
             }
         }
     }
 
-    pub(super) fn render(&self, s: &Snapshot) -> String {
+    /// `traces_dropped`: requests whose spans the exporter had no room for, when
+    /// traces are on.
+    pub(super) fn render(&self, s: &Snapshot, traces_dropped: Option<u64>) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
-        let _ = encode_registry(&mut out, &self.scrape_registry(s));
+        let mut scraped = self.scrape_registry(s);
+        if let Some(n) = traces_dropped {
+            let dropped = Counter::<u64>::default();
+            dropped.inc_by(n);
+            scraped.register(
+                "switchyard_trace_requests_dropped",
+                "Requests whose spans were not exported because the exporter's queue was full",
+                dropped,
+            );
+        }
+        let _ = encode_registry(&mut out, &scraped);
         let _ = encode_eof(&mut out);
         out
     }

@@ -15,6 +15,8 @@
 //! dispatch and the ingress, which carry its trace context.
 
 mod metrics;
+mod otlp;
+mod series;
 mod traces;
 
 use std::sync::Arc;
@@ -114,7 +116,10 @@ impl Telemetry {
     /// The Prometheus text of every metric, with `snapshot`'s gauges; `None` when
     /// metrics are off.
     pub fn render(&self, snapshot: &Snapshot) -> Option<String> {
-        self.metrics.as_ref().map(|m| m.render(snapshot))
+        let traces_dropped = self.traces.as_ref().map(traces::Traces::dropped);
+        self.metrics
+            .as_ref()
+            .map(|m| m.render(snapshot, traces_dropped))
     }
 
     /// Sends the spans still queued and stops the exporter (blocking: call it off the

@@ -1,30 +1,54 @@
 //! OTLP traces: one server span per request and one client span per upstream attempt,
 //! built from the request's record when it ends, with the ids the request carried
-//! (so the `traceparent` sent upstream names the attempt's span), and exported in
-//! batches by the SDK's background thread.
+//! (so the `traceparent` sent upstream names the attempt's span), and exported over
+//! OTLP/HTTP (protobuf) in batches by a thread of their own.
+//!
+//! The spans are encoded straight into OTLP's protobuf ([`super::otlp`]) when the
+//! request ends, rather than made through the SDK's tracer and batch processor: every
+//! span here is finished when it is made, with times and ids the ledger's record
+//! already holds, so the SDK's live-span machinery, its per-span conversion to the
+//! wire types and its per-batch regrouping by resource and scope were all cost and no
+//! use (see bench/README.md, "Telemetry"). The SDK's propagator still reads the
+//! caller's `traceparent`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
-};
-use opentelemetry_sdk::Resource;
+use prost::Message as _;
 
+use super::otlp::{self, Attr, SpanFields, KIND_CLIENT, KIND_SERVER};
 use super::{operation_name, TelemetryError};
 use crate::ledger::{AttemptRecord, RequestRecord, TraceIds};
 
+/// Spans sent in one export request at most.
+const MAX_BATCH: usize = 512;
+/// Finished requests waiting for the exporter at most; beyond, their spans are
+/// dropped (and counted) rather than held: tracing never slows or grows the gateway.
+const QUEUE: usize = 4096;
+/// How long one export may take before it is given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Job {
+    /// One request's spans, its own and its attempts', encoded ([`otlp::put_span`]),
+    /// and how many there are.
+    Spans(Vec<u8>, usize),
+    /// Send what is queued, then stop.
+    Stop,
+}
+
 pub(super) struct Traces {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    queue: SyncSender<Job>,
+    exporter: Mutex<Option<JoinHandle<()>>>,
     sampling_ratio: f64,
+    dropped: AtomicU64,
 }
 
 /// The one header the propagator reads.
@@ -51,43 +75,62 @@ impl Traces {
         sampling_ratio: f64,
         export_interval: Duration,
     ) -> Result<Traces, TelemetryError> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(10))
-            .build()
+        let (queue, jobs) = mpsc::sync_channel(QUEUE);
+        let exporter = Exporter {
+            endpoint: endpoint.to_owned(),
+            resource: Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service_name.to_owned())),
+                    }),
+                }],
+                ..Resource::default()
+            },
+            scope: InstrumentationScope {
+                name: "switchyard".to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..InstrumentationScope::default()
+            },
+        };
+        let handle = std::thread::Builder::new()
+            .name("otlp-exporter".to_owned())
+            .spawn(move || {
+                // The blocking client runs a runtime of its own, which may be neither
+                // made nor dropped on one of the gateway's.
+                match reqwest::blocking::Client::builder()
+                    .timeout(EXPORT_TIMEOUT)
+                    .build()
+                {
+                    Ok(client) => exporter.run(&client, jobs, export_interval),
+                    Err(e) => tracing::error!(error = %e, "no OTLP exporter: spans are dropped"),
+                }
+            })
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_scheduled_delay(export_interval)
-                    .build(),
-            )
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            // Sampling is decided when the request starts (see `continue_trace`);
-            // what gets here is exported.
-            .with_sampler(Sampler::AlwaysOn)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(service_name.to_owned())
-                    .build(),
-            )
-            .build();
-        let tracer = provider.tracer("switchyard");
         Ok(Traces {
-            provider,
-            tracer,
+            queue,
+            exporter: Mutex::new(Some(handle)),
             sampling_ratio,
+            dropped: AtomicU64::new(0),
         })
     }
 
+    /// Sends what is queued and stops the exporter's thread (blocking).
     pub(super) fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
+        let handle = match self.exporter.lock() {
+            Ok(mut h) => h.take(),
+            Err(_) => None,
+        };
+        let Some(handle) = handle else { return };
+        // A full queue still takes `Stop` once the thread makes room.
+        if self.queue.send(Job::Stop).is_err() || handle.join().is_err() {
+            tracing::warn!("trace exporter did not shut down cleanly");
         }
+    }
+
+    /// Requests whose spans were dropped because the exporter was behind.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// A caller's sampled `traceparent` is continued and its unsampled one respected;
@@ -116,141 +159,252 @@ impl Traces {
 
     /// The request's span and its attempts' spans, queued for the exporter.
     pub(super) fn export(&self, r: &RequestRecord, ids: TraceIds) {
-        let trace_id = TraceId::from_bytes(ids.trace_id.to_be_bytes());
-        let parent = if ids.parent_span_id == 0 {
-            Context::new()
-        } else {
-            remote(trace_id, ids.parent_span_id)
-        };
+        let trace_id = ids.trace_id.to_be_bytes();
         let operation = operation_name(r.endpoint);
         let model = r.logical_model.as_deref().unwrap_or("none");
-        let start = at_ms(r.started_at_ms);
-        let end = start + micros(r.latency_us);
+        let start = nanos_at_ms(r.started_at_ms);
+        let finish_reason = r.finish_reason.as_deref();
+        let serving = r.attempts.last();
 
-        // Few attributes: the exporter's conversion and encoding cost grows with each
-        // (see bench/README.md, "Telemetry"); what a span lacks, its children or the
-        // ledger row (by time and deployment) have.
-        let mut attrs = vec![
-            KeyValue::new("gen_ai.operation.name", operation),
-            KeyValue::new("gen_ai.request.model", model.to_owned()),
-            KeyValue::new("gen_ai.usage.input_tokens", clamp(r.usage.prompt_tokens)),
-            KeyValue::new(
-                "gen_ai.usage.output_tokens",
-                clamp(r.usage.completion_tokens),
-            ),
-            KeyValue::new("switchyard.cost_usd", r.cost_nano_usd as f64 / 1e9),
-        ];
-        if let Some(serving) = r.attempts.last() {
-            attrs.push(KeyValue::new("gen_ai.provider.name", serving.provider_kind));
-            attrs.push(KeyValue::new(
-                "gen_ai.response.model",
-                serving.upstream_model.clone(),
-            ));
-            attrs.push(KeyValue::new(
-                "switchyard.deployment",
-                serving.deployment.clone(),
-            ));
+        // Few attributes: each is encoded into every export (see bench/README.md,
+        // "Telemetry"); what a span lacks, its children or the ledger row (by time
+        // and deployment) have.
+        let mut attrs: Vec<(&str, Attr)> = Vec::with_capacity(10);
+        attrs.push(("gen_ai.operation.name", Attr::Str(operation)));
+        attrs.push(("gen_ai.request.model", Attr::Str(model)));
+        attrs.push((
+            "gen_ai.usage.input_tokens",
+            Attr::Int(r.usage.prompt_tokens),
+        ));
+        attrs.push((
+            "gen_ai.usage.output_tokens",
+            Attr::Int(r.usage.completion_tokens),
+        ));
+        attrs.push((
+            "switchyard.cost_usd",
+            Attr::Double(r.cost_nano_usd as f64 / 1e9),
+        ));
+        if let Some(serving) = serving {
+            attrs.push(("gen_ai.provider.name", Attr::Str(serving.provider_kind)));
+            attrs.push(("gen_ai.response.model", Attr::Str(&serving.upstream_model)));
+            attrs.push(("switchyard.deployment", Attr::Str(&serving.deployment)));
         }
-        if let Some(reason) = &r.finish_reason {
-            attrs.push(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(vec![opentelemetry::StringValue::from(reason.clone())].into()),
-            ));
+        if let Some(reason) = finish_reason {
+            attrs.push(("gen_ai.response.finish_reasons", Attr::OneStr(reason)));
         }
         if let Some(e) = &r.error_code {
-            attrs.push(KeyValue::new("error.type", e.clone()));
+            attrs.push(("error.type", Attr::Str(e)));
         }
-        let mut span = self
-            .tracer
-            .span_builder(format!("{operation} {model}"))
-            .with_kind(SpanKind::Server)
-            .with_trace_id(trace_id)
-            .with_span_id(SpanId::from_bytes(ids.span_id.to_be_bytes()))
-            .with_start_time(start)
-            .with_attributes(attrs)
-            .start_with_context(&self.tracer, &parent);
-        if let Some(e) = &r.error_code {
-            span.set_status(Status::error(e.clone()));
-        }
-        let request_cx = remote(trace_id, ids.span_id);
-        for a in &r.attempts {
-            self.export_attempt(a, operation, &request_cx, trace_id);
-        }
-        span.end_with_timestamp(end);
-    }
 
-    fn export_attempt(
-        &self,
-        a: &AttemptRecord,
-        operation: &'static str,
-        parent: &Context,
-        trace_id: TraceId,
-    ) {
-        if a.span_id == 0 {
-            return;
+        let mut spans = Vec::with_capacity(512 * (1 + r.attempts.len()));
+        let mut scratch = Vec::with_capacity(512);
+        otlp::put_span(
+            &SpanFields {
+                trace_id,
+                span_id: ids.span_id,
+                parent_span_id: ids.parent_span_id,
+                name: (operation, model),
+                kind: KIND_SERVER,
+                start_unix_nano: start,
+                end_unix_nano: start.saturating_add(nanos_of_us(r.latency_us)),
+                error: r.error_code.as_deref(),
+            },
+            &attrs,
+            &mut scratch,
+            &mut spans,
+        );
+        let mut count = 1;
+        for a in r.attempts.iter().filter(|a| a.span_id != 0) {
+            put_attempt_span(
+                a,
+                operation,
+                trace_id,
+                ids.span_id,
+                &mut scratch,
+                &mut spans,
+            );
+            count += 1;
         }
-        let start = at_ms(a.started_at_ms);
-        let mut attrs = vec![
-            KeyValue::new("gen_ai.operation.name", operation),
-            KeyValue::new("gen_ai.provider.name", a.provider_kind),
-            KeyValue::new("gen_ai.request.model", a.upstream_model.clone()),
-            KeyValue::new("switchyard.deployment", a.deployment.clone()),
-            KeyValue::new("gen_ai.usage.input_tokens", clamp(a.usage.prompt_tokens)),
-            KeyValue::new(
-                "gen_ai.usage.output_tokens",
-                clamp(a.usage.completion_tokens),
-            ),
-            KeyValue::new("switchyard.cost_usd", a.cost_nano_usd as f64 / 1e9),
-        ];
-        if let Some(status) = a.status {
-            attrs.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
+        match self.queue.try_send(Job::Spans(spans, count)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        match &a.error_class {
-            Some(e) => attrs.push(KeyValue::new("error.type", e.clone())),
-            None => attrs.push(KeyValue::new(
-                "gen_ai.response.model",
-                a.upstream_model.clone(),
-            )),
-        }
-        let mut span = self
-            .tracer
-            .span_builder(format!("{operation} {}", a.upstream_model))
-            .with_kind(SpanKind::Client)
-            .with_trace_id(trace_id)
-            .with_span_id(SpanId::from_bytes(a.span_id.to_be_bytes()))
-            .with_start_time(start)
-            .with_attributes(attrs)
-            .start_with_context(&self.tracer, parent);
-        if let Some(e) = &a.error_class {
-            span.set_status(Status::error(e.clone()));
-        }
-        span.end_with_timestamp(start + micros(a.latency_us));
     }
 }
 
-/// A context whose current span is `span_id` of `trace_id` (the caller's, or the
-/// request's for its attempts), so that a span started in it is its child.
-fn remote(trace_id: TraceId, span_id: u64) -> Context {
-    Context::new().with_remote_span_context(SpanContext::new(
-        trace_id,
-        SpanId::from_bytes(span_id.to_be_bytes()),
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    ))
+/// An upstream call's client span, a child of its request's span.
+fn put_attempt_span(
+    a: &AttemptRecord,
+    operation: &str,
+    trace_id: [u8; 16],
+    parent: u64,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    let start = nanos_at_ms(a.started_at_ms);
+    let mut attrs: Vec<(&str, Attr)> = Vec::with_capacity(9);
+    attrs.extend([
+        ("gen_ai.operation.name", Attr::Str(operation)),
+        ("gen_ai.provider.name", Attr::Str(a.provider_kind)),
+        ("gen_ai.request.model", Attr::Str(&a.upstream_model)),
+        ("switchyard.deployment", Attr::Str(&a.deployment)),
+        (
+            "gen_ai.usage.input_tokens",
+            Attr::Int(a.usage.prompt_tokens),
+        ),
+        (
+            "gen_ai.usage.output_tokens",
+            Attr::Int(a.usage.completion_tokens),
+        ),
+        (
+            "switchyard.cost_usd",
+            Attr::Double(a.cost_nano_usd as f64 / 1e9),
+        ),
+    ]);
+    if let Some(status) = a.status {
+        attrs.push(("http.response.status_code", Attr::Int(u64::from(status))));
+    }
+    attrs.push(match &a.error_class {
+        Some(e) => ("error.type", Attr::Str(e)),
+        None => ("gen_ai.response.model", Attr::Str(&a.upstream_model)),
+    });
+    otlp::put_span(
+        &SpanFields {
+            trace_id,
+            span_id: a.span_id,
+            parent_span_id: parent,
+            name: (operation, &a.upstream_model),
+            kind: KIND_CLIENT,
+            start_unix_nano: start,
+            end_unix_nano: start.saturating_add(nanos_of_us(a.latency_us)),
+            error: a.error_class.as_deref(),
+        },
+        &attrs,
+        scratch,
+        out,
+    );
 }
 
-fn at_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+/// The exporter's thread: batches requests' spans and posts them, when a batch is
+/// full or the interval has passed, whichever comes first.
+struct Exporter {
+    endpoint: String,
+    resource: Resource,
+    scope: InstrumentationScope,
 }
 
-fn micros(us: i64) -> Duration {
-    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+impl Exporter {
+    fn run(self, client: &reqwest::blocking::Client, jobs: Receiver<Job>, interval: Duration) {
+        let resource = self.resource.encode_to_vec();
+        let scope = self.scope.encode_to_vec();
+        let send = |batch: &mut Vec<u8>, spans: &mut usize| {
+            if *spans > 0 {
+                let body = otlp::export_request(&resource, &scope, batch);
+                self.send(client, body, *spans);
+            }
+            batch.clear();
+            *spans = 0;
+        };
+        let mut batch: Vec<u8> = Vec::new();
+        let mut spans = 0;
+        let mut due = Instant::now() + interval;
+        loop {
+            let wait = due.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(wait) {
+                Ok(Job::Spans(encoded, n)) => {
+                    batch.extend_from_slice(&encoded);
+                    spans += n;
+                    if spans >= MAX_BATCH {
+                        send(&mut batch, &mut spans);
+                        due = Instant::now() + interval;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    send(&mut batch, &mut spans);
+                    due = Instant::now() + interval;
+                }
+                Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    // What was queued before `Stop` has been received; send it all.
+                    while let Ok(Job::Spans(encoded, n)) = jobs.try_recv() {
+                        batch.extend_from_slice(&encoded);
+                        spans += n;
+                    }
+                    send(&mut batch, &mut spans);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&self, client: &reqwest::blocking::Client, body: Vec<u8>, spans: usize) {
+        let result = client
+            .post(&self.endpoint)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
+            .send();
+        match result {
+            Ok(res) if res.status().is_success() => {}
+            Ok(res) => tracing::warn!(status = %res.status(), spans, "OTLP export refused"),
+            Err(e) => tracing::warn!(error = %e, spans, "OTLP export failed"),
+        }
+    }
 }
 
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// Unix nanoseconds of a Unix millisecond time (0 for one before the epoch).
+fn nanos_at_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
+}
+
+fn nanos_of_us(us: i64) -> u64 {
+    u64::try_from(us).unwrap_or(0).saturating_mul(1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn ids() -> TraceIds {
+        TraceIds {
+            trace_id: 7,
+            parent_span_id: 0,
+            span_id: 9,
+        }
+    }
+
+    /// An exporter stuck on a collector that never answers holds at most `QUEUE`
+    /// requests; the rest are dropped and counted, and nothing on the caller's side
+    /// waits.
+    #[test]
+    fn a_stuck_collector_bounds_the_queue_and_counts_what_is_dropped() {
+        let collector = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}/v1/traces", collector.local_addr().expect("addr"));
+        let traces =
+            Traces::start(&endpoint, "test", 1.0, Duration::from_millis(1)).expect("start");
+        let record = RequestRecord {
+            logical_model: Some("m".to_owned()),
+            ..RequestRecord::default()
+        };
+        traces.export(&record, ids());
+        // The first export is under way, and will not finish while the connection is
+        // held open without an answer.
+        let (mut conn, _) = collector.accept().expect("accept");
+        let mut first = [0u8; 1];
+        conn.read_exact(&mut first)
+            .expect("the export's first byte");
+        let extra = 100;
+        for _ in 0..QUEUE + extra {
+            traces.export(&record, ids());
+        }
+        assert_eq!(traces.dropped(), extra as u64);
+        // Hanging up fails the stuck export; the queue drains and shutdown returns.
+        drop(conn);
+        drop(collector);
+        traces.shutdown();
+        assert_eq!(traces.dropped(), extra as u64);
+    }
 }
