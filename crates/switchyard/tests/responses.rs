@@ -1455,3 +1455,37 @@ async fn tools_are_echoed_in_openai_s_shape() {
     assert_eq!(status, 400);
     assert_eq!(e["error"]["param"], "reasoning.summary");
 }
+
+/// `reasoning.effort` reaches each reasoning provider in its own terms, as the chat
+/// route's `reasoning_effort` does.
+#[tokio::test]
+async fn reasoning_effort_reaches_gemini_vertex_and_bedrock_in_their_own_terms() {
+    let h = start().await;
+    for model in ["r-gemini", "r-vertex", "r-bedrock"] {
+        let r = create(
+            &h,
+            json!({"model": model, "input": "hi", "reasoning": {"effort": "medium"}}),
+        )
+        .await;
+        assert_eq!(r["status"], "completed", "{model}: {r}");
+    }
+    let gemini = recorded(&h, |r| {
+        r.path.contains("gemini-3") && !r.path.contains("/publishers/")
+    });
+    let vertex = recorded(&h, |r| r.path.contains("/publishers/google/"));
+    let bedrock = recorded(&h, |r| r.path.contains("/converse"));
+    for (name, bodies) in [("gemini", &gemini), ("vertex", &vertex)] {
+        assert_eq!(bodies.len(), 1, "{name}");
+        assert_eq!(
+            bodies[0]["generationConfig"]["thinkingConfig"],
+            // Gemini 3 knows `low` and `high`; `medium` rounds up.
+            json!({"thinkingLevel": "high"}),
+            "{name}"
+        );
+    }
+    assert_eq!(bedrock.len(), 1);
+    assert_eq!(
+        bedrock[0]["additionalModelRequestFields"]["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4096})
+    );
+}
