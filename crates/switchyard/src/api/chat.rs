@@ -48,19 +48,30 @@ pub async fn chat_completions(
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
 }
 
-/// The first choice's `finish_reason` of an OpenAI-shaped completion.
+/// The first choice's `finish_reason` of an OpenAI-shaped completion, found by a scan
+/// rather than a parse: the span wants one string and parsing the whole answer again
+/// cost more than the rest of the request's tracing. The first `"finish_reason":` in the
+/// body is the first choice's: inside a JSON string every `"` is escaped, so the
+/// pattern's closing quote and colon can only end a key, and no key before the first
+/// choice's own (`id`, `object`, `created`, `model`, the message's fields) has that name.
 fn first_finish_reason(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Completion {
-        #[serde(default)]
-        choices: Vec<Choice>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Choice {
-        finish_reason: Option<String>,
-    }
-    let c: Completion = serde_json::from_slice(body).ok()?;
-    c.choices.into_iter().next()?.finish_reason
+    const KEY: &[u8] = b"\"finish_reason\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = body.get(at + KEY.len()..)?;
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let value = rest.strip_prefix(b"\"")?;
+    let end = value.iter().position(|&b| b == b'"' || b == b'\\')?;
+    // A reason is a plain word; one with an escape is not one the gateway knows.
+    (value.get(end) == Some(&b'"'))
+        .then(|| {
+            std::str::from_utf8(value.get(..end)?)
+                .ok()
+                .map(str::to_owned)
+        })
+        .flatten()
 }
 
 /// The caller's W3C `traceparent` header, if it sent one.
@@ -448,4 +459,38 @@ async fn embed(
         tracker.attempts(),
         &served.route,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_finish_reason;
+
+    #[test]
+    fn the_first_choices_finish_reason_is_found_without_a_parse() {
+        let compact = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"},{"index":1,"finish_reason":"length"}]}"#;
+        assert_eq!(first_finish_reason(compact).as_deref(), Some("stop"));
+        let spaced = b"{\"choices\": [ {\"finish_reason\" :\n \"tool_calls\" } ]}";
+        assert_eq!(first_finish_reason(spaced).as_deref(), Some("tool_calls"));
+        // The key's name inside content or tool arguments is escaped: not a key.
+        let hostile = br#"{"choices":[{"message":{"content":"say \"finish_reason\": \"evil\"","tool_calls":[{"function":{"arguments":"{\"finish_reason\":\"evil\"}"}}]},"finish_reason":"stop"}]}"#;
+        assert_eq!(first_finish_reason(hostile).as_deref(), Some("stop"));
+        assert_eq!(
+            first_finish_reason(br#"{"choices":[{"finish_reason":null}]}"#),
+            None
+        );
+        assert_eq!(first_finish_reason(br#"{"choices":[]}"#), None);
+        assert_eq!(
+            first_finish_reason(br#"{"choices":[{"finish_reason":"st"#),
+            None
+        );
+        assert_eq!(
+            first_finish_reason(br#"{"choices":[{"finish_reason":"a\"b"}]}"#),
+            None
+        );
+        assert_eq!(first_finish_reason(b"\"finish_reason\":"), None);
+        assert_eq!(
+            first_finish_reason("{\"finish_reason\":\"arrêt\"}".as_bytes()).as_deref(),
+            Some("arrêt")
+        );
+    }
 }
