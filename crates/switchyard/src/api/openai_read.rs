@@ -63,6 +63,20 @@ pub(crate) struct Chunk {
     pub choices: Vec<ChunkChoice>,
 }
 
+impl Chunk {
+    /// `data` as a chunk. An unreadable chunk is logged and dropped (`None`): the
+    /// stream goes on without it.
+    pub fn read(data: &[u8]) -> Option<Chunk> {
+        match serde_json::from_slice(data) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable chunk was dropped");
+                None
+            }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChunkChoice {
     #[serde(default)]

@@ -77,6 +77,18 @@ pub(crate) fn error_json(e: &ApiError) -> serde_json::Value {
     error::error_json(e, None)
 }
 
+/// A missing key's error, naming the header Anthropic clients send it in.
+fn missing_key_named(e: ApiError) -> ApiError {
+    if e.code == "missing_api_key" {
+        ApiError {
+            message: "x-api-key header is required (or Authorization: Bearer KEY).".into(),
+            ..e
+        }
+    } else {
+        e
+    }
+}
+
 /// Anthropic clients send their key as `x-api-key`; authentication reads
 /// `Authorization: Bearer`, which is used as it is when both are present.
 fn with_bearer(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
@@ -106,16 +118,7 @@ async fn run(
     // The body is read before the key is checked, as in `chat`: answering while a
     // body is unread makes HTTP/1.1 close the connection the SDK wants to reuse.
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
-    let key = authenticate(state, &with_bearer(headers), tracker).map_err(|e| {
-        if e.code == "missing_api_key" {
-            ApiError {
-                message: "x-api-key header is required (or Authorization: Bearer KEY).".into(),
-                ..e
-            }
-        } else {
-            e
-        }
-    })?;
+    let key = authenticate(state, &with_bearer(headers), tracker).map_err(missing_key_named)?;
     let req: MessagesRequest = parse_body(&bytes)?;
     req.validate()?;
     let message_id = format!("msg_{}", request_id.trim_start_matches("req_"));

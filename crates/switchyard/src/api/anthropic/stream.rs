@@ -220,13 +220,7 @@ impl Encoder for AnthropicEvents {
         if let Some(u) = usage {
             self.usage = Some(*u);
         }
-        let chunk: Chunk = match serde_json::from_slice(data) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "an unreadable chunk was dropped");
-                return None;
-            }
-        };
+        let chunk = Chunk::read(data)?;
         if let Some(model) = chunk.model.filter(|m| !self.started && !m.is_empty()) {
             self.model = model;
         }

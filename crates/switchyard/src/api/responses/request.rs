@@ -94,17 +94,6 @@ fn string_at<'a>(item: &'a Map<String, Value>, field: &str, at: &str) -> Result<
     }
 }
 
-fn message(role: Role, content: MessageContent) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: Some(content),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-        extra: Map::new(),
-    }
-}
-
 /// The assistant turn being put together from consecutive output items.
 #[derive(Default)]
 struct Turn {
@@ -186,7 +175,7 @@ pub fn items_to_messages(
                         ))
                     }
                 };
-                out.push(message(role, input_content(item, &here)?));
+                out.push(ChatMessage::new(role, input_content(item, &here)?));
             }
             "function_call" => {
                 turn.open = true;
@@ -549,16 +538,17 @@ fn response_format(format: &Value) -> Result<Option<ResponseFormat>, ApiError> {
 pub fn to_chat(req: &ResponsesRequest, history: &[Value]) -> Result<ChatRequest, ApiError> {
     let mut messages = Vec::new();
     if let Some(instructions) = req.instructions.as_ref().filter(|s| !s.is_empty()) {
-        messages.push(message(
+        messages.push(ChatMessage::new(
             Role::System,
             MessageContent::Text(instructions.clone()),
         ));
     }
     items_to_messages(history, "previous_response_id", &mut messages)?;
     match &req.input {
-        Some(Value::String(s)) => {
-            messages.push(message(Role::User, MessageContent::Text(s.clone())))
-        }
+        Some(Value::String(s)) => messages.push(ChatMessage::new(
+            Role::User,
+            MessageContent::Text(s.clone()),
+        )),
         Some(Value::Array(items)) => items_to_messages(items, "input", &mut messages)?,
         _ => {}
     }
