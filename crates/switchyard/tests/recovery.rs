@@ -187,6 +187,43 @@ async fn stream(h: &Harness, body: Value) -> (http::HeaderMap, String, Vec<Value
     (headers, raw, chunks, done)
 }
 
+/// Breaks `instance`'s streams with `fault`, streams [`STORY`] from `recovering` and
+/// checks that the client saw one whole stream: ended by `[DONE]`, with the text
+/// `whole` answers at once and the marker naming `broken` (the deployment it recovered
+/// from). Returns that text, the raw stream and its chunks.
+async fn recovered_story(
+    h: &Harness,
+    whole: &str,
+    instance: &str,
+    fault: Fault,
+    recovering: &str,
+    broken: &str,
+) -> (String, String, Vec<Value>) {
+    let full = whole_answer(h, whole, user(STORY)).await;
+    h.sim.sim.set_fault(instance, "*", fault);
+    let (_, raw, chunks, done) = stream(
+        h,
+        json!({"model": recovering, "messages": user(STORY), "stream": true}),
+    )
+    .await;
+    assert!(done, "{raw}");
+    assert_eq!(text_of(&chunks), full, "{raw}");
+    assert!(
+        raw.contains(&format!(": switchyard recovered from {broken}\n\n")),
+        "{raw}"
+    );
+    (full, raw, chunks)
+}
+
+/// Asserts that a stream ended with the `stream_cut` error event.
+fn assert_ends_cut(chunks: &[Value], raw: &str) {
+    assert_eq!(
+        chunks.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("stream_cut")),
+        "{raw}"
+    );
+}
+
 fn messages_of(h: &Harness, instance: &str) -> Vec<Value> {
     h.sim
         .sim
@@ -322,17 +359,16 @@ async fn without_include_usage_the_client_gets_no_usage_chunk() {
 #[tokio::test]
 async fn anthropic_deployments_continue_from_a_prefill() {
     let h = start().await;
-    let full = whole_answer(&h, "claude-whole", user(STORY)).await;
     // message_start, content_block_start, ping, then text deltas.
-    h.sim.sim.set_fault("ant1", "*", Fault::cut(7));
-    let (_, raw, chunks, done) = stream(
+    let (full, _, _) = recovered_story(
         &h,
-        json!({"model": "claude-recovering", "messages": user(STORY), "stream": true}),
+        "claude-whole",
+        "ant1",
+        Fault::cut(7),
+        "claude-recovering",
+        "ant1-haiku",
     )
     .await;
-    assert!(done, "{raw}");
-    assert_eq!(text_of(&chunks), full, "{raw}");
-    assert!(raw.contains(": switchyard recovered from ant1-haiku\n\n"));
     // The continuation got the text so far as the final assistant turn, without
     // trailing whitespace (Anthropic refuses it there), and no instruction.
     let asked = messages_of(&h, "ant2");
@@ -355,17 +391,16 @@ async fn anthropic_deployments_continue_from_a_prefill() {
 #[tokio::test]
 async fn claude_on_bedrock_continues_from_a_prefill() {
     let h = start().await;
-    let full = whole_answer(&h, "bedrock-whole", user(STORY)).await;
     // messageStart, contentBlockStart?, then text deltas.
-    h.sim.sim.set_fault("br1", "*", Fault::cut(5));
-    let (_, raw, chunks, done) = stream(
+    let (full, _, _) = recovered_story(
         &h,
-        json!({"model": "bedrock-recovering", "messages": user(STORY), "stream": true}),
+        "bedrock-whole",
+        "br1",
+        Fault::cut(5),
+        "bedrock-recovering",
+        "br1-haiku",
     )
     .await;
-    assert!(done, "{raw}");
-    assert_eq!(text_of(&chunks), full, "{raw}");
-    assert!(raw.contains(": switchyard recovered from br1-haiku\n\n"));
     let asked = messages_of(&h, "br2");
     let turns = asked.last().and_then(Value::as_array).expect("messages");
     assert_eq!(turns.len(), 2, "{turns:?}");
@@ -379,16 +414,15 @@ async fn claude_on_bedrock_continues_from_a_prefill() {
 #[tokio::test]
 async fn gemini_deployments_are_asked_to_continue() {
     let h = start().await;
-    let full = whole_answer(&h, "gemini-whole", user(STORY)).await;
-    h.sim.sim.set_fault("gm1", "*", Fault::cut(4));
-    let (_, raw, chunks, done) = stream(
+    recovered_story(
         &h,
-        json!({"model": "gemini-recovering", "messages": user(STORY), "stream": true}),
+        "gemini-whole",
+        "gm1",
+        Fault::cut(4),
+        "gemini-recovering",
+        "gm1-flash",
     )
     .await;
-    assert!(done, "{raw}");
-    assert_eq!(text_of(&chunks), full, "{raw}");
-    assert!(raw.contains(": switchyard recovered from gm1-flash\n\n"));
     let asked = h.sim.sim.requests("gm2");
     let contents = asked
         .last()
@@ -405,16 +439,15 @@ async fn gemini_deployments_are_asked_to_continue() {
 #[tokio::test]
 async fn mistral_deployments_continue_from_a_prefix() {
     let h = start().await;
-    let full = whole_answer(&h, "mistral-whole", user(STORY)).await;
-    h.sim.sim.set_fault("mis1", "*", Fault::cut(5));
-    let (_, raw, chunks, done) = stream(
+    let (full, _, _) = recovered_story(
         &h,
-        json!({"model": "mistral-recovering", "messages": user(STORY), "stream": true}),
+        "mistral-whole",
+        "mis1",
+        Fault::cut(5),
+        "mistral-recovering",
+        "mis1-small",
     )
     .await;
-    assert!(done, "{raw}");
-    assert_eq!(text_of(&chunks), full, "{raw}");
-    assert!(raw.contains(": switchyard recovered from mis1-small\n\n"));
     let asked = messages_of(&h, "mis2");
     let turns = asked.last().and_then(Value::as_array).expect("messages");
     assert_eq!(turns.len(), 2);
@@ -427,23 +460,18 @@ async fn mistral_deployments_continue_from_a_prefix() {
 #[tokio::test]
 async fn an_overloaded_error_event_after_content_is_recovered_too() {
     let h = start().await;
-    let full = whole_answer(&h, "claude-whole", user(STORY)).await;
-    h.sim.sim.set_fault(
+    let (_, raw, chunks) = recovered_story(
+        &h,
+        "claude-whole",
         "ant1",
-        "*",
         Fault::error(529)
             .with_type("overloaded_error")
             .mid_stream(6),
-    );
-    let (_, raw, chunks, done) = stream(
-        &h,
-        json!({"model": "claude-recovering", "messages": user(STORY), "stream": true}),
+        "claude-recovering",
+        "ant1-haiku",
     )
     .await;
-    assert!(done, "{raw}");
     assert!(chunks.iter().all(|c| c.get("error").is_none()), "{raw}");
-    assert_eq!(text_of(&chunks), full);
-    assert!(raw.contains(": switchyard recovered from ant1-haiku\n\n"));
 }
 
 #[tokio::test]
@@ -462,11 +490,7 @@ async fn a_cut_tool_call_stream_is_not_continued() {
     assert!(chunks
         .iter()
         .any(|c| !c["choices"][0]["delta"]["tool_calls"].is_null()));
-    assert_eq!(
-        chunks.last().map(|c| c["error"]["code"].clone()),
-        Some(json!("stream_cut")),
-        "{raw}"
-    );
+    assert_ends_cut(&chunks, &raw);
     assert!(h.sim.sim.requests("backup").is_empty());
     assert!(!raw.contains("recovered"));
 }
@@ -481,11 +505,7 @@ async fn with_recovery_off_a_cut_ends_with_an_error_event() {
     )
     .await;
     assert!(!done);
-    assert_eq!(
-        chunks.last().map(|c| c["error"]["code"].clone()),
-        Some(json!("stream_cut")),
-        "{raw}"
-    );
+    assert_ends_cut(&chunks, &raw);
     assert!(h.sim.sim.requests("backup").is_empty());
 }
 
@@ -499,11 +519,7 @@ async fn with_no_other_deployment_a_cut_ends_with_an_error_event() {
     )
     .await;
     assert!(!done);
-    assert_eq!(
-        chunks.last().map(|c| c["error"]["code"].clone()),
-        Some(json!("stream_cut")),
-        "{raw}"
-    );
+    assert_ends_cut(&chunks, &raw);
     assert_eq!(
         h.sim.sim.requests("primary").len(),
         1,
@@ -572,11 +588,7 @@ async fn a_second_break_is_not_recovered_again() {
     )
     .await;
     assert!(!done);
-    assert_eq!(
-        chunks.last().map(|c| c["error"]["code"].clone()),
-        Some(json!("stream_cut")),
-        "{raw}"
-    );
+    assert_ends_cut(&chunks, &raw);
     assert_eq!(h.sim.sim.requests("primary").len(), 1);
     assert_eq!(h.sim.sim.requests("backup").len(), 1);
 }

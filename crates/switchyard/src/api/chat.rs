@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::error::ApiError;
-use super::relay::{OpenAiFrames, Relay};
+use super::relay::{Encoder, OpenAiFrames, Relay};
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::config::{Constraints, Deployment, LogicalModel, StreamRecovery};
@@ -23,29 +23,55 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // This request runs on the configuration in force now, to its end.
+    let (state, request_id, mut tracker) =
+        begin(&state, &headers, Endpoint::ChatCompletions.label());
+    let mut limit_headers = HeaderMap::new();
+    let outcome = chat(&state, &headers, body, &mut tracker, &mut limit_headers).await;
+    let res = answer(outcome, tracker, ApiError::into_response).await;
+    with_request_id(with_limit_headers(res, limit_headers), &request_id)
+}
+
+/// The start of every chat-shaped request: the configuration in force now (the
+/// request runs on it to its end), a new request id, and the tracker of its ledger
+/// row under `endpoint`, continuing the caller's trace.
+pub(super) fn begin(
+    state: &AppState,
+    headers: &HeaderMap,
+    endpoint: &'static str,
+) -> (Arc<Generation>, String, RequestTracker) {
     let state = state.current();
     let request_id = new_request_id();
-    let mut tracker = RequestTracker::new(
-        state.ledger.clone(),
-        request_id.clone(),
-        Endpoint::ChatCompletions.label(),
-    );
-    tracker.continue_trace(traceparent(&headers));
-    let mut limit_headers = HeaderMap::new();
-    let res = match chat(&state, &headers, body, &mut tracker, &mut limit_headers).await {
+    let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), endpoint);
+    tracker.continue_trace(traceparent(headers));
+    (state, request_id, tracker)
+}
+
+/// What a chat-shaped handler's work ends in: a whole response, or a stream to relay
+/// with the encoder that shapes what the client sees.
+pub(super) enum Reply<E> {
+    Full(Response),
+    Stream(Box<Relay>, E),
+}
+
+/// The response to a request's `outcome`. A whole response, or an error (shaped by
+/// `render` in the ingress's protocol), finishes the ledger row here; a stream's
+/// tracker moves into the relay, which finishes it with the stream.
+pub(super) async fn answer<E: Encoder>(
+    outcome: Result<Reply<E>, ApiError>,
+    tracker: RequestTracker,
+    render: impl FnOnce(ApiError) -> Response,
+) -> Response {
+    match outcome {
         Ok(Reply::Full(res)) => {
             tracker.finish(res.status().as_u16(), None).await;
             res
         }
-        // The tracker moves into the relay, which finishes it with the stream.
-        Ok(Reply::Stream(relay, frames)) => relay.into_response(tracker, frames),
+        Ok(Reply::Stream(relay, encoder)) => (*relay).into_response(tracker, encoder),
         Err(e) => {
             tracker.finish(e.status.as_u16(), Some(e.code)).await;
-            e.into_response()
+            render(e)
         }
-    };
-    with_request_id(with_limit_headers(res, limit_headers), &request_id)
+    }
 }
 
 /// The first choice's `finish_reason` of an OpenAI-shaped completion, found by a scan
@@ -97,18 +123,13 @@ fn prices_of(model: &LogicalModel) -> Vec<crate::types::Price> {
     model.targets.iter().map(|t| t.deployment.price).collect()
 }
 
-enum Reply {
-    Full(Response),
-    Stream(Relay, OpenAiFrames),
-}
-
 async fn chat(
     state: &Arc<Generation>,
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply<OpenAiFrames>, ApiError> {
     // A bad key is answered only after the body was read: a response sent while a
     // request body is unread forces HTTP/1.1 to close the connection, and clients
     // that reuse it (every SDK) would see their next request fail. The key is looked
@@ -132,7 +153,9 @@ async fn chat(
                 route,
                 ..
             } => Reply::Full(json_response(body, &deployment, attempts, &route)),
-            ChatServed::Stream(relay) => Reply::Stream(relay, OpenAiFrames { include_usage }),
+            ChatServed::Stream(relay) => {
+                Reply::Stream(Box::new(relay), OpenAiFrames { include_usage })
+            }
         },
     )
 }
@@ -357,13 +380,14 @@ pub(super) fn served_headers(
     }
 }
 
-fn json_response(
-    body: bytes::Bytes,
+/// A `200` JSON response of `body`, with the headers naming where it was served.
+pub(super) fn json_response(
+    body: impl Into<Body>,
     deployment: &Deployment,
     attempts: usize,
     route: &str,
 ) -> Response {
-    let mut res = Response::new(Body::from(body));
+    let mut res = Response::new(body.into());
     *res.status_mut() = StatusCode::OK;
     let h = res.headers_mut();
     h.insert(
@@ -379,26 +403,12 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // This request runs on the configuration in force now, to its end.
-    let state = state.current();
-    let request_id = new_request_id();
-    let mut tracker = RequestTracker::new(
-        state.ledger.clone(),
-        request_id.clone(),
-        Endpoint::Embeddings.label(),
-    );
-    tracker.continue_trace(traceparent(&headers));
+    let (state, request_id, mut tracker) = begin(&state, &headers, Endpoint::Embeddings.label());
     let mut limit_headers = HeaderMap::new();
-    let res = match embed(&state, &headers, body, &mut tracker, &mut limit_headers).await {
-        Ok(res) => {
-            tracker.finish(res.status().as_u16(), None).await;
-            res
-        }
-        Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code)).await;
-            e.into_response()
-        }
-    };
+    let outcome = embed(&state, &headers, body, &mut tracker, &mut limit_headers)
+        .await
+        .map(Reply::<OpenAiFrames>::Full);
+    let res = answer(outcome, tracker, ApiError::into_response).await;
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
 }
 

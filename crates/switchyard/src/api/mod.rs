@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod error;
 pub mod generation;
+mod openai_read;
 mod panics;
 mod recovery;
 mod relay;

@@ -812,20 +812,31 @@ pub fn count_tokens_request(
     deployment: &Deployment,
     body: Bytes,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    post(client, deployment, "/v1/messages/count_tokens", body).ok_or_else(|| {
+        ProviderError::Unsupported("token counting (not an Anthropic provider)".into())
+    })
+}
+
+/// A JSON `POST` of `body` to `path` on the deployment's Anthropic API, with its version
+/// and key headers; `None` when the deployment's provider is not Anthropic.
+fn post(
+    client: &reqwest::Client,
+    deployment: &Deployment,
+    path: &str,
+    body: Bytes,
+) -> Option<reqwest::RequestBuilder> {
     let ProviderKind::Anthropic { base_url, version } = &deployment.provider.kind else {
-        return Err(ProviderError::Unsupported(
-            "token counting (not an Anthropic provider)".into(),
-        ));
+        return None;
     };
     let mut req = client
-        .post(format!("{base_url}/v1/messages/count_tokens"))
+        .post(format!("{base_url}{path}"))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header("anthropic-version", version.as_str())
         .body(body);
     if let Some(key) = &deployment.provider.api_key {
         req = req.header("x-api-key", key.expose());
     }
-    Ok(req)
+    Some(req)
 }
 
 /// The `input_tokens` of a count_tokens answer (`{"input_tokens": N}`).
@@ -870,20 +881,8 @@ impl Adapter for AnthropicAdapter {
         body: Bytes,
         _credential: Option<&super::auth::Credential>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        let ProviderKind::Anthropic { base_url, version } = &deployment.provider.kind else {
-            return Err(ProviderError::Unsupported(
-                "not an Anthropic provider".into(),
-            ));
-        };
-        let mut req = client
-            .post(format!("{base_url}/v1/messages"))
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("anthropic-version", version.as_str())
-            .body(body);
-        if let Some(key) = &deployment.provider.api_key {
-            req = req.header("x-api-key", key.expose());
-        }
-        Ok(req)
+        post(client, deployment, "/v1/messages", body)
+            .ok_or_else(|| ProviderError::Unsupported("not an Anthropic provider".into()))
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {

@@ -70,6 +70,20 @@ pub struct ChatMessage {
     pub extra: Map<String, Value>,
 }
 
+impl ChatMessage {
+    /// A message of `role` with `content` and nothing else.
+    pub fn new(role: Role, content: MessageContent) -> Self {
+        ChatMessage {
+            role,
+            content: Some(content),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            extra: Map::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MessageContent {

@@ -24,7 +24,7 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
 use super::wire::MessagesRequest;
-use super::{error, guard_body, request, with_bearer};
+use super::{error, guard_body, missing_key_named, request, with_bearer};
 use crate::api::error::ApiError;
 use crate::api::wire::parse_body;
 use crate::api::{new_request_id, read_body, with_request_id, AppState, Generation};
@@ -71,16 +71,9 @@ async fn count(
 ) -> Result<Response, ApiError> {
     // Read before the key is checked, as `/v1/messages` does (connection reuse).
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
-    let key = state.authenticate(&with_bearer(headers)).map_err(|e| {
-        if e.code == "missing_api_key" {
-            ApiError {
-                message: "x-api-key header is required (or Authorization: Bearer KEY).".into(),
-                ..e
-            }
-        } else {
-            e
-        }
-    })?;
+    let key = state
+        .authenticate(&with_bearer(headers))
+        .map_err(missing_key_named)?;
     let (bytes, added_max_tokens) = with_max_tokens(bytes);
     let req: MessagesRequest = parse_body(&bytes)?;
     req.validate()?;

@@ -26,13 +26,15 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue};
 
-use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, ChatServed};
+use super::chat::{
+    answer, authenticate, begin, json_response, serve_chat, with_limit_headers, ChatServed, Reply,
+};
 use super::error::ApiError;
-use super::relay::{Encoder, Relay};
+use super::relay::Encoder;
 use super::wire::parse_body;
-use super::{new_request_id, read_body, with_request_id, AppState, Generation};
+use super::{read_body, with_request_id, AppState, Generation};
 use crate::ledger::tracker::RequestTracker;
 use crate::types::ProviderError;
 use crate::types::Usage;
@@ -49,13 +51,9 @@ pub async fn messages(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // This request runs on the configuration in force now, to its end.
-    let state = state.current();
-    let request_id = new_request_id();
-    let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), ENDPOINT);
-    tracker.continue_trace(super::chat::traceparent(&headers));
+    let (state, request_id, mut tracker) = begin(&state, &headers, ENDPOINT);
     let mut limit_headers = HeaderMap::new();
-    let res = match run(
+    let outcome = run(
         &state,
         &headers,
         body,
@@ -63,19 +61,8 @@ pub async fn messages(
         &mut limit_headers,
         &request_id,
     )
-    .await
-    {
-        Ok(Reply::Full(res)) => {
-            tracker.finish(res.status().as_u16(), None).await;
-            res
-        }
-        // The tracker moves into the relay, which finishes it with the stream.
-        Ok(Reply::Stream(relay, events)) => (*relay).into_response(tracker, events),
-        Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code)).await;
-            error::error_response(&e, &request_id)
-        }
-    };
+    .await;
+    let res = answer(outcome, tracker, |e| error::error_response(&e, &request_id)).await;
     let mut res = with_request_id(with_limit_headers(res, limit_headers), &request_id);
     // Anthropic's SDKs read the request id from `request-id`.
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -84,15 +71,22 @@ pub async fn messages(
     res
 }
 
-enum Reply {
-    Full(Response),
-    Stream(Box<Relay>, Events),
-}
-
 /// The Anthropic error body for `e`, for a failure outside this ingress's handler
 /// (a panic caught by [`crate::api::panics`]).
 pub(crate) fn error_json(e: &ApiError) -> serde_json::Value {
     error::error_json(e, None)
+}
+
+/// A missing key's error, naming the header Anthropic clients send it in.
+fn missing_key_named(e: ApiError) -> ApiError {
+    if e.code == "missing_api_key" {
+        ApiError {
+            message: "x-api-key header is required (or Authorization: Bearer KEY).".into(),
+            ..e
+        }
+    } else {
+        e
+    }
 }
 
 /// Anthropic clients send their key as `x-api-key`; authentication reads
@@ -120,20 +114,11 @@ async fn run(
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
     request_id: &str,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply<Events>, ApiError> {
     // The body is read before the key is checked, as in `chat`: answering while a
     // body is unread makes HTTP/1.1 close the connection the SDK wants to reuse.
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
-    let key = authenticate(state, &with_bearer(headers), tracker).map_err(|e| {
-        if e.code == "missing_api_key" {
-            ApiError {
-                message: "x-api-key header is required (or Authorization: Bearer KEY).".into(),
-                ..e
-            }
-        } else {
-            e
-        }
-    })?;
+    let key = authenticate(state, &with_bearer(headers), tracker).map_err(missing_key_named)?;
     let req: MessagesRequest = parse_body(&bytes)?;
     req.validate()?;
     let message_id = format!("msg_{}", request_id.trim_start_matches("req_"));
@@ -164,15 +149,12 @@ async fn run(
                     })?;
                 serde_json::to_vec(&message).unwrap_or_default()
             };
-            let mut res = Response::new(Body::from(body));
-            *res.status_mut() = StatusCode::OK;
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            served_headers(h, &deployment, attempts, &route);
-            Ok(Reply::Full(res))
+            Ok(Reply::Full(json_response(
+                body,
+                &deployment,
+                attempts,
+                &route,
+            )))
         }
         ChatServed::Stream(mut relay) => {
             let events = if native.passed_to(&relay.deployment) {

@@ -26,7 +26,7 @@ use crate::api::wire::{
 pub fn to_openai(req: &MessagesRequest) -> ChatRequest {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if let Some(system) = &req.system {
-        messages.push(message(
+        messages.push(ChatMessage::new(
             OaRole::System,
             MessageContent::Text(plain_text(system)),
         ));
@@ -119,17 +119,6 @@ fn effort_of_thinking(thinking: &Value) -> Option<&'static str> {
     }
 }
 
-fn message(role: OaRole, content: MessageContent) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: Some(content),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-        extra: Map::new(),
-    }
-}
-
 /// The text of a string or of text blocks, joined by newlines.
 fn plain_text(content: &Content) -> String {
     match content {
@@ -194,7 +183,7 @@ fn push_turn(out: &mut Vec<ChatMessage>, m: &InputMessage) {
                 Role::User => OaRole::User,
                 Role::Assistant => OaRole::Assistant,
             };
-            out.push(message(role, MessageContent::Text(text.clone())));
+            out.push(ChatMessage::new(role, MessageContent::Text(text.clone())));
             return;
         }
         Content::Blocks(blocks) => blocks,
@@ -213,7 +202,7 @@ fn push_turn(out: &mut Vec<ChatMessage>, m: &InputMessage) {
                     .filter(|b| matches!(b.kind.as_str(), "text" | "image")),
             );
             if !rest.is_empty() {
-                out.push(message(OaRole::User, user_content(&rest)));
+                out.push(ChatMessage::new(OaRole::User, user_content(&rest)));
             }
         }
         Role::Assistant => {
@@ -255,7 +244,8 @@ fn push_turn(out: &mut Vec<ChatMessage>, m: &InputMessage) {
             if text.is_empty() && calls.is_empty() {
                 // Only replayed thinking: nothing an OpenAI upstream can read, but the
                 // turn order must stay user/assistant.
-                let mut m = message(OaRole::Assistant, MessageContent::Text(String::new()));
+                let mut m =
+                    ChatMessage::new(OaRole::Assistant, MessageContent::Text(String::new()));
                 m.extra = extra;
                 out.push(m);
                 return;

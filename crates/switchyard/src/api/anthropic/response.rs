@@ -1,39 +1,10 @@
 //! OpenAI `chat.completion` → Anthropic `message`, and the pieces the stream shares:
 //! stop reasons and usage.
 
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::api::openai_read::Completion;
 use crate::types::Usage;
-
-/// What is read of an OpenAI completion.
-#[derive(Debug, Deserialize)]
-struct Completion {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    #[serde(default)]
-    message: Option<AssistantMessage>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AssistantMessage {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<WireToolCall>>,
-    #[serde(default)]
-    thinking_blocks: Option<Vec<Value>>,
-}
 
 /// A `thinking_blocks` entry as an Anthropic content block (the two block types and
 /// their documented fields only).
@@ -50,21 +21,6 @@ pub fn thinking_content_block(b: &Value) -> Option<Value> {
         })),
         _ => None,
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct WireToolCall {
-    #[serde(default)]
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireFunction {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
 }
 
 /// OpenAI `finish_reason` → Anthropic `stop_reason`. OpenAI does not say whether a

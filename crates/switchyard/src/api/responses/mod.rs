@@ -29,12 +29,13 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, ChatServed};
+use super::chat::{
+    answer, authenticate, begin, json_response, serve_chat, with_limit_headers, ChatServed, Reply,
+};
 use super::error::ApiError;
-use super::relay::Relay;
 use super::wire::parse_body;
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::ledger::tracker::RequestTracker;
@@ -52,13 +53,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // This request runs on the configuration in force now, to its end.
-    let state = state.current();
-    let request_id = new_request_id();
-    let mut tracker = RequestTracker::new(state.ledger.clone(), request_id.clone(), ENDPOINT);
-    tracker.continue_trace(super::chat::traceparent(&headers));
+    let (state, request_id, mut tracker) = begin(&state, &headers, ENDPOINT);
     let mut limit_headers = HeaderMap::new();
-    let res = match run(
+    let outcome = run(
         &state,
         &headers,
         body,
@@ -66,25 +63,9 @@ pub async fn create(
         &mut limit_headers,
         &request_id,
     )
-    .await
-    {
-        Ok(Reply::Full(res)) => {
-            tracker.finish(res.status().as_u16(), None).await;
-            res
-        }
-        // The tracker moves into the relay, which finishes it with the stream.
-        Ok(Reply::Stream(relay, events)) => (*relay).into_response(tracker, *events),
-        Err(e) => {
-            tracker.finish(e.status.as_u16(), Some(e.code)).await;
-            e.into_response()
-        }
-    };
+    .await;
+    let res = answer(outcome, tracker, ApiError::into_response).await;
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
-}
-
-enum Reply {
-    Full(Response),
-    Stream(Box<Relay>, Box<ResponseEvents>),
 }
 
 async fn run(
@@ -94,7 +75,7 @@ async fn run(
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
     request_id: &str,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply<ResponseEvents>, ApiError> {
     // Read before the key is answered, as in `chat`: answering while a body is unread
     // makes HTTP/1.1 close the connection the SDK wants to reuse.
     let key = authenticate(state, headers, tracker);
@@ -154,16 +135,13 @@ async fn run(
             if let Some((db, owner, items)) = kept {
                 keep(db, id.clone(), owner, items, object.clone()).await;
             }
-            let mut res =
-                Response::new(Body::from(serde_json::to_vec(&object).unwrap_or_default()));
-            *res.status_mut() = StatusCode::OK;
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            served_headers(h, &deployment, attempts, &route);
-            Ok(Reply::Full(res))
+            let body = serde_json::to_vec(&object).unwrap_or_default();
+            Ok(Reply::Full(json_response(
+                body,
+                &deployment,
+                attempts,
+                &route,
+            )))
         }
         ChatServed::Stream(relay) => {
             let finished: Option<stream::Finished> = kept.map(|(db, owner, items)| {
@@ -175,7 +153,7 @@ async fn run(
                 ) as stream::Finished
             });
             let events = ResponseEvents::new(id, suffix, echo, finished);
-            Ok(Reply::Stream(Box::new(relay), Box::new(events)))
+            Ok(Reply::Stream(Box::new(relay), events))
         }
     }
 }
@@ -309,13 +287,7 @@ pub async fn retrieve(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let state = state.current();
-    let request_id = new_request_id();
-    let res = match lookup(&state, &headers, &id, false).await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    };
-    with_request_id(res, &request_id)
+    lookup_reply(&state, &headers, &id, false).await
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -324,9 +296,14 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    lookup_reply(&state, &headers, &id, true).await
+}
+
+/// The answer to a retrieval (or, with `delete`, a deletion) of response `id`.
+async fn lookup_reply(state: &AppState, headers: &HeaderMap, id: &str, delete: bool) -> Response {
     let state = state.current();
     let request_id = new_request_id();
-    let res = match lookup(&state, &headers, &id, true).await {
+    let res = match lookup(&state, headers, id, delete).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     };

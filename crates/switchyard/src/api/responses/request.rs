@@ -72,6 +72,17 @@ fn missing(param: &str) -> ApiError {
     invalid(param, format!("Missing required parameter: '{param}'."))
 }
 
+/// `v` as an object, or the 400 naming `at` when it is anything else.
+fn object_at<'a>(v: &'a Value, at: &str) -> Result<&'a Map<String, Value>, ApiError> {
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(invalid(
+            at,
+            format!("Invalid type for '{at}': expected an object."),
+        )),
+    }
+}
+
 fn string_at<'a>(item: &'a Map<String, Value>, field: &str, at: &str) -> Result<&'a str, ApiError> {
     match item.get(field) {
         Some(Value::String(s)) => Ok(s),
@@ -80,17 +91,6 @@ fn string_at<'a>(item: &'a Map<String, Value>, field: &str, at: &str) -> Result<
             &format!("{at}.{field}"),
             format!("Invalid type for '{at}.{field}': expected a string."),
         )),
-    }
-}
-
-fn message(role: Role, content: MessageContent) -> ChatMessage {
-    ChatMessage {
-        role,
-        content: Some(content),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-        extra: Map::new(),
     }
 }
 
@@ -143,12 +143,7 @@ pub fn items_to_messages(
     let mut turn = Turn::default();
     for (i, item) in items.iter().enumerate() {
         let here = format!("{at}[{i}]");
-        let Value::Object(item) = item else {
-            return Err(invalid(
-                &here,
-                format!("Invalid type for '{here}': expected an object."),
-            ));
-        };
+        let item = object_at(item, &here)?;
         let kind = match item.get("type") {
             Some(Value::String(t)) => t.as_str(),
             None | Some(Value::Null) if item.contains_key("role") => "message",
@@ -180,7 +175,7 @@ pub fn items_to_messages(
                         ))
                     }
                 };
-                out.push(message(role, input_content(item, &here)?));
+                out.push(ChatMessage::new(role, input_content(item, &here)?));
             }
             "function_call" => {
                 turn.open = true;
@@ -281,12 +276,7 @@ fn parts_text(parts: &[Value], at: &str) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let here = format!("{at}[{j}]");
-        let Value::Object(part) = part else {
-            return Err(invalid(
-                &here,
-                format!("Invalid type for '{here}': expected an object."),
-            ));
-        };
+        let part = object_at(part, &here)?;
         let kind = string_at(part, "type", &here)?;
         match kind {
             "input_text" | "output_text" | "text" => text.push_str(string_at(part, "text", &here)?),
@@ -320,12 +310,7 @@ fn input_content(item: &Map<String, Value>, at: &str) -> Result<MessageContent, 
     let mut out = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
         let here = format!("{at}.content[{j}]");
-        let Value::Object(part) = part else {
-            return Err(invalid(
-                &here,
-                format!("Invalid type for '{here}': expected an object."),
-            ));
-        };
+        let part = object_at(part, &here)?;
         match string_at(part, "type", &here)? {
             "input_text" | "output_text" | "text" => out.push(ContentPart {
                 kind: "text".into(),
@@ -383,12 +368,7 @@ fn reasoning_item(item: &Map<String, Value>, at: &str, turn: &mut Turn) -> Resul
             Some(Value::Array(parts)) => {
                 for (j, part) in parts.iter().enumerate() {
                     let here = format!("{at}.{field}[{j}]");
-                    let Value::Object(part) = part else {
-                        return Err(invalid(
-                            &here,
-                            format!("Invalid type for '{here}': expected an object."),
-                        ));
-                    };
+                    let part = object_at(part, &here)?;
                     turn.reasoning.push_str(string_at(part, "text", &here)?);
                 }
             }
@@ -430,12 +410,7 @@ fn tools(req: &ResponsesRequest) -> Result<Option<Vec<Tool>>, ApiError> {
     let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         let here = format!("tools[{i}]");
-        let Value::Object(tool) = tool else {
-            return Err(invalid(
-                &here,
-                format!("Invalid type for '{here}': expected an object."),
-            ));
-        };
+        let tool = object_at(tool, &here)?;
         let kind = string_at(tool, "type", &here)?;
         if kind != "function" {
             return Err(invalid(
@@ -516,12 +491,7 @@ fn tool_choice(choice: &Value) -> Result<Value, ApiError> {
 }
 
 fn response_format(format: &Value) -> Result<Option<ResponseFormat>, ApiError> {
-    let Value::Object(f) = format else {
-        return Err(invalid(
-            "text.format",
-            "Invalid type for 'text.format': expected an object.",
-        ));
-    };
+    let f = object_at(format, "text.format")?;
     match string_at(f, "type", "text.format")? {
         "text" => Ok(None),
         "json_object" => Ok(Some(ResponseFormat {
@@ -568,16 +538,17 @@ fn response_format(format: &Value) -> Result<Option<ResponseFormat>, ApiError> {
 pub fn to_chat(req: &ResponsesRequest, history: &[Value]) -> Result<ChatRequest, ApiError> {
     let mut messages = Vec::new();
     if let Some(instructions) = req.instructions.as_ref().filter(|s| !s.is_empty()) {
-        messages.push(message(
+        messages.push(ChatMessage::new(
             Role::System,
             MessageContent::Text(instructions.clone()),
         ));
     }
     items_to_messages(history, "previous_response_id", &mut messages)?;
     match &req.input {
-        Some(Value::String(s)) => {
-            messages.push(message(Role::User, MessageContent::Text(s.clone())))
-        }
+        Some(Value::String(s)) => messages.push(ChatMessage::new(
+            Role::User,
+            MessageContent::Text(s.clone()),
+        )),
         Some(Value::Array(items)) => items_to_messages(items, "input", &mut messages)?,
         _ => {}
     }

@@ -7,11 +7,11 @@
 //! one `function_call` item per tool call, whose `call_id` is the tool-call id with
 //! the reasoning state it carries.
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::request::encode_blocks;
 use super::wire::ResponsesRequest;
+use crate::api::openai_read::Completion;
 use crate::types::Usage;
 
 /// What a response repeats of its request.
@@ -229,52 +229,6 @@ pub fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &
         "arguments": arguments,
         "status": status,
     })
-}
-
-/// What is read of an OpenAI completion.
-#[derive(Debug, Deserialize)]
-struct Completion {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    #[serde(default)]
-    message: Option<AssistantMessage>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AssistantMessage {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<WireToolCall>>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    thinking_blocks: Option<Vec<Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireToolCall {
-    #[serde(default)]
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireFunction {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
 }
 
 /// Item ids for one response: `suffix` is the response id's random part.

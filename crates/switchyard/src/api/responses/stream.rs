@@ -11,64 +11,16 @@
 //! `response.failed`.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::response::{
     call_item, failure, message_item, output_text, reasoning_item, Echo, ItemIds, Shape, Status,
 };
 use crate::api::error::ApiError;
+use crate::api::openai_read::{Chunk, ToolCallDelta};
 use crate::api::relay::Encoder;
 use crate::types::Usage;
 use futures_util::future::BoxFuture;
-
-#[derive(Debug, Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    index: u32,
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCallDelta>>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    thinking_blocks: Option<Vec<Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ToolCallDelta {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
-}
 
 /// The output item being streamed.
 enum Open {
@@ -432,13 +384,7 @@ impl Encoder for ResponseEvents {
         if let Some(u) = usage {
             self.usage = Some(*u);
         }
-        let chunk: Chunk = match serde_json::from_slice(data) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "an unreadable chunk was dropped");
-                return None;
-            }
-        };
+        let chunk = Chunk::read(data)?;
         if let Some(model) = chunk.model.filter(|m| !self.started && !m.is_empty()) {
             self.model = model;
         }
