@@ -8,6 +8,12 @@
 //! Responses events by an encoder the relay drives ([`stream`]). Errors are OpenAI's
 //! JSON errors.
 //!
+//! OpenAI and Azure OpenAI deployments speak the Responses API themselves: they are
+//! sent the client's request as it is ([`native`]; the gateway's own fields resolved
+//! first) and their answers come back as they are, with the same admission, dispatch
+//! and ledger row. A model's other deployments, tried in its routing order like any,
+//! get the translation.
+//!
 //! Reasoning state needs no session: a `function_call`'s `call_id` is the tool-call id
 //! the chat path returns (signatures and issuer encoded in it), and Claude's signed
 //! thinking rides in a `reasoning` item's `encrypted_content`; the client sends both
@@ -18,6 +24,7 @@
 //! on by default, as OpenAI has it, except for keys whose policy forbids keeping
 //! content (`log_content = false`), for which asking for it is a 400.
 
+mod native;
 pub(crate) mod request;
 pub(crate) mod response;
 mod store;
@@ -34,11 +41,12 @@ use serde_json::{json, Value};
 
 use super::chat::{authenticate, serve_chat, served_headers, with_limit_headers, ChatServed};
 use super::error::ApiError;
-use super::relay::Relay;
+use super::relay::{Encoder, Relay};
 use super::wire::parse_body;
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::ledger::tracker::RequestTracker;
-use crate::types::ProviderError;
+use crate::types::{ProviderError, Usage};
+use bytes::Bytes;
 use response::{Echo, ItemIds, Shape};
 use store::{Owner, ResponseStore};
 use stream::ResponseEvents;
@@ -84,7 +92,7 @@ pub async fn create(
 
 enum Reply {
     Full(Response),
-    Stream(Box<Relay>, Box<ResponseEvents>),
+    Stream(Box<Relay>, Box<Events>),
 }
 
 async fn run(
@@ -118,17 +126,61 @@ async fn run(
     };
     let echo = Echo::of(&req, store);
     let chat = request::to_chat(&req, &history)?;
-    // What a stored response keeps: the conversation before it, this input included.
+    // The conversation so far, this input included: what a stored response keeps,
+    // and the input a Responses upstream is sent.
+    let mut conversation = history;
+    conversation.extend(input_items(&req));
+    let useful = native::useful_for(state.config.model(&req.model).map(|m| &**m));
+    // Without a stored conversation the client's input goes as it came.
+    let upstream_input = match (&req.previous_response_id, &req.input) {
+        (None, Some(input)) => input.clone(),
+        _ => Value::Array(conversation.clone()),
+    };
+    let mut native = native::Native::new(
+        &bytes,
+        upstream_input,
+        &conversation,
+        req.instructions.as_deref(),
+        &chat,
+        useful,
+    );
+    let own = native::Own {
+        id: id.clone(),
+        store,
+        previous_response_id: req.previous_response_id.clone(),
+    };
     let kept = match (store, db) {
-        (true, Some(db)) => {
-            let mut items = history;
-            items.extend(input_items(&req));
-            Some((db, owner, items))
-        }
+        (true, Some(db)) => Some((db, owner, conversation)),
         _ => None,
     };
     let created_at = crate::types::time::now_ms() / 1000;
-    match serve_chat(state, &key, chat, tracker, limit_headers, |_, _| None).await? {
+    let passed = |admitted: &_, d: &_| native.body(admitted, d);
+    match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
+        ChatServed::Full {
+            body,
+            deployment,
+            attempts,
+            route,
+            ..
+        } if native.passed_to(&deployment) => {
+            // The upstream's own response, with the gateway's fields.
+            let mut object: Value = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::from_provider(
+                    &ProviderError::Protocol(format!("response is not readable: {e}")),
+                    &deployment.name,
+                )
+            })?;
+            own.write(&mut object);
+            if let Some((db, owner, items)) = kept {
+                keep(db, id.clone(), owner, items, object.clone()).await;
+            }
+            Ok(Reply::Full(json_reply(
+                &object,
+                &deployment,
+                attempts,
+                &route,
+            )))
+        }
         ChatServed::Full {
             body,
             usage,
@@ -154,16 +206,12 @@ async fn run(
             if let Some((db, owner, items)) = kept {
                 keep(db, id.clone(), owner, items, object.clone()).await;
             }
-            let mut res =
-                Response::new(Body::from(serde_json::to_vec(&object).unwrap_or_default()));
-            *res.status_mut() = StatusCode::OK;
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            served_headers(h, &deployment, attempts, &route);
-            Ok(Reply::Full(res))
+            Ok(Reply::Full(json_reply(
+                &object,
+                &deployment,
+                attempts,
+                &route,
+            )))
         }
         ChatServed::Stream(relay) => {
             let finished: Option<stream::Finished> = kept.map(|(db, owner, items)| {
@@ -174,8 +222,73 @@ async fn run(
                     },
                 ) as stream::Finished
             });
-            let events = ResponseEvents::new(id, suffix, echo, finished);
+            let events = if native.passed_to(&relay.deployment) {
+                Events::Native(native::NativeEvents::new(own, finished))
+            } else {
+                Events::Translated(Box::new(ResponseEvents::new(id, suffix, echo, finished)))
+            };
             Ok(Reply::Stream(Box::new(relay), Box::new(events)))
+        }
+    }
+}
+
+fn json_reply(
+    object: &Value,
+    deployment: &crate::config::Deployment,
+    attempts: usize,
+    route: &str,
+) -> Response {
+    let mut res = Response::new(Body::from(serde_json::to_vec(object).unwrap_or_default()));
+    *res.status_mut() = StatusCode::OK;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    served_headers(h, deployment, attempts, route);
+    res
+}
+
+/// What a stream is made of: a Responses upstream's own events, or chat chunks
+/// translated.
+enum Events {
+    Native(native::NativeEvents),
+    Translated(Box<ResponseEvents>),
+}
+
+impl Encoder for Events {
+    fn chunk(&mut self, data: &Bytes, has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
+        match self {
+            Events::Native(e) => e.chunk(data, has_choices, usage),
+            Events::Translated(e) => e.chunk(data, has_choices, usage),
+        }
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        match self {
+            Events::Native(e) => e.upstream_error(data),
+            Events::Translated(e) => e.upstream_error(data),
+        }
+    }
+
+    fn done(&mut self) -> Bytes {
+        match self {
+            Events::Native(e) => e.done(),
+            Events::Translated(e) => e.done(),
+        }
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        match self {
+            Events::Native(e) => e.failed(error),
+            Events::Translated(e) => e.failed(error),
+        }
+    }
+
+    fn persist(&mut self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        match self {
+            Events::Native(e) => e.persist(),
+            Events::Translated(e) => e.persist(),
         }
     }
 }
