@@ -444,3 +444,179 @@ impl Encoder for NativeEvents {
         self.persist.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse(events: &[Value]) -> Vec<u8> {
+        events
+            .iter()
+            .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    fn usage_json() -> Value {
+        json!({"input_tokens": 11, "output_tokens": 7, "total_tokens": 18,
+            "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens_details": {"reasoning_tokens": 3}})
+    }
+
+    #[test]
+    fn usage_of_a_response_and_refusal_of_anything_else() {
+        let body = json!({"object": "response", "usage": usage_json()}).to_string();
+        let u = RESPONSES_NATIVE
+            .usage(body.as_bytes())
+            .expect("readable")
+            .expect("usage");
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (11, 7, 4, 3)
+        );
+        assert!(!u.estimated);
+        // Counts missing: left to the caller's estimate.
+        let partial = json!({"object": "response", "usage": {"input_tokens": 2}}).to_string();
+        assert_eq!(
+            RESPONSES_NATIVE.usage(partial.as_bytes()).expect("ok"),
+            None
+        );
+        for bad in [
+            &b"{\"object\": \"chat.completion\"}"[..],
+            b"[1]",
+            b"not json",
+            b"{\"object\": 7}",
+        ] {
+            assert!(RESPONSES_NATIVE.usage(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn stream_items_carry_usage_at_the_end_then_done() {
+        let mut d = RESPONSES_NATIVE.stream_decoder();
+        d.push(&sse(&[
+            json!({"type": "response.created", "response": {"id": "resp_up"}, "sequence_number": 0}),
+            json!({"type": "response.output_text.delta", "delta": "Hé", "sequence_number": 1}),
+            json!({"type": "response.completed", "response": {"id": "resp_up", "usage": usage_json()}, "sequence_number": 2}),
+        ]));
+        let mut seen = Vec::new();
+        while let Some(item) = d.next().expect("items") {
+            seen.push(item);
+        }
+        assert_eq!(seen.len(), 4);
+        assert!(matches!(
+            &seen[0],
+            Translated::Chunk {
+                has_choices: false,
+                usage: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &seen[1],
+            Translated::Chunk {
+                has_choices: true,
+                usage: None,
+                ..
+            }
+        ));
+        match &seen[2] {
+            Translated::Chunk { usage: Some(u), .. } => {
+                assert_eq!((u.prompt_tokens, u.completion_tokens), (11, 7))
+            }
+            _ => panic!("the terminal event carries usage"),
+        }
+        assert!(matches!(seen[3], Translated::Done));
+        assert!(!d.has_partial());
+    }
+
+    #[test]
+    fn error_events_become_openai_errors_and_bad_events_fail() {
+        let mut d = RESPONSES_NATIVE.stream_decoder();
+        d.push(&sse(&[
+            json!({"type": "error", "code": "rate_limit_exceeded",
+            "message": "slow down", "sequence_number": 0}),
+        ]));
+        match d.next().expect("item") {
+            Some(Translated::Error(data)) => {
+                let v: Value = serde_json::from_slice(&data).expect("json");
+                assert_eq!(v["error"]["type"], "rate_limit_error");
+                assert_eq!(v["error"]["message"], "slow down");
+            }
+            _ => panic!("an error item"),
+        }
+        let mut d = RESPONSES_NATIVE.stream_decoder();
+        d.push(b"event: x\ndata: {not json\n\n");
+        assert!(d.next().is_err());
+        let mut d = RESPONSES_NATIVE.stream_decoder();
+        d.push(b"data: {\"type\": 5, \"response\": []}\n\n");
+        assert!(d.next().is_err());
+    }
+
+    #[test]
+    fn the_encoder_writes_the_gateway_s_fields_and_ends_a_cut_stream() {
+        let own = Own {
+            id: "resp_gw".into(),
+            store: true,
+            previous_response_id: Some("resp_before".into()),
+        };
+        let mut e = NativeEvents::new(own, None);
+        let created = json!({"type": "response.created", "sequence_number": 0,
+            "response": {"id": "resp_up", "store": false, "previous_response_id": null, "status": "in_progress"}});
+        let out = e
+            .chunk(&Bytes::from(created.to_string()), false, None)
+            .expect("frame");
+        let text = String::from_utf8(out.to_vec()).expect("utf-8");
+        let data: Value = serde_json::from_str(
+            text.strip_prefix("event: response.created\ndata: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .expect("framing"),
+        )
+        .expect("json");
+        assert_eq!(data["response"]["id"], "resp_gw");
+        assert_eq!(data["response"]["store"], true);
+        assert_eq!(data["response"]["previous_response_id"], "resp_before");
+        // Events without a response pass as they came.
+        let delta =
+            Bytes::from_static(b"{\"type\":\"response.output_text.delta\",\"sequence_number\":1}");
+        let out = e.chunk(&delta, true, None).expect("frame");
+        assert!(out.ends_with(
+            b"data: {\"type\":\"response.output_text.delta\",\"sequence_number\":1}\n\n"
+        ));
+        let error = ApiError {
+            status: http::StatusCode::BAD_GATEWAY,
+            kind: "server_error",
+            code: "stream_cut",
+            param: None,
+            message: "cut".into(),
+            retry_after: None,
+        };
+        let tail = String::from_utf8(e.failed(&error).to_vec()).expect("utf-8");
+        assert!(tail.contains("\"sequence_number\":2"), "{tail}");
+        assert!(tail.contains("event: response.failed"), "{tail}");
+        assert!(tail.contains("\"id\":\"resp_gw\""), "{tail}");
+        assert!(tail.contains("\"sequence_number\":3"), "{tail}");
+    }
+
+    #[test]
+    fn gateway_reasoning_state_is_recognised() {
+        assert!(carries_gateway_state(&[
+            json!({"type": "function_call_output",
+            "call_id": "call_1.sy1.gemini-1.c2ln", "output": "x"})
+        ]));
+        assert!(carries_gateway_state(&[
+            json!({"type": "reasoning", "id": "rs_1",
+            "summary": [], "encrypted_content": "sy1.W10"})
+        ]));
+        assert!(!carries_gateway_state(&[
+            json!({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}),
+            json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA"}),
+            json!({"call_id": 7, "encrypted_content": ["sy1."]}),
+        ]));
+    }
+}
