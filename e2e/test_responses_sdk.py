@@ -3,7 +3,10 @@
 tool-loop pattern (`input=previous.output + [function_call_output]`) on every reasoning
 provider kind (the simulator refuses a turn whose reasoning state did not come back, as
 the providers do), a loop that fails over to another provider kind mid-way, stored
-responses (`previous_response_id`, retrieve, delete), and errors naming the field."""
+responses (`previous_response_id`, retrieve, delete), and errors naming the field.
+OpenAI and Azure deployments get the Responses request natively (the simulator plays the
+Responses API for them; its recorded requests show which API each upstream was called
+with), every other kind the translation."""
 
 from __future__ import annotations
 
@@ -69,6 +72,22 @@ kind = "openai"
 base_url = "{sim}/v1"
 api_key = "sk-sim"
 
+[providers.openai-primary]
+kind = "openai"
+base_url = "{sim}/primary/v1"
+api_key = "sk-sim"
+
+[providers.azure-v1]
+kind = "azure"
+endpoint = "{sim}/azv1"
+api_key = "azure-sim-key"
+
+[providers.azure-classic]
+kind = "azure"
+endpoint = "{sim}/azclassic"
+api_version = "2025-04-01-preview"
+api_key = "azure-sim-key"
+
 [providers.anthropic]
 kind = "anthropic"
 base_url = "{sim}"
@@ -97,6 +116,22 @@ api_key = "vertex-sim-token"
 provider = "openai"
 model = "gpt-4o-mini"
 
+[deployments.mini-primary]
+provider = "openai-primary"
+model = "gpt-4o-mini"
+
+[deployments.az-v1]
+provider = "azure-v1"
+model = "mini-v1"
+
+[deployments.az-classic]
+provider = "azure-classic"
+model = "mini-classic"
+
+[deployments.o4]
+provider = "openai"
+model = "o4-mini"
+
 [deployments.g3]
 provider = "gemini"
 model = "gemini-3-pro-preview"
@@ -118,6 +153,18 @@ deployments = ["mini"]
 
 [models.gemini-3]
 deployments = ["g3"]
+
+[models.azure-v1]
+deployments = ["az-v1"]
+
+[models.azure-classic]
+deployments = ["az-classic"]
+
+[models.o4-mini]
+deployments = ["o4"]
+
+[models.openai-then-claude]
+deployments = ["mini-primary", "claude"]
 
 [models.vertex-gemini-3]
 deployments = ["vertex-g3"]
@@ -214,9 +261,12 @@ def test_create_plain_text(gw):
     assert res.usage.total_tokens == res.usage.input_tokens + res.usage.output_tokens
     assert res.usage.input_tokens_details.cached_tokens == 0
     assert res.usage.output_tokens_details.reasoning_tokens == 0
-    body = gw[1].requests("")[-1]["body"]
-    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert body["max_tokens"] == 100
+    sent = gw[1].requests("")[-1]
+    assert sent["path"] == "/v1/responses"
+    body = sent["body"]
+    assert body["instructions"] == "Be brief."
+    assert body["max_output_tokens"] == 100
+    assert body["store"] is False
 
 
 def test_stream_text_events(gw):
@@ -400,3 +450,59 @@ def test_ledger_rows_say_responses(stack):
         db.close()
     # Written in batches off the request path: at least the earlier tests' rows are in.
     assert rows[0] > 0
+
+
+NATIVE = [
+    ("gpt-4o-mini", "", "/v1/responses", "gpt-4o-mini"),
+    ("azure-v1", "azv1", "/azv1/openai/v1/responses", "mini-v1"),
+    ("azure-classic", "azclassic", "/azclassic/openai/responses", "mini-classic"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model,instance,path,upstream", NATIVE)
+def test_openai_and_azure_get_the_responses_api_natively(gw, model, instance, path, upstream, stream):
+    client = client_for(gw)
+    res = ask(client, stream, model=model, input="[[cached]] Say hello.", instructions="Be brief.")
+    assert res.id.startswith("resp_") and res.output_text
+    assert res.usage.input_tokens_details.cached_tokens > 0
+    sent = gw[1].requests(instance)
+    assert [r["path"] for r in sent] == [path], sent
+    assert sent[0]["body"]["model"] == upstream
+    assert sent[0]["body"]["store"] is False
+    assert sent[0]["body"]["input"] == "[[cached]] Say hello."
+    if stream:
+        assert sent[0]["body"]["stream"] is True
+    # Stored by the gateway under the id the client got, continued through it.
+    assert client.responses.retrieve(res.id).output_text == res.output_text
+    more = ask(client, stream, model=model, input="Again.", previous_response_id=res.id)
+    assert more.previous_response_id == res.id
+    body = gw[1].requests(instance)[-1]["body"]
+    assert "previous_response_id" not in body
+    assert [i.get("role") for i in body["input"]] == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model,instance", [("azure-v1", "azv1"), ("azure-classic", "azclassic")])
+def test_tool_loop_on_azure_natively(gw, model: str, instance: str, stream: bool):
+    items, _ = tool_loop(client_for(gw), model, stream, 2)
+    assert all(r["path"].endswith("/responses") for r in gw[1].requests(instance))
+    last = gw[1].requests(instance)[-1]["body"]["input"]
+    assert [i["type"] for i in last if i.get("type", "message") != "message"] == [
+        "function_call", "function_call_output", "function_call", "function_call_output"]
+
+
+def test_reasoning_effort_natively(gw):
+    res = client_for(gw).responses.create(model="o4-mini", input="Think.", reasoning={"effort": "high"})
+    assert res.usage.output_tokens_details.reasoning_tokens == 512
+    assert res.output[0].type == "reasoning"
+    assert gw[1].requests("")[-1]["body"]["reasoning"] == {"effort": "high"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_openai_fails_over_to_claude(gw, stream: bool):
+    gw[1].set_fault(instance="primary", kind="error", status=503)
+    res = ask(client_for(gw), stream, model="openai-then-claude", input="Say hello.")
+    assert res.output_text
+    assert [r["path"] for r in gw[1].requests("primary")] == ["/primary/v1/responses"]
+    assert [r["path"] for r in gw[1].requests("")] == ["/v1/messages"]

@@ -50,11 +50,17 @@ pub struct Rendered {
     /// speaks (a pass-through): the answer is kept as the upstream sent it, read by
     /// this instead of the adapter's translation into OpenAI's shape.
     pub native: Option<&'static dyn NativeAnswer>,
+    /// The API called instead of the job's (a Responses request sent as it is).
+    pub endpoint: Option<Endpoint>,
 }
 
 impl From<Vec<u8>> for Rendered {
     fn from(body: Vec<u8>) -> Self {
-        Rendered { body, native: None }
+        Rendered {
+            body,
+            native: None,
+            endpoint: None,
+        }
     }
 }
 
@@ -994,6 +1000,7 @@ async fn attempt(
     let first_byte = (start + timeouts.first_byte).min(total);
     let adapter = providers::adapter(&deployment.provider.kind);
     let native = rendered.native;
+    let endpoint = rendered.endpoint.unwrap_or(endpoint);
     let body = Bytes::from(rendered.body);
     let mut issued = match auth {
         Some(a) => match credential(a, None, first_byte).await {

@@ -90,6 +90,47 @@ deployments = ["claude-45", "g3-flash"]
 [models.r-claude-then-bedrock]
 deployments = ["claude-45", "bedrock-claude"]
 
+[providers.r-aznew]
+kind = "azure"
+endpoint = "{sim}/aznew"
+api_version = "2025-04-01-preview"
+api_key = "azure-upstream-secret"
+
+[deployments.aznew-mini]
+provider = "r-aznew"
+model = "mini-new"
+price = {{ input = 0.165, output = 0.66 }}
+
+[deployments.oa-o4]
+provider = "oa"
+model = "o4-mini"
+price = {{ input = 1.10, output = 4.40, cached_input = 0.275 }}
+
+[models.r-azure-responses]
+deployments = ["aznew-mini"]
+
+[providers.r-compat]
+kind = "openai"
+base_url = "{sim}/compat/v1"
+api_key = "sk-upstream-secret"
+responses_api = false
+
+[deployments.compat-mini]
+provider = "r-compat"
+model = "gpt-4o-mini"
+
+[models.r-compat]
+deployments = ["compat-mini"]
+
+[models.r-o4]
+deployments = ["oa-o4"]
+
+[models.r-openai-then-claude]
+deployments = ["primary-mini", "claude-45"]
+
+[models.r-claude-then-openai]
+deployments = ["claude-45", "oa-mini"]
+
 [[keys]]
 name = "nolog"
 key = "{NOLOG_KEY}"
@@ -257,8 +298,44 @@ fn recorded(h: &Harness, keep: impl Fn(&RecordedRequest) -> bool) -> Vec<Value> 
         .collect()
 }
 
+/// The chat completions the simulator's OpenAI endpoint and Azure classic
+/// deployments (`api_version` before the Responses API) received.
 fn chat_bodies(h: &Harness) -> Vec<Value> {
-    recorded(h, |r| r.path.ends_with("/chat/completions"))
+    ["", "azure"]
+        .into_iter()
+        .flat_map(|instance| h.sim.sim.requests(instance))
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| r.body)
+        .collect()
+}
+
+/// The Responses requests the simulator's OpenAI endpoint received.
+fn responses_bodies(h: &Harness) -> Vec<Value> {
+    responses_bodies_at(h, "")
+}
+
+/// The Responses requests a simulator instance received.
+fn responses_bodies_at(h: &Harness, instance: &str) -> Vec<Value> {
+    h.sim
+        .sim
+        .requests(instance)
+        .into_iter()
+        .filter(|r| r.path.ends_with("/responses"))
+        .map(|r| r.body)
+        .collect()
+}
+
+/// The paths a simulator instance was called on.
+fn paths_at(h: &Harness, instance: &str) -> Vec<String> {
+    h.sim
+        .sim
+        .requests(instance)
+        .into_iter()
+        .map(|r| match r.query {
+            Some(q) => format!("{}?{q}", r.path),
+            None => r.path,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -307,20 +384,23 @@ async fn plain_text_on_every_kind_is_a_valid_response() {
         assert!(input > 0 && output > 0, "{u}");
         assert_eq!(u["total_tokens"], input + output);
     }
-    // The OpenAI upstream got the canonical request: instructions as the system message,
-    // max_output_tokens as max_tokens, temperature as it was.
-    let body = chat_bodies(&h)[0].clone();
-    assert_eq!(
-        body["messages"][0],
-        json!({"role": "system", "content": "Be brief."})
-    );
-    assert_eq!(
-        body["messages"][1],
-        json!({"role": "user", "content": "Say hello."})
-    );
-    assert_eq!(body["max_tokens"], 200);
-    assert_eq!(body["temperature"], 0.5);
-    assert!(body.get("metadata").is_none(), "{body}");
+    // The OpenAI and Azure upstreams got the Responses request itself, not a chat
+    // completion; the others got their own protocols.
+    let openai_api = |p: &String| p.ends_with("/responses") || p.ends_with("/completions");
+    let paths: Vec<String> = paths_at(&h, "").into_iter().filter(openai_api).collect();
+    assert_eq!(paths, ["/v1/responses"]);
+    assert_eq!(paths_at(&h, "azurev1"), ["/azurev1/openai/v1/responses"]);
+    let mut bodies = responses_bodies(&h);
+    bodies.extend(responses_bodies_at(&h, "azurev1"));
+    for (body, model) in bodies.iter().zip(["gpt-4o-mini", "mini-v1"]) {
+        assert_eq!(body["model"], model);
+        assert_eq!(body["input"], "Say hello.");
+        assert_eq!(body["instructions"], "Be brief.");
+        assert_eq!(body["max_output_tokens"], 200);
+        assert_eq!(body["temperature"], 0.5);
+        assert_eq!(body["metadata"], json!({"run": "t1"}));
+        assert_eq!(body["store"], false);
+    }
     // One ledger row per request, on its own endpoint.
     let db = h.finish().await;
     let rows: Vec<(String, i64, i64)> =
@@ -341,7 +421,7 @@ async fn message_items_with_text_and_images() {
     let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
     create(
         &h,
-        json!({"model": "gpt-4o-mini", "input": [
+        json!({"model": "azure-classic", "input": [
             {"role": "developer", "content": "Answer in one word."},
             {"type": "message", "role": "user", "content": [
                 {"type": "input_text", "text": "What is in this picture?"},
@@ -408,11 +488,12 @@ fn calls_of(r: &Value) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn openai_upstream_gets_chat_shaped_tools_and_results() {
+async fn chat_upstreams_get_chat_shaped_tools_and_results() {
     let h = start().await;
+    // Azure's classic API before 2025-03-01 has no Responses API: the translation.
     let first = create(
         &h,
-        json!({"model": "gpt-4o-mini", "input": "Call get_weather for Paris, please.",
+        json!({"model": "azure-classic", "input": "Call get_weather for Paris, please.",
             "tools": weather_tool(), "tool_choice": {"type": "function", "name": "get_weather"},
             "parallel_tool_calls": false}),
     )
@@ -436,7 +517,7 @@ async fn openai_upstream_gets_chat_shaped_tools_and_results() {
         .push(json!({"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}));
     create(
         &h,
-        json!({"model": "gpt-4o-mini", "input": input, "tools": weather_tool()}),
+        json!({"model": "azure-classic", "input": input, "tools": weather_tool()}),
     )
     .await;
     let body = chat_bodies(&h)[1].clone();
@@ -458,7 +539,7 @@ async fn text_format_json_schema_and_json_object() {
     let h = start().await;
     let schema = json!({"type": "object", "properties": {"name": {"type": "string"},
         "lumens": {"type": "integer"}}, "required": ["name", "lumens"], "additionalProperties": false});
-    for model in ["gpt-4o-mini", "r-claude", "r-gemini"] {
+    for model in ["azure-classic", "gpt-4o-mini", "r-claude", "r-gemini"] {
         let r = create(
             &h,
             json!({"model": model, "input": "Describe a lantern.",
@@ -472,7 +553,7 @@ async fn text_format_json_schema_and_json_object() {
     }
     let r = create(
         &h,
-        json!({"model": "gpt-4o-mini", "input": "Describe a lantern in JSON.",
+        json!({"model": "azure-classic", "input": "Describe a lantern in JSON.",
             "text": {"format": {"type": "json_object"}}}),
     )
     .await;
@@ -484,6 +565,11 @@ async fn text_format_json_schema_and_json_object() {
         json!({"type": "json_schema", "json_schema": {"name": "lantern", "schema": schema, "strict": true}})
     );
     assert_eq!(bodies[1]["response_format"], json!({"type": "json_object"}));
+    // OpenAI got `text.format` as the client sent it.
+    assert_eq!(
+        responses_bodies(&h)[0]["text"],
+        json!({"format": {"type": "json_schema", "name": "lantern", "schema": schema, "strict": true}})
+    );
 }
 
 #[tokio::test]
@@ -808,7 +894,7 @@ async fn bad_input_is_a_400_naming_the_field() {
     // A function_call_output whose call matches nothing is passed on as it is.
     let (status, _, _) = send(
         &h,
-        json!({"model": "gpt-4o-mini", "input": [{"role": "user", "content": "hi"},
+        json!({"model": "azure-classic", "input": [{"role": "user", "content": "hi"},
             {"type": "function_call_output", "call_id": "call_unknown", "output": "x"}]}),
     )
     .await;
@@ -1327,13 +1413,13 @@ async fn the_pii_guardrail_sees_input_items_before_they_are_stored() {
     .await;
     assert_eq!(status, 200);
     // Neither the first request nor the stored conversation sent again has the address.
-    for body in chat_bodies(&h) {
+    for body in responses_bodies(&h) {
         let text = body.to_string();
         assert!(!text.contains("jane@example.com"), "{text}");
     }
-    let second = chat_bodies(&h)[1].clone();
+    let second = responses_bodies(&h)[1].clone();
     assert_eq!(
-        second["messages"][0]["content"][0]["text"], "Mail [EMAIL_1] please",
+        second["input"][0]["content"][0]["text"], "Mail [EMAIL_1] please",
         "{second}"
     );
 }
@@ -1488,4 +1574,324 @@ async fn reasoning_effort_reaches_gemini_vertex_and_bedrock_in_their_own_terms()
         bedrock[0]["additionalModelRequestFields"]["thinking"],
         json!({"type": "enabled", "budget_tokens": 4096})
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAI and Azure deployments: the Responses API upstream
+
+/// The ledger rows' (endpoint, deployment, prompt, completion, cached, cost) in order.
+async fn ledger_rows(db: &sqlx::SqlitePool) -> Vec<(String, String, i64, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT endpoint, deployment, prompt_tokens, completion_tokens, cached_tokens, \
+         cost_nano_usd FROM requests ORDER BY rowid",
+    )
+    .fetch_all(db)
+    .await
+    .expect("rows")
+}
+
+#[tokio::test]
+async fn openai_and_azure_deployments_get_the_responses_request_plain_and_streamed() {
+    let mut h = start().await;
+    let cases = [
+        ("gpt-4o-mini", "", "/v1/responses", "gpt-4o-mini"),
+        (
+            "azure-v1",
+            "azurev1",
+            "/azurev1/openai/v1/responses",
+            "mini-v1",
+        ),
+        (
+            "r-azure-responses",
+            "aznew",
+            "/aznew/openai/responses?api-version=2025-04-01-preview",
+            "mini-new",
+        ),
+    ];
+    for (model, instance, path, upstream) in cases {
+        let r = create(
+            &h,
+            json!({"model": model, "input": "[[cached]] Say hello.", "instructions": "Be brief.",
+                "tools": weather_tool(), "user": "u-1"}),
+        )
+        .await;
+        assert!(r["id"].as_str().is_some_and(|id| id.starts_with("resp_")));
+        assert_eq!(r["store"], true, "{r}");
+        let u = &r["usage"];
+        assert!(
+            u["input_tokens_details"]["cached_tokens"].as_u64() > Some(0),
+            "{u}"
+        );
+        let events = stream(
+            &h,
+            json!({"model": model, "input": "Say hello.", "stream": true}),
+        )
+        .await;
+        let last = final_response(&events);
+        check_schema("Response", &last);
+        assert_eq!(last["id"], events[0]["response"]["id"]);
+        assert!(!output_text(&last).is_empty());
+        assert_eq!(paths_at(&h, instance), [path, path], "{model}");
+        let bodies = responses_bodies_at(&h, instance);
+        assert_eq!(bodies[0]["model"], upstream);
+        assert_eq!(bodies[0]["input"], "[[cached]] Say hello.");
+        assert_eq!(bodies[0]["instructions"], "Be brief.");
+        assert_eq!(bodies[0]["tools"], weather_tool());
+        assert_eq!(bodies[0]["user"], "u-1");
+        // The gateway keeps what is stored; the upstream keeps nothing.
+        assert_eq!(bodies[0]["store"], false);
+        assert_eq!(bodies[1]["stream"], true);
+        assert_eq!(bodies[1]["store"], false);
+        h.sim.sim.clear_requests();
+    }
+    // Usage billed as the upstream reported it, on the responses endpoint.
+    let db = h.finish().await;
+    let rows = ledger_rows(&db).await;
+    assert_eq!(rows.len(), 6);
+    for (endpoint, _, prompt, completion, _, cost) in &rows {
+        assert_eq!(endpoint, "responses");
+        assert!(*prompt > 0 && *completion > 0 && *cost > 0, "{rows:?}");
+    }
+    assert!(
+        rows.iter().any(|r| r.4 > 0),
+        "cached tokens are billed: {rows:?}"
+    );
+    let estimated: Vec<(i64,)> = sqlx::query_as("SELECT usage_estimated FROM requests")
+        .fetch_all(&db)
+        .await
+        .expect("rows");
+    assert!(estimated.iter().all(|(e,)| *e == 0), "{estimated:?}");
+}
+
+#[tokio::test]
+async fn native_usage_matches_the_ledger_and_reasoning_is_counted() {
+    let mut h = start().await;
+    let plain = create(
+        &h,
+        json!({"model": "r-o4", "input": "Think, then answer.", "reasoning": {"effort": "low"}}),
+    )
+    .await;
+    assert_eq!(plain["output"][0]["type"], "reasoning", "{plain}");
+    assert_eq!(
+        plain["usage"]["output_tokens_details"]["reasoning_tokens"],
+        64
+    );
+    let events = stream(
+        &h,
+        json!({"model": "r-o4", "input": "Think, then answer.", "reasoning": {"effort": "high"},
+            "stream": true}),
+    )
+    .await;
+    let streamed = final_response(&events);
+    assert_eq!(
+        streamed["usage"]["output_tokens_details"]["reasoning_tokens"],
+        512
+    );
+    let bodies = responses_bodies(&h);
+    assert_eq!(bodies[0]["reasoning"], json!({"effort": "low"}));
+    assert_eq!(bodies[1]["reasoning"], json!({"effort": "high"}));
+    // A reasoning effort the model does not take is the upstream's 400, in OpenAI's shape.
+    let (status, _, e) = send(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "hi", "reasoning": {"effort": "low"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    check_schema("ErrorResponse", &e);
+    let db = h.finish().await;
+    let rows = ledger_rows(&db).await;
+    for (row, r) in rows.iter().zip([&plain, &streamed]) {
+        assert_eq!(row.2, r["usage"]["input_tokens"].as_i64().expect("input"));
+        assert_eq!(row.3, r["usage"]["output_tokens"].as_i64().expect("output"));
+    }
+    // o4-mini at 1.10 / 4.40 USD per million tokens.
+    let (_, _, prompt, completion, _, cost) = rows[0].clone();
+    assert!(
+        (cost - (prompt * 1_100 + completion * 4_400)).abs() <= 1,
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_native_attempt_fails_over_to_a_translated_kind_and_back() {
+    let h = start().await;
+    for stream in [false, true] {
+        h.sim.sim.clear_requests();
+        h.sim.sim.set_fault("primary", "*", Fault::error(503));
+        let body =
+            json!({"model": "r-openai-then-claude", "input": "Say hello.", "stream": stream});
+        let res = post(&h, KEY, &body).send().await.expect("send");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-switchyard-deployment"], "claude-45");
+        assert_eq!(res.headers()["x-switchyard-attempts"], "2");
+        let text = res.text().await.expect("body");
+        let r = if stream {
+            final_response(&events(&text))
+        } else {
+            serde_json::from_str(&text).expect("json")
+        };
+        check_schema("Response", &r);
+        assert!(!output_text(&r).is_empty());
+        // The OpenAI deployment was asked with the Responses API, Anthropic with Messages.
+        assert_eq!(paths_at(&h, "primary"), ["/primary/v1/responses"]);
+        assert_eq!(paths_at(&h, ""), ["/v1/messages"]);
+    }
+    // The other way round: Anthropic fails, OpenAI answers natively.
+    h.sim.sim.clear_requests();
+    h.sim
+        .sim
+        .set_fault("", "claude-sonnet-4-5", Fault::error(529).times(1));
+    let (status, headers, r) = send(
+        &h,
+        json!({"model": "r-claude-then-openai", "input": "Say hello."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(headers["x-switchyard-deployment"], "oa-mini");
+    assert_eq!(paths_at(&h, ""), ["/v1/messages", "/v1/responses"]);
+    // A native stream cut before its first event fails over: nothing was relayed.
+    h.sim.sim.clear_requests();
+    h.sim.sim.set_fault("primary", "*", Fault::cut(0));
+    let events = stream(
+        &h,
+        json!({"model": "r-openai-then-claude", "input": "Say hello.", "stream": true}),
+    )
+    .await;
+    assert_eq!(final_response(&events)["status"], "completed");
+    assert_eq!(paths_at(&h, "primary"), ["/primary/v1/responses"]);
+    assert_eq!(paths_at(&h, ""), ["/v1/messages"]);
+}
+
+#[tokio::test]
+async fn stored_conversations_are_expanded_for_a_native_upstream() {
+    let h = start().await;
+    let first = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "My name is Ada."}),
+    )
+    .await;
+    let second = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "What is my name?",
+            "previous_response_id": first["id"]}),
+    )
+    .await;
+    assert_eq!(second["previous_response_id"], first["id"]);
+    let bodies = responses_bodies(&h);
+    assert_eq!(bodies.len(), 2);
+    // The simulator, like OpenAI with `store: false`, knows no earlier response: the
+    // gateway sent the conversation itself.
+    assert!(
+        bodies[1].get("previous_response_id").is_none(),
+        "{}",
+        bodies[1]
+    );
+    let input = bodies[1]["input"].as_array().expect("items");
+    assert_eq!(input.len(), 3, "{input:?}");
+    assert_eq!(input[0]["content"][0]["text"], "My name is Ada.");
+    assert_eq!(input[1], first["output"][0]);
+    assert_eq!(input[2]["content"][0]["text"], "What is my name?");
+    // The response is the gateway's: it is stored under the id the client got.
+    let got: Value = h
+        .client
+        .get(format!(
+            "{}/v1/responses/{}",
+            h.base,
+            second["id"].as_str().expect("id")
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(got, second);
+    // A streamed continuation is stored too.
+    let events = stream(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "And again?", "stream": true,
+            "previous_response_id": second["id"]}),
+    )
+    .await;
+    let last = final_response(&events);
+    assert_eq!(last["previous_response_id"], second["id"]);
+    let got: Value = h
+        .client
+        .get(format!(
+            "{}/v1/responses/{}",
+            h.base,
+            last["id"].as_str().expect("id")
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(got["id"], last["id"]);
+    assert_eq!(got["output"], last["output"]);
+    assert_eq!(
+        responses_bodies(&h)[2]["input"].as_array().map(Vec::len),
+        Some(5)
+    );
+}
+
+#[tokio::test]
+async fn reasoning_state_of_other_providers_never_reaches_openai() {
+    let h = start().await;
+    // A Gemini 3 tool call: its thought signature rides in the call id.
+    let first = create(
+        &h,
+        json!({"model": "r-gemini", "input": "Call get_weather for Paris, please.",
+            "tools": weather_tool()}),
+    )
+    .await;
+    let call = calls(&first)[0].clone();
+    assert!(
+        call["call_id"]
+            .as_str()
+            .is_some_and(|c| c.contains(".sy1.")),
+        "{call}"
+    );
+    let mut input = vec![json!({"role": "user", "content": "Call get_weather for Paris, please."})];
+    input.extend(first["output"].as_array().expect("output").clone());
+    input
+        .push(json!({"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}));
+    h.sim.sim.clear_requests();
+    let second = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": input, "tools": weather_tool()}),
+    )
+    .await;
+    assert!(!output_text(&second).is_empty());
+    // The OpenAI deployment got the translation, with the state stripped.
+    assert!(responses_bodies(&h).is_empty());
+    let sent = chat_bodies(&h);
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].to_string().contains(".sy1."), "{}", sent[0]);
+}
+
+/// An OpenAI-compatible server without `/responses` (`responses_api = false`) gets
+/// Chat Completions, plain and streamed; the setting is refused on other kinds.
+#[tokio::test]
+async fn a_provider_without_the_responses_api_gets_chat_completions() {
+    let h = start().await;
+    let r = create(&h, json!({"model": "r-compat", "input": "Say hello."})).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let events = stream(
+        &h,
+        json!({"model": "r-compat", "input": "Say hello.", "stream": true}),
+    )
+    .await;
+    assert_eq!(final_response(&events)["status"], "completed");
+    assert_eq!(
+        paths_at(&h, "compat"),
+        ["/compat/v1/chat/completions", "/compat/v1/chat/completions"]
+    );
+
+    let bad = "[providers.p]\nkind = \"anthropic\"\napi_key = \"k\"\nresponses_api = true\n";
+    let e = switchyard::Config::parse(bad, |_| None).expect_err("refused");
+    assert!(e.to_string().contains("providers.p.responses_api"), "{e}");
 }

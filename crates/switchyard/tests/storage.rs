@@ -893,14 +893,18 @@ deployments = ["oa-mini"]
     .await
     .expect("send");
     assert_eq!(res.status(), 200);
-    // The continuation sent the stored conversation first.
-    let sent = sim.sim.requests("").pop().expect("a request").body;
+    // The continuation sent the stored conversation first, as Responses input items
+    // (OpenAI deployments get the Responses API itself).
+    let sent = sim.sim.requests("").pop().expect("a request");
+    assert_eq!(sent.path, "/v1/responses");
+    let sent = sent.body;
+    assert!(sent.get("previous_response_id").is_none(), "{sent}");
     assert_eq!(
-        sent["messages"][0]["content"][0]["text"],
+        sent["input"][0]["content"][0]["text"],
         "Remember the word lantern."
     );
-    assert_eq!(sent["messages"][1]["role"], "assistant");
-    assert_eq!(sent["messages"][2]["content"], "Which word?");
+    assert_eq!(sent["input"][1]["role"], "assistant");
+    assert_eq!(sent["input"][2]["content"][0]["text"], "Which word?");
     let get = |as_key: &'static str| {
         client
             .get(format!("{base}/v1/responses/{id}"))

@@ -22,14 +22,14 @@ use crate::reasoning::{self, Family, EFFORTS};
 use crate::{Fault, FaultKind, Latency};
 
 #[derive(Clone, Debug, PartialEq)]
-struct ToolCall {
-    id: String,
-    name: String,
-    arguments: String,
+pub(super) struct ToolCall {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) arguments: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Output {
+pub(super) enum Output {
     Text {
         tokens: Vec<String>,
         finish: &'static str,
@@ -211,18 +211,18 @@ fn answer(req: &ChatRequest, index: usize) -> Output {
     apply_limits(tokens, &req.stop, req.limit)
 }
 
-struct Usage {
-    prompt: u64,
+pub(super) struct Usage {
+    pub(super) prompt: u64,
     /// Output tokens, reasoning tokens included.
-    completion: u64,
-    cached: u64,
-    reasoning: u64,
+    pub(super) completion: u64,
+    pub(super) cached: u64,
+    pub(super) reasoning: u64,
 }
 
 /// Reasoning tokens per choice: reasoning families (o1, o3, o4, gpt-5…) always reason
 /// (`reasoning_effort` minimal 8, low 64, medium (the default) 192, high 512 tokens);
 /// other models refuse `reasoning_effort` as OpenAI does.
-fn reasoning_tokens(model: &str, body: &Value) -> Result<u64, ApiError> {
+pub(super) fn reasoning_tokens(model: &str, body: &Value) -> Result<u64, ApiError> {
     let reasons = reasoning::family(model) == Family::OpenAiReasoning;
     match body.get("reasoning_effort").filter(|v| !v.is_null()) {
         None if reasons => Ok(reasoning::openai_reasoning_tokens("medium")),
@@ -262,12 +262,12 @@ impl Usage {
 }
 
 /// Everything needed to render the answer, plain or streamed.
-struct ChatPlan {
+pub(super) struct ChatPlan {
     id: String,
     created: u64,
-    model: String,
-    outputs: Vec<Output>,
-    usage: Usage,
+    pub(super) model: String,
+    pub(super) outputs: Vec<Output>,
+    pub(super) usage: Usage,
 }
 
 /// The rest of the answer `base` gets, after `so_far` (a continuation request, see
@@ -286,7 +286,7 @@ fn continued_answer(
     Some(apply_limits(rest, &req.stop, req.limit))
 }
 
-fn plan_chat(
+pub(super) fn plan_chat(
     req: &ChatRequest,
     reasoning_per_choice: u64,
     continued: Option<&(ChatRequest, String)>,

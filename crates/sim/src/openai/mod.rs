@@ -7,6 +7,7 @@
 mod chat;
 mod chat_request;
 mod embeddings;
+mod responses;
 
 pub(crate) use chat_request::{parse_chat, ChatRequest, Format, ToolChoice};
 
@@ -54,6 +55,7 @@ enum Endpoint {
     Embeddings { deployment: Option<String> },
     ListModels,
     GetModel(String),
+    Responses,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +112,10 @@ fn parse_route(path: &str) -> (String, Option<Route>) {
             },
             Method::POST,
         ),
+        ["v1", "responses"] => route(Dialect::OpenAi, Endpoint::Responses, Method::POST),
+        // Azure's Responses API: the preview path (`api-version` required) and v1.
+        ["openai", "responses"] => route(Dialect::AzureClassic, Endpoint::Responses, Method::POST),
+        ["openai", "v1", "responses"] => route(Dialect::AzureV1, Endpoint::Responses, Method::POST),
         ["openai", "models"] => route(Dialect::AzureClassic, Endpoint::ListModels, Method::GET),
         ["openai", "models", id] => route(
             Dialect::AzureClassic,
@@ -413,6 +419,15 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         if let Err(e) = check_api_version(query.as_deref()) {
             return ctx.error(e);
         }
+        // The Responses API came with 2025-03-01-preview.
+        let version = query_param(query.as_deref(), "api-version").unwrap_or_default();
+        if route.endpoint == Endpoint::Responses && version < "2025-03-01" {
+            return ctx.error(ApiError::azure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "API version not supported",
+            ));
+        }
     }
     if let Err(e) = check_auth(&ctx.shared, route.dialect, &parts.headers) {
         return ctx.error(e);
@@ -422,6 +437,7 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         Endpoint::Embeddings { deployment } => {
             embeddings::embeddings(&ctx, deployment, &body).await
         }
+        Endpoint::Responses => responses::responses(&ctx, &body).await,
         Endpoint::ListModels => ctx.json(StatusCode::OK, &models_list()),
         Endpoint::GetModel(id) => match MODELS.iter().find(|(m, _)| *m == id) {
             Some(&(m, created)) => ctx.json(StatusCode::OK, &model_object(m, created)),

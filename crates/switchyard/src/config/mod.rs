@@ -267,6 +267,9 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// A credential obtained and renewed at run time, used instead of `api_key`.
     pub credentials: Option<ProviderCredentials>,
+    /// openai, azure: `POST /v1/responses` may go to the provider's own Responses API
+    /// (`responses_api`, default true); always false for other kinds.
+    pub responses_api: bool,
 }
 
 impl Provider {
@@ -1042,6 +1045,20 @@ fn validate(
                 ));
             }
         }
+        let responses_api = match (p.responses_api, &kind) {
+            (None, ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. }) => true,
+            (Some(on), ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. }) => on,
+            (None, _) => false,
+            (Some(_), _) => {
+                return Err(err(
+                    format!("{at}.responses_api"),
+                    format!(
+                        "applies to kinds `openai` and `azure` only, not `{}`",
+                        kind.label()
+                    ),
+                ))
+            }
+        };
         providers.insert(
             name.clone(),
             Arc::new(Provider {
@@ -1049,6 +1066,7 @@ fn validate(
                 kind,
                 api_key,
                 credentials,
+                responses_api,
             }),
         );
     }

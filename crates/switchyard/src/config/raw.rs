@@ -323,6 +323,11 @@ pub struct RawProvider {
     /// still warns. Loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) need no
     /// permission. Default false.
     pub allow_insecure_http: Option<bool>,
+    /// openai, azure: whether `POST /v1/responses` goes to the provider's own Responses
+    /// API (`true`) or is translated to Chat Completions (`false`, for an
+    /// OpenAI-compatible server without `/responses`). Default true (azure classic:
+    /// from `api_version` 2025-03-01 on, the first with the Responses API).
+    pub responses_api: Option<bool>,
     /// vertex, gemini: path of a Google service-account JSON key file (`"type":
     /// "service_account"`), used instead of `api_key`: the gateway signs a JWT with its
     /// `private_key`, exchanges it at its `token_uri` for an access token, and renews the

@@ -368,6 +368,7 @@ pub mod golden {
                 kind,
                 api_key: Some(Secret::new("k-123")),
                 credentials: None,
+                responses_api: false,
             }),
             upstream_model: model.into(),
             region: None,

@@ -186,6 +186,9 @@ pub fn issuer_of(deployment: &Deployment) -> Option<String> {
 pub enum Endpoint {
     ChatCompletions,
     Embeddings,
+    /// OpenAI's Responses API, called only with a client's own Responses request on
+    /// deployments that speak it (OpenAI, Azure OpenAI).
+    Responses,
 }
 
 impl Endpoint {
@@ -194,6 +197,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -202,6 +206,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
 }

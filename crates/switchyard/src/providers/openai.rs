@@ -23,6 +23,14 @@ pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {
         ProviderKind::OpenAi { base_url } | ProviderKind::Mistral { base_url } => {
             format!("{base_url}/{}", endpoint.path())
         }
+        // Azure's Responses API is not below a deployment: the deployment is the
+        // body's `model`.
+        ProviderKind::Azure {
+            endpoint: base,
+            api: AzureApi::Deployments { api_version },
+        } if endpoint == Endpoint::Responses => {
+            format!("{base}/openai/responses?api-version={api_version}")
+        }
         ProviderKind::Azure {
             endpoint: base,
             api: AzureApi::Deployments { api_version },
@@ -338,7 +346,8 @@ impl Adapter for OpenAiAdapter {
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
         match endpoint {
             Endpoint::ChatCompletions => lax::complete_answer(body, &deployment.upstream_model),
-            Endpoint::Embeddings => {
+            // A Responses answer is read by its ingress (`dispatch::NativeAnswer`).
+            Endpoint::Embeddings | Endpoint::Responses => {
                 let usage = response_usage(&body)?;
                 Ok((body, usage))
             }

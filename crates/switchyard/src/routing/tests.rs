@@ -13,6 +13,7 @@ fn provider() -> Arc<Provider> {
         },
         api_key: None,
         credentials: None,
+        responses_api: true,
     })
 }
 

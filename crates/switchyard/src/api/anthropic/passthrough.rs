@@ -74,6 +74,7 @@ impl Passthrough {
         Some(Rendered {
             body,
             native: Some(&ANTHROPIC_NATIVE),
+            endpoint: None,
         })
     }
 

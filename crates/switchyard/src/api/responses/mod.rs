@@ -8,6 +8,12 @@
 //! Responses events by an encoder the relay drives ([`stream`]). Errors are OpenAI's
 //! JSON errors.
 //!
+//! OpenAI and Azure OpenAI deployments speak the Responses API themselves: they are
+//! sent the client's request as it is ([`native`]; the gateway's own fields resolved
+//! first) and their answers come back as they are, with the same admission, dispatch
+//! and ledger row. A model's other deployments, tried in its routing order like any,
+//! get the translation.
+//!
 //! Reasoning state needs no session: a `function_call`'s `call_id` is the tool-call id
 //! the chat path returns (signatures and issuer encoded in it), and Claude's signed
 //! thinking rides in a `reasoning` item's `encrypted_content`; the client sends both
@@ -18,6 +24,7 @@
 //! on by default, as OpenAI has it, except for keys whose policy forbids keeping
 //! content (`log_content = false`), for which asking for it is a 400.
 
+mod native;
 pub(crate) mod request;
 pub(crate) mod response;
 mod store;
@@ -36,10 +43,12 @@ use super::chat::{
     answer, authenticate, begin, json_response, serve_chat, with_limit_headers, ChatServed, Reply,
 };
 use super::error::ApiError;
+use super::relay::Encoder;
 use super::wire::parse_body;
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::ledger::tracker::RequestTracker;
-use crate::types::ProviderError;
+use crate::types::{ProviderError, Usage};
+use bytes::Bytes;
 use response::{Echo, ItemIds, Shape};
 use store::{Owner, ResponseStore};
 use stream::ResponseEvents;
@@ -75,7 +84,7 @@ async fn run(
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
     request_id: &str,
-) -> Result<Reply<ResponseEvents>, ApiError> {
+) -> Result<Reply<Events>, ApiError> {
     // Read before the key is answered, as in `chat`: answering while a body is unread
     // makes HTTP/1.1 close the connection the SDK wants to reuse.
     let key = authenticate(state, headers, tracker);
@@ -99,17 +108,61 @@ async fn run(
     };
     let echo = Echo::of(&req, store);
     let chat = request::to_chat(&req, &history)?;
-    // What a stored response keeps: the conversation before it, this input included.
+    // The conversation so far, this input included: what a stored response keeps,
+    // and the input a Responses upstream is sent.
+    let mut conversation = history;
+    conversation.extend(input_items(&req));
+    let useful = native::useful_for(state.config.model(&req.model).map(|m| &**m));
+    // Without a stored conversation the client's input goes as it came.
+    let upstream_input = match (&req.previous_response_id, &req.input) {
+        (None, Some(input)) => input.clone(),
+        _ => Value::Array(conversation.clone()),
+    };
+    let mut native = native::Native::new(
+        &bytes,
+        upstream_input,
+        &conversation,
+        req.instructions.as_deref(),
+        &chat,
+        useful,
+    );
+    let own = native::Own {
+        id: id.clone(),
+        store,
+        previous_response_id: req.previous_response_id.clone(),
+    };
     let kept = match (store, db) {
-        (true, Some(db)) => {
-            let mut items = history;
-            items.extend(input_items(&req));
-            Some((db, owner, items))
-        }
+        (true, Some(db)) => Some((db, owner, conversation)),
         _ => None,
     };
     let created_at = crate::types::time::now_ms() / 1000;
-    match serve_chat(state, &key, chat, tracker, limit_headers, |_, _| None).await? {
+    let passed = |admitted: &_, d: &_| native.body(admitted, d);
+    match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
+        ChatServed::Full {
+            body,
+            deployment,
+            attempts,
+            route,
+            ..
+        } if native.passed_to(&deployment) => {
+            // The upstream's own response, with the gateway's fields.
+            let mut object: Value = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::from_provider(
+                    &ProviderError::Protocol(format!("response is not readable: {e}")),
+                    &deployment.name,
+                )
+            })?;
+            own.write(&mut object);
+            if let Some((db, owner, items)) = kept {
+                keep(db, id.clone(), owner, items, object.clone()).await;
+            }
+            Ok(Reply::Full(json_response(
+                serde_json::to_vec(&object).unwrap_or_default(),
+                &deployment,
+                attempts,
+                &route,
+            )))
+        }
         ChatServed::Full {
             body,
             usage,
@@ -152,8 +205,56 @@ async fn run(
                     },
                 ) as stream::Finished
             });
-            let events = ResponseEvents::new(id, suffix, echo, finished);
+            let events = if native.passed_to(&relay.deployment) {
+                Events::Native(native::NativeEvents::new(own, finished))
+            } else {
+                Events::Translated(Box::new(ResponseEvents::new(id, suffix, echo, finished)))
+            };
             Ok(Reply::Stream(Box::new(relay), events))
+        }
+    }
+}
+
+/// What a stream is made of: a Responses upstream's own events, or chat chunks
+/// translated.
+enum Events {
+    Native(native::NativeEvents),
+    Translated(Box<ResponseEvents>),
+}
+
+impl Encoder for Events {
+    fn chunk(&mut self, data: &Bytes, has_choices: bool, usage: Option<&Usage>) -> Option<Bytes> {
+        match self {
+            Events::Native(e) => e.chunk(data, has_choices, usage),
+            Events::Translated(e) => e.chunk(data, has_choices, usage),
+        }
+    }
+
+    fn upstream_error(&mut self, data: &Bytes) -> Bytes {
+        match self {
+            Events::Native(e) => e.upstream_error(data),
+            Events::Translated(e) => e.upstream_error(data),
+        }
+    }
+
+    fn done(&mut self) -> Bytes {
+        match self {
+            Events::Native(e) => e.done(),
+            Events::Translated(e) => e.done(),
+        }
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Bytes {
+        match self {
+            Events::Native(e) => e.failed(error),
+            Events::Translated(e) => e.failed(error),
+        }
+    }
+
+    fn persist(&mut self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        match self {
+            Events::Native(e) => e.persist(),
+            Events::Translated(e) => e.persist(),
         }
     }
 }
