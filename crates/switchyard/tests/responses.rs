@@ -1637,6 +1637,7 @@ async fn openai_and_azure_deployments_get_the_responses_request_plain_and_stream
         assert_eq!(bodies[0]["input"], "[[cached]] Say hello.");
         assert_eq!(bodies[0]["instructions"], "Be brief.");
         assert_eq!(bodies[0]["tools"], weather_tool());
+        assert!(bodies[0].get("include").is_none(), "not a reasoning model");
         assert_eq!(bodies[0]["user"], "u-1");
         // The gateway keeps what is stored; the upstream keeps nothing.
         assert_eq!(bodies[0]["store"], false);
@@ -1690,6 +1691,11 @@ async fn native_usage_matches_the_ledger_and_reasoning_is_counted() {
     let bodies = responses_bodies(&h);
     assert_eq!(bodies[0]["reasoning"], json!({"effort": "low"}));
     assert_eq!(bodies[1]["reasoning"], json!({"effort": "high"}));
+    // Stored nowhere upstream, the reasoning comes back encrypted to be sent back.
+    for b in &bodies[..2] {
+        assert_eq!(b["store"], false);
+        assert_eq!(b["include"], json!(["reasoning.encrypted_content"]), "{b}");
+    }
     // A reasoning effort the model does not take is the upstream's 400, in OpenAI's shape.
     let (status, _, e) = send(
         &h,

@@ -55,6 +55,22 @@ pub fn speaks_responses(d: &Deployment) -> bool {
     }
 }
 
+/// With `store: false` upstream, a reasoning model's `reasoning` item can be sent back
+/// in the next turn only with its encrypted content, which comes back only when asked
+/// for in `include` (a client's own `include` is kept, and one that is not a list is
+/// left for the upstream to refuse).
+fn ask_for_encrypted_reasoning(body: &mut Map<String, Value>) {
+    const ENCRYPTED: &str = "reasoning.encrypted_content";
+    let include = body
+        .entry("include")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(items) = include {
+        if !items.iter().any(|v| v == ENCRYPTED) {
+            items.push(Value::String(ENCRYPTED.to_owned()));
+        }
+    }
+}
+
 /// Whether any deployment of `model` speaks the Responses API.
 pub fn useful_for(model: Option<&LogicalModel>) -> bool {
     model.is_some_and(|m| m.targets.iter().any(|t| speaks_responses(&t.deployment)))
@@ -128,6 +144,9 @@ impl Native {
         }
         let mut body = raw.clone();
         body.insert("model".into(), Value::String(d.upstream_model.clone()));
+        if crate::providers::openai::is_reasoning_model(&d.upstream_model) {
+            ask_for_encrypted_reasoning(&mut body);
+        }
         Some(Rendered {
             body: serde_json::to_vec(&body).ok()?,
             native: Some(&RESPONSES_NATIVE),
