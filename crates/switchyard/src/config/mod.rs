@@ -424,6 +424,25 @@ pub struct Deployment {
     pub quota: Quota,
     pub capabilities: Capabilities,
     pub data_tags: Vec<String>,
+    /// The tag this deployment's reasoning state carries (Gemini's thought signatures,
+    /// Claude's thinking blocks), from its provider kind and upstream model; `None` for
+    /// kinds that issue none. Computed once here: every answer of such a deployment,
+    /// and routing's affinity check, reads it.
+    pub reasoning_issuer: Option<String>,
+}
+
+/// See [`Deployment::reasoning_issuer`].
+pub fn reasoning_issuer_of(kind: &ProviderKind, upstream_model: &str) -> Option<String> {
+    let kind = match kind {
+        ProviderKind::Gemini { .. } => "gemini",
+        ProviderKind::Vertex { .. } => "vertex",
+        ProviderKind::Anthropic { .. } => "anthropic",
+        ProviderKind::Bedrock { .. } => "bedrock",
+        ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. } | ProviderKind::Mistral { .. } => {
+            return None
+        }
+    };
+    Some(crate::types::reasoning::issuer_tag(kind, upstream_model))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1162,6 +1181,7 @@ fn validate(
             Arc::new(Deployment {
                 index: 0, // numbered below, once the order is final
                 name,
+                reasoning_issuer: reasoning_issuer_of(&provider.kind, &d.model),
                 provider: provider.clone(),
                 upstream_model: d.model,
                 region: d.region,

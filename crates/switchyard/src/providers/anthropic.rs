@@ -167,7 +167,7 @@ pub fn request_body(
             Role::System | Role::Developer => system.push(canonical::text_of(m.content.as_ref())),
             Role::User => canonical::push_turn(&mut messages, "user", "content", user_blocks(m)?),
             Role::Assistant => {
-                let mut blocks = if own_turn(carried, index, &issuer) {
+                let mut blocks = if own_turn(carried, index, issuer) {
                     thinking_blocks(m)
                 } else {
                     Vec::new()
@@ -896,7 +896,7 @@ impl Adapter for AnthropicAdapter {
         body: Bytes,
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
         let issuer = super::issuer_of(deployment).unwrap_or_default();
-        let (body, usage) = translate_response(&body, &issuer)?;
+        let (body, usage) = translate_response(&body, issuer)?;
         Ok((body, Some(usage)))
     }
 
@@ -906,7 +906,7 @@ impl Adapter for AnthropicAdapter {
 
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
         Box::new(AnthropicStream::for_issuer(
-            super::issuer_of(deployment).unwrap_or_default(),
+            super::issuer_of(deployment).unwrap_or_default().to_owned(),
         ))
     }
 }
@@ -1082,7 +1082,7 @@ mod tests {
     fn thinking_is_shown_and_goes_back_signed_to_its_model_only() {
         let d = deployment("claude-x");
         let issuer = super::super::issuer_of(&d).expect("issuer");
-        let (out, _) = translate_response(&thinking_answer(), &issuer).expect("translates");
+        let (out, _) = translate_response(&thinking_answer(), issuer).expect("translates");
         let out: Value = serde_json::from_slice(&out).expect("json");
         let message = out["choices"][0]["message"].clone();
         assert_eq!(message["reasoning_content"], "Look it up.");
@@ -1094,7 +1094,7 @@ mod tests {
         let id = message["tool_calls"][0]["id"].as_str().expect("id");
         assert_eq!(
             reasoning::decode_call_id(id),
-            Some(("toolu_1", issuer.as_str(), None))
+            Some(("toolu_1", issuer, None))
         );
 
         // The same deployment: blocks first in the assistant turn, verbatim; plain ids;

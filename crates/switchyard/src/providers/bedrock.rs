@@ -938,7 +938,7 @@ impl Adapter for BedrockAdapter {
         _stream: bool,
     ) -> Result<Vec<u8>, ProviderError> {
         let issuer = super::issuer_of(deployment).unwrap_or_default();
-        canonical::to_body(&request_body_for(req, &deployment.upstream_model, &issuer)?)
+        canonical::to_body(&request_body_for(req, &deployment.upstream_model, issuer)?)
     }
 
     fn embeddings_body(
@@ -999,7 +999,7 @@ impl Adapter for BedrockAdapter {
     ) -> Result<(Bytes, Option<Usage>), ProviderError> {
         let issuer = super::issuer_of(deployment).unwrap_or_default();
         let (body, usage) =
-            translate_response(&body, &completion_id(), &deployment.upstream_model, &issuer)?;
+            translate_response(&body, &completion_id(), &deployment.upstream_model, issuer)?;
         Ok((body, Some(usage)))
     }
 
@@ -1013,7 +1013,7 @@ impl Adapter for BedrockAdapter {
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
         Box::new(BedrockStream::for_issuer(
             &deployment.upstream_model,
-            super::issuer_of(deployment).unwrap_or_default(),
+            super::issuer_of(deployment).unwrap_or_default().to_owned(),
         ))
     }
 }

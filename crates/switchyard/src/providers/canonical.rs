@@ -363,6 +363,7 @@ pub mod golden {
         Deployment {
             index: 0,
             name: "d".into(),
+            reasoning_issuer: crate::config::reasoning_issuer_of(&kind, model),
             provider: Arc::new(Provider {
                 name: "p".into(),
                 kind,

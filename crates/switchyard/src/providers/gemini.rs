@@ -830,7 +830,7 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
 // ---------------------------------------------------------------- adapter
 
 /// The issuer tag of a Gemini or Vertex deployment's signatures.
-fn issuer_of(deployment: &Deployment) -> String {
+fn issuer_of(deployment: &Deployment) -> &str {
     super::issuer_of(deployment).unwrap_or_default()
 }
 
@@ -844,7 +844,7 @@ impl Adapter for GeminiAdapter {
         let issuer = issuer_of(deployment);
         let target = Target {
             model: &deployment.upstream_model,
-            issuer: &issuer,
+            issuer,
         };
         canonical::to_body(&request_body_for(req, stream, target)?)
     }
@@ -904,7 +904,7 @@ impl Adapter for GeminiAdapter {
         let (body, usage) = translate_response(
             &body,
             &deployment.upstream_model,
-            &issuer_of(deployment),
+            issuer_of(deployment),
             &mut new_call_id,
         )?;
         Ok((body, Some(usage)))
@@ -917,7 +917,7 @@ impl Adapter for GeminiAdapter {
     fn stream_decoder(&self, deployment: &Deployment) -> Box<dyn StreamDecoder> {
         Box::new(GeminiStream::new(
             &deployment.upstream_model,
-            issuer_of(deployment),
+            issuer_of(deployment).to_owned(),
         ))
     }
 }

@@ -165,20 +165,8 @@ pub fn adapter(kind: &ProviderKind) -> &'static dyn Adapter {
 
 /// The issuer tag of the reasoning state a deployment signs (thought signatures,
 /// thinking blocks): `None` for kinds that return none the client must send back.
-pub fn issuer_of(deployment: &Deployment) -> Option<String> {
-    let kind = match deployment.provider.kind {
-        ProviderKind::Gemini { .. } => "gemini",
-        ProviderKind::Vertex { .. } => "vertex",
-        ProviderKind::Anthropic { .. } => "anthropic",
-        ProviderKind::Bedrock { .. } => "bedrock",
-        ProviderKind::OpenAi { .. } | ProviderKind::Azure { .. } | ProviderKind::Mistral { .. } => {
-            return None
-        }
-    };
-    Some(crate::types::reasoning::issuer_tag(
-        kind,
-        &deployment.upstream_model,
-    ))
+pub fn issuer_of(deployment: &Deployment) -> Option<&str> {
+    deployment.reasoning_issuer.as_deref()
 }
 
 /// Which API an attempt calls.

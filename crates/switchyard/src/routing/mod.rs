@@ -216,7 +216,7 @@ pub fn prefer_issuer(plan: &mut Plan, issuer: &str) {
     let Some(at) = plan
         .candidates
         .iter()
-        .position(|c| crate::providers::issuer_of(&c.deployment).as_deref() == Some(issuer))
+        .position(|c| crate::providers::issuer_of(&c.deployment) == Some(issuer))
     else {
         return;
     };

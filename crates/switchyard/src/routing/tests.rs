@@ -21,6 +21,7 @@ fn dep(index: usize, region: Option<&str>, tags: &[&str], input_price: u64) -> A
     Arc::new(Deployment {
         index,
         name: format!("d{index}"),
+        reasoning_issuer: None,
         provider: provider(),
         upstream_model: "m".into(),
         region: region.map(str::to_owned),
