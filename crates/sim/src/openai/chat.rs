@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::chat_request::{parse_chat, ChatRequest, Format, Tool, ToolChoice};
 use super::{
-    fault_error, invalid_value, plain_response, timed_body, unix_now, ApiError, Ctx, Dialect,
-    Event, Payload, ABORT_GRACE,
+    fault_error, invalid_value, timed_answer, unix_now, ApiError, Ctx, Dialect, Event, Payload,
+    ABORT_GRACE,
 };
 use crate::conversation::{fragments, group_tokens, pick_tools, Choice, Continue};
 use crate::generate::{
@@ -625,25 +624,14 @@ pub(super) async fn chat(ctx: &Ctx, deployment: Option<String>, body: &Value) ->
     };
     let plan = plan_chat(&req, reasoning, continued.as_ref());
     let payloads = stream_payloads(ctx.dialect, &plan, req.include_usage, latency.chunks);
-    if req.stream {
-        let events = stream_events(&payloads, &latency, fault.as_ref());
-        let mut response = ctx.bytes_response(
-            StatusCode::OK,
-            "text/event-stream; charset=utf-8",
-            timed_body(events),
-        );
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return response;
-    }
-    // A plain answer takes as long as its stream would have.
-    let wait: Duration = stream_events(&payloads, &latency, None)
-        .iter()
-        .map(|e| e.delay)
-        .sum();
-    let body = completion_json(ctx.dialect, &plan).to_string();
-    plain_response(ctx, body, wait, fault.as_ref()).await
+    timed_answer(
+        ctx,
+        req.stream,
+        fault.as_ref(),
+        |f| stream_events(&payloads, &latency, f),
+        || completion_json(ctx.dialect, &plan).to_string(),
+    )
+    .await
 }
 
 #[cfg(test)]

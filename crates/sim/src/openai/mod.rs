@@ -619,6 +619,31 @@ fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
 // ---------------------------------------------------------------------------------------
 // Response bodies with timing and faults
 
+/// An answer, chat or Responses alike: streamed as `events(fault)` times it, or, for a
+/// plain request, `body()` after as long as its stream would have taken
+/// (`events(None)`), the fault worked in either way.
+async fn timed_answer(
+    ctx: &Ctx,
+    stream: bool,
+    fault: Option<&Fault>,
+    events: impl Fn(Option<&Fault>) -> Vec<Event>,
+    body: impl FnOnce() -> String,
+) -> Response {
+    if stream {
+        let mut response = ctx.bytes_response(
+            StatusCode::OK,
+            "text/event-stream; charset=utf-8",
+            timed_body(events(fault)),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return response;
+    }
+    let wait: Duration = events(None).iter().map(|e| e.delay).sum();
+    plain_response(ctx, body(), wait, fault).await
+}
+
 /// Sends a non-streaming JSON answer after `wait`, with the fault worked in.
 async fn plain_response(
     ctx: &Ctx,

@@ -9,14 +9,13 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::chat::{plan_chat, reasoning_tokens, ChatPlan, Output};
 use super::{
-    fault_error, field, invalid_type, missing, parse_chat, plain_response, timed_body, unix_now,
-    ApiError, Ctx, Event, Payload, ABORT_GRACE,
+    fault_error, field, invalid_type, missing, parse_chat, timed_answer, unix_now, ApiError, Ctx,
+    Event, Payload, ABORT_GRACE,
 };
 use crate::conversation::{fragments, group_tokens};
 use crate::generate::{alnum, derive_seed};
@@ -465,28 +464,20 @@ pub(super) async fn responses(ctx: &Ctx, body: &Value) -> Response {
     let plan = plan_chat(&req, reasoning, None);
     let answer = answer_of(body, &plan, latency.chunks);
     let payloads = answer.events();
-    if req.stream {
-        let events = stream_events(&payloads, &latency, fault.as_ref());
-        let mut response = ctx.bytes_response(
-            StatusCode::OK,
-            "text/event-stream; charset=utf-8",
-            timed_body(events),
-        );
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return response;
-    }
-    // A plain answer takes as long as its stream would have.
-    let wait: Duration = stream_events(&payloads, &latency, None)
-        .iter()
-        .map(|e| e.delay)
-        .sum();
-    plain_response(ctx, answer.object(true).to_string(), wait, fault.as_ref()).await
+    timed_answer(
+        ctx,
+        req.stream,
+        fault.as_ref(),
+        |f| stream_events(&payloads, &latency, f),
+        || answer.object(true).to_string(),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     fn plan(body: &Value) -> (Value, Answer) {
