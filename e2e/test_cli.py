@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,15 @@ def test_config_check_missing_file(bin_path: Path, tmp_path: Path):
 def test_spend_reads_the_demo_ledger(bin_path: Path, demo: Demo):
     client = OpenAI(base_url=demo.base_url, api_key=demo.key, max_retries=0, timeout=30)
     client.chat.completions.create(model="azure-gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    res = run(bin_path, "spend", "--ledger", demo.ledger)
-    assert res.returncode == 0, res.stderr
+    # The ledger writes off the request path, in batches: the row lands shortly after
+    # the answer, so read until it is there (bounded).
+    deadline = time.monotonic() + 30
+    while True:
+        res = run(bin_path, "spend", "--ledger", demo.ledger)
+        assert res.returncode == 0, res.stderr
+        if "gpt-4o-mini" in res.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "gpt-4o-mini" in res.stdout, res.stdout
     assert "demo" in res.stdout, res.stdout  # the key's name
 

@@ -221,16 +221,19 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
         return any(hops_of(i) >= 2 for i in ids)
 
     wait_for("a failed-over request with two attempts", open_failover_row)
-    hops = d.find_elements(By.CSS_SELECTOR, "#route .hop")
-    assert "openai-primary-gpt-4o-mini" in hops[0].text and "upstream_5xx" in hops[0].text, hops[0].text
-    assert "azure-gpt-4o-mini" in hops[-1].text, hops[-1].text
+    # The page redraws the route at every poll: read the hops in one script call, so no
+    # element can go stale between finding it and reading it.
+    hops = d.execute_script("return Array.from(document.querySelectorAll('#route .hop'), (h) => h.innerText);")
+    assert "openai-primary-gpt-4o-mini" in hops[0] and "upstream_5xx" in hops[0], hops
+    assert "azure-gpt-4o-mini" in hops[-1], hops
     d.execute_script("window.scrollTo(0, 0);")
     d.save_screenshot(str(shots / "dashboard-requests.png"))
 
     # --- Spend: the total and the groups.
     open_page(d, "spend")
     wait_for("spend on the Spend page", lambda: int(attr(d, "#spend-total", "data-nano")) > 0)
-    d.find_element(By.CSS_SELECTOR, 'button[data-by="provider"]').click()
+    wait_for("the by-provider button clicked",
+             lambda: d.find_element(By.CSS_SELECTOR, 'button[data-by="provider"]').click() or True)
     wait_for("spend by provider", lambda: d.find_elements(By.CSS_SELECTOR, '#spend-table tr[data-group="sim-azure"]'))
 
     # --- Keys: create a team and a key in the UI, use the key, revoke it, see it refused.
@@ -244,14 +247,15 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
     Select(d.find_element(By.ID, "key-team")).select_by_value("dash-team")
     d.find_element(By.ID, "key-create").click()
     secret = wait_for("the new secret, shown once", lambda: text(d, "#new-secret"))
-    row = wait_for("the new key's row", lambda: d.find_element(By.CSS_SELECTOR, '#keys tr[data-name="dash-e2e"]'))
-    key_id = row.get_attribute("data-key")
-    assert text(d, f'#keys tr[data-key="{key_id}"] td.status') == "active"
+    # The key list is redrawn at every poll: find rows afresh, by selector, each time.
+    key_id = wait_for("the new key's row", lambda: attr(d, '#keys tr[data-name="dash-e2e"]', "data-key"))
+    wait_for("the new key active", lambda: text(d, f'#keys tr[data-key="{key_id}"] td.status') == "active")
     mine = openai.OpenAI(base_url=f"{root}/v1", api_key=secret, max_retries=0, timeout=30)
     answer = mine.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mine"}])
     assert answer.choices[0].message.content
     # Edit the key's policy in the UI: it may use support-chat only from now on.
-    click(d, d.find_element(By.CSS_SELECTOR, f'button[data-edit="{key_id}"]'))
+    wait_for("the edit button clicked",
+             lambda: click(d, d.find_element(By.CSS_SELECTOR, f'button[data-edit="{key_id}"]')) or True)
     policy = wait_for("the policy editor", lambda: d.find_element(By.ID, f"edit-policy-{key_id}"))
     policy.clear()
     policy.send_keys('{"models": ["support-chat"]}')
@@ -288,7 +292,7 @@ def test_the_dashboard_in_a_browser(dash_demo, browser, tmp_path):
             return res;
         };""")
     revoke = f'button[data-revoke="{key_id}"]'
-    click(d, d.find_element(By.CSS_SELECTOR, revoke))
+    wait_for("the revoke button clicked", lambda: click(d, d.find_element(By.CSS_SELECTOR, revoke)) or True)
     wait_for("the revoke button armed", lambda: text(d, revoke) == "Confirm revoke")
     wait_for("the confirming click", lambda: click(d, d.find_element(By.CSS_SELECTOR, revoke)) or True)
     wait_for("the key revoked in the list", lambda: text(d, f'#keys tr[data-key="{key_id}"] td.status') == "revoked")

@@ -3,7 +3,7 @@
 tool-loop pattern (`input=previous.output + [function_call_output]`) on every reasoning
 provider kind (the simulator refuses a turn whose reasoning state did not come back, as
 the providers do), a loop that fails over to another provider kind mid-way, stored
-responses (`previous_response_id`, retrieve, delete), and errors naming the field.
+responses (`previous_response_id`, retrieve, delete, input items), and errors naming the field.
 OpenAI and Azure deployments get the Responses request natively (the simulator plays the
 Responses API for them; its recorded requests show which API each upstream was called
 with), every other kind the translation."""
@@ -394,6 +394,47 @@ def test_store_previous_response_retrieve_delete(gw):
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
+
+
+def test_input_items_list(gw):
+    client = client_for(gw)
+    first = client.responses.create(model="gemini-3", input="Call get_weather for Paris, please.",
+                                    tools=[WEATHER_TOOL])
+    call = next(o for o in first.output if o.type == "function_call")
+    second = client.responses.create(model="gemini-3", previous_response_id=first.id, tools=[WEATHER_TOOL],
+                                     input=[{"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "18C"}])
+    # The whole context of the second turn, newest first: its input, the first turn's
+    # output, the first turn's input.
+    page = client.responses.input_items.list(second.id)
+    items = page.data
+    assert items[0].type == "function_call_output", items
+    assert items[0].call_id == call.call_id and items[0].output == "18C"
+    assert items[-1].type == "message" and items[-1].role == "user"
+    assert items[-1].content[0].text == "Call get_weather for Paris, please."
+    assert any(i.type == "function_call" and i.call_id == call.call_id for i in items), items
+    ids = [i.id for i in items]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    assert page.has_more is False and page.first_id == ids[0] and page.last_id == ids[-1]
+    # The SDK pages through with `after`, one item at a time, in both orders.
+    assert [i.id for i in client.responses.input_items.list(second.id, limit=1)] == ids
+    assert [i.id for i in client.responses.input_items.list(second.id, limit=2, order="asc")] == ids[::-1]
+    one = client.responses.input_items.list(second.id, limit=1, order="asc")
+    assert [i.id for i in one.data] == [ids[-1]] and one.has_more is True
+    nxt = client.responses.input_items.list(second.id, limit=1, order="asc", after=ids[-1])
+    assert [i.id for i in nxt.data] == [ids[-2]]
+    # `before` (not a parameter of this SDK version) pages back.
+    back = client.responses.input_items.list(second.id, order="asc", extra_query={"before": ids[0]})
+    assert [i.id for i in back.data] == ids[:0:-1] and back.has_more is False
+    # Bad parameters are 400s naming them; another key and unknown ids get 404.
+    for kwargs, param in [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"order": "sideways"}, "order")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.input_items.list(second.id, **kwargs)
+        assert e.value.body["param"] == param, e.value.body
+    with pytest.raises(openai.NotFoundError):
+        client_for(gw, OTHER_KEY).responses.input_items.list(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_does_not_exist")
 
 
 def test_stream_is_stored(gw):

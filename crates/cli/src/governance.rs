@@ -83,6 +83,12 @@ pub struct PolicyArgs {
     /// Tokens per minute.
     #[arg(long)]
     tpm: Option<u64>,
+    /// The channel profile requests get without an x-switchyard-channel header.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Channels requests may choose with the x-switchyard-channel header, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
     /// A spend cap, PERIOD=USD with PERIOD day, month or total (UTC); repeatable.
     #[arg(long = "budget")]
     budgets: Vec<String>,
@@ -98,9 +104,13 @@ impl PolicyArgs {
             || self.pii.is_some()
             || self.rpm.is_some()
             || self.tpm.is_some()
+            || self.channel.is_some()
+            || !self.channels.is_empty()
     }
 
-    fn policy(&self) -> Result<Policy> {
+    /// The policy of the flags. `known`: the configured channels, when a configuration
+    /// was read (a policy may name only those).
+    fn policy(&self, known: Option<&[String]>) -> Result<Policy> {
         let pii = match &self.pii {
             Some(m) => Some(
                 PiiMode::parse(m)
@@ -117,10 +127,17 @@ impl PolicyArgs {
             pii,
             rpm: self.rpm,
             tpm: self.tpm,
+            channel: self.channel.clone(),
+            channels: (!self.channels.is_empty()).then(|| self.channels.clone()),
             ..Policy::default()
         };
         p.validate()
             .map_err(|(field, m)| anyhow::anyhow!("policy {field}: {m}"))?;
+        if let Some(known) = known {
+            if let Some((field, name)) = p.unknown_channel(|c| known.iter().any(|k| k == c)) {
+                bail!("policy {field}: `{name}` is not a configured channel ([channels.NAME])");
+            }
+        }
         Ok(p)
     }
 
@@ -202,7 +219,12 @@ fn print_team(t: &TeamRow) {
     );
 }
 
-pub async fn keys(store: &Database, command: KeysCommand, static_names: &[String]) -> Result<()> {
+pub async fn keys(
+    store: &Database,
+    command: KeysCommand,
+    static_names: &[String],
+    channels: Option<&[String]>,
+) -> Result<()> {
     let store = Store::open_on(store).await?;
     match command {
         KeysCommand::Create {
@@ -223,7 +245,7 @@ pub async fn keys(store: &Database, command: KeysCommand, static_names: &[String
             let new = NewKey {
                 name,
                 team,
-                policy: policy.policy()?,
+                policy: policy.policy(channels)?,
                 budgets: policy.budgets()?,
                 expires_at_ms,
             };
@@ -248,12 +270,16 @@ pub async fn keys(store: &Database, command: KeysCommand, static_names: &[String
     Ok(())
 }
 
-pub async fn teams(store: &Database, command: TeamsCommand) -> Result<()> {
+pub async fn teams(
+    store: &Database,
+    command: TeamsCommand,
+    channels: Option<&[String]>,
+) -> Result<()> {
     let store = Store::open_on(store).await?;
     match command {
         TeamsCommand::Create { name, policy } => {
             let team = store
-                .create_team(&name, &policy.policy()?, &policy.budgets()?, "cli")
+                .create_team(&name, &policy.policy(channels)?, &policy.budgets()?, "cli")
                 .await?;
             print_team(&team);
         }
@@ -272,7 +298,7 @@ pub async fn teams(store: &Database, command: TeamsCommand) -> Result<()> {
         TeamsCommand::Update { name, policy } => {
             let update = Update {
                 policy: if policy.has_policy() {
-                    Some(policy.policy()?)
+                    Some(policy.policy(channels)?)
                 } else {
                     None
                 },

@@ -115,6 +115,56 @@ enum Command {
         #[arg(long)]
         team: Option<String>,
     },
+    /// Contracts with providers: per contract, committed, consumed, left, run rate,
+    /// the projection to the period's end (shortfall or overage) and days to the cap.
+    Contracts {
+        /// The moment to report at: a UTC date or time (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// The ledger file; by default the configuration's ledger.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Print JSON (the shape of `GET /admin/contracts`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shadow evaluation: `switchyard shadow report MODEL`.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
+    /// Replay the ledger's requests through the routing of the configuration given
+    /// with --config (other prices, deployments, strategies, regions), calling no
+    /// provider; prints what they would have cost (list and effective, per team), where
+    /// they would have gone (shares per deployment and provider), which would have had
+    /// no eligible deployment and why, and the estimated latency, beside what happened.
+    Whatif {
+        /// Only requests from this UTC date (YYYY-MM-DD); default: the ledger's first.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only requests before this UTC date (YYYY-MM-DD, exclusive); default: all.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only requests for this logical model (the name clients asked for).
+        #[arg(long)]
+        model: Option<String>,
+        /// Seed of the replay's random choices (weighted orders, latency draws): the
+        /// same seed gives the same report.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The ledger file; by default the ledger the configuration names (its file,
+        /// or its PostgreSQL database with `[storage] kind = "postgres"`).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Channel profiles: `switchyard channels report`.
+    Channels {
+        #[command(subcommand)]
+        command: ChannelsCommand,
+    },
     /// Manage virtual keys (create, list, revoke) in the key store.
     Keys {
         #[command(subcommand)]
@@ -157,6 +207,49 @@ enum RoutesCommand {
 }
 
 #[derive(Subcommand)]
+enum ShadowCommand {
+    /// MODEL's mirrored requests beside the client's: latency and first-token p50/p99,
+    /// error rate, cost per 1,000 requests, agreement rate, and examples of
+    /// disagreement where content logging was allowed.
+    Report {
+        /// The logical model.
+        model: String,
+        /// From this UTC date (YYYY-MM-DD); default: a day before --until.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this UTC date (YYYY-MM-DD, exclusive); default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// The ledger file; by default the configuration's ledger.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Print JSON (the shape of `GET /admin/shadow`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelsCommand {
+    /// Per channel: first-token and latency percentiles against the objectives, the
+    /// share that met them, the share per provider and the cost per conversation turn.
+    Report {
+        /// From this UTC date (YYYY-MM-DD); default: a day before --until.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this UTC date (YYYY-MM-DD, exclusive); default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// The ledger file; by default the configuration's ledger.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Print JSON (the shape of `GET /admin/channels`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file; prints each problem with its field and line and
     /// exits non-zero when there is one.
@@ -175,6 +268,12 @@ enum SpendBy {
     Deployment,
     Day,
 }
+
+/// mimalloc instead of the system allocator: the request path allocates and frees
+/// many small buffers, and glibc's malloc and free were about 15% of a small request's
+/// instructions (bench/README, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -352,7 +451,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     if let Some(db) = store {
                         let store = switchyard::governance::store::Store::open_on(&db).await?;
                         let checked = if store.has_schema().await {
-                            switchyard::governance::check_key_names(&c, &store).await
+                            switchyard::governance::check_against_store(&c, &store).await
                         } else {
                             Ok(())
                         };
@@ -383,13 +482,148 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Keys { command, store } => {
-            let (db, static_names) = store_of(&cli.config, store).await?;
-            governance::keys(&db, command, &static_names).await?;
+            let (db, static_names, channels) = store_of(&cli.config, store).await?;
+            governance::keys(&db, command, &static_names, channels.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Teams { command, store } => {
-            let (db, _) = store_of(&cli.config, store).await?;
-            governance::teams(&db, command).await?;
+            let (db, _, channels) = store_of(&cli.config, store).await?;
+            governance::teams(&db, command, channels.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contracts { at, ledger, json } => {
+            use switchyard::ledger::stats::contracts::{
+                contract_report, contract_report_json, render_contract_report,
+            };
+            let config = load(&cli.config)?;
+            let db = ledger_of(Some(&config), ledger).await?;
+            let at_ms = match at.as_deref() {
+                Some(d) => switchyard::types::time::parse_utc(d).with_context(|| {
+                    format!("--at: `{d}` is not a UTC date or time like 2026-11-01 or 2026-11-01T12:00:00Z")
+                })?,
+                None => switchyard::types::time::now_ms(),
+            };
+            let rows = contract_report(&db, &config.contract_list(), at_ms).await?;
+            print_report(
+                json,
+                || contract_report_json(&rows),
+                || render_contract_report(&rows),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shadow {
+            command:
+                ShadowCommand::Report {
+                    model,
+                    since,
+                    until,
+                    ledger,
+                    json,
+                },
+        } => {
+            use switchyard::ledger::stats::shadow::{
+                render_shadow_report, shadow_report, shadow_report_json,
+            };
+            let config = optional_config(&cli.config, ledger.is_some())?;
+            let db = ledger_of(config.as_ref(), ledger).await?;
+            let (since_ms, until_ms) = report_range(since.as_deref(), until.as_deref())?;
+            let agree_at = config
+                .as_ref()
+                .and_then(|c| c.model(&model))
+                .and_then(|m| m.shadow.as_ref())
+                .map_or(switchyard::config::DEFAULT_AGREE_AT, |s| s.agree_at);
+            let report = shadow_report(&db, &model, since_ms, until_ms, agree_at).await?;
+            print_report(
+                json,
+                || shadow_report_json(&report),
+                || render_shadow_report(&report),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Channels {
+            command:
+                ChannelsCommand::Report {
+                    since,
+                    until,
+                    ledger,
+                    json,
+                },
+        } => {
+            use switchyard::ledger::stats::channels::{
+                channel_report, channel_report_json, render_channel_report, Objectives,
+            };
+            // The objectives are the configuration's; without a file, none.
+            let config = optional_config(&cli.config, ledger.is_some())?;
+            let db = ledger_of(config.as_ref(), ledger).await?;
+            let (since_ms, until_ms) = report_range(since.as_deref(), until.as_deref())?;
+            let configured: Vec<(String, Objectives)> = config
+                .map(|c| c.channel_objectives())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, ttft, total)| (name, Objectives { ttft, total }))
+                .collect();
+            let rows = channel_report(&db, since_ms, until_ms, &configured).await?;
+            print_report(
+                json,
+                || channel_report_json(since_ms, until_ms, &rows),
+                || render_channel_report(since_ms, until_ms, &rows),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Whatif {
+            since,
+            until,
+            model,
+            seed,
+            ledger,
+            json,
+        } => {
+            // The configuration to replay through, validated as `config check` does.
+            let alt = match switchyard::governance::check::check_config_file(&cli.config).await {
+                Ok(c) => c,
+                Err(e) if e.is_invalid_file() => {
+                    eprintln!(
+                        "--config {}: the configuration to replay through is not valid:\n{e}",
+                        cli.config.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let since_ms = since
+                .as_deref()
+                .map(|d| parse_date_arg("--since", d))
+                .transpose()?;
+            let until_ms = until
+                .as_deref()
+                .map(|d| parse_date_arg("--until", d))
+                .transpose()?;
+            if let (Some(s), Some(u)) = (since_ms, until_ms) {
+                if s >= u {
+                    anyhow::bail!("--since must be before --until");
+                }
+            }
+            if let Some(m) = model.as_deref().filter(|m| alt.model(m).is_none()) {
+                // Not an error: the report counts the model's requests as having no
+                // eligible deployment, which is the answer to the question asked.
+                eprintln!(
+                    "warning: --model {m}: not a model of {}; its requests have no eligible deployment there",
+                    cli.config.display()
+                );
+            }
+            let db = ledger_of(Some(&alt), ledger).await?;
+            let options = switchyard::whatif::Options {
+                since_ms,
+                until_ms,
+                model,
+                seed,
+            };
+            let report = switchyard::whatif::replay(&db, &alt, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Spend {
@@ -398,16 +632,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ledger,
             team,
         } => {
-            let db = match ledger {
-                Some(p) => Database::Sqlite(p),
-                None => Storage::open(&load(&cli.config)?)
-                    .await?
-                    .ledger
-                    .context("the configuration keeps no ledger (ledger.enabled = false)")?,
+            let config = match ledger {
+                Some(_) => None,
+                None => Some(load(&cli.config)?),
             };
-            if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
-                anyhow::bail!("no ledger at {}", path.display());
-            }
+            let db = ledger_of(config.as_ref(), ledger).await?;
             let since_ms = since.as_deref().map(parse_date).transpose()?;
             let groups: Vec<(SpendGroup, &str)> = match by {
                 None => vec![(SpendGroup::Model, "model"), (SpendGroup::Key, "key")],
@@ -432,15 +661,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The key store: `--store`, else the configuration's; and the config file's key names.
-async fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(Database, Vec<String>)> {
+/// The key store: `--store`, else the configuration's; the config file's key names;
+/// and its channels (`None` without a configuration to check policies against).
+async fn store_of(
+    config: &Path,
+    store: Option<PathBuf>,
+) -> Result<(Database, Vec<String>, Option<Vec<String>>)> {
     if let Some(path) = store {
-        let names = if config.exists() {
-            load(config)?.keys.into_iter().map(|k| k.name).collect()
-        } else {
-            Vec::new()
-        };
-        return Ok((Database::Sqlite(path), names));
+        if !config.exists() {
+            return Ok((Database::Sqlite(path), Vec::new(), None));
+        }
+        let c = load(config)?;
+        let channels = c.channels.keys().cloned().collect();
+        let names = c.keys.into_iter().map(|k| k.name).collect();
+        return Ok((Database::Sqlite(path), names, Some(channels)));
     }
     let c = load(config).with_context(|| {
         format!(
@@ -449,11 +683,12 @@ async fn store_of(config: &Path, store: Option<PathBuf>) -> Result<(Database, Ve
         )
     })?;
     let names = c.keys.iter().map(|k| k.name.clone()).collect();
+    let channels = c.channels.keys().cloned().collect();
     let db = Storage::open(&c)
         .await?
         .store
         .context("the configuration has no key store (no ledger and no governance.store)")?;
-    Ok((db, names))
+    Ok((db, names, Some(channels)))
 }
 
 fn load(path: &Path) -> Result<Config> {
@@ -466,9 +701,74 @@ fn serde_json_from(text: &str) -> Result<switchyard_sim::Scenario> {
 
 /// `YYYY-MM-DD` (UTC) → unix milliseconds at 00:00.
 fn parse_date(s: &str) -> Result<i64> {
+    parse_date_arg("--since", s)
+}
+
+/// A report as pretty JSON (`--json`) or as its text; only the one asked for is made.
+fn print_report(
+    json: bool,
+    doc: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc())?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
+/// The configuration of a report: the file when it exists, or when no `--ledger` was
+/// given (then the ledger is the configuration's and the file is required).
+fn optional_config(path: &Path, ledger_given: bool) -> Result<Option<Config>> {
+    if path.exists() || !ledger_given {
+        Ok(Some(load(path)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// A report's `[--since, --until)`: UTC dates; `--until` defaults to now, `--since`
+/// to a day before it.
+fn report_range(since: Option<&str>, until: Option<&str>) -> Result<(i64, i64)> {
+    let until_ms = match until {
+        Some(d) => parse_date_arg("--until", d)?,
+        None => switchyard::types::time::now_ms(),
+    };
+    let since_ms = match since {
+        Some(d) => parse_date_arg("--since", d)?,
+        None => until_ms.saturating_sub(86_400_000),
+    };
+    if since_ms >= until_ms {
+        anyhow::bail!("--since must be before --until");
+    }
+    Ok((since_ms, until_ms))
+}
+
+fn parse_date_arg(flag: &str, s: &str) -> Result<i64> {
     switchyard::types::time::parse_utc(s)
         .filter(|_| !s.contains(['T', ' ']))
-        .with_context(|| format!("--since: `{s}` is not a valid date like 2026-11-01"))
+        .with_context(|| format!("{flag}: `{s}` is not a valid date like 2026-11-01"))
+}
+
+/// The ledger: `--ledger FILE`, else the configuration's (its file, or its PostgreSQL
+/// database).
+async fn ledger_of(
+    config: Option<&switchyard::config::Config>,
+    file: Option<PathBuf>,
+) -> Result<Database> {
+    let db = match (file, config) {
+        (Some(p), _) => Database::Sqlite(p),
+        (None, Some(config)) => Storage::open(config)
+            .await?
+            .ledger
+            .context("the configuration keeps no ledger (ledger.enabled = false)")?,
+        (None, None) => anyhow::bail!("no ledger: pass --ledger FILE or --config"),
+    };
+    if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
+        anyhow::bail!("no ledger at {}", path.display());
+    }
+    Ok(db)
 }
 
 async fn demo(

@@ -118,3 +118,52 @@ async fn config_check_on_postgres_leaves_the_schema_alone() {
         "config check created tables: it must not migrate"
     );
 }
+
+#[test]
+fn a_key_created_from_the_cli_may_name_only_configured_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("switchyard.db");
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ledger]\npath = \"{}\"\n\n[channels.voice]\nttft_slo_ms = 800\n\n[channels.chat]\n",
+            db.display()
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let refused = switchyard(&[
+        "--config",
+        config,
+        "keys",
+        "create",
+        "agent",
+        "--channel",
+        "fax",
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("policy channel") && stderr.contains("`fax`"),
+        "{stderr}"
+    );
+    let created = switchyard(&[
+        "--config",
+        config,
+        "keys",
+        "create",
+        "agent",
+        "--channel",
+        "voice",
+        "--channels",
+        "chat",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let listed = switchyard(&["--config", config, "keys", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        stdout.contains(r#""channel":"voice""#) && stdout.contains(r#""channels":["chat"]"#),
+        "{stdout}"
+    );
+}

@@ -31,6 +31,20 @@ token = "${{SWITCHYARD_DEMO_ADMIN_TOKEN}}"
 [[keys]]
 name = "demo"
 key = "${{SWITCHYARD_DEMO_KEY}}"
+# Requests choose a channel with the x-switchyard-channel header.
+policy = {{ channels = ["voice", "chat"] }}
+
+# One assistant, two channels: each gets its own system prompt, limits and checks.
+[channels.voice]
+ttft_slo_ms = 800
+total_slo_ms = 4000
+system_prompt = "You are Ada, the voice assistant of Switchyard Rail. Answer in one or two short sentences."
+max_output_tokens = 120
+
+[channels.chat]
+ttft_slo_ms = 2000
+system_prompt = "You are Ada, the chat assistant of Switchyard Rail."
+pii_output = "redact"
 
 [providers.sim-openai]
 kind = "openai"
@@ -175,6 +189,12 @@ deployments = ["openai-primary-gpt-4o-mini", "azure-gpt-4o-mini"]
 
 [models.text-embedding-3-small]
 deployments = ["openai-embed-small"]
+
+# A monthly commitment with Azure, and a cap: `switchyard contracts` shows its burn.
+[contracts.azure-commit]
+provider = "sim-azure"
+commitment_usd = "50"
+cap_usd = "100"
 "#
     );
     let key = key.to_owned();

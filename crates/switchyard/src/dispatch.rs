@@ -23,6 +23,7 @@ use http::StatusCode;
 use tokio::time::{timeout_at, Instant as TokioInstant};
 
 use crate::config::{Config, Constraints, Deployment, LogicalModel, Timeouts};
+use crate::contracts::{CapReached, ContractBook, ContractHold, Refused, ShadowBudgets};
 use crate::ledger::tracker::RequestTracker;
 use crate::limits::{Claim, Limiter, Reservation};
 use crate::providers::{self, Endpoint, StreamDecoder, Translated};
@@ -40,6 +41,10 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 /// The quota window providers grant RPM and TPM over.
 const QUOTA_PERIOD: Duration = Duration::from_secs(60);
+
+/// When a deployment skipped because shared state was unreachable may be tried again:
+/// the state watcher re-checks Redis about this often.
+const STATE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -112,24 +117,31 @@ pub struct QuotaHeadroom {
     pub tokens: Option<Headroom>,
 }
 
-/// A deployment quota reservation, to be corrected with actual usage.
+/// A deployment's quota reservation and its contract's hold, to be corrected with
+/// actual usage.
 ///
 /// Dropped without being settled, a reservation whose call was never made is given
 /// back (a hedge twin that never started, a body that could not be rendered, a request
 /// cancelled before its call); one whose call was made keeps its estimate, because the
-/// provider counted that call whether or not its answer was read.
+/// provider counted (and may bill) that call whether or not its answer was read.
 pub struct Capacity {
     limiter: Arc<dyn Limiter>,
-    /// `None` once settled.
+    /// `None` once settled, or when the deployment has no quota.
     reservation: Option<Reservation>,
     tokens_claimed: bool,
+    /// What the call holds against its deployment's contract.
+    contract: Option<ContractHold>,
     /// Whether the call this reservation is for was sent.
     called: bool,
 }
 
 impl Capacity {
-    /// Replaces the token estimate with the tokens actually used, off the request path.
+    /// Replaces the estimates with the tokens actually used (and their cost, in the
+    /// contract), off the request path.
     pub fn settle(mut self, usage: &Usage) {
+        if let Some(hold) = self.contract.take() {
+            hold.settle(usage);
+        }
         self.settle_counts(
             1,
             usage.prompt_tokens.saturating_add(usage.completion_tokens),
@@ -159,8 +171,13 @@ impl Capacity {
 
 impl Drop for Capacity {
     fn drop(&mut self) {
+        let hold = self.contract.take();
         if !self.called {
+            // Dropped, the hold gives its reservation back.
+            drop(hold);
             self.settle_counts(0, 0);
+        } else if let Some(hold) = hold {
+            hold.keep();
         }
     }
 }
@@ -176,6 +193,10 @@ pub struct Job<'a> {
     /// The issuer of the reasoning state the request carries back (a tool loop's
     /// signatures): routing tries that deployment first.
     pub affinity: Option<&'a str>,
+    /// The channel's time-to-first-token objective: deployments whose recent p90
+    /// misses it are tried last, and a first call without a first token by then is
+    /// hedged.
+    pub ttft_slo: Option<Duration>,
 }
 
 /// Upstream clients, deployment health and capacity: the state dispatch shares
@@ -187,6 +208,10 @@ pub struct Dispatcher {
     limiter: Arc<dyn Limiter>,
     /// Run-time provider credentials (tokens renewed before they expire).
     pub credentials: providers::auth::Credentials,
+    /// Contract burn and cap holds, kept across reloads.
+    pub contracts: Arc<ContractBook>,
+    /// Shadow evaluation's daily budgets, kept across reloads.
+    pub shadow_budgets: Arc<ShadowBudgets>,
 }
 
 impl Dispatcher {
@@ -240,6 +265,9 @@ impl Dispatcher {
             health,
             limiter,
             credentials,
+            contracts: previous.map_or_else(ContractBook::new, |(_, p)| p.contracts.clone()),
+            shadow_budgets: previous
+                .map_or_else(ShadowBudgets::new, |(_, p)| p.shadow_budgets.clone()),
         })
     }
 
@@ -290,6 +318,11 @@ impl Dispatcher {
         mut make_body: impl FnMut(&Deployment) -> Result<Rendered, ProviderError>,
     ) -> Result<Served, DispatchError> {
         let mut plan = routing::plan(job.model, &job.needs, job.caller, Some(&self.health));
+        let now = now_ms();
+        routing::prefer_commitments(&mut plan, job.model, |c| self.contracts.unburned(c, now));
+        if let Some(slo) = job.ttft_slo {
+            routing::demote_slow(&mut plan, &self.health, slo, now_ms());
+        }
         if let Some(issuer) = job.affinity {
             routing::prefer_issuer(&mut plan, issuer);
         }
@@ -336,10 +369,13 @@ impl Dispatcher {
                 attempts += 1;
                 // Hedging: the first call of a request may get a twin on the next
                 // admissible deployment if it is slow to answer.
-                let hedge_after = job
-                    .model
-                    .hedge_after
-                    .filter(|_| !bounds.no_hedge && attempts == 1 && attempts < retry.max_attempts);
+                // A channel's first-token objective hedges too: the twin starts when the
+                // first call has produced no first token by then.
+                let hedge_after = match (job.model.hedge_after, job.ttft_slo) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+                .filter(|_| !bounds.no_hedge && attempts == 1 && attempts < retry.max_attempts);
                 let outcome = match hedge_after {
                     None => {
                         self.attempt_logged(d, &job, tracker, gate, &mut make_body)
@@ -440,10 +476,25 @@ impl Dispatcher {
             skipped.circuit(health.reopens_in(Instant::now()).unwrap_or_default());
             return None;
         };
-        match self.reserve(d, &job.needs).await {
+        let contract = match self.hold_contract(d, &job.needs, lease).await {
+            Ok(hold) => hold,
+            Err((Refused::Cap(cap), resets_in)) => {
+                // The permit is dropped here: a probe slot goes back unused.
+                skipped.contract_cap(&d.name, cap, resets_in);
+                return None;
+            }
+            Err((Refused::StateUnavailable { contract }, retry)) => {
+                tracing::debug!(deployment = %d.name, contract,
+                    "deployment skipped: its contract's cap is in shared state, which is unreachable");
+                skipped.capacity(retry);
+                return None;
+            }
+        };
+        match self.reserve(d, &job.needs, contract).await {
             Ok(capacity) => Some(Gate { permit, capacity }),
             Err(retry_after) => {
-                // The permit is dropped here: a probe slot goes back unused.
+                // The permit and the contract hold are dropped here: a probe slot and
+                // the cap's reservation go back unused.
                 skipped.capacity(retry_after);
                 None
             }
@@ -509,8 +560,10 @@ impl Dispatcher {
     pub async fn quota_headroom(&self, d: &Deployment) -> QuotaHeadroom {
         let mut out = QuotaHeadroom::default();
         if let Some(rpm) = d.quota.rpm {
-            let key = format!("deployment:{}:rpm", d.name);
-            let (left, reset) = self.limiter.remaining(&key, rpm, QUOTA_PERIOD).await;
+            let (left, reset) = self
+                .limiter
+                .remaining(&d.derived.rpm_key, rpm, QUOTA_PERIOD)
+                .await;
             out.requests = Some(Headroom {
                 limit: rpm,
                 remaining: left,
@@ -518,8 +571,10 @@ impl Dispatcher {
             });
         }
         if let Some(tpm) = d.quota.tpm {
-            let key = format!("deployment:{}:tpm", d.name);
-            let (left, reset) = self.limiter.remaining(&key, tpm, QUOTA_PERIOD).await;
+            let (left, reset) = self
+                .limiter
+                .remaining(&d.derived.tpm_key, tpm, QUOTA_PERIOD)
+                .await;
             out.tokens = Some(Headroom {
                 limit: tpm,
                 remaining: left,
@@ -529,12 +584,50 @@ impl Dispatcher {
         out
     }
 
-    /// Reserves one request and the estimated tokens in the deployment's quota.
-    async fn reserve(&self, d: &Deployment, needs: &Needs) -> Result<Option<Capacity>, Duration> {
+    /// A hold on the contract that covers `d`, reserving the call's most cost at the
+    /// contracted price against the cap (for at most `lease`, the call's longest run);
+    /// refused, with the time until it may be tried again, when the cap has no room
+    /// or cannot be known.
+    async fn hold_contract(
+        &self,
+        d: &Deployment,
+        needs: &Needs,
+        lease: Duration,
+    ) -> Result<Option<ContractHold>, (Refused, Duration)> {
+        let now = now_ms();
+        match self
+            .contracts
+            .hold_for_call(d, &needs.expected_usage(), lease, now)
+            .await
+        {
+            Ok(hold) => Ok(hold),
+            Err(refused @ Refused::Cap(_)) => {
+                let ends = d
+                    .contract
+                    .as_ref()
+                    .and_then(|c| c.period.bounds(now))
+                    .map_or(now, |(_, end)| end);
+                let wait = u64::try_from(ends.saturating_sub(now)).unwrap_or(0);
+                Err((refused, Duration::from_millis(wait)))
+            }
+            Err(refused @ Refused::StateUnavailable { .. }) => {
+                Err((refused, STATE_UNAVAILABLE_RETRY))
+            }
+        }
+    }
+
+    /// Reserves one request and the estimated tokens in the deployment's quota; the
+    /// capacity also carries the call's contract hold.
+    async fn reserve(
+        &self,
+        d: &Deployment,
+        needs: &Needs,
+        contract: Option<ContractHold>,
+    ) -> Result<Option<Capacity>, Duration> {
         let mut claims = Vec::with_capacity(2);
         if let Some(rpm) = d.quota.rpm {
             claims.push(Claim {
-                key: format!("deployment:{}:rpm", d.name).into(),
+                key: d.derived.rpm_key.clone(),
                 limit: rpm,
                 period: QUOTA_PERIOD,
                 amount: 1,
@@ -545,27 +638,34 @@ impl Dispatcher {
             if claims.is_empty() {
                 // Keep the request claim first so settle's order is fixed.
                 claims.push(Claim {
-                    key: format!("deployment:{}:rpm", d.name).into(),
+                    key: d.derived.rpm_key.clone(),
                     limit: u64::MAX,
                     period: QUOTA_PERIOD,
                     amount: 1,
                 });
             }
             claims.push(Claim {
-                key: format!("deployment:{}:tpm", d.name).into(),
+                key: d.derived.tpm_key.clone(),
                 limit: tpm,
                 period: QUOTA_PERIOD,
                 amount: needs.estimated_total_tokens(),
             });
         }
         if claims.is_empty() {
-            return Ok(None);
+            return Ok(contract.map(|hold| Capacity {
+                limiter: self.limiter.clone(),
+                reservation: None,
+                tokens_claimed,
+                contract: Some(hold),
+                called: false,
+            }));
         }
         match self.limiter.try_reserve(&claims).await {
             Ok(reservation) => Ok(Some(Capacity {
                 limiter: self.limiter.clone(),
                 reservation: Some(reservation),
                 tokens_claimed,
+                contract,
                 called: false,
             })),
             Err(refusal) => Err(refusal.retry_after),
@@ -673,7 +773,9 @@ impl Dispatcher {
         }
         match result.outcome {
             Ok(opened) => {
-                health.observe_latency(sent.elapsed());
+                let first_token = sent.elapsed();
+                health.observe_latency(first_token);
+                health.observe_first_token(first_token, now_ms());
                 permit.record(true, now);
                 Ok(Served {
                     deployment: d,
@@ -703,6 +805,10 @@ impl Dispatcher {
                         error = %e,
                         "upstream attempt failed"
                     );
+                }
+                if matches!(e, ProviderError::Timeout { .. }) {
+                    // No first token within the timeout: at least that long.
+                    health.observe_first_token(sent.elapsed(), now_ms());
                 }
                 // A client-caused 4xx says nothing about the deployment's health; the
                 // permit, dropped unrecorded, gives a probe slot back.
@@ -782,6 +888,13 @@ impl Dispatcher {
             // The loser is cancelled: its future is dropped on return, closing its
             // connection. The provider may still bill, and count against the quota,
             // the prompt it read.
+            // Its first token had not come by now: a lower bound of its time to
+            // first token, and the evidence a first-token objective needs (a
+            // deployment that always loses its hedges would otherwise never be
+            // measured as slow).
+            self.health
+                .of(&loser.deployment)
+                .observe_first_token(loser.sent.elapsed(), now_ms());
             tracker.cancel_attempt(
                 loser.idx,
                 &loser.deployment,
@@ -857,11 +970,29 @@ struct Call<'h> {
 struct Skipped {
     circuit_open: u32,
     over_capacity: u32,
+    /// Deployments skipped because their contract's cap had no room, with the
+    /// contract's name.
+    over_cap: Vec<(String, String)>,
     /// Soonest time any skipped deployment may take calls again.
     soonest: Option<Duration>,
 }
 
 impl Skipped {
+    fn contract_cap(&mut self, deployment: &str, cap: CapReached, resets_in: Duration) {
+        tracing::debug!(
+            deployment,
+            contract = %cap.contract,
+            cap_nano_usd = cap.cap_nano_usd,
+            spent_nano_usd = cap.spent_nano_usd,
+            reserved_nano_usd = cap.reserved_nano_usd,
+            "deployment skipped: its contract's cap has no room"
+        );
+        if !self.over_cap.iter().any(|(d, _)| d == deployment) {
+            self.over_cap.push((deployment.to_owned(), cap.contract));
+        }
+        self.note(resets_in);
+    }
+
     fn circuit(&mut self, reopens_in: Duration) {
         self.circuit_open += 1;
         self.note(reopens_in);
@@ -879,7 +1010,16 @@ impl Skipped {
     fn into_error(self, model: &str) -> DispatchError {
         let retry_after = self.soonest.unwrap_or(Duration::from_secs(1));
         let model = model.to_owned();
-        if self.over_capacity > 0 && self.circuit_open == 0 {
+        if !self.over_cap.is_empty() && self.over_capacity == 0 && self.circuit_open == 0 {
+            let mut contracts: Vec<String> = self.over_cap.into_iter().map(|(_, c)| c).collect();
+            contracts.dedup();
+            return DispatchError::ContractCapReached {
+                model,
+                contracts,
+                retry_after,
+            };
+        }
+        if (self.over_capacity > 0 || !self.over_cap.is_empty()) && self.circuit_open == 0 {
             DispatchError::CapacityExhausted { model, retry_after }
         } else {
             DispatchError::NoHealthyDeployment { model, retry_after }
@@ -898,6 +1038,11 @@ fn route_header(why: &str, failures: &[String], skipped: &Skipped) -> String {
     }
     if skipped.circuit_open > 0 {
         out.push_str(&format!("; {} circuit open", skipped.circuit_open));
+    }
+    for (deployment, contract) in &skipped.over_cap {
+        out.push_str(&format!(
+            "; {deployment} skipped: contract {contract} cap reached"
+        ));
     }
     out
 }
@@ -1232,6 +1377,13 @@ pub enum DispatchError {
         model: String,
         retry_after: Duration,
     },
+    /// Every deployment left was skipped because its contract's cap had no room for
+    /// the request (`retry_after`: until the soonest period ends).
+    ContractCapReached {
+        model: String,
+        contracts: Vec<String>,
+        retry_after: Duration,
+    },
     /// Every deployment was skipped as unhealthy (circuit open).
     NoHealthyDeployment {
         model: String,
@@ -1359,6 +1511,7 @@ price = {{ input = 1.0, output = 5.0 }}
                 ),
                 caller: &caller,
                 affinity: None,
+                ttft_slo: None,
             };
             let mut tracker =
                 RequestTracker::new(LedgerSink::disabled(), "test".into(), "chat.completions");
@@ -1392,6 +1545,7 @@ price = {{ input = 1.0, output = 5.0 }}
                 needs: Needs::default(),
                 caller: &caller,
                 affinity: None,
+                ttft_slo: None,
             };
             let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
                 "model": model.name, "stream": true,
@@ -1443,6 +1597,7 @@ price = {{ input = 1.0, output = 5.0 }}
                 needs: Needs::default(),
                 caller: &caller,
                 affinity: None,
+                ttft_slo: None,
             };
             let gate = self
                 .dispatcher
@@ -1721,6 +1876,7 @@ deployments = ["primary", "backup"]
             needs: Needs::default(),
             caller: &caller,
             affinity: None,
+            ttft_slo: None,
         };
         let d = rig.deployment("limited");
         let mut gate = rig
@@ -1734,6 +1890,69 @@ deployments = ["primary", "backup"]
         // The request reached the provider, which counted it: so does the quota.
         drop(gate);
         settle_spawned().await;
+        assert!(rig
+            .dispatcher
+            .admit(&d, &job, &mut Skipped::default())
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_contract_hold_is_given_back_unless_its_call_was_sent() {
+        // A bound of 1,000 prompt and 1,000 output tokens at 0.15/0.60 is 750,000
+        // nano-USD: one fits under the 1,000,000 cap, two do not.
+        let rig = rig("[models.solo]\ndeployments = [\"primary\"]\n\n\
+             [contracts.c]\ndeployments = [\"primary\"]\ncap_usd = \"0.001\"\n")
+        .await;
+        let model = rig.model("solo");
+        let caller = Constraints::default();
+        let job = Job {
+            model: &model,
+            endpoint: Endpoint::ChatCompletions,
+            stream: false,
+            needs: Needs {
+                prompt_tokens: 1_000,
+                expected_output: 1_000,
+                ..Needs::default()
+            },
+            caller: &caller,
+            affinity: None,
+            ttft_slo: None,
+        };
+        let d = rig.deployment("primary");
+        let contract = d.contract.clone().expect("covered");
+        let burn = || rig.dispatcher.contracts.burn(&contract, now_ms());
+        let gate = rig
+            .dispatcher
+            .admit(&d, &job, &mut Skipped::default())
+            .await
+            .expect("room under the cap");
+        assert_eq!(burn().reserved_nano_usd, 750_000);
+        let mut skipped = Skipped::default();
+        assert!(rig.dispatcher.admit(&d, &job, &mut skipped).await.is_none());
+        assert_eq!(
+            skipped.over_cap,
+            vec![("primary".to_owned(), "c".to_owned())]
+        );
+        assert!(matches!(
+            skipped.into_error("solo"),
+            DispatchError::ContractCapReached { contracts, .. } if contracts == ["c"]
+        ));
+        // Dropped before its call (a request cancelled, a body that would not render).
+        drop(gate);
+        assert_eq!((burn().spent_nano_usd, burn().reserved_nano_usd), (0, 0));
+        let mut gate = rig
+            .dispatcher
+            .admit(&d, &job, &mut Skipped::default())
+            .await
+            .expect("room again");
+        gate.capacity.as_mut().expect("holds the contract").called = true;
+        // Dropped after its call was sent: its cost is unknown, the bound stands.
+        drop(gate);
+        assert_eq!(
+            (burn().spent_nano_usd, burn().reserved_nano_usd),
+            (750_000, 0)
+        );
         assert!(rig
             .dispatcher
             .admit(&d, &job, &mut Skipped::default())

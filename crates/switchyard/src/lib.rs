@@ -19,7 +19,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod cache;
 pub mod config;
+pub mod contracts;
 pub mod dashboard;
 pub mod demo;
 pub mod dispatch;
@@ -36,6 +38,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod types;
+pub mod whatif;
 
 pub use config::{Config, ConfigError};
 pub use server::{shutdown_signal, Gateway, ShutdownReport, StartError};

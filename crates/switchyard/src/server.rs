@@ -40,6 +40,19 @@ pub enum StartError {
     Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
+/// The in-process response cache's size: the largest `max_bytes` of the models that
+/// cache, or the default when none sets one (a policy may opt in without a model's
+/// setting). Fixed at start: a reload that raises a model's `max_bytes` keeps the
+/// running size. (In Redis, `max_bytes` bounds each entry and Redis the total.)
+fn cache_bytes(config: &Config) -> u64 {
+    config
+        .models
+        .values()
+        .filter_map(|m| m.cache.map(|c| c.max_bytes))
+        .max()
+        .unwrap_or(crate::config::DEFAULT_CACHE_MAX_BYTES)
+}
+
 /// What shutdown found.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShutdownReport {
@@ -140,7 +153,22 @@ impl Gateway {
                 .map(|d| Arc::from(d.name.as_str()))
                 .collect();
             dispatcher.health.share(names, redis.clone());
+            dispatcher
+                .contracts
+                .share(redis.clone(), storage.ledger.clone());
         }
+        crate::contracts::seed_from_ledger(
+            &dispatcher.contracts,
+            storage.ledger.as_ref(),
+            &config.contract_list(),
+        )
+        .await;
+        // The response cache: in Redis when replicas share state, else in process.
+        let cache = match &shared {
+            Some(redis) => crate::cache::ResponseCache::shared(redis.clone()),
+            None => crate::cache::ResponseCache::new(cache_bytes(&config)),
+        };
+        tracing::debug!(backend = cache.kind(), "response cache");
         let governance =
             crate::governance::Governance::open_on(&config, &storage, limiter, shared).await?;
         // Built once: every generation a reload makes runs on these same services.
@@ -148,6 +176,7 @@ impl Gateway {
             governance,
             ledger: sink,
             telemetry: telemetry.clone(),
+            cache: Arc::new(cache),
         };
         let mut state = AppState::new(Arc::new(config), dispatcher, services);
         if let Some(path) = source {

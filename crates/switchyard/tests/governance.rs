@@ -1261,3 +1261,72 @@ key = "sy-twin-key-0123456789"
     assert!(err.contains("keys[1].name"), "{err}");
     assert!(err.contains("`twin`") && err.contains(&row.id), "{err}");
 }
+
+#[tokio::test]
+async fn a_per_model_rate_limit_counts_only_that_model_and_names_it() {
+    let gw = Gw::start().await;
+    gw.create_team(json!({"name": "models", "policy": {"model_limits": {"chat": {"rpm": 5}}}}))
+        .await;
+    let (key, _) = gw
+        .create_key(json!({"name": "per-model", "team": "models", "policy": {"rpm": 10, "model_limits": {"mini": {"rpm": 2}}}}))
+        .await;
+    for left in ["1", "0"] {
+        let res = gw.chat_as(&key, hello("mini")).await;
+        assert_eq!(res.status(), 200);
+        // The tightest request window is the key's own for `mini`.
+        assert_eq!(res.headers()["x-ratelimit-limit-requests"], "2");
+        assert_eq!(res.headers()["x-ratelimit-remaining-requests"], left);
+    }
+    let refused = gw.chat_as(&key, hello("mini")).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("per-model model mini rpm"), "{message}");
+    // Another model counts only in the key's own window (10, of which 2 are used) and
+    // the team's window for it.
+    let res = gw.chat_as(&key, hello("chat")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-ratelimit-limit-requests"], "5");
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "4");
+}
+
+#[tokio::test]
+async fn a_long_request_goes_upstream_as_sent_unless_the_guardrail_changes_it() {
+    let gw = Gw::start().await;
+    let (redact, _) = gw
+        .create_key(json!({"name": "long-redactor", "policy": {"pii": "redact"}}))
+        .await;
+    let filler = "lorem ipsum ".repeat(400); // ~4.8 KB: the client's bytes are kept
+    let text = format!("{filler} mail jane@example.com");
+    // `name: null` is what tells the two forms apart upstream: the client's bytes
+    // carry it, a re-encoding leaves it out.
+    let body = json!({"model": "mini", "messages": [
+        {"role": "system", "content": "be brief", "name": null},
+        {"role": "user", "content": text}
+    ]});
+    assert_eq!(gw.chat_as(STATIC_KEY, body.clone()).await.status(), 200);
+    assert_eq!(gw.chat_as(&redact, body).await.status(), 200);
+    let seen = gw.sim.sim.requests("");
+    assert_eq!(seen.len(), 2);
+    // As sent: the same messages, `null` included, and the upstream model swapped in.
+    assert_eq!(seen[0].body["messages"][0]["name"], Value::Null);
+    assert!(
+        seen[0].body["messages"][0]
+            .as_object()
+            .is_some_and(|m| m.contains_key("name")),
+        "{}",
+        seen[0].body["messages"][0]
+    );
+    assert_eq!(seen[0].body["messages"][1]["content"], text.as_str());
+    assert_eq!(seen[0].body["model"], "gpt-4o-mini");
+    // Redacted: the guardrail's change is what goes upstream, never the raw bytes.
+    let sent = seen[1].body["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        sent.ends_with("mail [EMAIL_1]"),
+        "{}",
+        &sent[sent.len().saturating_sub(40)..]
+    );
+    assert!(!seen[1].body.to_string().contains("jane@example.com"));
+}

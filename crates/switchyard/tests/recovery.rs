@@ -295,6 +295,14 @@ async fn a_stream_cut_after_content_is_continued_on_the_next_deployment() {
         raw.ends_with(": switchyard recovered from primary-mini\n\ndata: [DONE]\n\n"),
         "{raw}"
     );
+    // Counted once, against the deployment that broke.
+    let metrics = h.scrape(ADMIN).await;
+    assert!(
+        metrics.contains(
+            "switchyard_stream_recoveries_total{model=\"recovering\",deployment=\"primary-mini\"} 1\n"
+        ),
+        "{metrics}"
+    );
     // Both attempts are billed and recorded; the client's usage is their sum.
     let db = h.finish().await;
     let attempts: Vec<AttemptRow> = sqlx::query_as(

@@ -501,3 +501,129 @@ async fn a_gateway_started_without_a_file_has_nothing_to_reload() {
     assert_eq!(body["error"]["code"], "no_config_file");
     gateway.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_reload_puts_changed_channel_profiles_in_force_and_says_so() {
+    let rig = Rig::start((0.15, 0.60), "").await;
+    let send = |channel: &'static str| {
+        rig.client
+            .post(format!("{}/v1/chat/completions", rig.base))
+            .bearer_auth(KEY)
+            .header("x-switchyard-channel", channel)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // No such channel yet.
+    assert_eq!(send("voice").await.expect("send").status(), 400);
+    let with_voice = |prompt: &str| format!("\n[channels.voice]\nsystem_prompt = \"{prompt}\"\n");
+    // The key may choose it once the policy allows it: the key is in the main config.
+    let allow = |extra: &str| {
+        config(&rig.sim.base_url(), &rig.ledger, (0.15, 0.60), extra).replace(
+            &format!("key = \"{KEY}\""),
+            &format!("key = \"{KEY}\"\npolicy = {{ channels = [\"voice\"] }}"),
+        )
+    };
+    std::fs::write(&rig.file, allow(&with_voice("First prompt."))).expect("write");
+    let (status, report) = rig.admin_reload().await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["settings"]
+            .as_array()
+            .expect("list")
+            .contains(&json!("channels.voice")),
+        "{report}"
+    );
+    assert_eq!(send("voice").await.expect("send").status(), 200);
+    let sent = rig
+        .sim
+        .sim
+        .requests("")
+        .last()
+        .map(|r| r.body.clone())
+        .expect("sent");
+    assert_eq!(sent["messages"][0]["content"], "First prompt.");
+
+    // A changed prompt is in force for the next request, and named in the report.
+    std::fs::write(&rig.file, allow(&with_voice("Second prompt."))).expect("write");
+    let (status, report) = rig.admin_reload().await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["unchanged"], json!(false), "{report}");
+    assert_eq!(send("voice").await.expect("send").status(), 200);
+    let sent = rig
+        .sim
+        .sim
+        .requests("")
+        .last()
+        .map(|r| r.body.clone())
+        .expect("sent");
+    assert_eq!(sent["messages"][0]["content"], "Second prompt.");
+
+    // A virtual key whose policy names the channel: a file without it is refused,
+    // naming the key, and the running configuration keeps serving the channel.
+    let created: Value = rig
+        .client
+        .post(format!("{}/admin/keys", rig.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "voice-agent", "policy": {"channel": "voice"}}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    rig.rewrite((0.15, 0.60), "");
+    let (status, body) = rig.admin_reload().await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "channels", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&format!("key voice-agent ({id})")) && message.contains("`voice`"),
+        "{message}"
+    );
+    assert_eq!(send("voice").await.expect("send").status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_response_cache_and_applies_the_new_settings() {
+    const CACHED: &str =
+        "\n[models.cached]\ndeployments = [\"oa-mini\"]\ncache = { ttl_s = 3600 }\n";
+    let rig = Rig::start((0.15, 0.60), CACHED).await;
+    let ask = |rig: &Rig| {
+        rig.client
+            .post(format!("{}/v1/chat/completions", rig.base))
+            .bearer_auth(KEY)
+            .json(&json!({"model": "cached", "temperature": 0,
+                "messages": [{"role": "user", "content": "Say something."}]}))
+            .send()
+    };
+    let cache_of = |res: &reqwest::Response| {
+        res.headers()
+            .get("x-switchyard-cache")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let first = ask(&rig).await.expect("send");
+    assert_eq!(cache_of(&first).as_deref(), Some("miss"));
+    let first = first.bytes().await.expect("body");
+
+    rig.rewrite((0.30, 1.20), CACHED);
+    assert_eq!(rig.admin_reload().await.0, 200);
+    let again = ask(&rig).await.expect("send");
+    assert_eq!(
+        cache_of(&again).as_deref(),
+        Some("hit"),
+        "kept across the reload"
+    );
+    assert_eq!(again.bytes().await.expect("body"), first);
+
+    // The model no longer opts in: its requests are not cached any more.
+    rig.rewrite(
+        (0.30, 1.20),
+        "\n[models.cached]\ndeployments = [\"oa-mini\"]\n",
+    );
+    assert_eq!(rig.admin_reload().await.0, 200);
+    let after = ask(&rig).await.expect("send");
+    assert_eq!(after.status(), 200);
+    assert_eq!(cache_of(&after), None);
+}

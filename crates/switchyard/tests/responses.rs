@@ -1901,3 +1901,257 @@ async fn a_provider_without_the_responses_api_gets_chat_completions() {
     let e = switchyard::Config::parse(bad, |_| None).expect_err("refused");
     assert!(e.to_string().contains("providers.p.responses_api"), "{e}");
 }
+
+/// `GET /v1/responses/{id}/input_items` as `key`, with `query`: status and body.
+async fn input_items(h: &Harness, key: &str, id: &str, query: &str) -> (u16, Value) {
+    let res = h
+        .client
+        .get(format!("{}/v1/responses/{id}/input_items{query}", h.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, v)
+}
+
+fn item_ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data: {list}"))
+        .iter()
+        .map(|i| i["id"].as_str().expect("every item has an id").to_owned())
+        .collect()
+}
+
+/// Follows `after` from `query` until `has_more` is false; the pages' ids.
+async fn walk(h: &Harness, id: &str, query: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = match &after {
+            Some(a) => format!("?{query}&after={a}"),
+            None => format!("?{query}"),
+        };
+        let (status, list) = input_items(h, KEY, id, &q).await;
+        assert_eq!(status, 200, "{list}");
+        let ids = item_ids(&list);
+        assert_eq!(list["first_id"], json!(ids.first()), "{list}");
+        assert_eq!(list["last_id"], json!(ids.last()), "{list}");
+        pages.push(ids);
+        if list["has_more"] != true {
+            return pages;
+        }
+        after = list["last_id"].as_str().map(str::to_owned);
+        assert!(pages.len() < 10, "no end: {pages:?}");
+    }
+}
+
+#[tokio::test]
+async fn input_items_are_listed_paged_both_ways_for_their_owner_only() {
+    let h = start().await;
+    let first = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": [
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": "one"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "two"}]},
+        ]}),
+    )
+    .await;
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    let second = create(
+        &h,
+        json!({"model": "gpt-4o-mini", "previous_response_id": first_id, "input": "three"}),
+    )
+    .await;
+    let id = second["id"].as_str().expect("id").to_owned();
+
+    // The default: everything the response was generated from, newest first, 20 a page.
+    let (status, all) = input_items(&h, KEY, &id, "").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["object"], "list");
+    assert_eq!(all["has_more"], false);
+    let data = all["data"].as_array().expect("data").clone();
+    assert_eq!(data.len(), 5, "{all}");
+    assert_eq!(
+        data[0]["content"],
+        json!([{"type": "input_text", "text": "three"}])
+    );
+    assert_eq!(data[0]["type"], "message");
+    assert_eq!(data[0]["role"], "user");
+    // The first turn's output is part of the context, with its own id.
+    assert_eq!(data[1]["id"], first["output"][0]["id"], "{all}");
+    assert_eq!(
+        data[3]["content"],
+        json!([{"type": "input_text", "text": "one"}])
+    );
+    assert_eq!(data[4]["role"], "developer");
+    let desc = item_ids(&all);
+    let unique: std::collections::HashSet<_> = desc.iter().collect();
+    assert_eq!(unique.len(), 5, "{desc:?}");
+    assert_eq!(all["first_id"], json!(desc[0]));
+    assert_eq!(all["last_id"], json!(desc[4]));
+    // Ids are the same on every call, which is what makes cursors work.
+    assert_eq!(input_items(&h, KEY, &id, "").await.1, all);
+    let mut asc = desc.clone();
+    asc.reverse();
+
+    // Pages of two, following `after`, in both orders.
+    let pages = walk(&h, &id, "limit=2").await;
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert_eq!(pages.concat(), desc);
+    let pages = walk(&h, &id, "limit=2&order=asc").await;
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert_eq!(pages.concat(), asc);
+    let pages = walk(&h, &id, "limit=5&order=asc").await;
+    assert_eq!(pages, vec![asc.clone()]);
+
+    // `before` pages back: the items nearest before the cursor, in the asked order.
+    let (_, back) = input_items(
+        &h,
+        KEY,
+        &id,
+        &format!("?order=asc&limit=2&before={}", asc[4]),
+    )
+    .await;
+    assert_eq!(item_ids(&back), asc[2..4].to_vec());
+    assert_eq!(back["has_more"], true);
+    let (_, back) = input_items(
+        &h,
+        KEY,
+        &id,
+        &format!("?order=asc&limit=2&before={}", asc[2]),
+    )
+    .await;
+    assert_eq!(item_ids(&back), asc[0..2].to_vec());
+    assert_eq!(back["has_more"], false);
+    let (_, back) = input_items(&h, KEY, &id, &format!("?limit=1&before={}", desc[3])).await;
+    assert_eq!(item_ids(&back), desc[2..3].to_vec());
+    assert_eq!(back["has_more"], true);
+    let (_, between) = input_items(
+        &h,
+        KEY,
+        &id,
+        &format!("?order=asc&after={}&before={}", asc[0], asc[3]),
+    )
+    .await;
+    assert_eq!(item_ids(&between), asc[1..3].to_vec());
+    assert_eq!(between["has_more"], false);
+
+    // The first response lists its own three items.
+    let (status, own) = input_items(&h, KEY, &first_id, "?order=asc").await;
+    assert_eq!(status, 200);
+    assert_eq!(own["data"].as_array().map(Vec::len), Some(3), "{own}");
+    assert_eq!(
+        own["data"][0]["content"],
+        json!([{"type": "input_text", "text": "Be terse."}])
+    );
+
+    // Bad parameters are 400s naming them.
+    for (query, param) in [
+        ("?limit=0", "limit"),
+        ("?limit=101", "limit"),
+        ("?limit=many", "limit"),
+        ("?order=sideways", "order"),
+        ("?after=msg_nope", "after"),
+        ("?before=msg_nope", "before"),
+    ] {
+        let (status, e) = input_items(&h, KEY, &id, query).await;
+        assert_eq!(status, 400, "{query}: {e}");
+        check_schema("ErrorResponse", &e);
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{query}: {e}");
+        assert_eq!(e["error"]["param"], param, "{query}: {e}");
+    }
+    let (status, _) = input_items(&h, KEY, &id, "?limit=100").await;
+    assert_eq!(status, 200);
+
+    // Another key, an unknown id and a deleted response: the same 404.
+    let (status, theirs) = input_items(&h, OTHER_KEY, &id, "").await;
+    assert_eq!(status, 404, "{theirs}");
+    check_schema("ErrorResponse", &theirs);
+    let (status, unknown) = input_items(&h, KEY, "resp_unknown", "").await;
+    assert_eq!(status, 404, "{unknown}");
+    assert_eq!(theirs["error"]["code"], unknown["error"]["code"]);
+    assert_eq!(
+        theirs["error"]["message"],
+        json!(format!("No response with id '{id}' was found."))
+    );
+    let res = h
+        .client
+        .get(format!("{}/v1/responses/{id}/input_items", h.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    let res = h
+        .client
+        .delete(format!("{}/v1/responses/{id}", h.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+    assert_eq!(input_items(&h, KEY, &id, "").await.0, 404);
+}
+
+/// `(created_at_ms, expires_at_ms)` of stored response `id`.
+async fn stored_times(db: &sqlx::SqlitePool, id: &str) -> (i64, i64) {
+    sqlx::query_as("SELECT created_at_ms, expires_at_ms FROM responses WHERE id = ?")
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .expect("row")
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[tokio::test]
+async fn stored_responses_live_ledger_responses_ttl_days() {
+    // The default: 30 days.
+    let h = start().await;
+    let made = create(&h, json!({"model": "gpt-4o-mini", "input": "hi"})).await;
+    let id = made["id"].as_str().expect("id").to_owned();
+    let url = format!("sqlite://{}", h.ledger.display());
+    let db = sqlx::SqlitePool::connect(&url).await.expect("open ledger");
+    let (created, expires) = stored_times(&db, &id).await;
+    assert_eq!(expires - created, 30 * DAY_MS);
+    drop(h);
+
+    let h = Harness::start_edited(extra_config, 0, |text| {
+        text.replacen("[ledger]\n", "[ledger]\nresponses_ttl_days = 2\n", 1)
+    })
+    .await;
+    let made = create(&h, json!({"model": "gpt-4o-mini", "input": "hi"})).await;
+    let id = made["id"].as_str().expect("id").to_owned();
+    let url = format!("sqlite://{}", h.ledger.display());
+    let db = sqlx::SqlitePool::connect(&url).await.expect("open ledger");
+    let (created, expires) = stored_times(&db, &id).await;
+    assert_eq!(expires - created, 2 * DAY_MS);
+    assert_eq!(input_items(&h, KEY, &id, "").await.0, 200);
+    // Once past its time the row is as good as gone, for every route.
+    sqlx::query("UPDATE responses SET expires_at_ms = ? WHERE id = ?")
+        .bind(created - 1)
+        .bind(&id)
+        .execute(&db)
+        .await
+        .expect("update");
+    let (status, e) = input_items(&h, KEY, &id, "").await;
+    assert_eq!(status, 404, "{e}");
+    let res = h
+        .client
+        .get(format!("{}/v1/responses/{id}", h.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 404);
+    let (status, _, e) = send(
+        &h,
+        json!({"model": "gpt-4o-mini", "input": "again", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 404, "{e}");
+}

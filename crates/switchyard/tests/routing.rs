@@ -541,3 +541,70 @@ async fn a_stream_whose_first_event_is_an_error_fails_over_invisibly() {
         "the failed attempt is recorded with its failure class"
     );
 }
+
+/// What a what-if replay needs of each request is in the ledger: the capabilities
+/// routing required, the output bound, the caller's data policy; never content.
+#[tokio::test]
+async fn the_ledger_keeps_what_routing_was_given() {
+    const EU_KEY: &str = "sy-eu-replay-key-0123456";
+    let extra = format!(
+        "{CATALOG}\n[[keys]]\nname = \"eu\"\nkey = \"{EU_KEY}\"\npolicy = {{ allowed_regions = [\"eu-west\", \"eu-north\"], required_tags = [\"zero-retention\"] }}\n"
+    );
+    let mut h = Harness::start_with(&extra).await;
+    let tools = json!([{"type": "function", "function": {"name": "timetable",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "answer",
+        "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}});
+    let res = h
+        .client
+        .post(format!("{}/v1/chat/completions", h.base))
+        .bearer_auth(EU_KEY)
+        .json(
+            &json!({"model": "split", "messages": user("hello"), "tools": tools,
+                      "response_format": schema, "max_tokens": 77}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+    let _ = res.bytes().await;
+    let res = h
+        .chat(json!({"model": "split", "messages": user("hello")}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let _ = res.bytes().await;
+    // Refused before routing: nothing to replay.
+    let res = h
+        .chat(json!({"model": "no-such-model", "messages": user("hello")}))
+        .await;
+    assert_eq!(res.status(), 404);
+    let db = h.finish().await;
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT needs, max_tokens, allowed_regions, required_tags, status \
+         FROM requests ORDER BY started_at_ms, rowid",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            (
+                Some("tools,json_schema".to_owned()),
+                Some(77),
+                Some(r#"["eu-west","eu-north"]"#.to_owned()),
+                Some(r#"["zero-retention"]"#.to_owned()),
+                200
+            ),
+            (Some(String::new()), None, None, Some("[]".to_owned()), 200),
+            (None, None, None, None, 404),
+        ]
+    );
+}

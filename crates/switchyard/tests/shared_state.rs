@@ -683,6 +683,29 @@ async fn a_key_rpm_is_exact_across_two_gateways() {
 }
 
 #[tokio::test]
+async fn rate_limit_headers_count_every_replicas_requests() {
+    let prefix = random_prefix();
+    let _ = connect(&prefix).await; // fails clearly without Redis
+    let url = redis_url();
+    let a = Harness::start_with(&state_section(&url, &prefix, "closed")).await;
+    let b = Harness::start_with(&state_section(&url, &prefix, "closed")).await;
+    // rpm = 3, one window in Redis: each answer says what is left after it, whichever
+    // replica took the others.
+    for (h, left) in [(&a, "2"), (&b, "1"), (&a, "0")] {
+        let res = chat_as(h, LIMITED_KEY).await;
+        assert_eq!(res.status(), 200);
+        let headers = res.headers();
+        assert_eq!(headers["x-ratelimit-limit-requests"], "3");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], left);
+        assert_eq!(headers["x-ratelimit-reset-requests"], "1m0s");
+    }
+    let refused = chat_as(&b, LIMITED_KEY).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
 async fn local_mode_serves_with_in_process_state_when_redis_is_unreachable() {
     let prefix = random_prefix();
     let url = format!("redis://127.0.0.1:{}/", dead_port());
@@ -824,4 +847,275 @@ async fn limiter_round_trip_cost() {
         "limiter reserve+settle (2 windows): in-process {in_process:?}, Redis {shared:?} per request"
     );
     cleanup(&prefix).await;
+}
+
+// ---- contract caps shared by replicas ----
+
+const CAPPED_MODEL: &str = "\n[contracts.primary-cap]\ndeployments = [\"oa-mini\"]\ncap_usd = \"0.0002\"\n\n[models.capped]\ndeployments = [\"oa-mini\", \"backup-mini\"]\n";
+
+/// `(spent, reserved, list, tokens)` of a contract's shared counter for the period
+/// starting at `start`.
+async fn contract_counter(prefix: &str, name: &str, start: i64) -> Vec<Option<i64>> {
+    let client = redis::Client::open(redis_url()).expect("url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("HMGET")
+        .arg(format!("{prefix}contract:{name}:{start}"))
+        .arg("spent")
+        .arg("reserved")
+        .arg("list")
+        .arg("tokens")
+        .query_async(&mut con)
+        .await
+        .expect("HMGET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contract_cap_holds_across_two_gateways_sharing_redis() {
+    // $0.0002 = 200,000 nano-USD: room for about 15 small answers on the primary, in
+    // all, whichever gateway serves them.
+    const CAP: i64 = 200_000;
+    let prefix = random_prefix();
+    let _ = connect(&prefix).await; // fails clearly without Redis
+    let url = redis_url();
+    let extra = format!(
+        "{}{CAPPED_MODEL}{}",
+        state_section(&url, &prefix, "closed"),
+        common::PATIENT_BREAKER
+    );
+    let a = Arc::new(Harness::start_with(&extra).await);
+    let b = Arc::new(Harness::start_with(&extra).await);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let res = h
+                .chat(json!({"model": "capped", "messages": user(&format!("question {i}")), "max_tokens": 20}))
+                .await;
+            let status = res.status().as_u16();
+            let route = res
+                .headers()
+                .get("x-switchyard-route")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (status, route)
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200),
+        "every request is answered, on the backup when the cap has no room"
+    );
+    let skipped = answers
+        .iter()
+        .filter(|(_, r)| r.contains("oa-mini skipped: contract primary-cap cap reached"))
+        .count();
+    let (Ok(mut a), Ok(mut b)) = (Arc::try_unwrap(a), Arc::try_unwrap(b)) else {
+        panic!("the harnesses are still shared");
+    };
+    let mut on_primary: Vec<(i64, i64, i64)> = Vec::new();
+    for pool in [a.finish().await, b.finish().await] {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT cost_nano_usd, list_cost_nano_usd, prompt_tokens + completion_tokens \
+             FROM attempts WHERE deployment = 'oa-mini'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("attempts");
+        on_primary.extend(rows);
+    }
+    let spent: i64 = on_primary.iter().map(|r| r.0).sum();
+    let dearest = on_primary.iter().map(|r| r.0).max().unwrap_or(0);
+    println!(
+        "two gateways, cap {CAP} nano-USD: {spent} spent on the primary by {} requests; {skipped} said why they skipped it",
+        on_primary.len()
+    );
+    assert!(spent <= CAP, "{spent} nano-USD spent under a cap of {CAP}");
+    assert!(skipped > 0, "some requests say why the primary was skipped");
+    assert!(
+        CAP - spent < 3 * dearest,
+        "the cap was used, not just respected: {spent} of {CAP}; one answer costs up to {dearest}"
+    );
+    // The shared counter agrees with the two ledgers to the nano-dollar, and holds
+    // nothing once every call has settled.
+    let (start, _) = switchyard::config::ContractPeriod::Month
+        .bounds(switchyard::types::time::now_ms())
+        .expect("a month always runs");
+    let want = vec![
+        Some(spent),
+        Some(0),
+        Some(on_primary.iter().map(|r| r.1).sum()),
+        Some(on_primary.iter().map(|r| r.2).sum()),
+    ];
+    let settled = eventually(Duration::from_secs(10), async || {
+        contract_counter(&prefix, "primary-cap", start).await == want
+    })
+    .await;
+    assert!(
+        settled,
+        "counter {:?}, ledgers {want:?}",
+        contract_counter(&prefix, "primary-cap", start).await
+    );
+    cleanup(&prefix).await;
+}
+
+/// A config with one deployment at $1 per million input tokens (1,000 nano-USD a
+/// token) under a contract capped at $0.000001 (one token's worth), over a long term.
+fn one_token_cap_config() -> switchyard::Config {
+    let text = r#"
+[ledger]
+enabled = false
+
+[providers.oa]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-upstream-secret"
+
+[deployments.oa-mini]
+provider = "oa"
+model = "gpt-4o-mini"
+price = { input = 1, output = 1 }
+
+[models.gpt-4o-mini]
+deployments = ["oa-mini"]
+
+[contracts.one-token]
+deployments = ["oa-mini"]
+start = "2020-01-01"
+end = "2099-12-31"
+cap_usd = "0.000001"
+"#;
+    switchyard::Config::parse(text, |_| None).expect("valid config")
+}
+
+fn one_token() -> switchyard::types::Usage {
+    switchyard::types::Usage {
+        prompt_tokens: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_shared_contract_hold_lapses_when_its_replica_never_settles_it() {
+    use switchyard::contracts::{ContractBook, Refused};
+    let prefix = random_prefix();
+    let config = one_token_cap_config();
+    let d = config.deployments[0].clone();
+    let contract = d.contract.clone().expect("covered");
+    let (start, _) = contract
+        .period
+        .bounds(switchyard::types::time::now_ms())
+        .expect("in term");
+    // Two replicas' books on one Redis.
+    let a = ContractBook::new();
+    a.share(connect(&prefix).await, None);
+    let b = ContractBook::new();
+    b.share(connect(&prefix).await, None);
+    let lease = Duration::from_secs(5);
+    let now = switchyard::types::time::now_ms();
+
+    // Replica A holds the whole cap, then dies without settling.
+    let held = a
+        .hold_for_call(&d, &one_token(), lease, now)
+        .await
+        .expect("room");
+    std::mem::forget(held);
+    let full = b.hold_for_call(&d, &one_token(), lease, now).await;
+    assert!(
+        matches!(&full, Err(Refused::Cap(c)) if c.reserved_nano_usd == 1_000 && c.spent_nano_usd == 0),
+        "{full:?}"
+    );
+    // Once the lease (the call's longest run plus the margin) has passed, the dead
+    // replica's hold is given back: B reserves, settles, and the spend is counted.
+    let later = now
+        + i64::try_from((lease + switchyard::contracts::shared::LEASE_MARGIN).as_millis())
+            .expect("ms")
+        + 1;
+    let hold = b
+        .hold_for_call(&d, &one_token(), lease, later)
+        .await
+        .expect("the lapsed hold was given back")
+        .expect("covered");
+    hold.settle(&one_token());
+    let counted = eventually(Duration::from_secs(10), async || {
+        contract_counter(&prefix, "one-token", start).await
+            == vec![Some(1_000), Some(0), Some(1_000), Some(1)]
+    })
+    .await;
+    assert!(
+        counted,
+        "{:?}",
+        contract_counter(&prefix, "one-token", start).await
+    );
+    // The cap is now spent: neither replica gets room.
+    for book in [&a, &b] {
+        let r = book.hold_for_call(&d, &one_token(), lease, later).await;
+        assert!(matches!(r, Err(Refused::Cap(_))), "{r:?}");
+    }
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_shared_contract_hold_dropped_unsettled_gives_its_room_back_at_once() {
+    use switchyard::contracts::ContractBook;
+    let prefix = random_prefix();
+    let config = one_token_cap_config();
+    let d = config.deployments[0].clone();
+    let book = ContractBook::new();
+    book.share(connect(&prefix).await, None);
+    let lease = Duration::from_secs(600);
+    let now = switchyard::types::time::now_ms();
+    // A request cancelled before its call drops its hold: the room comes back without
+    // waiting for the ten-minute lease.
+    let held = book
+        .hold_for_call(&d, &one_token(), lease, now)
+        .await
+        .expect("room");
+    drop(held);
+    let back = eventually(Duration::from_secs(10), async || {
+        book.hold_for_call(&d, &one_token(), lease, now)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(back, "the dropped hold's room never came back");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_shared_contract_cap_without_redis_follows_on_unavailable() {
+    use switchyard::contracts::{ContractBook, Refused};
+    let prefix = random_prefix();
+    let config = one_token_cap_config();
+    let d = config.deployments[0].clone();
+    let url = format!("redis://127.0.0.1:{}/", dead_port());
+    let now = switchyard::types::time::now_ms();
+    let lease = Duration::from_secs(5);
+    // closed: room cannot be known, so the deployment is not used.
+    let closed = Redis::connect(&state_config(&url, &prefix, OnUnavailable::Closed))
+        .await
+        .expect("handle");
+    let book = ContractBook::new();
+    book.share(closed, None);
+    let r = book.hold_for_call(&d, &one_token(), lease, now).await;
+    assert!(
+        matches!(&r, Err(Refused::StateUnavailable { contract }) if contract == "one-token"),
+        "{r:?}"
+    );
+    // local: this replica counts on its own, and the cap still holds here.
+    let local = Redis::connect(&state_config(&url, &prefix, OnUnavailable::Local))
+        .await
+        .expect("handle");
+    let book = ContractBook::new();
+    book.share(local, None);
+    let first = book.hold_for_call(&d, &one_token(), lease, now).await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    let second = book.hold_for_call(&d, &one_token(), lease, now).await;
+    assert!(matches!(second, Err(Refused::Cap(_))), "{second:?}");
 }

@@ -296,6 +296,28 @@ async fn counts(db: &Database) -> (i64, i64, i64) {
     }
 }
 
+/// Request ids of the rows answered from the response cache.
+async fn cache_hits(db: &Database) -> Vec<String> {
+    let sql = "SELECT request_id FROM requests WHERE cache_hit = 1 ORDER BY request_id";
+    match db {
+        Database::Sqlite(path) => {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("sqlite");
+            let r = sqlx::query_scalar(sql)
+                .fetch_all(&pool)
+                .await
+                .expect("hits");
+            pool.close().await;
+            r
+        }
+        Database::Postgres(pg) => sqlx::query_scalar(sql)
+            .fetch_all(pg.pool())
+            .await
+            .expect("hits"),
+    }
+}
+
 async fn write(db: &Database, records: Vec<RequestRecord>) -> u64 {
     let ledger = Ledger::open(LedgerOptions::on(db.clone()))
         .await
@@ -321,6 +343,7 @@ async fn ledger_suite(db: &Database) -> Vec<Vec<SpendRow>> {
     ];
     records[4].status = 502;
     records[4].error_code = Some("upstream_5xx".into());
+    records[2].cache_hit = true;
     // A duplicate id is counted and its attempts not attached to the original.
     records.push(record("a", MAR1 + 5_000, Some("bob"), Some("gpt"), 9_999));
     // More rows than one statement takes, so the batch spans several inserts.
@@ -344,6 +367,7 @@ async fn ledger_suite(db: &Database) -> Vec<Vec<SpendRow>> {
     assert_eq!(stats.written, 106, "{engine}: {stats:?}");
     assert_eq!(stats.dropped_duplicate, 1, "{engine}: {stats:?}");
     assert_eq!(counts(db).await, (106, 106, 106), "{engine}");
+    assert_eq!(cache_hits(db).await, ["c"], "{engine}");
 
     let mut reports = Vec::new();
     for by in SpendGroup::ALL {

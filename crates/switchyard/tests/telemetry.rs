@@ -29,20 +29,7 @@ fn admin_section(telemetry: &str) -> String {
 }
 
 async fn scrape(h: &Harness) -> String {
-    let res = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("scrape");
-    assert_eq!(res.status(), 200);
-    assert!(res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/openmetrics-text")));
-    res.text().await.expect("text")
+    h.scrape(ADMIN).await
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
@@ -248,7 +235,7 @@ async fn refusals_and_pii_are_counted_by_class_and_type() {
     assert_eq!(
         sample(
             &text,
-            r#"switchyard_pii_detections_total{type="email",mode="redact"}"#
+            r#"switchyard_pii_detections_total{type="email",mode="redact",direction="input"}"#
         ),
         Some(2.0),
         "{text}"

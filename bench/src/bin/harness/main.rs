@@ -162,6 +162,9 @@ pub enum Kind {
     /// The same features with the ledger in PostgreSQL and the rate limits and budgets
     /// in Redis: what one of several replicas pays for sharing its state.
     SwitchyardShared,
+    /// As Switchyard, with every plain request mirrored to a shadow candidate (the
+    /// same upstream): what shadow evaluation adds to the client's latency.
+    SwitchyardShadow,
     Litellm,
 }
 
@@ -173,6 +176,7 @@ impl Kind {
             Kind::Switchyard => "switchyard",
             Kind::SwitchyardNoLedger => "switchyard-noledger",
             Kind::SwitchyardShared => "switchyard-shared",
+            Kind::SwitchyardShadow => "switchyard-shadow",
             Kind::Litellm => "litellm",
         }
     }
@@ -184,6 +188,7 @@ impl Kind {
             Kind::Switchyard => "Switchyard",
             Kind::SwitchyardNoLedger => "Switchyard, ledger off",
             Kind::SwitchyardShared => "Switchyard, Postgres + Redis",
+            Kind::SwitchyardShadow => "Switchyard, shadow 100%",
             Kind::Litellm => "LiteLLM",
         }
     }
@@ -207,6 +212,9 @@ impl Kind {
             }
             (Kind::SwitchyardNoLedger, false) => {
                 "bearer-key auth, body validation, `[ledger] enabled = false` (this build has no rate limits or budgets)"
+            }
+            (Kind::SwitchyardShadow, _) => {
+                "as Switchyard, with `[models.NAME.shadow]` mirroring every plain request to a second deployment on the same upstream after the client's answer (sample_rate = 1)"
             }
             (Kind::SwitchyardShared, _) => {
                 "as Switchyard, with `[storage] kind = \"postgres\"` (ledger and key store in PostgreSQL) and `[state]` in Redis (rate limits and budget, one script call each)"
@@ -418,10 +426,14 @@ impl Harness {
             )
             .await
             .map(|(p, a)| (p, a, false)),
-            Kind::Switchyard | Kind::SwitchyardNoLedger | Kind::SwitchyardShared => {
+            Kind::Switchyard
+            | Kind::SwitchyardNoLedger
+            | Kind::SwitchyardShared
+            | Kind::SwitchyardShadow => {
                 let backend = match kind {
                     Kind::Switchyard => procs::Backend::Sqlite,
                     Kind::SwitchyardNoLedger => procs::Backend::NoLedger,
+                    Kind::SwitchyardShadow => procs::Backend::SqliteShadow,
                     _ => procs::Backend::shared(&self.args.stamp).await?,
                 };
                 procs::start_switchyard(
@@ -1013,6 +1025,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Kind::Switchyard,
         Kind::SwitchyardNoLedger,
         Kind::SwitchyardShared,
+        Kind::SwitchyardShadow,
         Kind::Litellm,
     ];
     let mut arms = Vec::new();

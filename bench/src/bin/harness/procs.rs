@@ -240,6 +240,8 @@ pub enum Backend {
     Sqlite,
     /// `[ledger] enabled = false`, state in process.
     NoLedger,
+    /// As `Sqlite`, each model with a shadow candidate that takes every plain request.
+    SqliteShadow,
     /// Ledger and key store in a PostgreSQL database made for the run, rate limits and
     /// budgets in Redis under a prefix of the run's own.
     Shared {
@@ -322,6 +324,7 @@ impl Backend {
             Backend::Sqlite => "ledger",
             Backend::NoLedger => "noledger",
             Backend::Shared { .. } => "shared",
+            Backend::SqliteShadow => "shadow",
         }
     }
 }
@@ -372,7 +375,7 @@ pub fn switchyard_config(
          [server]\nlisten = \"{listen}\"\n\n"
     );
     match backend {
-        Backend::Sqlite => s.push_str(&format!(
+        Backend::Sqlite | Backend::SqliteShadow => s.push_str(&format!(
             "[ledger]\npath = \"{}\"\nenabled = true\n\n",
             sqlite.display()
         )),
@@ -401,6 +404,14 @@ pub fn switchyard_config(
              price = {{ input = 0.15, output = 0.60 }}\n\n\
              [models.\"{m}\"]\ndeployments = [\"d{i}\"]\n\n"
         ));
+        if matches!(backend, Backend::SqliteShadow) {
+            s.push_str(&format!(
+                "[deployments.shadow{i}]\nprovider = \"upstream\"\nmodel = \"{m}\"\n\
+                 price = {{ input = 0.15, output = 0.60 }}\n\n\
+                 [models.\"{m}\".shadow]\ndeployment = \"shadow{i}\"\nsample_rate = 1.0\n\
+                 budget_usd = 1000000000\n\n"
+            ));
+        }
     }
     s
 }

@@ -25,6 +25,7 @@ use crate::governance::budget::Scope;
 use crate::governance::session::{AdminAccess, CSRF_HEADER};
 use crate::governance::store::{KeyRow, NewKey, StoreError, TeamRow, Update};
 use crate::governance::Policy;
+use crate::ledger::stats::contracts::ContractState;
 use crate::ledger::{spend_query, SpendGroup, SpendQuery, SpendRow};
 use crate::telemetry::{
     BudgetState, DeploymentState, LimitState, Snapshot, PROMETHEUS_CONTENT_TYPE,
@@ -152,13 +153,21 @@ fn budgets_of(inputs: &[BudgetInput]) -> Result<Vec<Budget>, ApiError> {
         .collect()
 }
 
-fn check_policy(p: &Policy) -> Result<(), ApiError> {
+/// A policy's own checks, and that the channels it names are configured.
+fn check_policy(p: &Policy, config: &crate::config::Config) -> Result<(), ApiError> {
     p.validate().map_err(|(field, m)| {
         ApiError::invalid_request(
             Some(format!("policy.{field}")),
             format!("policy.{field}: {m}"),
         )
-    })
+    })?;
+    match p.unknown_channel(|c| config.channel(c).is_some()) {
+        None => Ok(()),
+        Some((field, name)) => Err(ApiError::invalid_request(
+            Some(format!("policy.{field}")),
+            format!("policy.{field}: `{name}` is not a configured channel ([channels.NAME])"),
+        )),
+    }
 }
 
 /// A budget's state; `id` is the key's id, or the team's name.
@@ -262,7 +271,7 @@ async fn create_team(
     try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let req: CreateTeam = try_api!(body(&bytes));
-    try_api!(check_policy(&req.policy));
+    try_api!(check_policy(&req.policy, &state.current().config));
     let budgets = try_api!(budgets_of(&req.budgets));
     let team = try_api!(store
         .create_team(&req.name, &req.policy, &budgets, "admin-api")
@@ -293,9 +302,9 @@ struct Change {
 }
 
 impl Change {
-    fn into_update(self) -> Result<Update, ApiError> {
+    fn into_update(self, config: &crate::config::Config) -> Result<Update, ApiError> {
         if let Some(p) = &self.policy {
-            check_policy(p)?;
+            check_policy(p, config)?;
         }
         Ok(Update {
             budgets: self.budgets.as_deref().map(budgets_of).transpose()?,
@@ -313,7 +322,7 @@ async fn update_team(
     try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let change: Change = try_api!(body(&bytes));
-    let update = try_api!(change.into_update());
+    let update = try_api!(change.into_update(&state.current().config));
     let team = try_api!(store
         .update_team(&name, &update, "admin-api")
         .await
@@ -368,7 +377,7 @@ async fn create_key(
     try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let req: CreateKey = try_api!(body(&bytes));
-    try_api!(check_policy(&req.policy));
+    try_api!(check_policy(&req.policy, &state.current().config));
     let budgets = try_api!(budgets_of(&req.budgets));
     if state.governance.is_static_key_name(&req.name) {
         return ApiError::into_response(error(
@@ -437,7 +446,7 @@ async fn update_key(
     try_api!(admin_write(&state, &headers));
     let store = try_api!(state.governance.store().ok_or_else(no_store));
     let change: Change = try_api!(body(&bytes));
-    let update = try_api!(change.into_update());
+    let update = try_api!(change.into_update(&state.current().config));
     let key = try_api!(store
         .update_key(&id, &update, "admin-api")
         .await
@@ -539,6 +548,12 @@ async fn metrics(state: &AppState, headers: &HeaderMap) -> Response {
     if current.config.telemetry.metrics_auth == MetricsAuth::Admin {
         try_api!(admin_only(state, headers));
     }
+    // Gauges of contracts read the shared counters, when replicas share them.
+    current
+        .dispatcher
+        .contracts
+        .refresh(&current.config.contract_list())
+        .await;
     let now = std::time::Instant::now();
     let now_ms = time::now_ms();
     let snapshot = Snapshot {
@@ -561,6 +576,15 @@ async fn metrics(state: &AppState, headers: &HeaderMap) -> Response {
         limits: limit_states(state, &current).await,
         ledger: state.ledger.stats(),
         ledger_queue_depth: state.ledger.queue_depth(),
+        contracts: current
+            .config
+            .contracts
+            .values()
+            .map(|c| {
+                let burn = current.dispatcher.contracts.burn(c, now_ms);
+                ContractState::of(c, burn, now_ms)
+            })
+            .collect(),
     };
     let Some(text) = telemetry.render(&snapshot) else {
         return StatusCode::NOT_FOUND.into_response();

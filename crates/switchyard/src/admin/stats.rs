@@ -29,6 +29,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/stats/errors", get(errors))
         .route("/admin/requests", get(requests))
         .route("/admin/requests/{id}", get(request))
+        .route("/admin/channels", get(channels))
+        .route("/admin/contracts", get(contracts))
+        .route("/admin/shadow", get(shadow))
 }
 
 /// The windows the dashboard offers: length and bucket, in ms.
@@ -321,4 +324,141 @@ async fn request(
         );
     }
     Json(out).into_response()
+}
+
+#[derive(Deserialize)]
+struct RangeParams {
+    /// UTC date or time (`2026-11-01`, `2026-11-01T12:00:00Z`); default: a day before `until`.
+    since: Option<String>,
+    /// Default: now.
+    until: Option<String>,
+}
+
+fn instant_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|text| {
+        time::parse_utc(text).ok_or_else(|| {
+            ApiError::invalid_request(
+                Some(name.to_owned()),
+                format!("'{name}' `{text}` is not a UTC date or time like 2026-11-01 or 2026-11-01T12:00:00Z."),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// A report's `[since, until)` from its query: `until` defaults to now, `since` to a
+/// day before it.
+fn report_range(since: Option<&str>, until: Option<&str>) -> Result<(i64, i64), ApiError> {
+    let until = instant_param("until", until)?.unwrap_or_else(time::now_ms);
+    let since = instant_param("since", since)?.unwrap_or_else(|| until.saturating_sub(86_400_000));
+    if since >= until {
+        return Err(ApiError::invalid_request(
+            Some("since".into()),
+            "'since' must be before 'until'.",
+        ));
+    }
+    Ok((since, until))
+}
+
+/// `GET /admin/channels?since=&until=`: the channel report (see
+/// `ledger::stats::channels`), against the objectives configured now.
+async fn channels(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<RangeParams>,
+) -> Response {
+    use crate::ledger::stats::channels::{channel_report, channel_report_json, Objectives};
+    try_api!(admin_only(&state, &headers));
+    let (since, until) = try_api!(report_range(p.since.as_deref(), p.until.as_deref()));
+    let configured: Vec<(String, Objectives)> = state
+        .current()
+        .config
+        .channel_objectives()
+        .into_iter()
+        .map(|(name, ttft, total)| (name, Objectives { ttft, total }))
+        .collect();
+    let db = try_api!(state.governance.ledger().ok_or_else(no_store));
+    let rows = try_api!(channel_report(db, since, until, &configured)
+        .await
+        .map_err(ledger_failed));
+    Json(channel_report_json(since, until, &rows)).into_response()
+}
+
+#[derive(Deserialize)]
+struct AtParams {
+    /// UTC date or time; default: now.
+    at: Option<String>,
+}
+
+/// `GET /admin/contracts?at=`: each contract's burn, projection and warnings (see
+/// `ledger::stats::contracts`), from the ledger, with what calls in flight hold
+/// against each cap now.
+async fn contracts(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<AtParams>,
+) -> Response {
+    use crate::ledger::stats::contracts::{contract_report, contract_report_json};
+    try_api!(admin_only(&state, &headers));
+    let at = try_api!(instant_param("at", p.at.as_deref())).unwrap_or_else(time::now_ms);
+    let generation = state.current();
+    let db = try_api!(state.governance.ledger().ok_or_else(no_store));
+    let rows = try_api!(contract_report(db, &generation.config.contract_list(), at)
+        .await
+        .map_err(ledger_failed));
+    let mut body = contract_report_json(&rows);
+    // On a replica that served none of them lately, the shared counters are newer.
+    generation
+        .dispatcher
+        .contracts
+        .refresh(&generation.config.contract_list())
+        .await;
+    let now = time::now_ms();
+    if let Some(list) = body.get_mut("data").and_then(|d| d.as_array_mut()) {
+        for (entry, c) in list.iter_mut().zip(generation.config.contracts.values()) {
+            let held = generation
+                .dispatcher
+                .contracts
+                .burn(c, now)
+                .reserved_nano_usd;
+            entry["reserved_now_nano_usd"] = serde_json::json!(held);
+        }
+    }
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct ShadowParams {
+    model: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `GET /admin/shadow?model=&since=&until=`: the model's mirrored requests beside the
+/// client's (see `ledger::stats::shadow`).
+async fn shadow(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<ShadowParams>,
+) -> Response {
+    use crate::ledger::stats::shadow::{shadow_report, shadow_report_json};
+    try_api!(admin_only(&state, &headers));
+    let Some(model) = p.model.filter(|m| !m.is_empty()) else {
+        return ApiError::into_response(ApiError::invalid_request(
+            Some("model".into()),
+            "'model' is required: the logical model whose shadow to report.",
+        ));
+    };
+    let (since, until) = try_api!(report_range(p.since.as_deref(), p.until.as_deref()));
+    let agree_at = state
+        .current()
+        .config
+        .model(&model)
+        .and_then(|m| m.shadow.as_ref())
+        .map_or(crate::config::DEFAULT_AGREE_AT, |s| s.agree_at);
+    let db = try_api!(state.governance.ledger().ok_or_else(no_store));
+    let report = try_api!(shadow_report(db, &model, since, until, agree_at)
+        .await
+        .map_err(ledger_failed));
+    Json(shadow_report_json(&report)).into_response()
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use super::cache::capture::Capture;
 use super::error::ApiError;
 use super::relay::{Encoder, OpenAiFrames, Relay};
 use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
@@ -26,8 +27,21 @@ pub async fn chat_completions(
     let (state, request_id, mut tracker) =
         begin(&state, &headers, Endpoint::ChatCompletions.label());
     let mut limit_headers = HeaderMap::new();
-    let outcome = chat(&state, &headers, body, &mut tracker, &mut limit_headers).await;
-    let res = answer(outcome, tracker, ApiError::into_response).await;
+    let mut cache_status = None;
+    let outcome = chat(
+        &state,
+        &headers,
+        body,
+        &mut tracker,
+        &mut limit_headers,
+        &mut cache_status,
+    )
+    .await;
+    let mut res = answer(outcome, tracker, ApiError::into_response).await;
+    if let Some(status) = cache_status {
+        res.headers_mut()
+            .insert(super::cache::CACHE_HEADER, HeaderValue::from_static(status));
+    }
     with_request_id(with_limit_headers(res, limit_headers), &request_id)
 }
 
@@ -119,6 +133,25 @@ fn caller_constraints(admission: &crate::governance::Admission) -> Constraints {
     }
 }
 
+/// What routing is given for a request, as the ledger keeps it for what-if replays.
+fn replay_facts(needs: &Needs, caller: &Constraints) -> crate::ledger::ReplayFacts {
+    let needs_list: Vec<&str> = [
+        (needs.tools, "tools"),
+        (needs.vision, "vision"),
+        (needs.json_schema, "json_schema"),
+    ]
+    .into_iter()
+    .filter_map(|(needed, name)| needed.then_some(name))
+    .collect();
+    let json_list = |l: &[String]| serde_json::to_string(l).unwrap_or_else(|_| "[]".to_owned());
+    crate::ledger::ReplayFacts {
+        needs: needs_list.join(","),
+        max_tokens: needs.max_output,
+        allowed_regions: caller.allowed_regions.as_deref().map(json_list),
+        required_tags: json_list(&caller.required_tags),
+    }
+}
+
 fn prices_of(model: &LogicalModel) -> Vec<crate::types::Price> {
     model.targets.iter().map(|t| t.deployment.price).collect()
 }
@@ -129,6 +162,7 @@ async fn chat(
     body: Body,
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
+    cache_status: &mut Option<&'static str>,
 ) -> Result<Reply<OpenAiFrames>, ApiError> {
     // A bad key is answered only after the body was read: a response sent while a
     // request body is unread forces HTTP/1.1 to close the connection, and clients
@@ -137,27 +171,69 @@ async fn chat(
     let key = authenticate(state, headers, tracker);
     let bytes = read_body(body, state.config.server.max_body_bytes, headers).await?;
     let key = key?;
-    let req: ChatRequest = parse_body(&bytes)?;
+    let mut req: ChatRequest = parse_body(&bytes)?;
     req.validate()?;
+    // A long conversation goes upstream as the client's own bytes, unless something
+    // changes it on the way.
+    req.messages.keep_raw_from(&bytes);
     let include_usage = req
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    Ok(
-        match serve_chat(state, &key, req, tracker, limit_headers, |_, _| None).await? {
-            ChatServed::Full {
-                body,
-                deployment,
-                attempts,
-                route,
-                ..
-            } => Reply::Full(json_response(body, &deployment, attempts, &route)),
-            ChatServed::Stream(relay) => {
-                Reply::Stream(Box::new(relay), OpenAiFrames { include_usage })
-            }
-        },
+    let streamed = req.stream == Some(true);
+    let served = serve(
+        state,
+        &key,
+        headers,
+        req,
+        tracker,
+        limit_headers,
+        |_, _| None,
+        true,
     )
+    .await?;
+    let (served, plan) = match served {
+        Served::Hit(body) => {
+            *cache_status = Some("hit");
+            if !streamed {
+                return Ok(Reply::Full(super::cache::whole(body)));
+            }
+            tracker.first_token();
+            return super::cache::streamed(&body, include_usage)
+                .map(Reply::Full)
+                .ok_or_else(|| ApiError::internal("a cached answer could not be replayed"));
+        }
+        Served::Fresh(served, plan) => (served, plan),
+    };
+    if plan.is_some() {
+        *cache_status = Some("miss");
+        tracker.set_cache_miss();
+    }
+    Ok(match served {
+        ChatServed::Full {
+            body,
+            deployment,
+            attempts,
+            route,
+            ..
+        } => {
+            // Stored before the answer is sent, so that the caller's next request, on
+            // any replica, finds it.
+            if let Some(p) = plan.filter(|_| super::cache::storable(&body)) {
+                state
+                    .cache
+                    .insert(p.key, body.clone(), p.ttl, p.max_bytes)
+                    .await;
+            }
+            Reply::Full(json_response(body, &deployment, attempts, &route))
+        }
+        ChatServed::Stream(mut relay) => {
+            // A streamed miss is assembled as it is relayed, and kept if it completes.
+            relay.capture = plan.map(|p| Capture::new(state.cache.clone(), p));
+            Reply::Stream(relay, OpenAiFrames { include_usage })
+        }
+    })
 }
 
 /// Authenticates the caller and notes who it is in the ledger row.
@@ -183,7 +259,7 @@ pub(super) enum ChatServed {
         route: String,
     },
     /// A stream whose first item arrived, waiting for its encoder.
-    Stream(Relay),
+    Stream(Box<Relay>),
 }
 
 /// Everything after the body was parsed and validated, whatever the ingress protocol:
@@ -195,26 +271,95 @@ pub(super) enum ChatServed {
 pub(super) async fn serve_chat(
     state: &Arc<Generation>,
     key: &crate::governance::Principal,
+    headers: &HeaderMap,
+    req: ChatRequest,
+    tracker: &mut RequestTracker,
+    limit_headers: &mut HeaderMap,
+    native: impl FnMut(&ChatRequest, &Deployment) -> Option<Rendered>,
+) -> Result<ChatServed, ApiError> {
+    match serve(
+        state,
+        key,
+        headers,
+        req,
+        tracker,
+        limit_headers,
+        native,
+        false,
+    )
+    .await?
+    {
+        Served::Fresh(served, _) => Ok(served),
+        Served::Hit(_) => Err(ApiError::internal("a cached answer where caching is off")),
+    }
+}
+
+/// A chat request served from the response cache, or by dispatch.
+enum Served {
+    /// The stored `chat.completion` body.
+    Hit(bytes::Bytes),
+    /// Served by dispatch; the cache plan when the request may be cached.
+    Fresh(ChatServed, Option<super::cache::Plan>),
+}
+
+/// [`serve_chat`], with the response cache looked up after admission when `cached`
+/// (the OpenAI ingress: the only one whose answer is the stored body as it is).
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    state: &Arc<Generation>,
+    key: &crate::governance::Principal,
+    headers: &HeaderMap,
     mut req: ChatRequest,
     tracker: &mut RequestTracker,
     limit_headers: &mut HeaderMap,
     mut native: impl FnMut(&ChatRequest, &Deployment) -> Option<Rendered>,
-) -> Result<ChatServed, ApiError> {
+    cached: bool,
+) -> Result<Served, ApiError> {
     let streamed = req.stream == Some(true);
     tracker.set_model(&req.model, streamed);
     // Reasoning state rides in tool-call ids; no upstream may see it there.
     crate::types::reasoning::extract(&mut req);
     let carried = req.carried.clone();
     let model = resolve_model(state, &req.model)?;
+    tracker.set_turn(super::channel::begins_turn(&req));
+    // The channel's profile shapes the request before admission judges it.
+    let channel = super::channel::resolve(state, key, headers)?;
+    if let Some(c) = &channel {
+        tracker.set_channel(&c.name);
+        super::channel::apply(c, &mut req)?;
+    }
+    // An answer the channel checks must come back in OpenAI's shape, which the check
+    // reads: no pass-through of a native protocol then.
+    let passes_through = channel.as_ref().is_none_or(|c| c.pii_output.is_none());
+    let mut output_guard = channel
+        .as_ref()
+        .and_then(|c| c.pii_output)
+        .map(|mode| state.governance.output_guard(mode.into()));
     // Governance before dispatch: policy, PII guardrail, rate limits, budget.
     let admission = state
         .governance
         .admit_chat(key, &mut req, &prices_of(&model), tracker, limit_headers)
         .await?;
     let caller = caller_constraints(&admission);
+    // Keyed on the admitted request (redactions, policy and channel changes in), and
+    // looked up after admission: a hit still counts against rate limits, and settles
+    // its budget hold with nothing spent.
+    let plan = cached
+        .then(|| super::cache::plan(key, &model, channel.as_ref().map(|c| c.name.as_str()), &req))
+        .flatten();
+    let hit = match plan {
+        Some(p) => state.cache.get(&p.key, p.ttl).await,
+        None => None,
+    };
+    if let Some(hit) = hit {
+        tracker.set_cache_hit();
+        tracker.log_response(&hit);
+        return Ok(Served::Hit(hit));
+    }
     inline_images_if_needed(state, &model, &mut req).await?;
 
     let needs = Needs::of_chat(&req, admission.estimate);
+    tracker.set_replay(replay_facts(&needs, &caller));
     let choices = req.n.unwrap_or(1);
     // A stream that may be continued elsewhere keeps the admitted request for it.
     let recovery = (streamed && choices <= 1 && model.stream_recovery == StreamRecovery::Continue)
@@ -234,60 +379,90 @@ pub(super) async fn serve_chat(
         needs,
         caller: &caller,
         affinity: carried.as_deref().and_then(|c| c.latest_issuer()),
+        ttft_slo: channel.as_ref().and_then(|c| c.ttft_slo),
     };
     let served = state
         .dispatcher
-        .dispatch(job, tracker, |d| match native(&req, d) {
-            Some(rendered) => Ok(rendered),
-            None => adapter(&d.provider.kind)
-                .chat_body(&mut req, d, streamed)
-                .map(Rendered::from),
+        .dispatch(job, tracker, |d| {
+            // Not even asked when it may not be used: asking marks the pass-through.
+            let passed = if passes_through {
+                native(&req, d)
+            } else {
+                None
+            };
+            match passed {
+                Some(rendered) => Ok(rendered),
+                None => adapter(&d.provider.kind)
+                    .chat_body(&mut req, d, streamed)
+                    .map(Rendered::from),
+            }
         })
         .await?;
     let attempts = tracker.attempts();
     match served.opened {
         Opened::Full { body, usage } => {
-            let (body, usage) = match usage {
-                Some(usage) => (body, usage),
-                None => with_estimated_usage(body, needs.prompt_tokens),
-            };
-            tracker.settle(
+            let (body, usage) = settle_whole(
+                tracker,
                 served.attempt,
                 &served.deployment,
-                usage,
                 served.attempt_started,
+                served.capacity,
+                (body, usage),
+                needs.prompt_tokens,
             );
-            if let Some(capacity) = served.capacity {
-                capacity.settle(&usage);
-            }
+            let body = match output_guard.as_mut() {
+                None => body,
+                Some(guard) => {
+                    let checked = guard.completion(&body).unwrap_or(body);
+                    guard.record_findings(tracker);
+                    checked
+                }
+            };
             tracker.log_response(&body);
+            // The client's answer is complete: a sampled request may now be
+            // mirrored to the model's shadow candidate, on its own task.
+            if let Some(mirror) =
+                super::shadow::prepare(state, &model, &req, &caller, needs, tracker)
+            {
+                mirror.start(Some(body.clone()));
+            }
             if tracker.is_traced() {
                 // Read only for the span: untraced requests skip the parse.
                 if let Some(reason) = first_finish_reason(&body) {
                     tracker.set_finish_reason(&reason);
                 }
             }
-            Ok(ChatServed::Full {
-                body,
-                usage,
+            Ok(Served::Fresh(
+                ChatServed::Full {
+                    body,
+                    usage,
+                    deployment: served.deployment,
+                    attempts,
+                    route: served.route,
+                },
+                plan,
+            ))
+        }
+        Opened::Stream { stream, first } => Ok(Served::Fresh(
+            ChatServed::Stream(Box::new(Relay {
                 deployment: served.deployment,
+                attempt: served.attempt,
+                attempt_started: served.attempt_started,
                 attempts,
                 route: served.route,
-            })
-        }
-        Opened::Stream { stream, first } => Ok(ChatServed::Stream(Relay {
-            deployment: served.deployment,
-            attempt: served.attempt,
-            attempt_started: served.attempt_started,
-            attempts,
-            route: served.route,
-            capacity: served.capacity,
-            upstream: stream,
-            first,
-            prompt_estimate: needs.prompt_tokens,
-            choices: u64::from(choices.max(1)),
-            recovery,
-        })),
+                capacity: served.capacity,
+                upstream: stream,
+                first,
+                prompt_estimate: needs.prompt_tokens,
+                choices: u64::from(choices.max(1)),
+                recovery,
+                output_guard,
+                capture: None,
+                // Started when the stream has been relayed to its end.
+                mirror: super::shadow::prepare(state, &model, &req, &caller, needs, tracker),
+            })),
+            plan,
+        )),
     }
 }
 
@@ -351,6 +526,42 @@ fn with_estimated_usage(body: bytes::Bytes, prompt_tokens: u64) -> (bytes::Bytes
     }
 }
 
+/// A whole answer's usage (the upstream's, or estimated where it reported none),
+/// settled in the ledger row's attempt and in the deployment's capacity (quota and
+/// contract hold). Returns the body (with the estimate written in, if any) and usage.
+pub(super) fn settle_whole(
+    tracker: &mut RequestTracker,
+    attempt: usize,
+    deployment: &Deployment,
+    started: std::time::Instant,
+    capacity: Option<crate::dispatch::Capacity>,
+    (body, usage): (bytes::Bytes, Option<Usage>),
+    prompt_estimate: u64,
+) -> (bytes::Bytes, Usage) {
+    let (body, usage) = match usage {
+        Some(usage) => (body, usage),
+        None => with_estimated_usage(body, prompt_estimate),
+    };
+    settle_usage(tracker, attempt, deployment, started, capacity, usage);
+    (body, usage)
+}
+
+/// Settles a whole answer's `usage` in the ledger row's attempt and the deployment's
+/// quota.
+pub(super) fn settle_usage(
+    tracker: &mut RequestTracker,
+    attempt: usize,
+    deployment: &Deployment,
+    started: std::time::Instant,
+    capacity: Option<crate::dispatch::Capacity>,
+    usage: Usage,
+) {
+    tracker.settle(attempt, deployment, usage, started);
+    if let Some(capacity) = capacity {
+        capacity.settle(&usage);
+    }
+}
+
 /// Usage for when the provider reported none, from the routing estimate.
 pub(super) fn estimate(prompt_tokens: u64, completion_tokens: u64) -> Usage {
     Usage {
@@ -362,21 +573,27 @@ pub(super) fn estimate(prompt_tokens: u64, completion_tokens: u64) -> Usage {
     }
 }
 
+// Header names as constants: a `&str` name is parsed and validated on every insert.
+const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-deployment");
+const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-route");
+
 pub(super) fn served_headers(
     h: &mut HeaderMap,
     deployment: &Deployment,
     attempts: usize,
     route: &str,
 ) {
-    if let Ok(v) = HeaderValue::from_str(&deployment.name) {
-        h.insert("x-switchyard-deployment", v);
+    if let Some(v) = &deployment.derived.deployment_header {
+        h.insert(DEPLOYMENT_HEADER, v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&deployment.provider.name) {
-        h.insert("x-switchyard-provider", v);
+    if let Some(v) = &deployment.derived.provider_header {
+        h.insert(PROVIDER_HEADER, v.clone());
     }
-    h.insert("x-switchyard-attempts", HeaderValue::from(attempts));
+    h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     if let Ok(v) = HeaderValue::from_str(route) {
-        h.insert("x-switchyard-route", v);
+        h.insert(ROUTE_HEADER, v);
     }
 }
 
@@ -433,6 +650,7 @@ async fn embed(
         .await?;
     let caller = caller_constraints(&admission);
     let needs = Needs::of_embeddings(&req.input);
+    tracker.set_replay(replay_facts(&needs, &caller));
     let job = Job {
         model: &model,
         endpoint: Endpoint::Embeddings,
@@ -440,6 +658,7 @@ async fn embed(
         needs,
         caller: &caller,
         affinity: None,
+        ttft_slo: None,
     };
     let served = state
         .dispatcher
@@ -453,15 +672,14 @@ async fn embed(
         return Err(ApiError::internal("an embeddings call produced a stream"));
     };
     let usage = usage.unwrap_or_else(|| estimate(needs.prompt_tokens, 0));
-    tracker.settle(
+    settle_usage(
+        tracker,
         served.attempt,
         &served.deployment,
-        usage,
         served.attempt_started,
+        served.capacity,
+        usage,
     );
-    if let Some(capacity) = served.capacity {
-        capacity.settle(&usage);
-    }
     tracker.log_response(&body);
     Ok(json_response(
         body,

@@ -38,6 +38,19 @@ impl ApiError {
         }
     }
 
+    /// A request naming a channel its key's policy does not allow (403).
+    pub fn channel_not_allowed(header: &str, channel: &str) -> Self {
+        ApiError {
+            param: Some(header.to_owned()),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "channel_not_allowed",
+                format!("This API key is not allowed to use the channel `{channel}`."),
+            )
+        }
+    }
+
     pub fn invalid_request(param: Option<String>, message: impl Into<String>) -> Self {
         ApiError {
             param,
@@ -122,6 +135,26 @@ impl ApiError {
                 "rate_limit_error",
                 "capacity_exhausted",
                 format!("Every deployment of model `{model}` is at capacity; retry later."),
+            )
+        }
+    }
+
+    /// Every deployment left is covered by a contract whose spending cap has no room.
+    pub fn contract_cap_reached(
+        model: &str,
+        contracts: &[String],
+        retry_after: std::time::Duration,
+    ) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_header(retry_after)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "contract_cap_reached",
+                format!(
+                    "Every deployment of model `{model}` that could serve this request is covered by a contract whose spending cap is reached ({}).",
+                    contracts.join(", ")
+                ),
             )
         }
     }
@@ -377,6 +410,11 @@ impl From<DispatchError> for ApiError {
             DispatchError::NoHealthyDeployment { model, retry_after } => {
                 ApiError::no_healthy_deployment(model, *retry_after)
             }
+            DispatchError::ContractCapReached {
+                model,
+                contracts,
+                retry_after,
+            } => ApiError::contract_cap_reached(model, contracts, *retry_after),
             DispatchError::Upstream { error, deployment } => {
                 ApiError::from_provider(error, deployment)
             }

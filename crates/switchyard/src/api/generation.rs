@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 
 use super::error::ApiError;
+use crate::cache::ResponseCache;
 use crate::config::{ApiKey, Config, ConfigWarning, Deployment, LogicalModel, Provider};
 use crate::dispatch::Dispatcher;
 use crate::governance::check::{check_config_file_against, CheckError};
@@ -41,6 +42,8 @@ pub struct Services {
     pub ledger: LedgerSink,
     /// Metrics and the trace exporter; the ledger sink reports every request to it.
     pub telemetry: Arc<Telemetry>,
+    /// The response cache: what it holds survives reloads.
+    pub cache: Arc<ResponseCache>,
 }
 
 /// One configuration in force, and the long-lived services it runs on.
@@ -51,6 +54,7 @@ pub struct Generation {
     pub dispatcher: Dispatcher,
     pub governance: Arc<Governance>,
     pub ledger: LedgerSink,
+    pub cache: Arc<ResponseCache>,
     /// Unix seconds when the gateway started; the `created` of listed models.
     pub(super) started_at: i64,
 }
@@ -69,6 +73,7 @@ impl Generation {
             dispatcher,
             governance: services.governance.clone(),
             ledger: services.ledger.clone(),
+            cache: services.cache.clone(),
             started_at,
         }
     }
@@ -183,6 +188,13 @@ pub(super) async fn reload(
         services.governance.limiter(),
         Some((old, &current.dispatcher)),
     )?;
+    // A contract the book has not seen starts from what the ledger holds of its period.
+    crate::contracts::seed_from_ledger(
+        &dispatcher.contracts,
+        services.governance.ledger_db(),
+        &config.contract_list(),
+    )
+    .await;
     let prepared = services.governance.prepare_reconfigure(&config).await?;
     let report = ReloadReport {
         generation: current.id + 1,
@@ -244,6 +256,7 @@ fn same_deployment(a: &Deployment, b: &Deployment) -> bool {
         && a.upstream_model == b.upstream_model
         && a.region == b.region
         && a.price == b.price
+        && a.effective_price == b.effective_price
         && a.timeouts == b.timeouts
         && a.quota == b.quota
         && a.capabilities == b.capabilities
@@ -267,6 +280,8 @@ fn same_model(a: &&LogicalModel, b: &&LogicalModel) -> bool {
         && a.retry == b.retry
         && a.hedge_after == b.hedge_after
         && a.stream_recovery == b.stream_recovery
+        && a.prefer_commitments == b.prefer_commitments
+        && a.shadow == b.shadow
 }
 
 fn same_key(a: &&ApiKey, b: &&ApiKey) -> bool {
@@ -302,6 +317,23 @@ fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
         "upstream.pool_max_idle_per_host",
     );
     note(old.breaker != new.breaker, "breaker");
+    // Channel profiles, each by its path: added, removed or changed.
+    let names: std::collections::BTreeSet<&String> =
+        old.channels.keys().chain(new.channels.keys()).collect();
+    for name in names {
+        note(
+            old.channels.get(name) != new.channels.get(name),
+            &format!("channels.{name}"),
+        );
+    }
+    let names: std::collections::BTreeSet<&String> =
+        old.contracts.keys().chain(new.contracts.keys()).collect();
+    for name in names {
+        note(
+            old.contracts.get(name) != new.contracts.get(name),
+            &format!("contracts.{name}"),
+        );
+    }
     note(old.admin.token != new.admin.token, "admin.token");
     note(
         old.governance.log_content != new.governance.log_content,

@@ -5,6 +5,8 @@
 //! [`crate::ledger::tracker::RequestTracker`] that becomes its ledger row.
 
 pub mod anthropic;
+mod cache;
+mod channel;
 pub mod chat;
 pub mod error;
 pub mod generation;
@@ -13,6 +15,7 @@ mod panics;
 mod recovery;
 mod relay;
 pub mod responses;
+pub mod shadow;
 
 pub mod wire;
 
@@ -122,6 +125,7 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
             "/v1/responses/{id}",
             get(responses::retrieve).delete(responses::delete),
         )
+        .route("/v1/responses/{id}/input_items", get(responses::list_items))
         .route(
             "/v1/messages/count_tokens",
             post(anthropic::count_tokens::count_tokens),
@@ -159,8 +163,15 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
     }
 }
 
+/// `req_` and 24 hex digits: the arrival time in unix milliseconds (48 bits), then 48
+/// random bits. Ids sort by arrival, so the ledger's primary-key index grows at its end
+/// instead of taking each new row on a random page; 48 random bits per millisecond
+/// keep them unique and unguessable.
 fn new_request_id() -> String {
-    let bytes: [u8; 12] = rand::random();
+    let ms = u64::try_from(crate::types::time::now_ms()).unwrap_or(0);
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&rand::random::<[u8; 6]>());
     format!("req_{}", hex::encode(bytes))
 }
 
@@ -239,4 +250,25 @@ fn with_request_id(mut res: Response, request_id: &str) -> Response {
         res.headers_mut().insert("x-request-id", v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+
+    #[test]
+    fn request_ids_sort_by_arrival_and_keep_their_shape() {
+        let first = new_request_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_request_id();
+        assert!(first < second, "{first} !< {second}");
+        for id in [&first, &second] {
+            let hex = id.strip_prefix("req_").expect("prefix");
+            assert_eq!(hex.len(), 24, "{id}");
+            assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        // Same millisecond, different ids.
+        let ids: std::collections::HashSet<String> = (0..1_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1_000);
+    }
 }

@@ -201,6 +201,7 @@ impl Recovery {
             needs,
             caller: &self.caller,
             affinity: None,
+            ttft_slo: None,
         };
         let (request, text) = (&self.request, self.text.as_str());
         let served = self

@@ -1,6 +1,7 @@
 //! The stream relay: upstream items (OpenAI chunks) in, the ingress protocol's SSE
 //! frames out, one by one as they arrive. Nothing is buffered beyond the event being
-//! read.
+//! read; a cacheable stream's answer is assembled beside it (`super::cache::capture`,
+//! bounded by the entry's `max_bytes`) and stored when the stream completes.
 //!
 //! The relay owns what every ingress shares (usage, the ledger, capacity, the cut
 //! detection); an [`Encoder`] decides what the client sees. [`OpenAiFrames`] forwards
@@ -27,11 +28,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use http::{header, HeaderValue, StatusCode};
 
+use super::cache::capture::Capture;
 use super::chat::{estimate, served_headers};
 use super::error::ApiError;
 use super::recovery::{Recovery, Splice};
 use crate::config::Deployment;
 use crate::dispatch::{Capacity, UpstreamStream};
+use crate::governance::output::{GuardedChunk, OutputGuard};
 use crate::ledger::tracker::RequestTracker;
 use crate::providers::Translated;
 use crate::types::Usage;
@@ -53,6 +56,15 @@ pub struct Relay {
     pub choices: u64,
     /// Set when a break after content may be continued elsewhere (`stream_recovery`).
     pub recovery: Option<Box<Recovery>>,
+    /// The channel's PII check of the answer (`pii_output`), applied to every chunk
+    /// before the encoder sees it.
+    pub output_guard: Option<OutputGuard>,
+    /// Set when the answer may be cached: what the client is shown is assembled into
+    /// a completion, stored when the stream completes.
+    pub capture: Option<Capture>,
+    /// A shadow mirror of the request (`[models.NAME.shadow]`), started when the
+    /// stream completes; dropped unstarted if it does not.
+    pub mirror: Option<super::shadow::Mirror>,
 }
 
 /// How one ingress protocol renders a relayed stream. Each call returns the bytes to
@@ -128,6 +140,9 @@ impl Relay {
             tracker: Some(tracker),
             recovery: self.recovery,
             splice: None,
+            output_guard: self.output_guard,
+            capture: self.capture,
+            mirror: self.mirror,
         };
         *res.body_mut() = Body::from_stream(frames(state));
         res
@@ -156,6 +171,13 @@ struct RelayState<E: Encoder> {
     recovery: Option<Box<Recovery>>,
     /// Set once a continuation is being relayed.
     splice: Option<Splice>,
+    /// Holds back answer text until it is known free of PII (see
+    /// `governance::output`): the one other thing the relay keeps beyond the event.
+    output_guard: Option<OutputGuard>,
+    /// The answer's parts for the response cache, bounded by the entry's budget
+    /// (see `super::cache::capture`); dropped, and nothing stored, once it cannot be.
+    capture: Option<Capture>,
+    mirror: Option<super::shadow::Mirror>,
 }
 
 fn frame(data: &[u8]) -> Bytes {
@@ -190,6 +212,15 @@ impl<E: Encoder> RelayState<E> {
         }
     }
 
+    /// Shows `data`, a chunk the client is about to get, to the cache's capture.
+    fn capture(&mut self, data: &[u8]) {
+        if let Some(c) = self.capture.as_mut() {
+            if !c.chunk(data) {
+                self.capture = None;
+            }
+        }
+    }
+
     fn settle(&mut self) {
         let usage = self.usage.unwrap_or_else(|| self.estimated_usage());
         if let Some(t) = self.tracker.as_mut() {
@@ -205,6 +236,9 @@ impl<E: Encoder> RelayState<E> {
     /// [`RequestTracker::finish`]).
     async fn finish(&mut self, error: Option<&str>) {
         self.settle();
+        if let (Some(guard), Some(t)) = (&self.output_guard, self.tracker.as_mut()) {
+            guard.record_findings(t);
+        }
         if let Some(t) = self.tracker.take() {
             t.finish(StatusCode::OK.as_u16(), error).await;
         }
@@ -270,6 +304,15 @@ impl<E: Encoder> RelayState<E> {
                             None => continue,
                         },
                     };
+                    let data = match self.output_guard.as_mut() {
+                        None => data,
+                        Some(guard) => match guard.chunk(&data) {
+                            GuardedChunk::Unchanged => data,
+                            GuardedChunk::Rewritten(checked) => checked,
+                            GuardedChunk::Withheld => continue,
+                        },
+                    };
+                    self.capture(&data);
                     if let Some(out) = self.encoder.chunk(&data, has_choices, usage.as_ref()) {
                         return Some(out);
                     }
@@ -293,6 +336,13 @@ impl<E: Encoder> RelayState<E> {
     /// client asked for one; the encoder decides whether it shows), then the end.
     async fn complete(&mut self) -> Bytes {
         let mut out = BytesMut::new();
+        // Text still held back for a choice that sent no finish chunk.
+        if let Some(held) = self.output_guard.as_mut().and_then(OutputGuard::flush) {
+            self.capture(&held);
+            if let Some(frame) = self.encoder.chunk(&held, true, None) {
+                out.put_slice(&frame);
+            }
+        }
         if self.usage.is_none() {
             let usage = self.estimated_usage();
             if let Some(chunk) = self.upstream.usage_chunk(&usage) {
@@ -301,6 +351,7 @@ impl<E: Encoder> RelayState<E> {
                     Some(splice) => splice.rewrite(&chunk, Some(&usage)),
                 };
                 if let Some((chunk, shown)) = shown {
+                    self.capture(&chunk);
                     if let Some(frame) = self.encoder.chunk(&chunk, false, shown.as_ref()) {
                         out.put_slice(&frame);
                     }
@@ -309,6 +360,15 @@ impl<E: Encoder> RelayState<E> {
             self.usage = Some(usage);
         }
         self.finish(None).await;
+        // Stored before the client hears the stream is complete, so that its next
+        // request, on any replica, finds it.
+        if let Some(capture) = self.capture.take() {
+            capture.store().await;
+        }
+        // The client's answer is complete: a shadow mirror may go now.
+        if let Some(mirror) = self.mirror.take() {
+            mirror.start(None);
+        }
         let tail = self.encoder.done();
         if let Some(work) = self.encoder.persist() {
             work.await;

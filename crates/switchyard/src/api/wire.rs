@@ -15,6 +15,11 @@ pub use crate::types::chat::{
 
 /// Parses a JSON body into `T`, naming the offending field on failure.
 pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // The common case parses once, without tracking the path; only a body that fails
+    // is parsed again to name where.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {

@@ -4,6 +4,8 @@
 //! Every error names the field path (`models.support-chat.deployments[1]`) and, when
 //! the file is at hand, the line it sits on.
 
+mod channel;
+pub mod contract;
 mod credentials;
 mod native;
 pub mod policy;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use channel::{Channel, PiiOutput, MAX_STOP_SEQUENCES};
+pub use contract::{Commitment, Contract, ContractPeriod};
 pub use credentials::{
     AzureEntra, GoogleAuthorizedUser, GoogleServiceAccount, ProviderCredentials,
 };
@@ -79,6 +83,17 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Metrics and traces (`[telemetry]`).
     pub telemetry: TelemetryConfig,
+    /// Channel profiles by name (`[channels.NAME]`).
+    pub channels: BTreeMap<String, Arc<Channel>>,
+    /// Contracts by name (`[contracts.NAME]`).
+    pub contracts: BTreeMap<String, Arc<Contract>>,
+}
+
+impl Config {
+    /// The contracts, in name order.
+    pub fn contract_list(&self) -> Vec<Arc<Contract>> {
+        self.contracts.values().cloned().collect()
+    }
 }
 
 /// Who may read `GET /metrics`.
@@ -234,6 +249,8 @@ pub struct LedgerConfig {
     pub on_overload: OnOverload,
     /// With [`OnOverload::Block`], the longest a request waits for room in the queue.
     pub max_wait: Duration,
+    /// How many days a stored response is kept (`ledger.responses_ttl_days`).
+    pub responses_ttl_days: u32,
 }
 
 /// What a request does with its ledger row when the writer's queue is full.
@@ -251,6 +268,11 @@ pub enum OnOverload {
 pub const DEFAULT_LEDGER_MAX_WAIT_MS: u64 = 5_000;
 /// Most `ledger.max_wait_ms` may be: a request should not hang on accounting longer.
 const MAX_LEDGER_MAX_WAIT_MS: u64 = 60_000;
+/// Default of `ledger.responses_ttl_days`: OpenAI keeps stored responses 30 days.
+pub const DEFAULT_RESPONSES_TTL_DAYS: u32 = 30;
+/// Most `ledger.responses_ttl_days` may be: ten years, far beyond any use, and small
+/// enough that the expiry in milliseconds can never overflow.
+const MAX_RESPONSES_TTL_DAYS: u32 = 3650;
 
 #[derive(Debug, Clone)]
 pub struct ApiKey {
@@ -429,6 +451,67 @@ pub struct Deployment {
     /// kinds that issue none. Computed once here: every answer of such a deployment,
     /// and routing's affinity check, reads it.
     pub reasoning_issuer: Option<String>,
+    /// The contract that covers this deployment, if any (at most one does).
+    pub contract: Option<Arc<Contract>>,
+    /// What a call costs here: the contract's price, or else the list price.
+    pub effective_price: Price,
+    /// Header values and limiter keys made of the names, built once here rather than
+    /// on every request.
+    pub derived: DerivedNames,
+    /// The upstream URLs and auth header, built on first use and kept (see
+    /// [`UpstreamCache`]).
+    pub upstream: UpstreamCache,
+}
+
+/// A deployment's upstream request parts that never change while its configuration
+/// runs: each endpoint's parsed URL and the static key's auth header. Built by the
+/// provider adapter on first use (it knows the formats) and reused by every call.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamCache {
+    urls: [std::sync::OnceLock<Option<reqwest::Url>>; 4],
+    auth: std::sync::OnceLock<Option<(http::HeaderName, http::HeaderValue)>>,
+}
+
+impl UpstreamCache {
+    /// The URL kept in `slot` (one per endpoint), made by `make` the first time; `None`
+    /// when it does not parse (the caller then goes the slow way, which reports it).
+    pub fn url(&self, slot: usize, make: impl FnOnce() -> String) -> Option<reqwest::Url> {
+        self.urls
+            .get(slot)?
+            .get_or_init(|| reqwest::Url::parse(&make()).ok())
+            .clone()
+    }
+
+    /// The static key's auth header, made by `make` the first time.
+    pub fn auth(
+        &self,
+        make: impl FnOnce() -> Option<(http::HeaderName, http::HeaderValue)>,
+    ) -> Option<&(http::HeaderName, http::HeaderValue)> {
+        self.auth.get_or_init(make).as_ref()
+    }
+}
+
+/// What every answer and every quota check of a deployment says of its names.
+#[derive(Debug, Clone)]
+pub struct DerivedNames {
+    /// `x-switchyard-deployment` and `x-switchyard-provider` (`None` for a name that
+    /// is not a valid header value).
+    pub deployment_header: Option<http::HeaderValue>,
+    pub provider_header: Option<http::HeaderValue>,
+    /// The limiter's keys of the deployment's granted quota.
+    pub rpm_key: Arc<str>,
+    pub tpm_key: Arc<str>,
+}
+
+impl DerivedNames {
+    pub fn of(deployment: &str, provider: &str) -> DerivedNames {
+        DerivedNames {
+            deployment_header: http::HeaderValue::from_str(deployment).ok(),
+            provider_header: http::HeaderValue::from_str(provider).ok(),
+            rpm_key: Arc::from(format!("deployment:{deployment}:rpm")),
+            tpm_key: Arc::from(format!("deployment:{deployment}:tpm")),
+        }
+    }
 }
 
 /// See [`Deployment::reasoning_issuer`].
@@ -518,7 +601,63 @@ pub struct LogicalModel {
     pub hedge_after: Option<Duration>,
     /// What a stream that breaks after content was relayed does.
     pub stream_recovery: StreamRecovery,
+    /// Under `priority`, deployments with an unburned commitment go first.
+    pub prefer_commitments: bool,
+    /// The response cache, when the model opts in (`cache = { … }`).
+    pub cache: Option<CacheSettings>,
+    /// Shadow evaluation of a candidate deployment (`[models.NAME.shadow]`).
+    pub shadow: Option<Arc<Shadow>>,
 }
+
+/// The similarity from which two text answers agree, unless a shadow says otherwise.
+pub const DEFAULT_AGREE_AT: f64 = 0.8;
+
+/// `[models.NAME.shadow]`, validated.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub candidate: Arc<Deployment>,
+    pub sample_rate: f64,
+    pub budget_nano_usd_per_day: i64,
+    pub agree_at: f64,
+    /// The model a mirrored request is dispatched to: the candidate alone, one
+    /// attempt, no hedge, the parent model's constraints.
+    pub model: Arc<LogicalModel>,
+    /// With `embeddings = "DEPLOYMENT"`: where text answers' embeddings come from.
+    /// Without, text is compared by word overlap.
+    pub embeddings: Option<ShadowEmbeddings>,
+}
+
+/// `[models.NAME.shadow] embeddings`: the deployment, and the one-deployment model
+/// the comparison's embeddings call is dispatched to (built like `Shadow::model`).
+#[derive(Debug, Clone)]
+pub struct ShadowEmbeddings {
+    pub deployment: Arc<Deployment>,
+    pub model: Arc<LogicalModel>,
+}
+
+impl PartialEq for Shadow {
+    fn eq(&self, other: &Shadow) -> bool {
+        self.candidate.name == other.candidate.name
+            && self.sample_rate == other.sample_rate
+            && self.budget_nano_usd_per_day == other.budget_nano_usd_per_day
+            && self.agree_at == other.agree_at
+            && self.embeddings.as_ref().map(|e| &e.deployment.name)
+                == other.embeddings.as_ref().map(|e| &e.deployment.name)
+    }
+}
+
+/// `[models.NAME] cache`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    /// Most bytes of answers kept for the model; a larger answer is not kept.
+    pub max_bytes: u64,
+    /// Whether answers to requests with a non-zero temperature are reused too.
+    pub any_temperature: bool,
+}
+
+/// The cache's size when no model sets `max_bytes`: 64 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `[models.NAME] stream_recovery`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -624,6 +763,19 @@ const DEFAULT_TOTAL_MS: u64 = 600_000;
 const DEFAULT_IMAGES_TOTAL_BYTES: usize = 50 * 1024 * 1024;
 
 impl Config {
+    /// Every channel with its objectives, for the channel report.
+    pub fn channel_objectives(&self) -> Vec<(String, Option<Duration>, Option<Duration>)> {
+        self.channels
+            .values()
+            .map(|c| (c.name.clone(), c.ttft_slo, c.total_slo))
+            .collect()
+    }
+
+    /// The channel profile named `name`.
+    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.channels.get(name)
+    }
+
     /// Reads, parses and validates a file, taking secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -773,6 +925,19 @@ fn millis(value: Option<u64>, default: u64, path: &str) -> Result<Duration, Conf
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(Duration::from_millis(default)),
     }
+}
+
+/// A `price` table (USD per million tokens) as integer nano-USD; `at` is its path.
+fn validate_price(p: &raw::RawPrice, at: &str) -> Result<Price, ConfigError> {
+    let input = price_per_mtok(p.input, &format!("{at}.input"))?.unwrap_or(0);
+    Ok(Price {
+        input_per_mtok: input,
+        output_per_mtok: price_per_mtok(p.output, &format!("{at}.output"))?.unwrap_or(0),
+        cached_input_per_mtok: price_per_mtok(p.cached_input, &format!("{at}.cached_input"))?
+            .unwrap_or(input),
+        cache_write_per_mtok: price_per_mtok(p.cache_write, &format!("{at}.cache_write"))?,
+        reasoning_per_mtok: price_per_mtok(p.reasoning, &format!("{at}.reasoning"))?,
+    })
 }
 
 fn price_per_mtok(value: Option<f64>, path: &str) -> Result<Option<u64>, ConfigError> {
@@ -1090,6 +1255,30 @@ fn validate(
         );
     }
 
+    // Contracts first: a deployment is built with the contract that covers it.
+    let provider_of: BTreeMap<String, String> = raw
+        .deployments
+        .iter()
+        .map(|(name, d)| (name.clone(), d.provider.clone()))
+        .collect();
+    let mut contracts: BTreeMap<String, Arc<Contract>> = BTreeMap::new();
+    let mut covering: BTreeMap<String, Arc<Contract>> = BTreeMap::new();
+    for (name, c) in &raw.contracts {
+        let contract = Arc::new(contract::validate_contract(name, c, &provider_of)?);
+        for d in &contract.deployments {
+            if let Some(other) = covering.insert(d.clone(), contract.clone()) {
+                return Err(err(
+                    format!("contracts.{}", path_key(name)),
+                    format!(
+                        "deployment `{d}` is covered by contract `{}` already (one contract per deployment)",
+                        other.name
+                    ),
+                ));
+            }
+        }
+        contracts.insert(name.clone(), contract);
+    }
+
     let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
     for (name, d) in raw.deployments {
         let at = format!("deployments.{}", path_key(&name));
@@ -1106,25 +1295,7 @@ fn validate(
         if d.model.trim().is_empty() {
             return Err(err(format!("{at}.model"), "must not be empty"));
         }
-        let input = price_per_mtok(d.price.input, &format!("{at}.price.input"))?.unwrap_or(0);
-        let price = Price {
-            input_per_mtok: input,
-            output_per_mtok: price_per_mtok(d.price.output, &format!("{at}.price.output"))?
-                .unwrap_or(0),
-            cached_input_per_mtok: price_per_mtok(
-                d.price.cached_input,
-                &format!("{at}.price.cached_input"),
-            )?
-            .unwrap_or(input),
-            cache_write_per_mtok: price_per_mtok(
-                d.price.cache_write,
-                &format!("{at}.price.cache_write"),
-            )?,
-            reasoning_per_mtok: price_per_mtok(
-                d.price.reasoning,
-                &format!("{at}.price.reasoning"),
-            )?,
-        };
+        let price = validate_price(&d.price, &format!("{at}.price"))?;
         let timeouts = Timeouts {
             connect: match d.timeouts.connect_ms {
                 Some(_) => millis(
@@ -1176,10 +1347,17 @@ fn validate(
         if let Some(i) = d.data_tags.iter().position(|t| t.trim().is_empty()) {
             return Err(err(format!("{at}.data_tags[{i}]"), "must not be empty"));
         }
+        let contract = covering.get(&name).cloned();
+        let effective_price = contract
+            .as_ref()
+            .and_then(|c| c.price_of(&name))
+            .unwrap_or(price);
         deployments.insert(
             name.clone(),
             Arc::new(Deployment {
                 index: 0, // numbered below, once the order is final
+                derived: DerivedNames::of(&name, &provider.name),
+                upstream: UpstreamCache::default(),
                 name,
                 reasoning_issuer: reasoning_issuer_of(&provider.kind, &d.model),
                 provider: provider.clone(),
@@ -1193,6 +1371,8 @@ fn validate(
                 },
                 capabilities,
                 data_tags: d.data_tags,
+                effective_price,
+                contract,
             }),
         );
     }
@@ -1245,6 +1425,22 @@ fn validate(
     let images = validate_images(raw.images)?;
     let state = raw.state.map(|s| validate_state(s, env)).transpose()?;
     let telemetry = validate_telemetry(raw.telemetry, admin.token.is_some())?;
+    let mut channels = BTreeMap::new();
+    for (name, c) in raw.channels {
+        let channel = channel::validate_channel(&name, c)?;
+        channels.insert(name, Arc::new(channel));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if let Some((field, name)) = k.policy.unknown_channel(|c| channels.contains_key(c)) {
+            return Err(err(
+                format!("keys[{i}].policy.{field}"),
+                format!(
+                    "unknown channel `{name}`; defined channels: {}",
+                    list(channels.keys())
+                ),
+            ));
+        }
+    }
 
     Ok(Config {
         server,
@@ -1261,6 +1457,8 @@ fn validate(
         storage,
         state,
         telemetry,
+        channels,
+        contracts,
     })
 }
 
@@ -1503,7 +1701,15 @@ fn validate_ledger(l: raw::RawLedger) -> Result<LedgerConfig, ConfigError> {
             "must be at least 1 (leave it out to keep everything)",
         ));
     }
+    let responses_ttl_days = l.responses_ttl_days.unwrap_or(DEFAULT_RESPONSES_TTL_DAYS);
+    if !(1..=MAX_RESPONSES_TTL_DAYS).contains(&responses_ttl_days) {
+        return Err(err(
+            "ledger.responses_ttl_days",
+            format!("must be between 1 and {MAX_RESPONSES_TTL_DAYS}"),
+        ));
+    }
     Ok(LedgerConfig {
+        responses_ttl_days,
         enabled: l.enabled.unwrap_or(true),
         retention_days: l.retention_days,
         path: if l.enabled.unwrap_or(true) {
@@ -1684,6 +1890,36 @@ fn validate_model(
             ))
         }
     };
+    let shadow = match m.shadow {
+        None => None,
+        Some(raw_shadow) => Some(Arc::new(validate_shadow(
+            raw_shadow,
+            at,
+            &name,
+            &constraints,
+            deployments,
+        )?)),
+    };
+    let cache = match m.cache {
+        None => None,
+        Some(c) => {
+            let Some(ttl_s) = c.ttl_s else {
+                return Err(err(
+                    format!("{at}.cache.ttl_s"),
+                    "is required: how long an answer is reused, in seconds",
+                ));
+            };
+            policy::check_cache_ttl(ttl_s).map_err(|m| err(format!("{at}.cache.ttl_s"), m))?;
+            if c.max_bytes == Some(0) {
+                return Err(err(format!("{at}.cache.max_bytes"), "must be at least 1"));
+            }
+            Some(CacheSettings {
+                ttl: Duration::from_secs(ttl_s),
+                max_bytes: c.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES),
+                any_temperature: c.any_temperature.unwrap_or(false),
+            })
+        }
+    };
     if m.timeouts.connect_ms.is_some() {
         return Err(err(
             format!("{at}.timeouts.connect_ms"),
@@ -1700,7 +1936,126 @@ fn validate_model(
         retry,
         hedge_after: optional(m.hedge_after_ms, "hedge_after_ms")?,
         stream_recovery,
+        prefer_commitments: m.prefer_commitments,
+        cache,
+        shadow,
     })
+}
+
+/// `[models.NAME.shadow]`: its candidate must exist; the rate and the daily budget
+/// are required.
+fn validate_shadow(
+    s: raw::RawShadow,
+    at: &str,
+    model: &str,
+    constraints: &Constraints,
+    deployments: &BTreeMap<String, Arc<Deployment>>,
+) -> Result<Shadow, ConfigError> {
+    let at = format!("{at}.shadow");
+    let Some(name) = s.deployment else {
+        return Err(err(
+            format!("{at}.deployment"),
+            "is required: the candidate deployment",
+        ));
+    };
+    let Some(candidate) = deployments.get(&name).cloned() else {
+        return Err(err(
+            format!("{at}.deployment"),
+            format!(
+                "unknown deployment `{name}`; defined deployments: {}",
+                list(deployments.keys())
+            ),
+        ));
+    };
+    let sample_rate = match s.sample_rate {
+        Some(r) if r.is_finite() && (0.0..=1.0).contains(&r) => r,
+        Some(_) => {
+            return Err(err(
+                format!("{at}.sample_rate"),
+                "must be a share from 0 to 1",
+            ))
+        }
+        None => {
+            return Err(err(
+                format!("{at}.sample_rate"),
+                "is required: the share of requests mirrored, 0 to 1",
+            ))
+        }
+    };
+    let budget = match &s.budget_usd {
+        None => {
+            return Err(err(
+                format!("{at}.budget_usd"),
+                "is required: what the candidate's calls may cost per day",
+            ))
+        }
+        Some(policy::UsdAmount::Number(n)) => crate::types::money::usd_f64_to_nano(*n),
+        Some(policy::UsdAmount::Text(t)) => crate::types::money::parse_usd(t),
+    }
+    .ok_or_else(|| {
+        err(
+            format!("{at}.budget_usd"),
+            "must be a non-negative amount of USD, e.g. 5 or \"5.00\"",
+        )
+    })?;
+    let agree_at = match s.agree_at {
+        None => DEFAULT_AGREE_AT,
+        Some(a) if a.is_finite() && (0.0..=1.0).contains(&a) => a,
+        Some(_) => return Err(err(format!("{at}.agree_at"), "must be from 0 to 1")),
+    };
+    let embeddings = match s.embeddings {
+        None => None,
+        Some(name) => match deployments.get(&name) {
+            Some(d) => Some(ShadowEmbeddings {
+                deployment: d.clone(),
+                model: Arc::new(one_shot(model, d, constraints)),
+            }),
+            None => {
+                return Err(err(
+                    format!("{at}.embeddings"),
+                    format!(
+                        "unknown deployment `{name}`; defined deployments: {}",
+                        list(deployments.keys())
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(Shadow {
+        model: Arc::new(one_shot(model, &candidate, constraints)),
+        candidate,
+        sample_rate,
+        budget_nano_usd_per_day: budget,
+        agree_at,
+        embeddings,
+    })
+}
+
+/// A model named `model` whose only deployment is `d`: one attempt, no hedge, no
+/// cache, `constraints` (what shadow calls are dispatched to).
+fn one_shot(model: &str, d: &Arc<Deployment>, constraints: &Constraints) -> LogicalModel {
+    LogicalModel {
+        name: model.to_owned(),
+        strategy: Strategy::Priority,
+        targets: vec![Target {
+            deployment: d.clone(),
+            tier: 0,
+            weight: 1,
+        }],
+        constraints: constraints.clone(),
+        first_byte_timeout: None,
+        total_timeout: None,
+        retry: RetryPolicy {
+            max_attempts: 1,
+            base_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        },
+        hedge_after: None,
+        stream_recovery: StreamRecovery::Off,
+        prefer_commitments: false,
+        cache: None,
+        shadow: None,
+    }
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {

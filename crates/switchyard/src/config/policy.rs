@@ -42,6 +42,44 @@ pub struct Policy {
     /// Limits per logical model, on top of `rpm`/`tpm`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_limits: BTreeMap<String, RateLimits>,
+    /// The channel profile (`[channels.NAME]`) this key's requests get when they name
+    /// none. A key's setting wins over its team's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Channels a request may choose with the `x-switchyard-channel` header (besides
+    /// `channel`). Absent: none. A key and its team must both allow a channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Opts this key's or team's requests into the response cache, whatever their
+    /// model says: `{ ttl_s = 600 }`. With `log_content = false`, only this opt-in
+    /// lets their answers be kept and reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PolicyCache>,
+}
+
+/// A policy's response-cache opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCache {
+    /// How long an answer is reused, in seconds: 1 to 2592000 (30 days).
+    pub ttl_s: u64,
+    /// Also reuse answers to requests whose `temperature` is not 0. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_temperature: bool,
+}
+
+/// The longest a cached answer may be reused: 30 days, in seconds.
+pub const MAX_CACHE_TTL_S: u64 = 2_592_000;
+
+/// Checks a cache `ttl_s`; the message completes "<field> …".
+pub fn check_cache_ttl(ttl_s: u64) -> Result<(), String> {
+    if (1..=MAX_CACHE_TTL_S).contains(&ttl_s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 1 and {MAX_CACHE_TTL_S} seconds (30 days), not {ttl_s}"
+        ))
+    }
 }
 
 /// Requests and tokens per minute.
@@ -168,11 +206,39 @@ pub struct BudgetInput {
     pub warn_at_percent: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// An amount of USD as written: a number (`25`, `25.5`) or a string (`"25.00"`).
+#[derive(Debug, Clone)]
 pub enum UsdAmount {
     Number(f64),
     Text(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum buffers the value and
+/// loses the field's path in its error, so a `true` where an amount belongs would be
+/// reported without naming the field.
+impl<'de> Deserialize<'de> for UsdAmount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsdAmount, D::Error> {
+        struct Amount;
+        impl serde::de::Visitor<'_> for Amount {
+            type Value = UsdAmount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an amount of USD, e.g. 25 or \"25.00\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<UsdAmount, E> {
+                Ok(UsdAmount::Number(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<UsdAmount, E> {
+                Ok(UsdAmount::Number(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<UsdAmount, E> {
+                Ok(UsdAmount::Number(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UsdAmount, E> {
+                Ok(UsdAmount::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Amount)
+    }
 }
 
 impl BudgetInput {
@@ -232,12 +298,34 @@ impl Policy {
                 self.allowed_regions.as_deref().unwrap_or_default(),
             ),
             ("required_tags", self.required_tags.as_slice()),
+            ("channels", self.channels.as_deref().unwrap_or_default()),
         ] {
             if let Some(i) = list.iter().position(|s| s.trim().is_empty()) {
                 return Err((format!("{field}[{i}]"), "must not be empty".to_owned()));
             }
         }
+        if self.channel.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(("channel".to_owned(), "must not be empty".to_owned()));
+        }
+        if let Some(c) = &self.cache {
+            check_cache_ttl(c.ttl_s).map_err(|m| ("cache.ttl_s".to_owned(), m))?;
+        }
         Ok(())
+    }
+
+    /// The first channel this policy names that `known` does not know, with its field
+    /// (relative to the policy): a policy may name only configured channels.
+    pub fn unknown_channel(&self, known: impl Fn(&str) -> bool) -> Option<(String, String)> {
+        if let Some(c) = self.channel.as_deref().filter(|c| !known(c)) {
+            return Some(("channel".to_owned(), c.to_owned()));
+        }
+        self.channels
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !known(c))
+            .map(|(i, c)| (format!("channels[{i}]"), c.clone()))
     }
 }
 
@@ -281,5 +369,24 @@ mod tests {
             warn_at_percent: None,
         };
         assert_eq!(bad.validate().expect_err("week").0, "period");
+    }
+
+    #[test]
+    fn a_policys_cache_ttl_is_bounded() {
+        let with = |ttl_s| Policy {
+            cache: Some(PolicyCache {
+                ttl_s,
+                any_temperature: false,
+            }),
+            ..Policy::default()
+        };
+        assert!(with(1).validate().is_ok());
+        assert!(with(MAX_CACHE_TTL_S).validate().is_ok());
+        for bad in [0, MAX_CACHE_TTL_S + 1] {
+            assert_eq!(with(bad).validate().expect_err("bounded").0, "cache.ttl_s");
+        }
+        let parsed: Policy = serde_json::from_str(r#"{"cache":{"ttl_s":60}}"#).expect("json");
+        assert_eq!(parsed, with(60));
+        assert!(serde_json::from_str::<Policy>(r#"{"cache":{"ttl":60}}"#).is_err());
     }
 }

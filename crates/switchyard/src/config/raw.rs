@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::policy::UsdAmount;
+
 /// The whole `switchyard.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +60,73 @@ pub struct RawConfig {
     /// Prometheus metrics (`GET /metrics`) and OTLP trace export.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// Channel profiles (`[channels.NAME]`: voice, chat, email…): latency objectives,
+    /// a standard system prompt, output limits and output checks, chosen by the key's
+    /// policy (`channel`) or the `x-switchyard-channel` header where the policy allows.
+    #[serde(default)]
+    pub channels: BTreeMap<String, RawChannel>,
+    /// Contracts with providers (`[contracts.NAME]`): commitments, caps and
+    /// contracted prices for the deployments they cover.
+    #[serde(default)]
+    pub contracts: BTreeMap<String, RawContract>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContract {
+    /// Deployments the contract covers, by name.
+    #[serde(default)]
+    pub deployments: Vec<String>,
+    /// A provider whose every deployment the contract covers (with `deployments`, both).
+    pub provider: Option<String>,
+    /// `"month"` (default): the terms renew each calendar month (UTC). Or give a
+    /// single term with `start` and `end` instead.
+    pub period: Option<String>,
+    /// First day of a single term, UTC (`"2027-01-01"`).
+    pub start: Option<String>,
+    /// Last day of a single term, UTC, included (`"2027-12-31"`).
+    pub end: Option<String>,
+    /// Committed spend per period, paid whether used or not (at contracted prices),
+    /// e.g. `5000` or `"5000.00"`. The `cost` strategy treats a covered deployment as
+    /// free at the margin until it is burned.
+    pub commitment_usd: Option<UsdAmount>,
+    /// Committed tokens (prompt and completion) per period, instead.
+    pub commitment_tokens: Option<u64>,
+    /// Provisioned throughput (Azure PTU, Bedrock provisioned throughput), instead: a
+    /// fixed cost per hour; what the covered deployments serve costs nothing more.
+    pub provisioned_usd_per_hour: Option<UsdAmount>,
+    /// Spend per period (at contracted prices) never to be exceeded: a request whose
+    /// reservation would cross it skips the covered deployments.
+    pub cap_usd: Option<UsdAmount>,
+    /// Contracted prices by deployment name (`[contracts.NAME.prices.DEPLOYMENT]`,
+    /// fields as a deployment's `price`); they replace the list price in the ledger's
+    /// effective cost, in budgets and in the `cost` strategy.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    /// Time-to-first-token objective, in ms. Deployments whose recent p90 time to
+    /// first token misses it are tried last, and a first call that has produced no
+    /// first token by then is hedged on the next deployment.
+    pub ttft_slo_ms: Option<u64>,
+    /// Whole-answer objective, in ms; reported against (`switchyard channels report`).
+    pub total_slo_ms: Option<u64>,
+    /// A system prompt placed before the application's own messages, whichever
+    /// provider answers (brand voice, safety rules).
+    pub system_prompt: Option<String>,
+    /// Most output tokens per answer: a request asking for more (or for no limit) is
+    /// capped to this.
+    pub max_output_tokens: Option<u32>,
+    /// Stop sequences added to every request's own (at most 4 in all).
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// The PII guardrail on answers: `off` (default), `redact` (typed placeholders,
+    /// also in streams, across chunk boundaries) or `block` (the answer is withheld
+    /// and ends with `finish_reason: "content_filter"`).
+    pub pii_output: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +279,11 @@ pub struct RawLedger {
     /// start and every hour, so that the writer is never held up for long. Default:
     /// keep everything.
     pub retention_days: Option<u32>,
+    /// How many days a stored response of the Responses API (`store: true`) is kept,
+    /// for `previous_response_id`, `GET /v1/responses/{id}` and its input items; after
+    /// that it is as good as deleted. Between 1 and 3650. Default 30, as OpenAI keeps
+    /// them. A change applies to responses stored from then on.
+    pub responses_ttl_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,6 +540,58 @@ pub struct RawModel {
     /// deployment is asked to continue the partial answer, and the client's stream
     /// goes on as one; at most once per request, never after a tool-call delta).
     pub stream_recovery: Option<String>,
+    /// Under the `priority` strategy, try deployments covered by a contract's unburned
+    /// commitment first (the tiers keep their order behind them). Default false: the
+    /// `cost` strategy prefers them whatever this says.
+    #[serde(default)]
+    pub prefer_commitments: bool,
+    /// Shadow evaluation (`[models.NAME.shadow]`): a candidate deployment that a
+    /// sample of this model's requests is also sent to, after the client's answer is
+    /// complete, to compare latency, cost, errors and answers.
+    pub shadow: Option<RawShadow>,
+    /// The exact-match response cache: `cache = { ttl_s = 3600, max_bytes = 67108864 }`.
+    /// The answer to a deterministic request (`temperature = 0`, unless
+    /// `any_temperature = true`; `n` at most 1), plain or a stream that completed, is
+    /// kept for `ttl_s` seconds and replayed, whole or as a stream, to the same request
+    /// from the same team (or key, for keys without a team). In process, or in Redis
+    /// when `[state]` is set. Off when absent.
+    pub cache: Option<RawCache>,
+}
+
+/// `[models.NAME.shadow]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    /// The candidate: a deployment name (required). It need not be one of the model's.
+    pub deployment: Option<String>,
+    /// Share of the model's chat requests mirrored, 0 to 1 (a stream once relayed to its end).
+    /// Required.
+    pub sample_rate: Option<f64>,
+    /// Most the candidate's calls may cost per UTC day, e.g. `5` or `"5.00"`. Required:
+    /// shadow traffic is paid for and counts in no caller's budget.
+    pub budget_usd: Option<UsdAmount>,
+    /// Text answers agree when their similarity is at least this, 0 to 1. Default 0.8.
+    pub agree_at: Option<f64>,
+    /// A deployment of an embeddings model: text answers are then compared by the
+    /// cosine similarity of their embeddings (one call for both, within the shadow
+    /// budget, recorded as its own shadow row) instead of the overlap of their words.
+    pub embeddings: Option<String>,
+}
+
+/// `[models.NAME] cache`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// How long an answer is reused, in seconds: 1 to 2592000 (30 days). Required.
+    pub ttl_s: Option<u64>,
+    /// Most bytes of answers this model keeps; an answer larger than this is not kept
+    /// (a stream stops being assembled once past it). Default 67108864 (64 MiB). The
+    /// in-process cache is sized, at start, by the largest of these; in Redis it bounds
+    /// each entry, and Redis's `maxmemory` the total.
+    pub max_bytes: Option<u64>,
+    /// Also reuse answers to requests whose `temperature` is not 0 (or unset), whose
+    /// answers would otherwise vary. Default false.
+    pub any_temperature: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -347,6 +347,28 @@ fn ledger_overload_settings_are_validated() {
 }
 
 #[test]
+fn responses_ttl_days_defaults_to_30_and_is_bounded() {
+    let c = Config::parse("", env).expect("defaults");
+    assert_eq!(c.ledger.responses_ttl_days, DEFAULT_RESPONSES_TTL_DAYS);
+    assert_eq!(DEFAULT_RESPONSES_TTL_DAYS, 30);
+    for days in [1, 7, 3650] {
+        let c =
+            Config::parse(&format!("[ledger]\nresponses_ttl_days = {days}\n"), env).expect("valid");
+        assert_eq!(c.ledger.responses_ttl_days, days);
+    }
+    for bad in ["0", "3651", "4294967295"] {
+        let src = format!("[ledger]\nresponses_ttl_days = {bad}\n");
+        let e = error_of(&src);
+        assert_eq!(e.path, "ledger.responses_ttl_days", "{src}: {e}");
+        assert!(e.to_string().contains("between 1 and 3650"), "{e}");
+        assert!(e.line.is_some(), "{src}: no line in {e}");
+    }
+    // A negative number is no `u32`: the file's parser refuses it, at its line.
+    let e = error_of("[ledger]\nresponses_ttl_days = -1\n");
+    assert_eq!(e.line, Some(2), "{e}");
+}
+
+#[test]
 fn routing_fields_are_validated() {
     let src = GOOD.replace(
         "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]",
@@ -420,6 +442,64 @@ stream_recovery = "continue""#,
         "model = \"gpt-4o-mini\"\nquota = { rpm = 0 }",
     );
     assert_eq!(error_of(&quota).path, "deployments.oa-mini.quota.rpm");
+}
+
+#[test]
+fn a_models_cache_is_validated() {
+    let src = GOOD.replace(
+        "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]",
+        "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]\ncache = { ttl_s = 3600, max_bytes = 1024 }",
+    );
+    let c = Config::parse(&src, env).expect("valid");
+    let m = c.model("support-chat").expect("model");
+    assert_eq!(
+        m.cache,
+        Some(super::CacheSettings {
+            ttl: Duration::from_secs(3600),
+            max_bytes: 1024,
+            any_temperature: false,
+        })
+    );
+    assert!(c
+        .models
+        .values()
+        .filter(|m| m.name != "support-chat")
+        .all(|m| m.cache.is_none()));
+    let defaults = src.replace(
+        "ttl_s = 3600, max_bytes = 1024",
+        "ttl_s = 1, any_temperature = true",
+    );
+    let m = Config::parse(&defaults, env).expect("valid");
+    let cache = m
+        .model("support-chat")
+        .and_then(|m| m.cache)
+        .expect("cache");
+    assert_eq!(cache.max_bytes, super::DEFAULT_CACHE_MAX_BYTES);
+    assert!(cache.any_temperature);
+    for (to, path) in [
+        (
+            "ttl_s = 0, max_bytes = 1024",
+            "models.support-chat.cache.ttl_s",
+        ),
+        (
+            "ttl_s = 2592001, max_bytes = 1024",
+            "models.support-chat.cache.ttl_s",
+        ),
+        ("max_bytes = 1024", "models.support-chat.cache.ttl_s"),
+        (
+            "ttl_s = 3600, max_bytes = 0",
+            "models.support-chat.cache.max_bytes",
+        ),
+    ] {
+        let e = error_of(&src.replacen("ttl_s = 3600, max_bytes = 1024", to, 1));
+        assert_eq!(e.path, path, "{to}: {e}");
+        assert!(e.line.is_some(), "{path} has no line");
+    }
+    let unknown = error_of(&src.replacen("max_bytes = 1024", "size = 1", 1));
+    assert!(
+        unknown.to_string().contains("unknown field `size`"),
+        "{unknown}"
+    );
 }
 
 #[test]
@@ -575,5 +655,288 @@ fn storage_errors_name_the_field() {
         assert_eq!(e.path, *field, "{src}: {e}");
         assert!(e.line.is_some(), "{src}: no line in {e}");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}
+
+#[test]
+fn channels_are_validated_field_by_field() {
+    let with = |channel: &str| format!("{GOOD}\n[channels.voice]\n{channel}\n");
+    let c = Config::parse(
+        &with("ttft_slo_ms = 300\ntotal_slo_ms = 4000\nsystem_prompt = \"Be brief.\"\nmax_output_tokens = 200\nstop = [\"Bye.\"]\npii_output = \"redact\""),
+        env,
+    )
+    .expect("valid");
+    let voice = c.channel("voice").expect("channel");
+    assert_eq!(voice.ttft_slo, Some(Duration::from_millis(300)));
+    assert_eq!(voice.total_slo, Some(Duration::from_millis(4000)));
+    assert_eq!(voice.pii_output, Some(PiiOutput::Redact));
+    assert!(voice.rewrites_request());
+    for (field, line, says) in [
+        (
+            "pii_output",
+            "pii_output = \"mask\"",
+            "unknown value `mask`",
+        ),
+        ("ttft_slo_ms", "ttft_slo_ms = 0", "greater than 0"),
+        ("ttft_slo_ms", "ttft_slo_ms = 3600001", "at most"),
+        (
+            "total_slo_ms",
+            "ttft_slo_ms = 500\ntotal_slo_ms = 400",
+            "less than ttft_slo_ms",
+        ),
+        (
+            "system_prompt",
+            "system_prompt = \"  \"",
+            "must not be empty",
+        ),
+        (
+            "max_output_tokens",
+            "max_output_tokens = 0",
+            "greater than 0",
+        ),
+        (
+            "stop",
+            "stop = [\"a\", \"b\", \"c\", \"d\", \"e\"]",
+            "at most 4",
+        ),
+        ("stop[1]", "stop = [\"a\", \"\\n\\n\"]", "whitespace"),
+    ] {
+        let e = error_of(&with(line));
+        assert_eq!(e.path, format!("channels.voice.{field}"), "{line}");
+        assert!(e.message.contains(says), "{line}: {e}");
+    }
+    // A name that could not travel in the header.
+    let e = error_of(&format!("{GOOD}\n[channels.\"voice chat\"]\n"));
+    assert!(e.message.contains("x-switchyard-channel"), "{e}");
+}
+
+#[test]
+fn a_key_policy_may_name_only_configured_channels() {
+    let src = GOOD.replace(
+        "key = \"${APP_KEY}\"",
+        "key = \"${APP_KEY}\"\npolicy = { channel = \"voice\", channels = [\"chat\"] }",
+    );
+    let e = error_of(&format!("{src}\n[channels.voice]\n"));
+    assert_eq!(e.path, "keys[0].policy.channels[0]");
+    assert!(e.message.contains("unknown channel `chat`"), "{e}");
+    let e = error_of(&format!("{src}\n[channels.chat]\n"));
+    assert_eq!(e.path, "keys[0].policy.channel");
+    let c =
+        Config::parse(&format!("{src}\n[channels.voice]\n[channels.chat]\n"), env).expect("valid");
+    assert_eq!(c.channels.len(), 2);
+}
+
+#[test]
+fn contracts_are_validated_and_reach_their_deployments() {
+    let with = |contract: &str| format!("{GOOD}\n{contract}\n");
+    let c = Config::parse(
+        &with(
+            "[contracts.eu]\nprovider = \"azure-eu\"\ncommitment_usd = \"500\"\ncap_usd = 800\n\
+             [contracts.eu.prices.az-mini]\ninput = 0.1\noutput = 0.4\n",
+        ),
+        env,
+    )
+    .expect("valid");
+    let eu = c.contracts.get("eu").expect("contract");
+    assert_eq!(eu.deployments, vec!["az-mini".to_owned()]);
+    assert_eq!(
+        eu.commitment,
+        Some(super::Commitment::Spend {
+            nano_usd: 500_000_000_000
+        })
+    );
+    assert_eq!(eu.cap_nano_usd, Some(800_000_000_000));
+    let az = c
+        .deployments
+        .iter()
+        .find(|d| d.name == "az-mini")
+        .expect("az");
+    assert_eq!(az.contract.as_ref().map(|k| k.name.as_str()), Some("eu"));
+    assert_eq!(az.effective_price.input_per_mtok, 100_000_000);
+    assert_ne!(az.effective_price, az.price);
+    let oa = c
+        .deployments
+        .iter()
+        .find(|d| d.name == "oa-mini")
+        .expect("oa");
+    assert!(oa.contract.is_none());
+    assert_eq!(oa.effective_price, oa.price);
+
+    for (contract, path, says) in [
+        (
+            "[contracts.x]\ndeployments = [\"nope\"]\ncap_usd = 1",
+            "contracts.x.deployments[0]",
+            "unknown deployment `nope`",
+        ),
+        ("[contracts.x]\ncap_usd = 1", "contracts.x", "covers nothing"),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]",
+            "contracts.x",
+            "sets no terms",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncommitment_usd = 5\ncap_usd = 4",
+            "contracts.x.cap_usd",
+            "below commitment_usd",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncommitment_usd = 5\ncommitment_tokens = 9",
+            "contracts.x",
+            "one commitment per contract",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = -1",
+            "contracts.x.cap_usd",
+            "non-negative amount",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1e300",
+            "contracts.x.cap_usd",
+            "non-negative amount",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = \"١٠\"",
+            "contracts.x.cap_usd",
+            "non-negative amount",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1\nperiod = \"week\"",
+            "contracts.x.period",
+            "unknown period",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1\nstart = \"2027-02-01\"\nend = \"2027-01-01\"",
+            "contracts.x.end",
+            "after start",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1\nstart = \"2027-02-30\"\nend = \"2027-03-01\"",
+            "contracts.x.start",
+            "not a UTC date",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\nprovisioned_usd_per_hour = 2\n[contracts.x.prices.oa-mini]\ninput = 1",
+            "contracts.x.prices.oa-mini",
+            "no per-token price",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1\n[contracts.x.prices.az-mini]\ninput = 1",
+            "contracts.x.prices.az-mini",
+            "not a deployment this contract covers",
+        ),
+        (
+            "[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = 1\n[contracts.y]\ndeployments = [\"oa-mini\"]\ncap_usd = 2",
+            "contracts.y",
+            "covered by contract `x` already",
+        ),
+    ] {
+        let e = error_of(&with(contract));
+        assert_eq!(e.path, path, "{contract}: {e}");
+        assert!(e.message.contains(says), "{contract}: {e}");
+    }
+    // A wrong type is a parse error: its line, and what was expected.
+    let src = with("[contracts.x]\ndeployments = [\"oa-mini\"]\ncap_usd = true");
+    let e = error_of(&src);
+    let line = src
+        .lines()
+        .position(|l| l == "cap_usd = true")
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, Some(line), "{e}");
+    assert!(e.message.contains("expected an amount of USD"), "{e}");
+}
+
+#[test]
+fn a_models_shadow_is_validated() {
+    let base = "[models.support-chat]\ndeployments = [\"az-mini\", \"oa-mini\"]";
+    let with = |shadow: &str| {
+        GOOD.replace(
+            base,
+            &format!("{base}\n[models.support-chat.shadow]\n{shadow}"),
+        )
+    };
+    let c = Config::parse(
+        &with("deployment = \"oa-mini\"\nsample_rate = 0.25\nbudget_usd = \"2.50\""),
+        env,
+    )
+    .expect("valid");
+    let s = c
+        .model("support-chat")
+        .and_then(|m| m.shadow.clone())
+        .expect("shadow");
+    assert_eq!(s.candidate.name, "oa-mini");
+    assert_eq!(s.sample_rate, 0.25);
+    assert_eq!(s.budget_nano_usd_per_day, 2_500_000_000);
+    assert_eq!(s.agree_at, 0.8);
+    assert_eq!(s.model.targets.len(), 1);
+    assert_eq!(s.model.retry.max_attempts, 1);
+    assert!(
+        s.embeddings.is_none(),
+        "text is compared by words unless told"
+    );
+    let c = Config::parse(
+        &with(
+            "deployment = \"oa-mini\"\nsample_rate = 1\nbudget_usd = 1\nembeddings = \"az-mini\"",
+        ),
+        env,
+    )
+    .expect("valid");
+    let e = c
+        .model("support-chat")
+        .and_then(|m| m.shadow.clone())
+        .and_then(|s| s.embeddings.clone())
+        .expect("an embeddings model");
+    assert_eq!(e.deployment.name, "az-mini");
+    assert_eq!(e.model.targets.len(), 1);
+    assert_eq!(e.model.retry.max_attempts, 1);
+    for (shadow, path, says) in [
+        (
+            "sample_rate = 1\nbudget_usd = 1",
+            "shadow.deployment",
+            "is required",
+        ),
+        (
+            "deployment = \"nope\"\nsample_rate = 1\nbudget_usd = 1",
+            "shadow.deployment",
+            "unknown deployment `nope`",
+        ),
+        (
+            "deployment = \"oa-mini\"\nbudget_usd = 1",
+            "shadow.sample_rate",
+            "is required",
+        ),
+        (
+            "deployment = \"oa-mini\"\nsample_rate = 1.5\nbudget_usd = 1",
+            "shadow.sample_rate",
+            "from 0 to 1",
+        ),
+        (
+            "deployment = \"oa-mini\"\nsample_rate = 1",
+            "shadow.budget_usd",
+            "is required",
+        ),
+        (
+            "deployment = \"oa-mini\"\nsample_rate = 1\nbudget_usd = \"-1\"",
+            "shadow.budget_usd",
+            "non-negative",
+        ),
+        (
+            "deployment = \"oa-mini\"\nsample_rate = 1\nbudget_usd = 1\nagree_at = 2",
+            "shadow.agree_at",
+            "from 0 to 1",
+        ),
+        (
+            "deployment = \"oa-mini\"\nsample_rate = 1\nbudget_usd = 1\nembeddings = \"nope\"",
+            "shadow.embeddings",
+            "unknown deployment `nope`",
+        ),
+    ] {
+        let e = error_of(&with(shadow));
+        assert_eq!(
+            e.path,
+            format!("models.support-chat.{path}"),
+            "{shadow}: {e}"
+        );
+        assert!(e.message.contains(says), "{shadow}: {e}");
     }
 }

@@ -1,14 +1,14 @@
 //! The validation of a configuration file that `switchyard config check` prints and
 //! a live reload runs before it puts a file in force: parsing and validation
-//! (`Config::load`, errors with the field's path and line), then the `[[keys]]` names
-//! against the key store. One place, so that a file `config check` accepts is one the
+//! (`Config::load`, errors with the field's path and line), then the file against the
+//! key store (`[[keys]]` names, the channels stored policies name). One place, so that a file `config check` accepts is one the
 //! running gateway accepts, and the other way round; the two entry points differ only
 //! in which handle on the key store they use.
 
 use std::path::{Path, PathBuf};
 
 use super::store::{Store, StoreError};
-use super::{check_key_names, GovernanceError};
+use super::{check_against_store, GovernanceError};
 use crate::config::{Config, ConfigError};
 
 /// Why a configuration file was refused.
@@ -18,10 +18,11 @@ pub enum CheckError {
     /// its line.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
-    /// The file is valid on its own, but a `[[keys]]` name is taken by a virtual key
-    /// in the key store.
+    /// The file is valid on its own, but does not fit the key store: a `[[keys]]`
+    /// name is taken by a virtual key, or a stored policy names a channel the file
+    /// does not define.
     #[error("{}: {source}", file.display())]
-    KeyName {
+    StoreConflict {
         file: PathBuf,
         /// The offending field, `keys[N].name`.
         field: String,
@@ -37,7 +38,7 @@ impl CheckError {
     pub fn field(&self) -> Option<&str> {
         match self {
             CheckError::Invalid(e) => Some(e.path.as_str()).filter(|p| !p.is_empty()),
-            CheckError::KeyName { field, .. } => Some(field),
+            CheckError::StoreConflict { field, .. } => Some(field),
             CheckError::Store(_) => None,
         }
     }
@@ -76,15 +77,16 @@ pub async fn check_config_file_against(
 }
 
 async fn check_against(config: &Config, path: &Path, store: &Store) -> Result<(), CheckError> {
-    match check_key_names(config, store).await {
+    match check_against_store(config, store).await {
         Ok(()) => Ok(()),
         Err(GovernanceError::Store(e)) => Err(CheckError::Store(e)),
         Err(source) => {
             let field = match &source {
                 GovernanceError::NameCollision { field, .. } => field.clone(),
+                GovernanceError::ChannelInUse { .. } => "channels".to_owned(),
                 GovernanceError::Store(_) | GovernanceError::Storage(_) => String::new(),
             };
-            Err(CheckError::KeyName {
+            Err(CheckError::StoreConflict {
                 file: path.to_owned(),
                 field,
                 source,

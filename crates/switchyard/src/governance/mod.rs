@@ -15,6 +15,7 @@
 
 pub mod budget;
 pub mod check;
+pub mod output;
 pub mod pii;
 pub mod policy;
 mod refusal;
@@ -71,13 +72,78 @@ pub struct Principal {
     pub revoked: bool,
 }
 
-/// One level's rate limits: whose (scope and id), its name for messages, its policy.
+/// One level's rate limits: whose (scope and id), its policy, and its windows, whose
+/// keys and labels are built once here rather than for every request.
 #[derive(Debug, Clone)]
 struct Limited {
     scope: Scope,
     id: Arc<str>,
-    name: Arc<str>,
-    policy: Policy,
+    /// The level's own windows.
+    windows: Windows,
+    /// Windows of the level's per-model limits, by model.
+    by_model: HashMap<String, Windows>,
+}
+
+impl Limited {
+    fn new(scope: Scope, id: Arc<str>, name: &str, policy: &Policy) -> Limited {
+        let own = RateLimits {
+            rpm: policy.rpm,
+            tpm: policy.tpm,
+        };
+        Limited {
+            windows: Windows::of(scope, &id, name, None, own),
+            by_model: policy
+                .model_limits
+                .iter()
+                .map(|(m, l)| (m.clone(), Windows::of(scope, &id, name, Some(m), *l)))
+                .collect(),
+            scope,
+            id,
+        }
+    }
+}
+
+/// A level's request and token windows (either may be unlimited).
+#[derive(Debug, Clone, Default)]
+struct Windows {
+    rpm: Option<WindowSpec>,
+    tpm: Option<WindowSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct WindowSpec {
+    /// The limiter's key: by id, stable across renames.
+    key: Arc<str>,
+    /// What refusals show: by name, e.g. `key app rpm`, `team research model gpt-4o tpm`.
+    label: Arc<str>,
+    limit: u64,
+}
+
+impl Windows {
+    fn of(scope: Scope, id: &str, name: &str, model: Option<&str>, limits: RateLimits) -> Windows {
+        let spec = |unit: &str, limit: Option<u64>| {
+            limit.map(|limit| WindowSpec {
+                key: Arc::from(window_key(scope, id, model, unit)),
+                label: Arc::from(match model {
+                    Some(m) => format!("{} {name} model {m} {unit}", scope.as_str()),
+                    None => format!("{} {name} {unit}", scope.as_str()),
+                }),
+                limit,
+            })
+        };
+        Windows {
+            rpm: spec("rpm", limits.rpm),
+            tpm: spec("tpm", limits.tpm),
+        }
+    }
+}
+
+/// The limiter key of a level's `unit` (`rpm`, `tpm`) window, for one model or all.
+fn window_key(scope: Scope, id: &str, model: Option<&str>, unit: &str) -> String {
+    match model {
+        Some(m) => format!("rl:{}:{id}:model:{m}:{unit}", scope.as_str()),
+        None => format!("rl:{}:{id}:{unit}", scope.as_str()),
+    }
 }
 
 impl Principal {
@@ -98,12 +164,7 @@ impl Principal {
         // A team's name is its identity: team names are unique in the key store.
         if let (Some(t), Some(tn)) = (team, &team_name) {
             levels.push(&t.policy);
-            limits.push(Limited {
-                scope: Scope::Team,
-                id: tn.clone(),
-                name: tn.clone(),
-                policy: t.policy.clone(),
-            });
+            limits.push(Limited::new(Scope::Team, tn.clone(), tn, &t.policy));
             budgets.extend(t.budgets.iter().map(|b| Applied {
                 scope: Scope::Team,
                 id: tn.clone(),
@@ -112,12 +173,7 @@ impl Principal {
             }));
         }
         levels.push(key_policy);
-        limits.push(Limited {
-            scope: Scope::Key,
-            id: id.clone(),
-            name: name.clone(),
-            policy: key_policy.clone(),
-        });
+        limits.push(Limited::new(Scope::Key, id.clone(), &name, key_policy));
         budgets.extend(key_budgets.iter().map(|b| Applied {
             scope: Scope::Key,
             id: id.clone(),
@@ -148,7 +204,7 @@ struct Snapshot {
 /// configuration is reloaded ([`Governance::prepare_reconfigure`]).
 pub struct Rules {
     pub settings: GovernanceSettings,
-    detector: pii::PiiDetector,
+    detector: Arc<pii::PiiDetector>,
     /// Keys from the config file, always present.
     static_keys: Vec<([u8; 32], Arc<Principal>)>,
     /// SHA-256 of the admin token.
@@ -159,8 +215,10 @@ impl Rules {
     fn of(config: &Config) -> Rules {
         let settings = config.governance.clone();
         // Validation compiled the custom patterns already; this cannot fall back.
-        let detector = pii::PiiDetector::new(&settings.pii_patterns)
-            .unwrap_or_else(|_| pii::PiiDetector::builtin());
+        let detector = Arc::new(
+            pii::PiiDetector::new(&settings.pii_patterns)
+                .unwrap_or_else(|_| pii::PiiDetector::builtin()),
+        );
         let static_keys = config
             .keys
             .iter()
@@ -246,15 +304,47 @@ pub enum GovernanceError {
         /// The store's file, or its database without credentials.
         store: String,
     },
+    /// A stored policy names a channel the configuration does not define: its
+    /// requests would all be refused.
+    #[error(
+        "channels: the policy of {who} in the key store names the channel `{channel}` \
+         ({field}), which this configuration does not define; keep [channels.{channel}] \
+         or change that policy first"
+    )]
+    ChannelInUse {
+        /// `team NAME`, or `key NAME (ID)`.
+        who: String,
+        /// The policy's field, `channel` or `channels[N]`.
+        field: String,
+        channel: String,
+    },
 }
 
-/// Refuses a configuration whose `[[keys]]` reuse the name of a virtual key in the
-/// store at `store`. Used at start and by `switchyard config check`.
-pub async fn check_key_names(config: &Config, store: &Store) -> Result<(), GovernanceError> {
-    if config.keys.is_empty() {
-        return Ok(());
-    }
+/// Refuses a configuration that does not fit the key store: `[[keys]]` that reuse the
+/// name of a virtual key, or stored policies (of teams and of keys not revoked) that
+/// name a channel the configuration lacks. Used at start, by reloads and by
+/// `switchyard config check`.
+pub async fn check_against_store(config: &Config, store: &Store) -> Result<(), GovernanceError> {
     let stored = store.keys(None).await?;
+    let known = |c: &str| config.channel(c).is_some();
+    for t in store.teams().await? {
+        if let Some((field, channel)) = t.policy.unknown_channel(known) {
+            return Err(GovernanceError::ChannelInUse {
+                who: format!("team {}", t.name),
+                field,
+                channel,
+            });
+        }
+    }
+    for k in stored.iter().filter(|k| k.revoked_at_ms.is_none()) {
+        if let Some((field, channel)) = k.policy.unknown_channel(known) {
+            return Err(GovernanceError::ChannelInUse {
+                who: format!("key {} ({})", k.name, k.id),
+                field,
+                channel,
+            });
+        }
+    }
     for (i, k) in config.keys.iter().enumerate() {
         if let Some(row) = stored.iter().find(|r| r.name == k.name) {
             return Err(GovernanceError::NameCollision {
@@ -352,7 +442,7 @@ impl Governance {
         let store = match &storage.store {
             Some(db) => {
                 let store = Store::open_on(db).await?;
-                check_key_names(config, &store).await?;
+                check_against_store(config, &store).await?;
                 Some(store)
             }
             None => None,
@@ -414,6 +504,11 @@ impl Governance {
         self.shared.as_ref()
     }
 
+    /// The ledger's database, when there is a ledger.
+    pub fn ledger_db(&self) -> Option<&Database> {
+        self.ledger.as_ref()
+    }
+
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }
@@ -426,6 +521,12 @@ impl Governance {
     /// What the configuration in force sets: settings, PII detector, its keys.
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.load_full()
+    }
+
+    /// A guard for one answer's text under the PII detector in force: it keeps the
+    /// detector of the configuration it started with, even across a reload.
+    pub fn output_guard(&self, action: output::OutputAction) -> output::OutputGuard {
+        output::OutputGuard::new(self.rules.load().detector.clone(), action)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -627,17 +728,19 @@ impl Governance {
                 continue;
             }
             for l in &p.limits {
-                for (kind, limit) in [("rpm", l.policy.rpm), ("tpm", l.policy.tpm)] {
-                    if let Some(limit) = limit {
-                        windows.insert((l.scope, l.id.clone(), kind), limit);
+                for (kind, spec) in [("rpm", &l.windows.rpm), ("tpm", &l.windows.tpm)] {
+                    if let Some(spec) = spec {
+                        windows.insert(
+                            (l.scope, l.id.clone(), kind),
+                            (spec.key.clone(), spec.limit),
+                        );
                     }
                 }
             }
         }
         let limiter = self.limiter();
         let mut out = Vec::with_capacity(windows.len());
-        for ((scope, id, kind), limit) in windows {
-            let key = format!("rl:{}:{id}:{kind}", scope.as_str());
+        for ((scope, id, kind), (key, limit)) in windows {
             let (remaining, _) = limiter.remaining(&key, limit, MINUTE).await;
             out.push((scope, id, kind, remaining, limit));
         }
@@ -826,7 +929,7 @@ impl Governance {
             return Ok(());
         }
         let rules = self.rules.load();
-        let mut r = pii::Redactor::new(&rules.detector);
+        let mut r = pii::Redactor::new(&*rules.detector);
         visit(&mut |text: &mut String| match mode {
             PiiMode::Redact => {
                 if let Some(clean) = r.redact(text) {
@@ -878,8 +981,7 @@ impl Governance {
                     .iter()
                     .position(|c| c.key == refusal.key)
                     .and_then(|i| meta.get(i));
-                let (unit, what) =
-                    m.map_or((Unit::Requests, "rate"), |m| (m.unit, m.label.as_str()));
+                let (unit, what) = m.map_or((Unit::Requests, "rate"), |m| (m.unit, &*m.label));
                 tracker.set_policy_decision(&format!("denied:rate_limited:{what}"));
                 set_limit_headers(
                     out_headers,
@@ -929,7 +1031,7 @@ impl Governance {
                 });
             }
         };
-        self.success_headers(&claims, &meta, out_headers).await;
+        success_headers(&reservation, &meta, out_headers);
         tracker.set_policy_decision("allowed");
         tracker.hold(Box::new(Ticket {
             limiter: self.limiter.clone(),
@@ -944,23 +1046,27 @@ impl Governance {
             reserved_nano_usd: bound,
         })
     }
+}
 
-    /// `x-ratelimit-*` for the tightest request window and the tightest token window.
-    async fn success_headers(&self, claims: &[Claim], meta: &[ClaimMeta], out: &mut HeaderMap) {
-        for unit in [Unit::Requests, Unit::Tokens] {
-            let mut best: Option<(u64, u64, Duration)> = None;
-            for (c, m) in claims.iter().zip(meta) {
-                if m.unit != unit {
-                    continue;
-                }
-                let (remaining, reset) = self.limiter.remaining(&c.key, c.limit, c.period).await;
-                if best.is_none_or(|(_, r, _)| remaining < r) {
-                    best = Some((c.limit, remaining, reset));
-                }
+/// `x-ratelimit-*` for the tightest request window and the tightest token window, as
+/// the reservation left them (no second look at the windows: with shared state that
+/// would be a round trip to Redis per window).
+fn success_headers(reservation: &Reservation, meta: &[ClaimMeta], out: &mut HeaderMap) {
+    for unit in [Unit::Requests, Unit::Tokens] {
+        let mut best: Option<(u64, u64, Duration)> = None;
+        for (i, m) in meta.iter().enumerate() {
+            if m.unit != unit {
+                continue;
             }
-            if let Some((limit, remaining, reset)) = best {
-                set_limit_headers(out, unit, limit, remaining, reset);
+            let Some((remaining, reset)) = reservation.headroom(i) else {
+                continue;
+            };
+            if best.is_none_or(|(_, r, _)| remaining < r) {
+                best = Some((m.limit, remaining, reset));
             }
+        }
+        if let Some((limit, remaining, reset)) = best {
+            set_limit_headers(out, unit, limit, remaining, reset);
         }
     }
 }
@@ -1141,64 +1247,39 @@ impl Unit {
 
 struct ClaimMeta {
     unit: Unit,
+    /// The claim's limit (the reservation keeps what is left of it).
+    limit: u64,
     /// `key app rpm`, `team research model gpt-4o tpm`…
-    label: String,
+    label: Arc<str>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn claims_for(p: &Principal, model: &str, tokens: u64) -> (Vec<Claim>, Vec<ClaimMeta>) {
-    let mut claims = Vec::new();
-    let mut meta = Vec::new();
-    // Windows are keyed by id; the label, which refusals show, by name.
-    let mut add = |scope: Scope, id: &str, name: &str, model: Option<&str>, limits: RateLimits| {
-        let base = match model {
-            Some(m) => format!("rl:{}:{id}:model:{m}", scope.as_str()),
-            None => format!("rl:{}:{id}", scope.as_str()),
-        };
-        let label = match model {
-            Some(m) => format!("{} {name} model {m}", scope.as_str()),
-            None => format!("{} {name}", scope.as_str()),
-        };
-        if let Some(rpm) = limits.rpm {
-            claims.push(Claim {
-                key: Arc::from(format!("{base}:rpm")),
-                limit: rpm,
-                period: MINUTE,
-                amount: 1,
-            });
-            meta.push(ClaimMeta {
-                unit: Unit::Requests,
-                label: format!("{label} rpm"),
-            });
-        }
-        if let Some(tpm) = limits.tpm {
-            claims.push(Claim {
-                key: Arc::from(format!("{base}:tpm")),
-                limit: tpm,
-                period: MINUTE,
-                amount: tokens,
-            });
-            meta.push(ClaimMeta {
-                unit: Unit::Tokens,
-                label: format!("{label} tpm"),
-            });
+    let mut claims = Vec::with_capacity(4);
+    let mut meta = Vec::with_capacity(4);
+    let mut add = |w: &Windows| {
+        for (spec, unit, amount) in [(&w.rpm, Unit::Requests, 1), (&w.tpm, Unit::Tokens, tokens)] {
+            if let Some(spec) = spec {
+                claims.push(Claim {
+                    key: spec.key.clone(),
+                    limit: spec.limit,
+                    period: MINUTE,
+                    amount,
+                });
+                meta.push(ClaimMeta {
+                    unit,
+                    limit: spec.limit,
+                    label: spec.label.clone(),
+                });
+            }
         }
     };
     // Narrowest first, so a refusal names the key's own limit when both are full.
     for l in p.limits.iter().rev() {
-        add(
-            l.scope,
-            &l.id,
-            &l.name,
-            None,
-            RateLimits {
-                rpm: l.policy.rpm,
-                tpm: l.policy.tpm,
-            },
-        );
-        if let Some(m) = l.policy.model_limits.get(model) {
-            add(l.scope, &l.id, &l.name, Some(model), *m);
+        add(&l.windows);
+        if let Some(w) = l.by_model.get(model) {
+            add(w);
         }
     }
     (claims, meta)

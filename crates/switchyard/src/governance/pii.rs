@@ -9,6 +9,7 @@
 //! need either a `+country` form or the grouped shapes people write phone numbers in.
 //! Precision and recall on `pii_corpus.tsv` are checked by a test and quoted in the README.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -444,16 +445,20 @@ fn trim_phone_end(text: &str, start: usize, end: usize) -> usize {
 
 /// Redacts texts of one request, numbering placeholders per type across all of them:
 /// the same value gets the same placeholder everywhere in the request.
-pub struct Redactor<'a> {
-    detector: &'a PiiDetector,
+///
+/// `D` is how the detector is held: borrowed (`&PiiDetector`) for a request's prompt,
+/// or shared (`Arc<PiiDetector>`) by a guard that outlives the borrow, such as one
+/// checking a streamed answer.
+pub struct Redactor<D> {
+    detector: D,
     seen: HashMap<(String, String), usize>,
     next: HashMap<String, usize>,
     /// Findings per label, in first-seen order.
     pub counts: Vec<(String, usize)>,
 }
 
-impl<'a> Redactor<'a> {
-    pub fn new(detector: &'a PiiDetector) -> Redactor<'a> {
+impl<D: Borrow<PiiDetector>> Redactor<D> {
+    pub fn new(detector: D) -> Redactor<D> {
         Redactor {
             detector,
             seen: HashMap::new(),
@@ -462,7 +467,13 @@ impl<'a> Redactor<'a> {
         }
     }
 
-    fn count(&mut self, label: &str) {
+    /// The detector this redactor uses.
+    pub fn detector(&self) -> &PiiDetector {
+        self.detector.borrow()
+    }
+
+    /// Counts one finding of `label` (for [`Redactor::summary`]).
+    pub fn count(&mut self, label: &str) {
         match self.counts.iter_mut().find(|(l, _)| l == label) {
             Some((_, n)) => *n += 1,
             None => self.counts.push((label.to_owned(), 1)),
@@ -471,15 +482,38 @@ impl<'a> Redactor<'a> {
 
     /// Counts the findings in `text` without changing it.
     pub fn scan(&mut self, text: &str) {
-        for f in self.detector.find(text) {
-            let label = self.detector.label_of(&f).to_owned();
+        let detector = self.detector.borrow();
+        let labels: Vec<String> = detector
+            .find(text)
+            .iter()
+            .map(|f| detector.label_of(f).to_owned())
+            .collect();
+        for label in labels {
             self.count(&label);
         }
     }
 
+    /// The placeholder of finding `f`, whose text is `value`, counting it: `[EMAIL_2]`.
+    /// The same label and value always get the same number.
+    pub fn placeholder(&mut self, f: &Finding, value: &str) -> String {
+        let label = self.detector.borrow().label_of(f).to_owned();
+        self.count(&label);
+        let n = match self.seen.get(&(label.clone(), value.to_owned())) {
+            Some(&n) => n,
+            None => {
+                let n = self.next.entry(label.clone()).or_insert(0);
+                *n += 1;
+                let n = *n;
+                self.seen.insert((label.clone(), value.to_owned()), n);
+                n
+            }
+        };
+        format!("[{label}_{n}]")
+    }
+
     /// `text` with every finding replaced, or `None` when there was nothing to replace.
     pub fn redact(&mut self, text: &str) -> Option<String> {
-        let findings = self.detector.find(text);
+        let findings = self.detector.borrow().find(text);
         if findings.is_empty() {
             return None;
         }
@@ -492,21 +526,9 @@ impl<'a> Redactor<'a> {
             else {
                 continue;
             };
-            let label = self.detector.label_of(f).to_owned();
-            self.count(&label);
-            let value = value.to_owned();
-            let n = match self.seen.get(&(label.clone(), value.clone())) {
-                Some(&n) => n,
-                None => {
-                    let n = self.next.entry(label.clone()).or_insert(0);
-                    *n += 1;
-                    let n = *n;
-                    self.seen.insert((label.clone(), value), n);
-                    n
-                }
-            };
+            let placeholder = self.placeholder(f, value);
             out.push_str(before);
-            out.push_str(&format!("[{label}_{n}]"));
+            out.push_str(&placeholder);
             at = f.end;
         }
         out.push_str(text.get(at..).unwrap_or_default());

@@ -2,7 +2,7 @@
 //! gateway's defaults. Combining never loosens: a key can only narrow what its team
 //! allows.
 
-use crate::config::policy::{PiiMode, Policy};
+use crate::config::policy::{PiiMode, Policy, PolicyCache};
 
 /// Whether `model` matches a policy entry (`name`, or `prefix*`).
 fn model_matches(pattern: &str, model: &str) -> bool {
@@ -30,6 +30,13 @@ pub struct EffectivePolicy {
     pub max_tokens: Option<u32>,
     pub data: DataPolicy,
     pub pii: PiiMode,
+    /// The channel profile requests get when they name none (the narrowest level's).
+    pub channel: Option<String>,
+    /// Each level's list of channels a request may choose; one must be in every list.
+    pub channel_lists: Vec<Vec<String>>,
+    /// The response-cache opt-in, when a level has one: the shortest TTL, and
+    /// `any_temperature` only when every level that opts in says so.
+    pub cache: Option<PolicyCache>,
 }
 
 impl EffectivePolicy {
@@ -68,8 +75,34 @@ impl EffectivePolicy {
             if let Some(mode) = p.pii {
                 out.pii = out.pii.max(mode);
             }
+            if let Some(channel) = &p.channel {
+                out.channel = Some(channel.clone());
+            }
+            if let Some(list) = &p.channels {
+                out.channel_lists.push(list.clone());
+            }
+            if let Some(c) = p.cache {
+                out.cache = Some(match out.cache {
+                    None => c,
+                    Some(prev) => PolicyCache {
+                        ttl_s: prev.ttl_s.min(c.ttl_s),
+                        any_temperature: prev.any_temperature && c.any_temperature,
+                    },
+                });
+            }
         }
         out
+    }
+
+    /// Whether a request may choose `channel` with the header: the policy's own
+    /// channel always, another one when every level lists it (and one level at least).
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        self.channel.as_deref() == Some(channel)
+            || (!self.channel_lists.is_empty()
+                && self
+                    .channel_lists
+                    .iter()
+                    .all(|list| list.iter().any(|c| c == channel)))
     }
 
     pub fn allows_model(&self, model: &str) -> bool {
@@ -117,5 +150,28 @@ mod tests {
         assert!(open.data.log_content);
         assert_eq!(open.data.allowed_regions, None);
         assert_eq!(open.pii, PiiMode::Log);
+        assert_eq!(open.cache, None);
+    }
+
+    #[test]
+    fn cache_opt_ins_combine_to_the_shorter_ttl() {
+        let level = |ttl_s, any_temperature| Policy {
+            cache: Some(PolicyCache {
+                ttl_s,
+                any_temperature,
+            }),
+            ..Policy::default()
+        };
+        let (team, key) = (level(600, true), level(60, false));
+        let e = EffectivePolicy::combine(&[&team, &key], PiiMode::Off);
+        assert_eq!(
+            e.cache,
+            Some(PolicyCache {
+                ttl_s: 60,
+                any_temperature: false
+            })
+        );
+        let only_team = EffectivePolicy::combine(&[&team, &Policy::default()], PiiMode::Off);
+        assert_eq!(only_team.cache, team.cache);
     }
 }

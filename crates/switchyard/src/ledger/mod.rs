@@ -3,7 +3,8 @@
 //! The request path never touches the database. It hands a [`RequestRecord`] to a
 //! [`LedgerSink`], which does a non-blocking `try_send` into a bounded channel; a
 //! background writer task owned by [`Ledger`] drains that channel in batches and
-//! inserts each batch in one transaction. The ledger is the audit of who spent
+//! inserts each batch in one transaction (on SQLite through a thread of its own that
+//! owns a `rusqlite` connection; on PostgreSQL through sqlx's pool). The ledger is the audit of who spent
 //! what, so a row is not given up lightly: when the channel is full (the database
 //! is slower than the traffic, or locked by another process), a finishing request
 //! waits for room, for at most `ledger.max_wait_ms` (`on_overload = "block"`, the
@@ -18,6 +19,7 @@
 
 pub mod retention;
 mod spend;
+mod sqlite_writer;
 pub mod stats;
 pub mod tracker;
 mod writer;
@@ -77,8 +79,11 @@ pub struct RequestRecord {
     pub client_disconnected: bool,
     /// Usage billed for the request (normally that of the serving attempt).
     pub usage: Usage,
-    /// Cost of the request in nano-USD.
+    /// Cost of the request in nano-USD: what was paid (contracted prices where a
+    /// contract sets them).
     pub cost_nano_usd: i64,
+    /// The same usage at list prices.
+    pub list_cost_nano_usd: i64,
     /// Microseconds until the last byte was sent (or the error).
     pub latency_us: i64,
     /// Microseconds to the first content chunk for streams; `None` otherwise.
@@ -100,6 +105,44 @@ pub struct RequestRecord {
     pub trace: Option<TraceIds>,
     /// The serving answer's finish reason, when one was seen (not a column).
     pub finish_reason: Option<String>,
+    /// The channel profile the request ran under.
+    pub channel: Option<String>,
+    /// Whether the request began a conversation turn (its last message the user's).
+    pub turn_start: bool,
+    /// Whether the answer came from the response cache (no upstream call, cost 0).
+    pub cache_hit: bool,
+    /// Whether the request could have been answered from the cache and was not (not a
+    /// column: the metrics').
+    pub cache_missed: bool,
+    /// What a what-if replay needs to route the request again (no content); `None`
+    /// when it never reached routing.
+    pub replay: Option<ReplayFacts>,
+    /// Set on a shadow row (`kind = 'shadow'`): a client's request mirrored to its
+    /// model's shadow candidate.
+    pub shadow: Option<ShadowFacts>,
+}
+
+/// What a shadow row records beyond a request's columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShadowFacts {
+    /// The client's request it mirrors.
+    pub of: String,
+    /// Agreement with the client's answer, 0 to 1; `None` when not compared.
+    pub agreement: Option<f64>,
+}
+
+/// What routing was given for a request, kept so that another configuration's
+/// routing can be asked the same question later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayFacts {
+    /// `tools`, `vision`, `json_schema`, comma-separated; empty for none.
+    pub needs: String,
+    /// The output bound the request was routed with.
+    pub max_tokens: Option<u64>,
+    /// The caller's allowed regions as a JSON array; `None`: any.
+    pub allowed_regions: Option<String>,
+    /// The caller's required data tags as a JSON array.
+    pub required_tags: String,
 }
 
 /// A traced request's ids (W3C trace context): the trace, the caller's span it
@@ -143,8 +186,10 @@ pub struct AttemptRecord {
     pub error_class: Option<String>,
     /// Usage reported (or estimated) for this call.
     pub usage: Usage,
-    /// Cost of this call in nano-USD.
+    /// Cost of this call in nano-USD, at the effective (contracted) price.
     pub cost_nano_usd: i64,
+    /// The same usage at the deployment's list price.
+    pub list_cost_nano_usd: i64,
     /// Duration of this call in microseconds.
     pub latency_us: i64,
     /// The provider's `gen_ai.provider.name` (not a column).
@@ -208,6 +253,15 @@ pub enum LedgerError {
         /// Underlying error.
         #[source]
         source: sqlx::Error,
+    },
+    /// The SQLite writer thread could not start or open the file for writing.
+    #[error("ledger {}: cannot open database for writing: {source}", path.display())]
+    WriterOpen {
+        /// The ledger file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The writer task died (panicked) instead of shutting down cleanly.
     #[error("ledger {}: writer task failed: {reason}", path.display())]
@@ -636,7 +690,8 @@ impl LedgerSink {
     }
 }
 
-/// An open ledger: owns the SQLite connection (through its writer task).
+/// An open ledger: owns the writer task (and, on SQLite, through it the writer thread
+/// and its connection).
 ///
 /// Call [`Ledger::shutdown`] on graceful shutdown so queued records are
 /// committed. Dropping a `Ledger` without it still tells the writer to drain
@@ -678,7 +733,15 @@ impl Ledger {
                 }
                 let mut conn = connect(path, true).await?;
                 migrate(&mut conn, path).await?;
-                writer::WriterConn::Sqlite(conn)
+                // The writer thread opens its own connection to the migrated file.
+                let _ = conn.close().await;
+                let thread = sqlite_writer::SqliteThread::start(path)
+                    .await
+                    .map_err(|source| LedgerError::WriterOpen {
+                        path: path.clone(),
+                        source,
+                    })?;
+                writer::WriterConn::Sqlite(thread)
             }
             Database::Postgres(pg) => writer::WriterConn::Postgres(pg.pool().clone()),
         };

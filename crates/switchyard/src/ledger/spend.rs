@@ -339,6 +339,8 @@ impl SpendReader {
     }
 
     /// Nano-USD spent by a key or team in requests started at or after `since_ms`.
+    /// Shadow rows (`kind = 'shadow'`) count in no budget: the gateway sent them, not
+    /// the caller.
     pub async fn spent_since(
         &mut self,
         by: SpentBy<'_>,
@@ -347,12 +349,12 @@ impl SpendReader {
         let (sql, who) = match by {
             SpentBy::Key(id) => (
                 "SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM requests \
-                 WHERE key_id = $1 AND started_at_ms >= $2",
+                 WHERE key_id = $1 AND started_at_ms >= $2 AND kind IS NULL",
                 id,
             ),
             SpentBy::Team(name) => (
                 "SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM requests \
-                 WHERE team_id = $1 AND started_at_ms >= $2",
+                 WHERE team_id = $1 AND started_at_ms >= $2 AND kind IS NULL",
                 name,
             ),
         };

@@ -8,6 +8,11 @@
 //! `GROUP BY`, and `CAST(… AS BIGINT)` around sums (PostgreSQL's `SUM` of a `BIGINT`
 //! is `NUMERIC`). SQLite files are opened read-only per call, as the spend report does.
 
+pub mod channels;
+pub mod contracts;
+pub mod replay;
+pub mod shadow;
+
 use std::collections::BTreeMap;
 
 use sqlx::postgres::PgRow;
@@ -21,6 +26,7 @@ use crate::storage::Postgres;
 #[derive(Debug, Clone)]
 enum Arg {
     Int(i64),
+    Real(f64),
     Text(String),
 }
 
@@ -42,6 +48,7 @@ where
             for a in args {
                 q = match a {
                     Arg::Int(v) => q.bind(*v),
+                    Arg::Real(v) => q.bind(*v),
                     Arg::Text(v) => q.bind(v.clone()),
                 };
             }
@@ -60,6 +67,7 @@ where
             for a in args {
                 q = match a {
                     Arg::Int(v) => q.bind(*v),
+                    Arg::Real(v) => q.bind(*v),
                     Arg::Text(v) => q.bind(v.clone()),
                 };
             }

@@ -697,3 +697,198 @@ async fn migration_4_moves_spend_from_key_names_to_ids() {
         "the migration builds the ids the gateway uses"
     );
 }
+
+/// Many request handlers submitting at once through a small queue (so that some wait
+/// for room), the writer committing batch after batch: at shutdown every request has
+/// its row and exactly its attempts, with their values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_all_land_with_their_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = Ledger::open(LedgerOptions {
+        queue_capacity: 8,
+        batch_max: 16,
+        max_wait: Duration::from_secs(60),
+        ..LedgerOptions::new(&path)
+    })
+    .await
+    .expect("open ledger");
+    const TASKS: u32 = 8;
+    const EACH: u32 = 250;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let sink = ledger.sink();
+        handles.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let mut r = rec(&format!("req_{t}_{i:04}"), (t + i) % 4);
+                r.cost_nano_usd = i64::from(t * EACH + i);
+                sink.submit(r).await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("submitter");
+    }
+    let stats = ledger.shutdown().await.expect("shutdown");
+    let n = TASKS * EACH;
+    assert_eq!(totals(stats), (u64::from(n), 0));
+
+    let mut c = raw(&path).await;
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM requests").await,
+        i64::from(n)
+    );
+    let attempts: i64 = (0..TASKS)
+        .flat_map(|t| (0..EACH).map(move |i| i64::from((t + i) % 4)))
+        .sum();
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM attempts").await,
+        attempts
+    );
+    // Every attempt belongs to its own request, numbered 1..=attempt_count.
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM requests r WHERE attempt_count != \
+             (SELECT COUNT(*) FROM attempts a WHERE a.request_id = r.request_id \
+              AND a.attempt BETWEEN 1 AND r.attempt_count)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        (0..i64::from(n)).sum::<i64>()
+    );
+}
+
+/// Records that arrive while the writer is inside a batch (here held there by another
+/// connection's write lock) wait in the queue and are written after it, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_submitted_during_a_batch_are_written_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = Ledger::open(LedgerOptions {
+        queue_capacity: 64,
+        batch_max: 1,
+        ..LedgerOptions::new(&path)
+    })
+    .await
+    .expect("open ledger");
+    let sink = ledger.sink();
+    let mut locker = raw(&path).await;
+    let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
+    sink.record(rec("req_first", 1));
+    // The writer has taken the first record when the queue is empty again: from then
+    // on it is inside that batch, waiting for the lock.
+    for _ in 0..1_000 {
+        if room(&sink) == 64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(room(&sink), 64, "the writer did not take the first record");
+    for i in 0..20 {
+        sink.submit(rec(&format!("req_during_{i}"), 2)).await;
+    }
+    let mut lock = lock;
+    assert_eq!(
+        scalar(&mut lock, "SELECT COUNT(*) FROM requests").await,
+        0,
+        "nothing can be committed while the lock is held"
+    );
+    lock.rollback().await.expect("unlock");
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (21, 0));
+    assert_eq!(
+        scalar(&mut locker, "SELECT COUNT(*) FROM requests").await,
+        21
+    );
+    assert_eq!(
+        scalar(&mut locker, "SELECT COUNT(*) FROM attempts").await,
+        41
+    );
+}
+
+/// The writer's connection is an ordinary one: another connection (a report, the
+/// `sqlite3` shell) sees each batch once it is committed, while the ledger runs; at
+/// shutdown the connection is closed, so the write-ahead log is folded into the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_connection_sees_committed_rows_while_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, 1_024).await;
+    let sink = ledger.sink();
+    for i in 0..100 {
+        sink.record(rec(&format!("req_{i}"), 1));
+    }
+    let mut c = raw(&path).await;
+    let mut seen = 0;
+    for _ in 0..1_000 {
+        seen = scalar(&mut c, "SELECT COUNT(*) FROM requests").await;
+        if seen == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen, 100, "rows not visible to another connection");
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM attempts").await, 100);
+    c.close().await.expect("close");
+
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (100, 0));
+    let wal = dir.path().join("ledger.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).expect("wal").len() == 0,
+        "the writer's connection was not closed at shutdown"
+    );
+    let mut c = raw(&path).await;
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, 100);
+}
+
+/// `on_overload = "drop"` with submitters racing the writer thread: whatever the
+/// timing, every record is either written (with its attempts) or counted as dropped
+/// for a full queue, never both and never neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drop_mode_under_concurrency_accounts_for_every_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = Ledger::open(LedgerOptions {
+        queue_capacity: 4,
+        batch_max: 4,
+        on_overload: OnOverload::Drop,
+        ..LedgerOptions::new(&path)
+    })
+    .await
+    .expect("open ledger");
+    // A held lock makes sure the queue does fill.
+    let mut locker = raw(&path).await;
+    let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
+    let mut handles = Vec::new();
+    for t in 0..4 {
+        let sink = ledger.sink();
+        handles.push(tokio::spawn(async move {
+            for i in 0..500 {
+                sink.submit(rec(&format!("req_{t}_{i}"), 1 + i % 2)).await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("submitter");
+    }
+    lock.rollback().await.expect("unlock");
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert!(stats.dropped_queue_full > 0, "{stats:?}");
+    assert_eq!(stats.dropped, stats.dropped_queue_full);
+    assert_eq!(stats.written + stats.dropped, 2_000);
+    assert_eq!(stats.waited, 0);
+    let written = i64::try_from(stats.written).expect("fits");
+    assert_eq!(
+        scalar(&mut locker, "SELECT COUNT(*) FROM requests").await,
+        written
+    );
+    assert_eq!(
+        scalar(&mut locker, "SELECT COUNT(*) FROM attempts").await,
+        scalar(&mut locker, "SELECT SUM(attempt_count) FROM requests").await
+    );
+}

@@ -26,6 +26,8 @@ pub struct RequestTracker {
     ticket: Option<Box<dyn Settle>>,
     /// Whether the caller's policy lets the ledger keep content.
     log_content: bool,
+    /// The latency, when the answer was complete before the row was finished.
+    answered_us: Option<i64>,
 }
 
 /// What admission reserved for a request (rate-limit windows, budget), to be replaced
@@ -56,7 +58,14 @@ impl RequestTracker {
             finished: false,
             ticket: None,
             log_content: false,
+            answered_us: None,
         }
+    }
+
+    /// The answer is complete: the request's latency ends now, whatever runs before
+    /// the row is finished (a shadow comparison's own call).
+    pub fn answered(&mut self) {
+        self.answered_us = Some(micros(self.started));
     }
 
     /// Traces the request if the observer wants it, continuing the caller's
@@ -96,9 +105,76 @@ impl RequestTracker {
         self.record.policy_decision = Some(decision.to_owned());
     }
 
+    /// The channel profile the request runs under.
+    pub fn set_channel(&mut self, channel: &str) {
+        self.record.channel = Some(channel.to_owned());
+    }
+
+    /// Whether the request begins a conversation turn.
+    pub fn set_turn(&mut self, begins: bool) {
+        self.record.turn_start = begins;
+    }
+
+    /// The answer came from the response cache: no attempt, so usage and cost stay 0.
+    pub fn set_cache_hit(&mut self) {
+        self.record.cache_hit = true;
+    }
+
+    /// What routing is given for this request, for what-if replays.
+    pub fn set_replay(&mut self, facts: super::ReplayFacts) {
+        self.record.replay = Some(facts);
+    }
+
+    /// The row is a shadow of the client's request `of` (see `[models.NAME.shadow]`).
+    pub fn set_shadow_of(&mut self, of: &str) {
+        self.record.shadow = Some(super::ShadowFacts {
+            of: of.to_owned(),
+            agreement: None,
+        });
+    }
+
+    /// How far a shadow row's answer agreed with the client's.
+    pub fn set_agreement(&mut self, agreement: Option<f64>) {
+        if let Some(s) = self.record.shadow.as_mut() {
+            s.agreement = agreement;
+        }
+    }
+
+    /// The caller: its key's id and name, and its team.
+    pub fn caller(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        (
+            self.record.key_id.as_deref(),
+            self.record.key_name.as_deref(),
+            self.record.team_id.as_deref(),
+        )
+    }
+
+    /// The prompt kept for the ledger, when the caller's policy allows keeping it.
+    pub fn logged_prompt(&self) -> Option<&str> {
+        self.record
+            .content_prompt
+            .as_deref()
+            .filter(|_| self.log_content)
+    }
+
+    /// The request was cacheable but not in the cache.
+    pub fn set_cache_miss(&mut self) {
+        self.record.cache_missed = true;
+    }
+
     /// What the PII guardrail found (types and counts only).
     pub fn set_redactions(&mut self, summary: &str) {
         self.record.redactions = Some(summary.to_owned());
+    }
+
+    /// What the PII guardrail found in the answer, after what it found in the prompt:
+    /// `redact:EMAIL=1;output:redact:PHONE=2`.
+    pub fn add_output_findings(&mut self, action: &str, summary: &str) {
+        let output = format!("output:{action}:{summary}");
+        self.record.redactions = Some(match self.record.redactions.take() {
+            Some(prompt) => format!("{prompt};{output}"),
+            None => output,
+        });
     }
 
     /// Keeps the reservations admission made, to settle them once with the actuals.
@@ -213,7 +289,8 @@ impl RequestTracker {
             a.error_class = Some(class.to_owned());
             a.latency_us = micros(started);
             a.usage = usage;
-            a.cost_nano_usd = deployment.price.cost(&usage);
+            a.cost_nano_usd = deployment.effective_price.cost(&usage);
+            a.list_cost_nano_usd = deployment.price.cost(&usage);
         }
     }
 
@@ -235,7 +312,8 @@ impl RequestTracker {
     ) {
         if let Some(a) = self.record.attempts.get_mut(index) {
             a.usage = usage;
-            a.cost_nano_usd = deployment.price.cost(&usage);
+            a.cost_nano_usd = deployment.effective_price.cost(&usage);
+            a.list_cost_nano_usd = deployment.price.cost(&usage);
             a.latency_us = micros(started);
         }
         self.serving(index);
@@ -276,11 +354,12 @@ impl RequestTracker {
     /// the spend whether or not the row is written.
     fn close(&mut self) -> RequestRecord {
         self.finished = true;
-        self.record.latency_us = micros(self.started);
+        self.record.latency_us = self.answered_us.unwrap_or_else(|| micros(self.started));
         // The request's totals are what every attempt may be billed: failed, losing
         // and partial attempts included.
         let mut total = Usage::default();
         let mut cost = 0i64;
+        let mut list_cost = 0i64;
         for a in &self.record.attempts {
             // Upstream-reported counts: saturate rather than overflow.
             let u = &a.usage;
@@ -293,9 +372,11 @@ impl RequestTracker {
                 .saturating_add(u.cache_write_tokens);
             total.estimated |= a.usage.estimated;
             cost = cost.saturating_add(a.cost_nano_usd);
+            list_cost = list_cost.saturating_add(a.list_cost_nano_usd);
         }
         self.record.usage = total;
         self.record.cost_nano_usd = cost;
+        self.record.list_cost_nano_usd = list_cost;
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(&total, cost);
         }

@@ -1,4 +1,10 @@
 //! The background task that turns queued [`RequestRecord`]s into rows.
+//!
+//! The task owns the queue's receiving end on both engines: it takes a batch, lingers
+//! for it to fill, and commits it in one transaction, retrying and counting losses.
+//! PostgreSQL's inserts go through sqlx's pool from the task itself; SQLite's are
+//! handed to a thread of their own that owns a `rusqlite` connection
+//! (`sqlite_writer.rs`).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -6,18 +12,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::sqlite_writer::{SqliteThread, ThreadError};
 use super::{to_sql_int, AttemptRecord, DropReason, RequestRecord, Shared};
 
-/// The writer's way to the database: SQLite's one connection (it has a single writer
-/// anyway), or the PostgreSQL pool, from which each batch takes a connection.
+/// The writer's way to the database: SQLite's writer thread with its one connection
+/// (SQLite has a single writer anyway), or the PostgreSQL pool, from which each batch
+/// takes a connection.
 pub(super) enum WriterConn {
-    Sqlite(SqliteConnection),
+    Sqlite(SqliteThread),
     Postgres(PgPool),
+}
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Sqlite(#[from] ThreadError),
+    #[error(transparent)]
+    Postgres(#[from] sqlx::Error),
 }
 
 /// Everything the writer task owns.
@@ -37,14 +53,14 @@ pub(super) struct WriterCtx {
 /// queue forever.
 const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_millis(500)];
 
-/// Rows per INSERT statement. Every statement is a round trip (to sqlx's SQLite
-/// worker thread, or to the PostgreSQL server), which costs more than the insert
-/// itself, so rows are sent in multi-row statements. 32 keeps well under SQLite's
-/// bind-parameter limit (32 × 26 = 832) and bounds the distinct statement texts (one
-/// per chunk length, 1..=32 per table) so all stay in the prepared-statement cache.
+/// Rows per INSERT statement on PostgreSQL. Every statement is a round trip to the
+/// server, which costs more than the insert itself, so rows are sent in multi-row
+/// statements. 32 × 37 columns keeps well under the bind-parameter limit and bounds
+/// the distinct statement texts (one per chunk length, 1..=32 per table) so all stay
+/// in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
 
-const REQUEST_COLUMNS: &[&str] = &[
+pub(super) const REQUEST_COLUMNS: &[&str] = &[
     "request_id",
     "started_at_ms",
     "key_id",
@@ -71,9 +87,20 @@ const REQUEST_COLUMNS: &[&str] = &[
     "reasoning_tokens",
     "cache_write_tokens",
     "key_name",
+    "channel",
+    "turn_start",
+    "cache_hit",
+    "needs",
+    "max_tokens",
+    "allowed_regions",
+    "required_tags",
+    "list_cost_nano_usd",
+    "kind",
+    "shadow_of",
+    "agreement",
 ];
 
-const ATTEMPT_COLUMNS: &[&str] = &[
+pub(super) const ATTEMPT_COLUMNS: &[&str] = &[
     "request_id",
     "attempt",
     "started_at_ms",
@@ -90,11 +117,12 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "latency_us",
     "reasoning_tokens",
     "cache_write_tokens",
+    "list_cost_nano_usd",
 ];
 
 /// `INSERT INTO table (cols) VALUES ($1, …), … <tail>` for `rows` rows. Numbered
 /// placeholders are the one syntax both engines take.
-fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
+pub(super) fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
     let tuples: Vec<String> = (0..rows)
         .map(|row| {
             let params: Vec<String> = (1..=cols.len())
@@ -234,10 +262,11 @@ pub(super) async fn run(ctx: WriterCtx) -> u64 {
         }
     }
 
-    // Closing the last connection checkpoints the WAL into the main file. The
-    // PostgreSQL pool is shared with the key store and closes with it.
-    if let WriterConn::Sqlite(conn) = conn {
-        if let Err(e) = conn.close().await {
+    // Closing the last connection checkpoints the WAL into the main file; the
+    // thread answers once its connection is closed. The PostgreSQL pool is shared
+    // with the key store and closes with it.
+    if let WriterConn::Sqlite(thread) = conn {
+        if let Err(e) = thread.close().await {
             tracing::warn!(database = %label, error = %e, "closing usage ledger failed");
         }
     }
@@ -264,7 +293,13 @@ async fn commit_batch(
             Err(e) => e,
         };
         shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-        match retries.next() {
+        // A writer thread that died took its batch with it: nothing left to retry.
+        let retry = if batch.is_empty() {
+            None
+        } else {
+            retries.next()
+        };
+        match retry {
             Some(delay) => {
                 tracing::warn!(database = %label, error = %e, rows = total,
                     "usage ledger batch failed; retrying");
@@ -291,134 +326,150 @@ async fn commit_batch(
     written
 }
 
-/// The inserts of one batch inside the open transaction `$tx`, evaluating to the
-/// request rows written. A macro, not a function, so that the one text serves both
-/// engines' transaction and row types.
-macro_rules! insert_rows {
-    ($tx:ident, $stmts:expr, $batch:expr) => {{
-        let stmts: &Statements = $stmts;
-        let batch: &[RequestRecord] = $batch;
-        let mut written = 0u64;
-        let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
-            for r in chunk {
-                q = q
-                    .bind(&r.request_id)
-                    .bind(r.started_at_ms)
-                    .bind(r.key_id.as_deref())
-                    .bind(r.endpoint)
-                    .bind(r.logical_model.as_deref())
-                    .bind(r.deployment.as_deref())
-                    .bind(r.provider.as_deref())
-                    .bind(r.upstream_model.as_deref())
-                    .bind(i64::from(r.status))
-                    .bind(r.error_code.as_deref())
-                    .bind(i64::from(r.streamed))
-                    .bind(i64::from(r.client_disconnected))
-                    .bind(to_sql_int(r.usage.prompt_tokens))
-                    .bind(to_sql_int(r.usage.completion_tokens))
-                    .bind(to_sql_int(r.usage.cached_tokens))
-                    .bind(i64::from(r.usage.estimated))
-                    .bind(r.cost_nano_usd)
-                    .bind(r.latency_us)
-                    .bind(r.ttft_us)
-                    .bind(to_sql_int(r.attempts.len() as u64))
-                    .bind(r.team_id.as_deref())
-                    .bind(r.policy_decision.as_deref())
-                    .bind(r.redactions.as_deref())
-                    .bind(to_sql_int(r.usage.reasoning_tokens))
-                    .bind(to_sql_int(r.usage.cache_write_tokens))
-                    .bind(r.key_name.as_deref());
-            }
-            let inserted = q.fetch_all(&mut *$tx).await?;
-            written += inserted.len() as u64;
-            if inserted.len() == chunk.len() {
-                attempts.extend(chunk.iter().flat_map(attempts_of));
-            } else {
-                // Duplicate request id(s): the first occurrence was inserted (rows
-                // go in order), later ones and ids already in the table were not.
-                // Attach attempts only to the row that was really inserted.
-                let mut ids = inserted
+/// The inserts of one batch inside the open PostgreSQL transaction `$tx`, evaluating
+/// to the request rows written.
+async fn insert_rows(
+    tx: &mut sqlx::PgConnection,
+    stmts: &Statements,
+    batch: &[RequestRecord],
+) -> Result<u64, sqlx::Error> {
+    let mut written = 0u64;
+    let mut attempts: Vec<(&str, &AttemptRecord)> = Vec::new();
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
+        for r in chunk {
+            q = q
+                .bind(&r.request_id)
+                .bind(r.started_at_ms)
+                .bind(r.key_id.as_deref())
+                .bind(r.endpoint)
+                .bind(r.logical_model.as_deref())
+                .bind(r.deployment.as_deref())
+                .bind(r.provider.as_deref())
+                .bind(r.upstream_model.as_deref())
+                .bind(i64::from(r.status))
+                .bind(r.error_code.as_deref())
+                .bind(i64::from(r.streamed))
+                .bind(i64::from(r.client_disconnected))
+                .bind(to_sql_int(r.usage.prompt_tokens))
+                .bind(to_sql_int(r.usage.completion_tokens))
+                .bind(to_sql_int(r.usage.cached_tokens))
+                .bind(i64::from(r.usage.estimated))
+                .bind(r.cost_nano_usd)
+                .bind(r.latency_us)
+                .bind(r.ttft_us)
+                .bind(to_sql_int(r.attempts.len() as u64))
+                .bind(r.team_id.as_deref())
+                .bind(r.policy_decision.as_deref())
+                .bind(r.redactions.as_deref())
+                .bind(to_sql_int(r.usage.reasoning_tokens))
+                .bind(to_sql_int(r.usage.cache_write_tokens))
+                .bind(r.key_name.as_deref())
+                .bind(r.channel.as_deref())
+                .bind(i64::from(r.turn_start))
+                .bind(i64::from(r.cache_hit))
+                .bind(r.replay.as_ref().map(|p| p.needs.as_str()))
+                .bind(r.replay.as_ref().and_then(|p| p.max_tokens).map(to_sql_int))
+                .bind(r.replay.as_ref().and_then(|p| p.allowed_regions.as_deref()))
+                .bind(r.replay.as_ref().map(|p| p.required_tags.as_str()))
+                .bind(r.list_cost_nano_usd)
+                .bind(r.shadow.as_ref().map(|_| "shadow"))
+                .bind(r.shadow.as_ref().map(|s| s.of.as_str()))
+                .bind(r.shadow.as_ref().and_then(|s| s.agreement));
+        }
+        let inserted = q.fetch_all(&mut *tx).await?;
+        written += inserted.len() as u64;
+        if inserted.len() == chunk.len() {
+            attempts.extend(chunk.iter().flat_map(attempts_of));
+        } else {
+            // Duplicate request id(s): the first occurrence was inserted (rows
+            // go in order), later ones and ids already in the table were not.
+            // Attach attempts only to the row that was really inserted.
+            let mut ids = inserted
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<HashSet<_>, _>>()?;
+            attempts.extend(
+                chunk
                     .iter()
-                    .map(|row| row.try_get::<String, _>(0))
-                    .collect::<Result<HashSet<_>, _>>()?;
-                attempts.extend(
-                    chunk
-                        .iter()
-                        .filter(|r| ids.remove(&r.request_id))
-                        .flat_map(attempts_of),
-                );
-            }
+                    .filter(|r| ids.remove(&r.request_id))
+                    .flat_map(attempts_of),
+            );
         }
-        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
-            for &(request_id, a) in chunk {
-                q = q
-                    .bind(request_id)
-                    .bind(i64::from(a.attempt))
-                    .bind(a.started_at_ms)
-                    .bind(&a.deployment)
-                    .bind(&a.provider)
-                    .bind(&a.upstream_model)
-                    .bind(a.status.map(i64::from))
-                    .bind(a.error_class.as_deref())
-                    .bind(to_sql_int(a.usage.prompt_tokens))
-                    .bind(to_sql_int(a.usage.completion_tokens))
-                    .bind(to_sql_int(a.usage.cached_tokens))
-                    .bind(i64::from(a.usage.estimated))
-                    .bind(a.cost_nano_usd)
-                    .bind(a.latency_us)
-                    .bind(to_sql_int(a.usage.reasoning_tokens))
-                    .bind(to_sql_int(a.usage.cache_write_tokens));
-            }
-            q.execute(&mut *$tx).await?;
+    }
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
+        for &(request_id, a) in chunk {
+            q = q
+                .bind(request_id)
+                .bind(i64::from(a.attempt))
+                .bind(a.started_at_ms)
+                .bind(&a.deployment)
+                .bind(&a.provider)
+                .bind(&a.upstream_model)
+                .bind(a.status.map(i64::from))
+                .bind(a.error_class.as_deref())
+                .bind(to_sql_int(a.usage.prompt_tokens))
+                .bind(to_sql_int(a.usage.completion_tokens))
+                .bind(to_sql_int(a.usage.cached_tokens))
+                .bind(i64::from(a.usage.estimated))
+                .bind(a.cost_nano_usd)
+                .bind(a.latency_us)
+                .bind(to_sql_int(a.usage.reasoning_tokens))
+                .bind(to_sql_int(a.usage.cache_write_tokens))
+                .bind(a.list_cost_nano_usd);
         }
-        // Content only exists for requests whose policy allows logging it: rare enough
-        // for one statement each.
-        for r in batch
-            .iter()
-            .filter(|r| r.content_prompt.is_some() || r.content_response.is_some())
-        {
-            sqlx::query(
-                "INSERT INTO request_content (request_id, prompt, response) \
-                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = $1) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&r.request_id)
-            .bind(r.content_prompt.as_deref())
-            .bind(r.content_response.as_deref())
-            .execute(&mut *$tx)
-            .await?;
-        }
-        written
-    }};
+        q.execute(&mut *tx).await?;
+    }
+    // Content only exists for requests whose policy allows logging it: rare enough
+    // for one statement each.
+    for r in batch
+        .iter()
+        .filter(|r| r.content_prompt.is_some() || r.content_response.is_some())
+    {
+        sqlx::query(
+            "INSERT INTO request_content (request_id, prompt, response) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = $1) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&r.request_id)
+        .bind(r.content_prompt.as_deref())
+        .bind(r.content_response.as_deref())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(written)
 }
 
 /// One transaction for the whole batch: in SQLite's WAL mode with
 /// `synchronous=NORMAL`, as on PostgreSQL, the commit is the expensive part, so
-/// amortising it is what makes the ledger keep up. On SQLite, `BEGIN IMMEDIATE`
-/// takes the write lock up front, so waiting on another writer goes through the busy
-/// timeout instead of failing with BUSY_SNAPSHOT halfway through.
+/// amortising it is what makes the ledger keep up. SQLite's batch goes to the writer
+/// thread and comes back (written or not) for the caller to clear or retry; if the
+/// thread died with it, it comes back empty.
 async fn insert_batch(
     conn: &mut WriterConn,
     stmts: &Statements,
+    batch: &mut Vec<RequestRecord>,
+) -> Result<u64, WriteError> {
+    match conn {
+        WriterConn::Sqlite(thread) => {
+            let (back, result) = thread.write(std::mem::take(batch)).await;
+            *batch = back;
+            Ok(result?)
+        }
+        WriterConn::Postgres(pool) => Ok(insert_postgres(pool, stmts, batch).await?),
+    }
+}
+
+async fn insert_postgres(
+    pool: &PgPool,
+    stmts: &Statements,
     batch: &[RequestRecord],
 ) -> Result<u64, sqlx::Error> {
-    match conn {
-        WriterConn::Sqlite(conn) => {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let written = insert_rows!(tx, stmts, batch);
-            tx.commit().await?;
-            Ok(written)
-        }
-        WriterConn::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            let written = insert_rows!(tx, stmts, batch);
-            tx.commit().await?;
-            Ok(written)
-        }
-    }
+    let mut tx = pool.begin().await?;
+    let written = insert_rows(&mut tx, stmts, batch).await?;
+    tx.commit().await?;
+    Ok(written)
 }
 
 fn attempts_of(r: &RequestRecord) -> impl Iterator<Item = (&str, &AttemptRecord)> {

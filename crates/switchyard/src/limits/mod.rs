@@ -75,6 +75,8 @@ struct Slot {
     /// Sequence number of the entry within its window.
     seq: u64,
     amount: u64,
+    /// What the window had left right after this reservation (for `x-ratelimit-*`).
+    remaining: u64,
 }
 
 impl Reservation {
@@ -90,6 +92,13 @@ impl Reservation {
     /// The amounts reserved, in the order of the claims.
     pub fn amounts(&self) -> Vec<u64> {
         self.slots.iter().map(|s| s.amount).collect()
+    }
+
+    /// What claim `i`'s window had left right after the reservation, and when it will
+    /// be empty (a period after the entry just appended): what
+    /// [`Limiter::remaining`] would have answered then, without asking again.
+    pub fn headroom(&self, i: usize) -> Option<(u64, Duration)> {
+        self.slots.get(i).map(|s| (s.remaining, s.period))
     }
 }
 
@@ -345,7 +354,13 @@ impl InProcessLimiter {
                 period: claim.period,
                 seq,
                 amount: claim.amount,
+                remaining: 0,
             });
+        }
+        // Read once every claim is in, so that two claims on one window both see it whole.
+        for (slot, claim) in slots.iter_mut().zip(claims) {
+            let total = state.windows.get(&slot.key).map_or(0, |w| w.total);
+            slot.remaining = claim.limit.saturating_sub(total);
         }
         Ok(Reservation {
             slots,

@@ -65,9 +65,10 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 "#;
 
 /// KEYS: per claim its log and amounts, then the sequence counter. ARGV: per claim
-/// limit, period (µs), amount. Returns `{1, seq…}`, or `{0, i, total, retry_us}` for the
-/// first claim `i` (1-based) that does not fit, `total` counting this call's own earlier
-/// claims on the same window.
+/// limit, period (µs), amount. Returns `{1, seq…, total…}` (per claim its entry's
+/// sequence number, then per claim its window's total once all are in), or `{0, i,
+/// total, retry_us}` for the first claim `i` (1-based) that does not fit, `total`
+/// counting this call's own earlier claims on the same window.
 const RESERVE: &str = r#"
 local n = (#KEYS - 1) / 2
 local seqkey = KEYS[#KEYS]
@@ -101,6 +102,9 @@ local out = {1}
 for i = 1, n do
   out[i + 1] = append(KEYS[2 * i - 1], KEYS[2 * i], seqkey, now,
     tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]))
+end
+for i = 1, n do
+  out[n + i + 1] = tonumber(redis.call('HGET', KEYS[2 * i], 'total') or '0')
 end
 return out
 "#;
@@ -211,19 +215,23 @@ impl RedisLimiter {
         let reply: Vec<i64> = self.redis.run(&inv).await?;
         let bad = || StateError::Redis("unexpected reply from the reserve script".into());
         match reply.split_first() {
-            Some((1, seqs)) if seqs.len() == claims.len() => Ok(Ok(Reservation {
-                slots: claims
-                    .iter()
-                    .zip(seqs)
-                    .map(|(c, &seq)| Slot {
-                        key: c.key.clone(),
-                        period: c.period,
-                        seq: u64::try_from(seq).unwrap_or(0),
-                        amount: c.amount,
-                    })
-                    .collect(),
-                remote: true,
-            })),
+            Some((1, rest)) if rest.len() == 2 * claims.len() => {
+                let (seqs, totals) = rest.split_at(claims.len());
+                Ok(Ok(Reservation {
+                    slots: claims
+                        .iter()
+                        .zip(seqs.iter().zip(totals))
+                        .map(|(c, (&seq, &total))| Slot {
+                            key: c.key.clone(),
+                            period: c.period,
+                            seq: u64::try_from(seq).unwrap_or(0),
+                            amount: c.amount,
+                            remaining: c.limit.saturating_sub(u64::try_from(total).unwrap_or(0)),
+                        })
+                        .collect(),
+                    remote: true,
+                }))
+            }
             Some((0, [index, total, retry_us])) => {
                 let claim = usize::try_from(*index)
                     .ok()

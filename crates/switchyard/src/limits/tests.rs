@@ -52,6 +52,24 @@ fn admits_up_to_the_limit_then_refuses_until_the_oldest_leaves() {
 }
 
 #[test]
+fn a_reservation_says_what_each_window_has_left() {
+    let (clock, l) = setup();
+    now(l.try_reserve(&[claim("rpm", 10, 1), claim("tpm", 1000, 300)])).expect("fits");
+    clock.advance(Duration::from_secs(5));
+    let r = now(l.try_reserve(&[claim("rpm", 10, 1), claim("tpm", 1000, 200)])).expect("fits");
+    // What `remaining` would answer now, without asking again; the reset is a period
+    // after the entry just appended.
+    assert_eq!(r.headroom(0), Some((8, MIN)));
+    assert_eq!(r.headroom(1), Some((500, MIN)));
+    assert_eq!(now(l.remaining("rpm", 10, MIN)), (8, MIN));
+    assert_eq!(r.headroom(2), None);
+    // Two claims on one window both see the whole of what the reservation took.
+    let r = now(l.try_reserve(&[claim("w", 10, 2), claim("w", 10, 3)])).expect("fits");
+    assert_eq!(r.headroom(0), Some((5, MIN)));
+    assert_eq!(r.headroom(1), Some((5, MIN)));
+}
+
+#[test]
 fn a_claim_is_all_or_nothing_across_windows() {
     let (_clock, l) = setup();
     let claims = [claim("a", 10, 4), claim("b", 10, 4), claim("c", 3, 4)];

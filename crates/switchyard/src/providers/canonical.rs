@@ -363,6 +363,8 @@ pub mod golden {
         Deployment {
             index: 0,
             name: "d".into(),
+            derived: crate::config::DerivedNames::of("d", "p"),
+            upstream: Default::default(),
             reasoning_issuer: crate::config::reasoning_issuer_of(&kind, model),
             provider: Arc::new(Provider {
                 name: "p".into(),
@@ -388,6 +390,8 @@ pub mod golden {
                 max_output: None,
             },
             data_tags: Vec::new(),
+            contract: None,
+            effective_price: Price::default(),
         }
     }
 

@@ -60,28 +60,51 @@ pub fn build(
     body: Bytes,
     credential: Option<&super::auth::Credential>,
 ) -> reqwest::RequestBuilder {
-    let mut req = client
-        .post(url(deployment, endpoint))
+    // The URL is parsed once per deployment and endpoint, not per call.
+    let slot = endpoint as usize;
+    let req = match deployment.upstream.url(slot, || url(deployment, endpoint)) {
+        Some(parsed) => client.post(parsed),
+        None => client.post(url(deployment, endpoint)),
+    };
+    let req = req
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body);
     // A run-time credential (Entra ID for Azure) is an OAuth2 bearer token.
     if let Some(super::auth::Credential::Bearer(token)) = credential {
         return req.bearer_auth(token.expose());
     }
-    if let Some(key) = &deployment.provider.api_key {
-        req = match deployment.provider.kind {
-            ProviderKind::OpenAi { .. } | ProviderKind::Mistral { .. } => {
-                req.bearer_auth(key.expose())
-            }
-            ProviderKind::Azure { .. } => req.header("api-key", key.expose()),
-            ProviderKind::Anthropic { .. } => req.header("x-api-key", key.expose()),
-            ProviderKind::Bedrock { .. } | ProviderKind::Vertex { .. } => {
-                req.bearer_auth(key.expose())
-            }
-            ProviderKind::Gemini { .. } => req.header("x-goog-api-key", key.expose()),
-        };
+    match deployment.upstream.auth(|| static_auth(deployment)) {
+        Some((name, value)) => req.header(name.clone(), value.clone()),
+        // A key that is no valid header value fails the call when it is sent, as it
+        // always did, rather than going out without one.
+        None => match &deployment.provider.api_key {
+            Some(key) => req.header(http::header::AUTHORIZATION, key.expose()),
+            None => req,
+        },
     }
-    req
+}
+
+/// The header carrying a provider's static key, as its kind expects it; marked
+/// sensitive so that no debug output shows it.
+fn static_auth(deployment: &Deployment) -> Option<(http::HeaderName, HeaderValue)> {
+    let key = deployment.provider.api_key.as_ref()?.expose();
+    let (name, value) = match deployment.provider.kind {
+        ProviderKind::OpenAi { .. }
+        | ProviderKind::Mistral { .. }
+        | ProviderKind::Bedrock { .. }
+        | ProviderKind::Vertex { .. } => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+        ProviderKind::Azure { .. } => (http::HeaderName::from_static("api-key"), key.to_owned()),
+        ProviderKind::Anthropic { .. } => {
+            (http::HeaderName::from_static("x-api-key"), key.to_owned())
+        }
+        ProviderKind::Gemini { .. } => (
+            http::HeaderName::from_static("x-goog-api-key"),
+            key.to_owned(),
+        ),
+    };
+    let mut value = HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
 }
 
 /// Classifies a non-success answer. `body` is the (bounded) error body, in OpenAI's
@@ -260,11 +283,23 @@ pub fn body_without_reasoning_state(
         None
     };
     let mut taken: Vec<(usize, &'static str, Value)> = Vec::new();
-    for (i, m) in req.messages.iter_mut().enumerate() {
+    const STATE: [&str; 2] = ["thinking_blocks", "reasoning_content"];
+    // Looked for first without a mutable borrow, which would drop the client's own
+    // bytes of the messages (`types::chat::Messages`) for nothing.
+    let carries_state = req
+        .messages
+        .iter()
+        .any(|m| m.role == Role::Assistant && STATE.iter().any(|k| m.extra.contains_key(*k)));
+    let messages = if carries_state {
+        req.messages.iter_mut().collect()
+    } else {
+        Vec::new()
+    };
+    for (i, m) in messages.into_iter().enumerate() {
         if m.role != Role::Assistant || m.extra.is_empty() {
             continue;
         }
-        for key in ["thinking_blocks", "reasoning_content"] {
+        for key in STATE {
             if let Some(v) = m.extra.remove(key) {
                 taken.push((i, key, v));
             }

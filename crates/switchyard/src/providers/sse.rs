@@ -18,8 +18,49 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: BytesMut,
+    /// Leading bytes of `buf` already scanned and known to hold no line end, so that a
+    /// long line arriving in many chunks is scanned once, not once per chunk.
+    scanned: usize,
     event: Option<String>,
-    data: Option<BytesMut>,
+    data: Option<Data>,
+}
+
+/// An event's data so far: one line (nearly every event) is kept as a slice of the
+/// received bytes, without a copy; a second line joins them in a buffer.
+#[derive(Debug)]
+enum Data {
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Data::One(b) => b.len(),
+            Data::Many(b) => b.len(),
+        }
+    }
+
+    fn push_line(self, line: Bytes) -> Data {
+        let mut joined = match self {
+            Data::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + 1 + line.len());
+                b.extend_from_slice(&first);
+                b
+            }
+            Data::Many(b) => b,
+        };
+        joined.extend_from_slice(b"\n");
+        joined.extend_from_slice(&line);
+        Data::Many(joined)
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Data::One(b) => b,
+            Data::Many(b) => b.freeze(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,16 +79,21 @@ impl SseDecoder {
     /// The next complete event, if the bytes pushed so far hold one.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, EventTooLarge> {
         loop {
-            let Some(nl) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let unscanned = self.buf.get(self.scanned..).unwrap_or_default();
+            let Some(found) = memchr::memchr2(b'\n', b'\r', unscanned) else {
+                self.scanned = self.buf.len();
                 if self.buf.len() > MAX_EVENT_BYTES {
                     return Err(EventTooLarge);
                 }
                 return Ok(None);
             };
+            let nl = self.scanned + found;
             // A lone `\r` at the end of the buffer may be the first half of `\r\n`.
             if nl + 1 == self.buf.len() && self.buf.ends_with(b"\r") {
+                self.scanned = nl;
                 return Ok(None);
             }
+            self.scanned = 0;
             let line = self.buf.split_to(nl).freeze();
             let terminator = if self.buf.starts_with(b"\r\n") { 2 } else { 1 };
             self.buf.advance(terminator);
@@ -68,23 +114,31 @@ impl SseDecoder {
             }
             // `field:value`, the value's one leading space dropped; a line without a
             // colon is a field with an empty value.
-            let mut parts = line.splitn(2, |&b| b == b':');
-            let field = parts.next().unwrap_or_default();
-            let value = parts
-                .next()
-                .map_or(b"".as_slice(), |v| v.strip_prefix(b" ").unwrap_or(v));
-            match field {
+            let (field, value) = match memchr::memchr(b':', &line) {
+                Some(colon) => {
+                    let start = colon + 1;
+                    let start = if line.get(start) == Some(&b' ') {
+                        start + 1
+                    } else {
+                        start
+                    };
+                    (line.slice(..colon), line.slice(start..))
+                }
+                None => (line, Bytes::new()),
+            };
+            match &field[..] {
                 b"data" => {
-                    let data = self.data.get_or_insert_with(BytesMut::new);
-                    if !data.is_empty() {
-                        data.extend_from_slice(b"\n");
-                    }
-                    data.extend_from_slice(value);
-                    if data.len() > MAX_EVENT_BYTES {
+                    let data = match self.data.take() {
+                        None => Data::One(value),
+                        Some(d) => d.push_line(value),
+                    };
+                    let too_large = data.len() > MAX_EVENT_BYTES;
+                    self.data = Some(data);
+                    if too_large {
                         return Err(EventTooLarge);
                     }
                 }
-                b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
+                b"event" => self.event = Some(String::from_utf8_lossy(&value).into_owned()),
                 _ => {} // id, retry and unknown fields do not matter to a relay
             }
         }
@@ -144,6 +198,25 @@ mod tests {
         d.push(b"data: {\"half\":");
         assert_eq!(d.next_event().expect("ok"), None);
         assert!(d.has_partial());
+    }
+
+    #[test]
+    fn a_long_line_in_many_chunks_and_many_data_lines_decode_whole() {
+        // 200 KB of data in 1 KB chunks: scanned once, whole at the end.
+        let payload = vec![b'y'; 200 * 1024];
+        let mut stream = b"data: ".to_vec();
+        stream.extend_from_slice(&payload);
+        stream.extend_from_slice(b"\r\ndata:second\ndata\n\n");
+        let chunks: Vec<&[u8]> = stream.chunks(1024).collect();
+        let events = decode_all(&chunks);
+        assert_eq!(events.len(), 1);
+        let mut want = payload.clone();
+        want.extend_from_slice(b"\nsecond\n");
+        assert_eq!(&events[0].data[..], &want[..]);
+        // `data: x` and `data:x` agree; only one space is dropped.
+        let events = decode_all(&[b"data:  two spaces\n\ndata:x\n\n"]);
+        assert_eq!(&events[0].data[..], b" two spaces");
+        assert_eq!(&events[1].data[..], b"x");
     }
 
     #[test]

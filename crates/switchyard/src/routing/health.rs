@@ -8,7 +8,7 @@
 
 pub mod shared;
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,22 @@ use crate::resilience::{Admission, Breaker, BreakerState, ProbeTicket};
 /// that recovers is trusted gradually.
 const EWMA_DECAY: f64 = 0.3;
 
+/// Time-to-first-token samples kept per deployment for its p90.
+const TTFT_WINDOW: usize = 64;
+/// Samples older than this do not count: a deployment tried last because it was slow
+/// gets few new samples, and must not be judged on an old episode forever.
+const TTFT_MAX_AGE_MS: i64 = 300_000;
+/// Fewer recent samples than this give no p90 (the deployment is not judged).
+const TTFT_MIN_SAMPLES: usize = 5;
+
 pub struct DeploymentHealth {
     /// Peak-EWMA of time to first byte, in µs, as f64 bits; 0 = never measured.
     latency_us: AtomicU64,
+    /// The last [`TTFT_WINDOW`] times to first token (a stream's first event, a
+    /// plain answer's body), each `unix seconds << 32 | ms`; 0 = empty slot.
+    recent_ttft: [AtomicU64; TTFT_WINDOW],
+    /// Where the next sample goes (modulo the window).
+    ttft_next: AtomicUsize,
     in_flight: AtomicU32,
     /// Unix ms until which the provider said this deployment has no capacity.
     exhausted_until_ms: AtomicI64,
@@ -48,6 +61,8 @@ impl DeploymentHealth {
     ) -> Self {
         DeploymentHealth {
             latency_us: AtomicU64::new(0f64.to_bits()),
+            recent_ttft: std::array::from_fn(|_| AtomicU64::new(0)),
+            ttft_next: AtomicUsize::new(0),
             in_flight: AtomicU32::new(0),
             exhausted_until_ms: AtomicI64::new(0),
             breaker: Mutex::new(Breaker::new(config)),
@@ -100,6 +115,44 @@ impl DeploymentHealth {
             old + EWMA_DECAY * (sample - old)
         };
         self.latency_us.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Notes one answer's time to first token, at `now_ms` (unix ms). Lock-free: two
+    /// racing writers take different slots.
+    pub fn observe_first_token(&self, sample: Duration, now_ms: i64) {
+        let ms = u64::try_from(sample.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(u64::from(u32::MAX));
+        let secs = u64::try_from(now_ms / 1000).unwrap_or(0) & u64::from(u32::MAX);
+        let slot = self.ttft_next.fetch_add(1, Ordering::Relaxed) % TTFT_WINDOW;
+        if let Some(cell) = self.recent_ttft.get(slot) {
+            // A 0 ms sample is stored as 1 ms: 0 marks an empty slot.
+            cell.store(secs << 32 | ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The nearest-rank p90 of the recent times to first token, or `None` with too
+    /// few recent samples to judge.
+    pub fn ttft_p90(&self, now_ms: i64) -> Option<Duration> {
+        let now_secs = now_ms / 1000;
+        let max_age_secs = TTFT_MAX_AGE_MS / 1000;
+        let mut samples: Vec<u32> = self
+            .recent_ttft
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .filter(|&v| v != 0)
+            .filter(|&v| now_secs - i64::try_from(v >> 32).unwrap_or(0) <= max_age_secs)
+            .map(|v| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX))
+            .collect();
+        if samples.len() < TTFT_MIN_SAMPLES {
+            return None;
+        }
+        samples.sort_unstable();
+        // Nearest rank: the smallest sample with at least 90% of them at or below it.
+        let rank = (samples.len() * 9).div_ceil(10);
+        samples
+            .get(rank.saturating_sub(1))
+            .map(|&ms| Duration::from_millis(u64::from(ms)))
     }
 
     pub fn breaker_state(&self, now: Instant) -> BreakerState {
@@ -305,6 +358,40 @@ mod tests {
             window: 10,
             open_for: Duration::from_secs(1),
         })
+    }
+
+    #[test]
+    fn the_first_token_p90_needs_recent_samples_and_forgets_old_ones() {
+        let h = health();
+        let now = 1_700_000_000_000;
+        for ms in [100, 110, 120, 130] {
+            h.observe_first_token(Duration::from_millis(ms), now);
+        }
+        assert_eq!(h.ttft_p90(now), None, "four samples are too few to judge");
+        h.observe_first_token(Duration::from_millis(900), now);
+        // Nearest rank of five: the fifth.
+        assert_eq!(h.ttft_p90(now), Some(Duration::from_millis(900)));
+        for _ in 0..5 {
+            h.observe_first_token(Duration::from_millis(100), now);
+        }
+        // Ten samples: rank 9 is a 130.
+        assert_eq!(h.ttft_p90(now), Some(Duration::from_millis(130)));
+        // Five minutes later they no longer count.
+        assert_eq!(h.ttft_p90(now + 300_000), Some(Duration::from_millis(130)));
+        assert_eq!(h.ttft_p90(now + 301_000), None);
+        // The window keeps the last 64: a slow past is pushed out by a fast present.
+        for _ in 0..64 {
+            h.observe_first_token(Duration::from_millis(20), now + 400_000);
+        }
+        assert_eq!(h.ttft_p90(now + 400_000), Some(Duration::from_millis(20)));
+        // A sample beyond u32 ms is kept at the largest, never wrapped to a small one.
+        for _ in 0..64 {
+            h.observe_first_token(Duration::from_secs(u64::MAX / 4), now + 400_000);
+        }
+        assert_eq!(
+            h.ttft_p90(now + 400_000),
+            Some(Duration::from_millis(u64::from(u32::MAX)))
+        );
     }
 
     #[test]

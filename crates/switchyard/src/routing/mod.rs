@@ -10,7 +10,7 @@ pub mod health;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Constraints, Deployment, LogicalModel, Strategy};
+use crate::config::{Constraints, Contract, Deployment, LogicalModel, Strategy};
 use crate::limits::{self, TokenEstimate};
 use crate::types::chat::{ChatRequest, MessageContent};
 use crate::types::Usage;
@@ -58,6 +58,17 @@ impl Needs {
         Needs {
             prompt_tokens: limits::estimate_embedding_tokens(input),
             ..Needs::default()
+        }
+    }
+
+    /// The usage this request is expected to have (its prompt estimate and expected
+    /// output): what cost bounds and the `cost` strategy price.
+    pub fn expected_usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.expected_output,
+            estimated: true,
+            ..Usage::default()
         }
     }
 
@@ -228,14 +239,92 @@ pub fn prefer_issuer(plan: &mut Plan, issuer: &str) {
     plan.candidates.insert(0, first);
 }
 
+/// A channel's time-to-first-token objective in the order: deployments whose recent
+/// p90 misses it move behind the others, each keeping its place among its kind (so
+/// the strategy's order stands where the objective does not speak). A deployment
+/// without enough recent samples is not judged.
+pub fn demote_slow(plan: &mut Plan, health: &Health, slo: std::time::Duration, now_ms: i64) {
+    let mut slow = Vec::new();
+    let mut i = 0;
+    while let Some(c) = plan.candidates.get(i) {
+        match health.of(&c.deployment).ttft_p90(now_ms) {
+            Some(p90) if p90 > slo => {
+                let mut c = plan.candidates.remove(i);
+                c.why = format!(
+                    "{}; tried last: first-token p90 {} ms above the channel's {} ms",
+                    c.why,
+                    p90.as_millis(),
+                    slo.as_millis()
+                );
+                slow.push(c);
+            }
+            _ => i += 1,
+        }
+    }
+    plan.candidates.extend(slow);
+}
+
+/// Contracts in the order. A deployment covered by a commitment that is not burned
+/// yet costs nothing at the margin (it is paid for either way): under `cost` it goes
+/// first, and under `priority` too when the model says `prefer_commitments`. Such
+/// deployments keep their order among themselves, as do the others behind them.
+/// `unburned` answers for a contract now (see `contracts::ContractBook::unburned`).
+pub fn prefer_commitments(
+    plan: &mut Plan,
+    model: &LogicalModel,
+    unburned: impl Fn(&Contract) -> bool,
+) {
+    let applies = match model.strategy {
+        Strategy::Cost => true,
+        Strategy::Priority => model.prefer_commitments,
+        Strategy::Weighted | Strategy::Latency => false,
+    };
+    if !applies
+        || !plan
+            .candidates
+            .iter()
+            .any(|c| c.deployment.contract.is_some())
+    {
+        return;
+    }
+    let mut first = Vec::with_capacity(plan.candidates.len());
+    let mut rest = Vec::new();
+    for mut c in plan.candidates.drain(..) {
+        let covering = c.deployment.contract.clone();
+        match covering.filter(|k| unburned(k)) {
+            Some(k) => {
+                c.why = format!(
+                    "{}; free at the margin: unburned commitment of contract {}",
+                    c.why, k.name
+                );
+                first.push(c);
+            }
+            None => rest.push(c),
+        }
+    }
+    first.extend(rest);
+    plan.candidates = first;
+}
+
 pub fn plan(
     model: &LogicalModel,
     needs: &Needs,
     caller: &Constraints,
     health: Option<&Health>,
 ) -> Plan {
+    plan_with(model, needs, caller, health, &mut rand::rng())
+}
+
+/// [`plan`] with the randomness drawn from `rng`, so that a seeded generator gives the
+/// same plans every time (what-if replays).
+pub fn plan_with(
+    model: &LogicalModel,
+    needs: &Needs,
+    caller: &Constraints,
+    health: Option<&Health>,
+    rng: &mut impl rand::Rng,
+) -> Plan {
     let (mut plan, eligible) = filter(model, needs, caller);
-    let mut rng = rand::rng();
     match model.strategy {
         Strategy::Priority => {
             let mut tiers: Vec<u32> = eligible.iter().map(|t| t.tier).collect();
@@ -248,7 +337,7 @@ pub fn plan(
                     .copied()
                     .collect();
                 let shared = members.len() > 1;
-                for t in weighted_order(&members, &mut rng) {
+                for t in weighted_order(&members, &mut *rng) {
                     let why = if shared {
                         format!("priority tier {tier}, weight {}", t.weight)
                     } else {
@@ -263,7 +352,7 @@ pub fn plan(
         }
         Strategy::Weighted => {
             let total: u32 = eligible.iter().map(|t| t.weight).sum();
-            for t in weighted_order(&eligible, &mut rng) {
+            for t in weighted_order(&eligible, &mut *rng) {
                 plan.candidates.push(Candidate {
                     deployment: t.deployment.clone(),
                     why: format!("weighted {}/{total}", t.weight),
@@ -275,16 +364,16 @@ pub fn plan(
                 |t: &&crate::config::Target| health.map_or(0.0, |h| h.of(&t.deployment).score());
             let mut ordered: Vec<_> = eligible.clone();
             ordered.sort_by(|a, b| score(a).total_cmp(&score(b)));
-            let explore = health.is_some() && ordered.len() > 1 && rand::random_bool(EXPLORATION);
+            let explore = health.is_some() && ordered.len() > 1 && rng.random_bool(EXPLORATION);
             if explore {
-                let i = rand::random_range(0..ordered.len());
+                let i = rng.random_range(0..ordered.len());
                 let t = ordered.remove(i);
                 ordered.insert(0, t);
             } else if ordered.len() > 1 {
                 // Power of two choices: of two random deployments the better goes
                 // first, which spreads load among equals instead of herding.
-                let a = rand::random_range(0..ordered.len());
-                let mut b = rand::random_range(0..ordered.len() - 1);
+                let a = rng.random_range(0..ordered.len());
+                let mut b = rng.random_range(0..ordered.len() - 1);
                 if b >= a {
                     b += 1;
                 }
@@ -311,16 +400,10 @@ pub fn plan(
             }
         }
         Strategy::Cost => {
-            let usage = Usage {
-                prompt_tokens: needs.prompt_tokens,
-                completion_tokens: needs.expected_output,
-                cached_tokens: 0,
-                estimated: true,
-                ..Usage::default()
-            };
+            let usage = needs.expected_usage();
             let mut ordered: Vec<_> = eligible
                 .iter()
-                .map(|t| (t.deployment.price.cost(&usage), *t))
+                .map(|t| (t.deployment.effective_price.cost(&usage), *t))
                 .collect();
             // Stable: equal costs keep configuration order.
             ordered.sort_by_key(|(cost, _)| *cost);
@@ -484,6 +567,28 @@ pub fn render_explanation(model: &LogicalModel, needs: &Needs, caller: &Constrai
             per_million(d.price.output_per_mtok),
             cand.why
         );
+        if let Some(c) = &d.contract {
+            let mut terms = Vec::new();
+            if d.effective_price != d.price {
+                terms.push(format!(
+                    "contracted USD/M in {} out {}",
+                    per_million(d.effective_price.input_per_mtok),
+                    per_million(d.effective_price.output_per_mtok)
+                ));
+            }
+            if c.commitment.is_some() {
+                terms.push(
+                    "free at the margin while its commitment is unburned (cost strategy, or prefer_commitments)".to_owned(),
+                );
+            }
+            if let Some(cap) = c.cap_nano_usd {
+                terms.push(format!(
+                    "skipped when a request's reservation would pass its cap of {}",
+                    crate::types::money::format_usd(cap)
+                ));
+            }
+            let _ = writeln!(out, "     contract {}: {}", c.name, terms.join("; "));
+        }
     }
     if !plan.excluded.is_empty() {
         let _ = writeln!(out, "excluded:");
@@ -494,7 +599,7 @@ pub fn render_explanation(model: &LogicalModel, needs: &Needs, caller: &Constrai
     let _ = writeln!(
         out,
         "at run time: open circuit breakers, exhausted quotas and provider rate limits skip a \
-         deployment; retryable failures fall through to the next (at most {} attempts).",
+         deployment, as does a contract cap without room; retryable failures fall through to the next (at most {} attempts).",
         model.retry.max_attempts
     );
     out

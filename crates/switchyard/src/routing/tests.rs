@@ -18,19 +18,24 @@ fn provider() -> Arc<Provider> {
 }
 
 fn dep(index: usize, region: Option<&str>, tags: &[&str], input_price: u64) -> Arc<Deployment> {
+    let price = Price {
+        input_per_mtok: input_price,
+        output_per_mtok: input_price * 4,
+        cached_input_per_mtok: input_price / 2,
+        ..Price::default()
+    };
     Arc::new(Deployment {
         index,
         name: format!("d{index}"),
+        derived: crate::config::DerivedNames::of(&format!("d{index}"), "p"),
+        upstream: Default::default(),
         reasoning_issuer: None,
         provider: provider(),
         upstream_model: "m".into(),
         region: region.map(str::to_owned),
-        price: Price {
-            input_per_mtok: input_price,
-            output_per_mtok: input_price * 4,
-            cached_input_per_mtok: input_price / 2,
-            ..Price::default()
-        },
+        price,
+        contract: None,
+        effective_price: price,
         timeouts: Timeouts {
             connect: Duration::from_secs(1),
             first_byte: Duration::from_secs(1),
@@ -70,6 +75,9 @@ fn model(strategy: Strategy, deps: Vec<(Arc<Deployment>, u32, u32)>) -> LogicalM
         },
         hedge_after: None,
         stream_recovery: crate::config::StreamRecovery::Off,
+        prefer_commitments: false,
+        cache: None,
+        shadow: None,
     }
 }
 
@@ -400,4 +408,44 @@ deployments = ["az-eu", "oa-eu", "oa-us"]
         text.contains("- oa-us: region us-east is not allowed (allowed: eu-west, eu-north)"),
         "{text}"
     );
+}
+
+#[test]
+fn a_first_token_objective_moves_slow_deployments_last_in_their_order() {
+    let health = Health::new(
+        3,
+        crate::config::BreakerConfig {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            window: 20,
+            open_for: Duration::from_secs(5),
+        },
+    );
+    let (a, b, c) = (
+        dep(0, None, &[], 1),
+        dep(1, None, &[], 1),
+        dep(2, None, &[], 1),
+    );
+    let now = 1_700_000_000_000;
+    for _ in 0..5 {
+        health
+            .of(&a)
+            .observe_first_token(Duration::from_millis(400), now);
+        health
+            .of(&b)
+            .observe_first_token(Duration::from_millis(100), now);
+    }
+    // `c` has no samples: not judged, keeps its place.
+    let m = model(Strategy::Priority, vec![(a, 0, 1), (b, 1, 1), (c, 2, 1)]);
+    let mut p = plan(&m, &Needs::default(), &Constraints::default(), None);
+    assert_eq!(names(&p), ["d0", "d1", "d2"]);
+    demote_slow(&mut p, &health, Duration::from_millis(200), now);
+    assert_eq!(names(&p), ["d1", "d2", "d0"]);
+    assert!(p.candidates[2]
+        .why
+        .contains("first-token p90 400 ms above the channel's 200 ms"));
+    // Met exactly is met.
+    let mut p = plan(&m, &Needs::default(), &Constraints::default(), None);
+    demote_slow(&mut p, &health, Duration::from_millis(400), now);
+    assert_eq!(names(&p), ["d0", "d1", "d2"]);
 }

@@ -22,6 +22,36 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "responses",
         include_str!("../../migrations/postgres/0002_responses.sql"),
     ),
+    (
+        3,
+        "channels",
+        include_str!("../../migrations/postgres/0003_channels.sql"),
+    ),
+    (
+        4,
+        "cache",
+        include_str!("../../migrations/postgres/0004_cache.sql"),
+    ),
+    (
+        5,
+        "replay",
+        include_str!("../../migrations/postgres/0005_replay.sql"),
+    ),
+    (
+        6,
+        "contracts",
+        include_str!("../../migrations/postgres/0006_contracts.sql"),
+    ),
+    (
+        7,
+        "shadow",
+        include_str!("../../migrations/postgres/0007_shadow.sql"),
+    ),
+    (
+        8,
+        "ledger_write_indexes",
+        include_str!("../../migrations/postgres/0008_ledger_write_indexes.sql"),
+    ),
 ];
 
 /// A pool of connections to the database of `[storage] kind = "postgres"`. Cheap to

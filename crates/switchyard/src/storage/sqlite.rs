@@ -27,10 +27,22 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_responses.sql"),
     ),
+    (6, include_str!("../../migrations/sqlite/0006_channels.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_cache.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_replay.sql")),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_contracts.sql"),
+    ),
+    (10, include_str!("../../migrations/sqlite/0010_shadow.sql")),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_ledger_write_indexes.sql"),
+    ),
 ];
 
 /// Highest schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// How long a statement waits for another connection's write lock (e.g. a
 /// second gateway process or a `sqlite3` shell) before failing with BUSY.
@@ -69,6 +81,29 @@ pub async fn connect(path: &Path, create: bool) -> Result<SqliteConnection, sqlx
             .synchronous(SqliteSynchronous::Normal);
     }
     opts.connect().await
+}
+
+/// Opens the connection of the ledger's writer thread (`rusqlite`, blocking) to a file
+/// that [`connect`] created and [`migrate`] brought up to date. The same settings as a
+/// writer's [`connect`]: WAL journal, `synchronous = NORMAL` (a commit is durable
+/// against a crash of the process; a power loss or OS crash may lose the last
+/// commits since the WAL was last synced, never the file's consistency), foreign
+/// keys on, and the same busy timeout.
+pub fn open_writer(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The journal mode is the file's (persistent); asking for WAL again answers
+    // with the mode now in force.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "ledger file is not in WAL mode");
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
 }
 
 /// The schema version recorded in the file (0 for a file that is not ours).

@@ -55,6 +55,28 @@ fn token_histogram() -> Histogram {
     Histogram::new(TOKEN_BUCKETS)
 }
 
+/// The guardrail's findings as the ledger row says them, `mode:TYPE=n,TYPE=n` for the
+/// prompt, then `;output:mode:TYPE=n` for the answer: (direction, mode, type in lower
+/// case, count). Anything else is skipped.
+fn pii_findings(redactions: &str) -> Vec<(&'static str, &str, String, u64)> {
+    let mut out = Vec::new();
+    for part in redactions.split(';') {
+        let (direction, rest) = match part.strip_prefix("output:") {
+            Some(rest) => ("output", rest),
+            None => ("input", part),
+        };
+        let Some((mode, found)) = rest.split_once(':') else {
+            continue;
+        };
+        for (kind, n) in found.split(',').filter_map(|p| p.split_once('=')) {
+            if let Ok(n) = n.parse::<u64>() {
+                out.push((direction, mode, kind.to_ascii_lowercase(), n));
+            }
+        }
+    }
+    out
+}
+
 pub(super) struct Metrics {
     registry: Registry,
     key_labels: bool,
@@ -67,6 +89,10 @@ pub(super) struct Metrics {
     failovers: Series<Counter>,
     cost: Series<Counter<f64, AtomicU64>>,
     pii: Series<Counter>,
+    recoveries: Series<Counter>,
+    cache_lookups: Series<Counter>,
+    channel_first_token: Series<Histogram>,
+    channel_duration: Series<Histogram>,
     in_flight: Gauge,
 }
 
@@ -123,6 +149,32 @@ impl Metrics {
             "PII found in requests by the guardrail, by type and mode (never values)",
             pii.clone(),
         );
+        let recoveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_stream_recoveries",
+            "Streams that broke after content and were continued on another deployment (stream_recovery), by the deployment that broke",
+            recoveries.clone(),
+        );
+        let cache_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "switchyard_cache_lookups",
+            "Cacheable requests by logical model and result (hit, miss)",
+            cache_lookups.clone(),
+        );
+        let channel_first_token = HistogramFamily::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "switchyard_channel_first_token",
+            "Time to first token of answered requests per channel profile (a plain answer's is its whole body), against ttft_slo_ms",
+            Unit::Seconds,
+            channel_first_token.clone(),
+        );
+        let channel_duration = HistogramFamily::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "switchyard_channel_request_duration",
+            "Latency of answered requests per channel profile, against total_slo_ms",
+            Unit::Seconds,
+            channel_duration.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "switchyard_requests_in_flight",
@@ -153,7 +205,11 @@ impl Metrics {
             ),
             failovers: Series::new(failovers, &["model", "deployment", "error_type"]),
             cost: Series::new(cost, &["model", "deployment", "key", "team"]),
-            pii: Series::new(pii, &["type", "mode"]),
+            pii: Series::new(pii, &["type", "mode", "direction"]),
+            recoveries: Series::new(recoveries, &["model", "deployment"]),
+            cache_lookups: Series::new(cache_lookups, &["model", "result"]),
+            channel_first_token: Series::new(channel_first_token, &["channel"]),
+            channel_duration: Series::new(channel_duration, &["channel"]),
             in_flight,
         }
     }
@@ -236,12 +292,41 @@ impl Metrics {
             }
         }
 
-        // `mode:type=n,type=n`, as the guardrail writes it.
-        if let Some((mode, found)) = r.redactions.as_deref().and_then(|s| s.split_once(':')) {
-            for (kind, n) in found.split(',').filter_map(|p| p.split_once('=')) {
-                if let Ok(n) = n.parse::<u64>() {
-                    self.pii.get(&[&kind.to_ascii_lowercase(), mode]).inc_by(n);
-                }
+        if r.cache_hit || r.cache_missed {
+            let result = if r.cache_hit { "hit" } else { "miss" };
+            self.cache_lookups.get(&[model, result]).inc();
+        }
+
+        // A stream continued elsewhere: its broken attempt, then the one that served.
+        if r.error_code.is_none() {
+            let broke = r
+                .attempts
+                .iter()
+                .rev()
+                .skip(1)
+                .find(|a| a.error_class.as_deref() == Some("stream_cut"));
+            if let Some(a) = broke {
+                self.recoveries.get(&[model, &a.deployment]).inc();
+            }
+        }
+
+        if let Some(channel) = r
+            .channel
+            .as_deref()
+            .filter(|_| r.status < 400 && r.error_code.is_none())
+        {
+            let first_token = r.ttft_us.unwrap_or(r.latency_us);
+            self.channel_first_token
+                .get(&[channel])
+                .observe(first_token as f64 / 1e6);
+            self.channel_duration
+                .get(&[channel])
+                .observe(r.latency_us as f64 / 1e6);
+        }
+
+        if let Some(redactions) = r.redactions.as_deref() {
+            for (direction, mode, kind, n) in pii_findings(redactions) {
+                self.pii.get(&[&kind, mode, direction]).inc_by(n);
             }
         }
     }
@@ -367,6 +452,73 @@ impl Metrics {
             capacity,
         );
 
+        // Contracts: the period's burn and what it projects (money; a token
+        // commitment's shortfall is in tokens).
+        let usd = |v: i64| v as f64 / 1e9;
+        let contract_spend = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let contract_reserved = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let contract_committed = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let contract_cap = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let contract_shortfall = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let contract_overage = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for c in &s.contracts {
+            if c.period.is_none() {
+                continue;
+            }
+            let l = vec![("contract", c.name.clone())];
+            let p = c.projection();
+            contract_spend
+                .get_or_create(&l)
+                .set(usd(c.burn.spent_nano_usd));
+            contract_reserved
+                .get_or_create(&l)
+                .set(usd(c.burn.reserved_nano_usd));
+            if let Some(committed) = p.committed_nano_usd {
+                contract_committed.get_or_create(&l).set(usd(committed));
+            }
+            if let (Some(short), false) = (p.shortfall, c.in_tokens()) {
+                contract_shortfall.get_or_create(&l).set(usd(short));
+            }
+            if let (Some(cap), Some(over)) = (c.cap_nano_usd, p.overage_nano_usd) {
+                contract_cap.get_or_create(&l).set(usd(cap));
+                contract_overage.get_or_create(&l).set(usd(over));
+            }
+        }
+        for (name, help, family) in [
+            (
+                "switchyard_contract_spend_usd",
+                "Spend at contracted prices on a contract's deployments in its current period",
+                contract_spend,
+            ),
+            (
+                "switchyard_contract_reserved_usd",
+                "What calls in flight hold against a contract's cap",
+                contract_reserved,
+            ),
+            (
+                "switchyard_contract_committed_usd",
+                "A contract's commitment for its current period",
+                contract_committed,
+            ),
+            (
+                "switchyard_contract_cap_usd",
+                "A contract's spending cap per period",
+                contract_cap,
+            ),
+            (
+                "switchyard_contract_projected_shortfall_usd",
+                "Committed money projected to go unused by the period's end (0: on track)",
+                contract_shortfall,
+            ),
+            (
+                "switchyard_contract_projected_overage_usd",
+                "Spend projected beyond the cap by the period's end (0: within it)",
+                contract_overage,
+            ),
+        ] {
+            reg.register(name, help, family);
+        }
+
         let queue = Gauge::<i64>::default();
         queue.set(i64::try_from(s.ledger_queue_depth).unwrap_or(i64::MAX));
         reg.register(
@@ -406,4 +558,27 @@ impl Metrics {
 
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pii_findings;
+
+    #[test]
+    fn pii_findings_read_prompt_and_answer_parts() {
+        assert_eq!(
+            pii_findings("redact:EMAIL=2,PHONE=1;output:block:CARD=1"),
+            vec![
+                ("input", "redact", "email".to_owned(), 2),
+                ("input", "redact", "phone".to_owned(), 1),
+                ("output", "block", "card".to_owned(), 1),
+            ]
+        );
+        assert_eq!(
+            pii_findings("output:redact:EMAIL=1"),
+            vec![("output", "redact", "email".to_owned(), 1)]
+        );
+        // Malformed parts are skipped, never mislabelled.
+        assert_eq!(pii_findings("redact;output:x;log:EMAIL=lots"), vec![]);
+    }
 }

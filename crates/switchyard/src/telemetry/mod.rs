@@ -22,6 +22,7 @@ mod traces;
 use std::sync::Arc;
 
 use crate::config::TelemetryConfig;
+use crate::ledger::stats::contracts::ContractState;
 use crate::ledger::{LedgerStats, Observer, RequestRecord, TraceIds};
 
 pub use metrics::PROMETHEUS_CONTENT_TYPE;
@@ -83,6 +84,8 @@ pub struct Snapshot {
     /// `None` when the ledger is off.
     pub ledger: Option<LedgerStats>,
     pub ledger_queue_depth: usize,
+    /// Each contract's burn in its current period, as the gateway counts it.
+    pub contracts: Vec<ContractState>,
 }
 
 impl Telemetry {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
-    pub messages: Vec<ChatMessage>,
+    pub messages: Messages,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +42,96 @@ pub struct ChatRequest {
     /// before any upstream sees the request (see `types::reasoning`).
     #[serde(skip)]
     pub carried: Option<std::sync::Arc<super::reasoning::Carried>>,
+}
+
+/// A request's messages, and while nothing has changed them, the client's own JSON of
+/// them: an OpenAI-style upstream is then sent those bytes as they came instead of a
+/// re-encoding (which, for a long conversation, costs more than everything else the
+/// gateway does with the request). Any mutable access drops the client's bytes, so
+/// a redaction, a channel's system prompt or a taken reasoning state is always sent.
+#[derive(Debug, Clone, Default)]
+pub struct Messages {
+    list: Vec<ChatMessage>,
+    raw: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Bodies smaller than this are re-encoded: finding the messages' bytes costs more
+/// than it saves on a short request.
+pub const KEEP_RAW_MESSAGES_FROM: usize = 2048;
+
+impl Messages {
+    /// Keeps the `messages` JSON of `body` (the request these messages were parsed
+    /// from) when the body is large enough for it to pay.
+    pub fn keep_raw_from(&mut self, body: &[u8]) {
+        #[derive(Deserialize)]
+        struct Span<'a> {
+            #[serde(borrow)]
+            messages: &'a serde_json::value::RawValue,
+        }
+        if body.len() < KEEP_RAW_MESSAGES_FROM {
+            return;
+        }
+        self.raw = serde_json::from_slice::<Span<'_>>(body)
+            .ok()
+            .map(|s| s.messages.to_owned());
+    }
+
+    /// Whether the client's bytes will be sent (nothing changed the messages).
+    pub fn is_raw(&self) -> bool {
+        self.raw.is_some()
+    }
+}
+
+impl From<Vec<ChatMessage>> for Messages {
+    fn from(list: Vec<ChatMessage>) -> Messages {
+        Messages { list, raw: None }
+    }
+}
+
+impl std::ops::Deref for Messages {
+    type Target = Vec<ChatMessage>;
+    fn deref(&self) -> &Vec<ChatMessage> {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for Messages {
+    fn deref_mut(&mut self) -> &mut Vec<ChatMessage> {
+        self.raw = None;
+        &mut self.list
+    }
+}
+
+impl<'a> IntoIterator for &'a Messages {
+    type Item = &'a ChatMessage;
+    type IntoIter = std::slice::Iter<'a, ChatMessage>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Messages {
+    type Item = &'a mut ChatMessage;
+    type IntoIter = std::slice::IterMut<'a, ChatMessage>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.raw = None;
+        self.list.iter_mut()
+    }
+}
+
+impl Serialize for Messages {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.raw {
+            Some(raw) => raw.serialize(s),
+            None => self.list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Messages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Messages, D::Error> {
+        Vec::<ChatMessage>::deserialize(d).map(Messages::from)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,4 +272,69 @@ pub struct EmbeddingsRequest {
     pub input: Value,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose messages, spelt with odd spacing and a `null` field, are
+    /// `pad` bytes long or more.
+    fn body(pad: usize) -> (Vec<u8>, String) {
+        let messages = format!(
+            r#"[ {{"role":"system","content":"be brief","name":null}},
+  {{"role" : "user", "content": "{}"}} ]"#,
+            "a".repeat(pad)
+        );
+        let body = format!(r#"{{"model":"m","messages":{messages},"temperature":0}}"#);
+        (body.into_bytes(), messages)
+    }
+
+    #[test]
+    fn a_long_requests_messages_are_sent_as_the_client_wrote_them() {
+        let (bytes, messages) = body(KEEP_RAW_MESSAGES_FROM);
+        let mut req: ChatRequest = serde_json::from_slice(&bytes).expect("request");
+        req.messages.keep_raw_from(&bytes);
+        assert!(req.messages.is_raw());
+        req.model = "upstream-model".into();
+        let out = String::from_utf8(serde_json::to_vec(&req).expect("json")).expect("utf-8");
+        assert!(out.contains(&messages), "{out}");
+        assert!(out.starts_with(r#"{"model":"upstream-model","messages":[ {"role""#));
+        // Reading does not drop the bytes; any mutable access does, and the typed
+        // messages are sent (here without the `null`).
+        assert_eq!(req.messages.len(), 2);
+        assert_eq!(req.messages.iter().count(), 2);
+        assert!(req.messages.is_raw());
+        if let Some(m) = req.messages.first_mut() {
+            m.content = Some(MessageContent::Text("changed".into()));
+        }
+        assert!(!req.messages.is_raw());
+        let out = String::from_utf8(serde_json::to_vec(&req).expect("json")).expect("utf-8");
+        assert!(out.contains(r#""content":"changed""#), "{out}");
+        assert!(!out.contains("null"), "{out}");
+        // `for m in &mut messages` drops them too, changed or not.
+        req.messages.keep_raw_from(&bytes);
+        for _ in &mut req.messages {}
+        assert!(!req.messages.is_raw());
+        // A clone keeps them; a cache key's value of both forms reads the same text.
+        req.messages.keep_raw_from(&bytes);
+        let copy = req.clone();
+        assert!(copy.messages.is_raw());
+        let v = serde_json::to_value(&copy).expect("value");
+        assert_eq!(
+            v["messages"][1]["content"].as_str().map(str::len),
+            Some(KEEP_RAW_MESSAGES_FROM)
+        );
+    }
+
+    #[test]
+    fn a_short_request_or_a_body_without_messages_is_re_encoded() {
+        let (bytes, _) = body(10);
+        let mut req: ChatRequest = serde_json::from_slice(&bytes).expect("request");
+        req.messages.keep_raw_from(&bytes);
+        assert!(!req.messages.is_raw());
+        let mut other = Messages::default();
+        other.keep_raw_from(&[b' '; KEEP_RAW_MESSAGES_FROM]);
+        assert!(!other.is_raw());
+    }
 }

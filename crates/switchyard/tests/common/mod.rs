@@ -146,6 +146,16 @@ impl Harness {
 
     /// Like `start_with_sim`, with `server.drain_grace_ms = grace_ms`.
     pub async fn start_with_grace(extra: impl FnOnce(&str) -> String, grace_ms: u64) -> Harness {
+        Harness::start_edited(extra, grace_ms, |text| text).await
+    }
+
+    /// Like `start_with_sim`, with the whole config text passed through `edit` (for
+    /// fields of the tables the base config already has, such as `[ledger]`).
+    pub async fn start_edited(
+        extra: impl FnOnce(&str) -> String,
+        grace_ms: u64,
+        edit: impl FnOnce(String) -> String,
+    ) -> Harness {
         let sim_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let sim = Simulator::new(SimOptions::default())
             .spawn(sim_listener)
@@ -160,6 +170,7 @@ impl Harness {
             &extra,
             grace_ms,
         );
+        let text = edit(text);
         let config = Config::parse(&text, |_| None).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gw");
         let gateway = Gateway::start_on(config, listener).await.expect("gateway");
@@ -186,6 +197,25 @@ impl Harness {
             .send()
             .await
             .expect("send")
+    }
+
+    /// `GET /metrics` with the admin token `admin`: its text, after checking the status
+    /// and the OpenMetrics content type.
+    pub async fn scrape(&self, admin: &str) -> String {
+        let res = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(res.status(), 200);
+        assert!(res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/openmetrics-text")));
+        res.text().await.expect("text")
     }
 
     /// Stops the gateway (flushing the ledger) and opens the ledger for reading.

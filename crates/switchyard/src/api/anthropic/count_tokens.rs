@@ -94,7 +94,13 @@ async fn count(
         "messages.count_tokens",
     );
     let (req, bytes) = guard_body(state, &key, &mut tracker, req, bytes)?;
-    let chat = request::to_openai(&req);
+    // A channel's system prompt is part of what the request would send.
+    let prompt =
+        crate::api::channel::resolve(state, &key, headers)?.and_then(|c| c.system_prompt.clone());
+    let mut chat = request::to_openai(&req);
+    if let Some(p) = &prompt {
+        crate::api::channel::prepend_system_prompt(&mut chat, p);
+    }
     let estimate = crate::limits::estimate_chat(&chat, 0);
     let needs = Needs::of_chat(&chat, estimate);
     let caller = Constraints {
@@ -112,7 +118,7 @@ async fn count(
         .map(|c| c.deployment.clone())
         .ok_or_else(|| ApiError::no_eligible_deployment(&model.name, &plan.exclusions()))?;
     let counted = if matches!(chosen.provider.kind, ProviderKind::Anthropic { .. }) {
-        let upstream = upstream_body(&bytes, &chosen, added_max_tokens)?;
+        let upstream = upstream_body(&bytes, &chosen, added_max_tokens, prompt.as_deref())?;
         match state
             .dispatcher
             .count_tokens(&model, &chosen, upstream)
@@ -166,16 +172,34 @@ fn with_max_tokens(bytes: Bytes) -> (Bytes, bool) {
 }
 
 /// The client's (guarded) body for `d`'s count_tokens: its `model` swapped, without
-/// the `max_tokens` the gateway added.
+/// the `max_tokens` the gateway added, and with the channel's system prompt first.
 fn upstream_body(
     bytes: &[u8],
     d: &Deployment,
     added_max_tokens: bool,
+    channel_prompt: Option<&str>,
 ) -> Result<Vec<u8>, ApiError> {
     let mut raw: Map<String, Value> = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::internal(format!("the request is unreadable: {e}")))?;
     if added_max_tokens {
         raw.remove("max_tokens");
+    }
+    if let Some(prompt) = channel_prompt {
+        let first = serde_json::json!({"type": "text", "text": prompt});
+        let system = match raw.remove("system") {
+            None => Value::String(prompt.to_owned()),
+            Some(Value::String(own)) => Value::Array(vec![
+                first,
+                serde_json::json!({"type": "text", "text": own}),
+            ]),
+            Some(Value::Array(mut blocks)) => {
+                blocks.insert(0, first);
+                Value::Array(blocks)
+            }
+            // Anything else was refused by validation; left as it came.
+            Some(other) => other,
+        };
+        raw.insert("system".into(), system);
     }
     raw.insert("model".into(), Value::String(d.upstream_model.clone()));
     serde_json::to_vec(&raw).map_err(|e| ApiError::internal(format!("unwritable: {e}")))

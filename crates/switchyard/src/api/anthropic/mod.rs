@@ -131,7 +131,7 @@ async fn run(
     let chat = request::to_openai(&req);
     let mut native = passthrough::Passthrough::new(&bytes, &chat, useful);
     let passed = |admitted: &_, d: &_| native.body(admitted, d);
-    match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
+    match serve_chat(state, &key, headers, chat, tracker, limit_headers, passed).await? {
         ChatServed::Full {
             body,
             usage,
@@ -165,7 +165,7 @@ async fn run(
             } else {
                 Events::Translated(AnthropicEvents::new(message_id, req.model.clone()))
             };
-            Ok(Reply::Stream(Box::new(relay), events))
+            Ok(Reply::Stream(relay, events))
         }
     }
 }

@@ -83,7 +83,7 @@ pub fn to_openai(req: &MessagesRequest) -> ChatRequest {
     }
     ChatRequest {
         model: req.model.clone(),
-        messages,
+        messages: messages.into(),
         stream: req.stream.filter(|s| *s),
         stream_options: None,
         tools,

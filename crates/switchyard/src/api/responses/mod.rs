@@ -20,10 +20,12 @@
 //! back as input items.
 //!
 //! `store` keeps the conversation and the response ([`store`], in the ledger's
-//! database) for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`; it is
+//! database) for `previous_response_id`, `GET`/`DELETE /v1/responses/{id}` and `GET
+//! /v1/responses/{id}/input_items` ([`items`]); it is
 //! on by default, as OpenAI has it, except for keys whose policy forbids keeping
 //! content (`log_content = false`), for which asking for it is a 400.
 
+mod items;
 mod native;
 pub(crate) mod request;
 pub(crate) mod response;
@@ -34,7 +36,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
@@ -100,7 +102,7 @@ async fn run(
     let suffix = request_id.trim_start_matches("req_").to_owned();
     let id = format!("resp_{suffix}");
     let owner = owner_of(&key);
-    let db = state.governance.ledger().cloned().map(ResponseStore::new);
+    let db = response_store(state);
     let store = store_decision(&req, &key, db.is_some())?;
     let history = match &req.previous_response_id {
         Some(previous) => previous_conversation(db.as_ref(), previous, &owner).await?,
@@ -137,7 +139,7 @@ async fn run(
     };
     let created_at = crate::types::time::now_ms() / 1000;
     let passed = |admitted: &_, d: &_| native.body(admitted, d);
-    match serve_chat(state, &key, chat, tracker, limit_headers, passed).await? {
+    match serve_chat(state, &key, headers, chat, tracker, limit_headers, passed).await? {
         ChatServed::Full {
             body,
             deployment,
@@ -210,7 +212,7 @@ async fn run(
             } else {
                 Events::Translated(Box::new(ResponseEvents::new(id, suffix, echo, finished)))
             };
-            Ok(Reply::Stream(Box::new(relay), events))
+            Ok(Reply::Stream(relay, events))
         }
     }
 }
@@ -302,6 +304,18 @@ fn visit_texts(req: &mut ResponsesRequest, f: &mut dyn FnMut(&mut String)) {
             }
         }
     }
+}
+
+/// The stored responses, when there is a ledger's database to keep them in; rows
+/// written through it are kept `ledger.responses_ttl_days` of the configuration in
+/// force.
+fn response_store(state: &Generation) -> Option<ResponseStore> {
+    let ttl_days = state.config.ledger.responses_ttl_days;
+    state
+        .governance
+        .ledger()
+        .cloned()
+        .map(|db| ResponseStore::new(db, ttl_days))
 }
 
 fn owner_of(key: &crate::governance::Principal) -> Owner {
@@ -419,7 +433,7 @@ async fn lookup(
 ) -> Result<Value, ApiError> {
     let key = state.authenticate(headers)?;
     let owner = owner_of(&key);
-    let Some(db) = state.governance.ledger().cloned().map(ResponseStore::new) else {
+    let Some(db) = response_store(state) else {
         return Err(response_not_found(id, None));
     };
     if delete {
@@ -431,6 +445,43 @@ async fn lookup(
     }
     match db.get(id, &owner).await {
         Ok(Some(stored)) => Ok(stored.response),
+        Ok(None) => Err(response_not_found(id, None)),
+        Err(e) => Err(store_unavailable(&e)),
+    }
+}
+
+/// `GET /v1/responses/{id}/input_items`: the input items of a stored response, paged
+/// ([`items`]), to whoever may `GET` it; anyone else is told it does not exist.
+pub async fn list_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let state = state.current();
+    let request_id = new_request_id();
+    let res = match list_input_items(&state, &headers, &id, query.as_deref()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    with_request_id(res, &request_id)
+}
+
+async fn list_input_items(
+    state: &Generation,
+    headers: &HeaderMap,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Value, ApiError> {
+    let key = state.authenticate(headers)?;
+    // The query is checked before the store is read, so that a bad parameter is the
+    // same 400 whether or not the response exists.
+    let query = items::ListQuery::parse(query)?;
+    let Some(db) = response_store(state) else {
+        return Err(response_not_found(id, None));
+    };
+    match db.get(id, &owner_of(&key)).await {
+        Ok(Some(stored)) => items::page(items::listed(id, &stored.items), &query),
         Ok(None) => Err(response_not_found(id, None)),
         Err(e) => Err(store_unavailable(&e)),
     }

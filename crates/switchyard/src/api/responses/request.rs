@@ -589,7 +589,7 @@ pub fn to_chat(req: &ResponsesRequest, history: &[Value]) -> Result<ChatRequest,
     }
     Ok(ChatRequest {
         model: req.model.clone(),
-        messages,
+        messages: messages.into(),
         stream: req.stream.filter(|s| *s),
         stream_options: None,
         tools,

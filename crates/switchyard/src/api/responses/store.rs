@@ -4,15 +4,17 @@
 //! A row keeps the conversation's input items up to the response and the response
 //! object itself, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`.
 //! Rows belong to the key that created them, and to its team: any other caller is
-//! told the response does not exist. A row expires after [`TTL_MS`]; expired rows are
-//! never read, and are deleted (a bounded batch at a time) whenever a row is written.
+//! told the response does not exist. A row expires `ledger.responses_ttl_days` after it
+//! was written (the value in force then: a later change leaves existing rows as they
+//! are); expired rows are never read, and are deleted (a bounded batch at a time)
+//! whenever a row is written.
 
 use serde_json::Value;
 
 use crate::storage::Database;
 
-/// How long a stored response is kept: 30 days, as OpenAI keeps them.
-pub const TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// One day, in ms.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Expired rows deleted per write, at most.
 const PURGE_BATCH: i64 = 100;
@@ -62,11 +64,17 @@ const PURGE: &str = "DELETE FROM responses WHERE id IN \
 #[derive(Debug, Clone)]
 pub struct ResponseStore {
     db: Database,
+    /// How long a row written now is kept, in ms.
+    ttl_ms: i64,
 }
 
 impl ResponseStore {
-    pub fn new(db: Database) -> Self {
-        ResponseStore { db }
+    /// The store on `db`, whose new rows are kept `ttl_days` days.
+    pub fn new(db: Database, ttl_days: u32) -> Self {
+        ResponseStore {
+            db,
+            ttl_ms: i64::from(ttl_days).saturating_mul(DAY_MS),
+        }
     }
 
     pub async fn put(
@@ -86,7 +94,7 @@ impl ResponseStore {
                     .bind(&owner.key_id)
                     .bind(owner.team.as_deref())
                     .bind(now)
-                    .bind(now.saturating_add(TTL_MS))
+                    .bind(now.saturating_add(self.ttl_ms))
                     .bind(&items)
                     .bind(&response)
                     .execute($conn)

@@ -1,0 +1,271 @@
+//! The SQLite ledger's writes, on an OS thread of their own.
+//!
+//! The writer task (`writer.rs`) still owns the queue: it takes batches from the
+//! bounded channel exactly as for PostgreSQL, lingers for a batch to fill, retries and
+//! counts. Only the inserts move here: each batch is handed to this thread, which owns
+//! one `rusqlite` connection to the file and inserts the batch in one transaction with
+//! statements prepared once and kept in the connection's cache. There is no async
+//! driver in between (no worker thread per connection, no per-query futures, no
+//! statement text to look up), so a row costs what SQLite itself spends on it.
+//!
+//! The task waits for each batch's answer before it takes the next one from the queue,
+//! so there is never more than one batch in flight and the queue's bound means what it
+//! did: a slow or locked database fills the queue, and `ledger.on_overload` decides.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use super::writer::{insert_sql, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
+use super::{to_sql_int, RequestRecord};
+use crate::storage::sqlite::open_writer;
+
+/// One row per statement: with prepared statements there is no round trip to
+/// amortise, SQLite's own per-statement work is small beside a row's B-tree inserts,
+/// and the number of rows changed tells a duplicate request id without `RETURNING`.
+fn request_insert() -> String {
+    insert_sql(
+        "requests",
+        REQUEST_COLUMNS,
+        1,
+        "ON CONFLICT (request_id) DO NOTHING",
+    )
+}
+
+fn attempt_insert() -> String {
+    insert_sql(
+        "attempts",
+        ATTEMPT_COLUMNS,
+        1,
+        "ON CONFLICT (request_id, attempt) DO NOTHING",
+    )
+}
+
+/// Content is stored only for the request rows this batch really inserted.
+const CONTENT_INSERT: &str = "INSERT INTO request_content (request_id, prompt, response) \
+                              VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING";
+
+/// Why the thread could not start: it could not be spawned, or could not open the
+/// file.
+pub(super) type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ThreadError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// The thread is gone (it panicked); the batch it held went with it.
+    #[error("the ledger's SQLite writer thread stopped")]
+    Gone,
+}
+
+enum Job {
+    /// Insert the batch; answer with it (for the caller to reuse or retry) and the
+    /// request rows written.
+    Write {
+        batch: Vec<RequestRecord>,
+        done: oneshot::Sender<(Vec<RequestRecord>, rusqlite::Result<u64>)>,
+    },
+    /// Close the connection (checkpointing the WAL when it is the file's last) and
+    /// stop.
+    Close {
+        done: oneshot::Sender<rusqlite::Result<()>>,
+    },
+}
+
+/// The handle the writer task holds.
+pub(super) struct SqliteThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteThread {
+    /// Starts the thread and opens its connection to `path` (already migrated).
+    pub(super) async fn start(path: &Path) -> Result<SqliteThread, StartError> {
+        let (jobs, rx) = mpsc::channel();
+        let (opened, opened_rx) = oneshot::channel();
+        let path: PathBuf = path.to_owned();
+        thread::Builder::new()
+            .name("ledger-sqlite".into())
+            .spawn(move || match open_writer(&path) {
+                Ok(conn) => {
+                    if opened.send(Ok(())).is_ok() {
+                        serve(conn, &rx);
+                    }
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                }
+            })?;
+        match opened_rx.await {
+            Ok(Ok(())) => Ok(SqliteThread { jobs }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err("the writer thread stopped while opening the file".into()),
+        }
+    }
+
+    /// Inserts `batch` in one transaction. Gives the batch back (cleared or not, it
+    /// is the caller's to retry) unless the thread died with it.
+    pub(super) async fn write(
+        &self,
+        batch: Vec<RequestRecord>,
+    ) -> (Vec<RequestRecord>, Result<u64, ThreadError>) {
+        let (done, answer) = oneshot::channel();
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Write { batch, done }) {
+            let batch = match job {
+                Job::Write { batch, .. } => batch,
+                Job::Close { .. } => Vec::new(),
+            };
+            return (batch, Err(ThreadError::Gone));
+        }
+        match answer.await {
+            Ok((batch, result)) => (batch, result.map_err(ThreadError::from)),
+            Err(_) => (Vec::new(), Err(ThreadError::Gone)),
+        }
+    }
+
+    /// Closes the connection and stops the thread.
+    pub(super) async fn close(self) -> Result<(), ThreadError> {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job::Close { done }).is_err() {
+            return Err(ThreadError::Gone);
+        }
+        match answer.await {
+            Ok(result) => result.map_err(ThreadError::from),
+            Err(_) => Err(ThreadError::Gone),
+        }
+    }
+}
+
+/// The thread's loop: one job at a time until told to close, or until the handle is
+/// dropped (the writer task ended without a close: the connection closes on drop).
+fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
+    let sql = Sql {
+        request: request_insert(),
+        attempt: attempt_insert(),
+    };
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Write { batch, done } => {
+                let result = write_batch(&mut conn, &sql, &batch);
+                let _ = done.send((batch, result));
+            }
+            Job::Close { done } => {
+                let result = conn.close().map_err(|(_, e)| e);
+                let _ = done.send(result);
+                return;
+            }
+        }
+    }
+}
+
+struct Sql {
+    request: String,
+    attempt: String,
+}
+
+/// One transaction for the batch, `BEGIN IMMEDIATE` so that waiting for another
+/// writer's lock goes through the busy timeout before anything is written. Returns
+/// the request rows inserted (a duplicate request id inserts nothing, nor its
+/// attempts). On any error the transaction is rolled back: the batch is written
+/// whole or not at all.
+fn write_batch(conn: &mut Connection, sql: &Sql, batch: &[RequestRecord]) -> rusqlite::Result<u64> {
+    if !conn.is_autocommit() {
+        // A transaction left open by a rollback that failed last time.
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let written = insert_rows(conn, sql, batch)
+        .and_then(|written| conn.prepare_cached("COMMIT")?.execute([]).map(|_| written));
+    if written.is_err() && !conn.is_autocommit() {
+        // The error is the one to report; a rollback that fails here is tried
+        // again before the next batch.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+fn insert_rows(conn: &Connection, sql: &Sql, batch: &[RequestRecord]) -> rusqlite::Result<u64> {
+    let mut requests = conn.prepare_cached(&sql.request)?;
+    let mut attempts = conn.prepare_cached(&sql.attempt)?;
+    let mut written = 0u64;
+    for r in batch {
+        let replay = r.replay.as_ref();
+        let shadow = r.shadow.as_ref();
+        let inserted = requests.execute(params![
+            r.request_id,
+            r.started_at_ms,
+            r.key_id,
+            r.endpoint,
+            r.logical_model,
+            r.deployment,
+            r.provider,
+            r.upstream_model,
+            i64::from(r.status),
+            r.error_code,
+            i64::from(r.streamed),
+            i64::from(r.client_disconnected),
+            to_sql_int(r.usage.prompt_tokens),
+            to_sql_int(r.usage.completion_tokens),
+            to_sql_int(r.usage.cached_tokens),
+            i64::from(r.usage.estimated),
+            r.cost_nano_usd,
+            r.latency_us,
+            r.ttft_us,
+            to_sql_int(r.attempts.len() as u64),
+            r.team_id,
+            r.policy_decision,
+            r.redactions,
+            to_sql_int(r.usage.reasoning_tokens),
+            to_sql_int(r.usage.cache_write_tokens),
+            r.key_name,
+            r.channel,
+            i64::from(r.turn_start),
+            i64::from(r.cache_hit),
+            replay.map(|p| p.needs.as_str()),
+            replay.and_then(|p| p.max_tokens).map(to_sql_int),
+            replay.and_then(|p| p.allowed_regions.as_deref()),
+            replay.map(|p| p.required_tags.as_str()),
+            r.list_cost_nano_usd,
+            shadow.map(|_| "shadow"),
+            shadow.map(|s| s.of.as_str()),
+            shadow.and_then(|s| s.agreement),
+        ])?;
+        if inserted == 0 {
+            continue; // a request id already written: its attempts are not ours
+        }
+        written += 1;
+        for a in &r.attempts {
+            attempts.execute(params![
+                r.request_id,
+                i64::from(a.attempt),
+                a.started_at_ms,
+                a.deployment,
+                a.provider,
+                a.upstream_model,
+                a.status.map(i64::from),
+                a.error_class,
+                to_sql_int(a.usage.prompt_tokens),
+                to_sql_int(a.usage.completion_tokens),
+                to_sql_int(a.usage.cached_tokens),
+                i64::from(a.usage.estimated),
+                a.cost_nano_usd,
+                a.latency_us,
+                to_sql_int(a.usage.reasoning_tokens),
+                to_sql_int(a.usage.cache_write_tokens),
+                a.list_cost_nano_usd,
+            ])?;
+        }
+        if r.content_prompt.is_some() || r.content_response.is_some() {
+            // Rare: only where a policy allows logging content.
+            conn.prepare_cached(CONTENT_INSERT)?.execute(params![
+                r.request_id,
+                r.content_prompt,
+                r.content_response,
+            ])?;
+        }
+    }
+    Ok(written)
+}
