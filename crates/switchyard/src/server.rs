@@ -308,8 +308,9 @@ impl Gateway {
         }
         self.stop.cancel();
         let deadline = config.server.drain_timeout;
+        let drain_started = tokio::time::Instant::now();
         let mut serve = self.serve;
-        let drained = match tokio::time::timeout(deadline, &mut serve).await {
+        let mut drained = match tokio::time::timeout(deadline, &mut serve).await {
             Ok(_) => true,
             Err(_) => {
                 tracing::warn!(?deadline, "drain timeout passed with requests in flight");
@@ -318,7 +319,17 @@ impl Gateway {
             }
         };
         let ledger = match self.ledger {
-            Some(l) => l.shutdown().await?,
+            Some(l) => {
+                // The last connections can end a moment before the request they were
+                // serving is dropped and its row handed over (and shadow calls run
+                // after the answer): wait for those rows within the same deadline.
+                let left = deadline.saturating_sub(drain_started.elapsed());
+                if drained && !l.wait_for_requests(left).await {
+                    tracing::warn!(?deadline, "drain timeout passed with requests unrecorded");
+                    drained = false;
+                }
+                l.shutdown().await?
+            }
             None => LedgerStats::default(),
         };
         self.metrics_stop.cancel();

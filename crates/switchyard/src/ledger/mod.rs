@@ -39,6 +39,7 @@ pub use crate::storage::Database;
 use crate::types::Usage;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 pub use crate::config::{OnOverload, DEFAULT_LEDGER_MAX_WAIT_MS};
 
@@ -445,6 +446,11 @@ struct Shared {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last drop warning; `u64::MAX` = never.
     last_warn_ms: AtomicU64,
+    /// One token per record still in the making: a request's tracker from its start
+    /// until its row is queued, and a row waiting for room. Shutdown waits for them,
+    /// since a connection can end (and the server report drained) a moment before
+    /// the task that dropped its request has handed the row over.
+    in_flight: TaskTracker,
 }
 
 impl Shared {
@@ -454,6 +460,7 @@ impl Shared {
             counters: Arc::new(LedgerCounters::default()),
             epoch: Instant::now(),
             last_warn_ms: AtomicU64::new(u64::MAX),
+            in_flight: TaskTracker::new(),
         }
     }
 
@@ -569,7 +576,9 @@ impl SinkInner {
             return;
         };
         let inner = self.clone();
+        let in_flight = self.shared.in_flight.token();
         runtime.spawn(async move {
+            let _in_flight = in_flight;
             let mut slot = Some(rec);
             inner.wait_for_room(&mut slot).await;
         });
@@ -581,6 +590,7 @@ impl SinkInner {
 struct Waiting {
     inner: SinkInner,
     slot: Option<RequestRecord>,
+    _in_flight: TaskTrackerToken,
 }
 
 impl Drop for Waiting {
@@ -620,11 +630,12 @@ impl LedgerSink {
             inner.try_queue(rec).map(|rec| Waiting {
                 inner: inner.clone(),
                 slot: Some(rec),
+                _in_flight: inner.shared.in_flight.token(),
             })
         });
         async move {
             if let Some(mut w) = waiting {
-                let Waiting { inner, slot } = &mut w;
+                let Waiting { inner, slot, .. } = &mut w;
                 inner.wait_for_room(slot).await;
             }
         }
@@ -658,6 +669,12 @@ impl LedgerSink {
 
     pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
         self.observer.as_ref()
+    }
+
+    /// A token that keeps [`Ledger::wait_for_requests`] waiting while it lives;
+    /// `None` when the ledger is off.
+    pub(crate) fn in_flight(&self) -> Option<TaskTrackerToken> {
+        self.inner.as_ref().map(|i| i.shared.in_flight.token())
     }
 
     /// Records waiting in the queue for the writer.
@@ -799,6 +816,18 @@ impl Ledger {
     /// The live counters, for a metrics exporter.
     pub fn counters(&self) -> Arc<LedgerCounters> {
         self.shared.counters.clone()
+    }
+
+    /// Waits up to `limit` until every request tracker of this ledger has handed its
+    /// row over (and every row waiting for room has got in or been counted). Returns
+    /// whether they all did. Called once the server has stopped serving, before
+    /// [`Ledger::shutdown`], so that a request dropped with its connection in the
+    /// last moment is written rather than counted as lost.
+    pub async fn wait_for_requests(&self, limit: Duration) -> bool {
+        self.shared.in_flight.close();
+        tokio::time::timeout(limit, self.shared.in_flight.wait())
+            .await
+            .is_ok()
     }
 
     /// Stops accepting records, waits for the writer to commit everything

@@ -327,6 +327,63 @@ async fn records_round_trip_with_attempts() {
     assert_eq!(a[1].get::<i64, _>("started_at_ms"), 1_700_000_000_002);
 }
 
+/// A connection's task can end (and the server count as drained) a moment before it
+/// drops the request it was serving; shutdown waits for that request's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_request_still_being_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, DEFAULT_QUEUE_CAPACITY).await;
+    let tracker =
+        tracker::RequestTracker::new(ledger.sink(), "req_late".into(), "chat.completions");
+    let (started, waiting) = tokio::sync::oneshot::channel::<()>();
+    let late = tokio::spawn(async move {
+        // Dropped only once shutdown has begun to wait: abandoned, as by a client
+        // that hung up.
+        let _ = waiting.await;
+        drop(tracker);
+    });
+    {
+        let wait = ledger.wait_for_requests(Duration::from_secs(30));
+        tokio::pin!(wait);
+        // Polled once, it is waiting for the tracker.
+        assert!(
+            (&mut wait).now_or_never().is_none(),
+            "returned with a tracker alive"
+        );
+        started.send(()).expect("tracker task alive");
+        assert!(
+            wait.await,
+            "the tracker was dropped, yet the wait timed out"
+        );
+    }
+    late.await.expect("dropping task");
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (1, 0));
+    let mut c = raw(&path).await;
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT client_disconnected FROM requests WHERE request_id = 'req_late'"
+        )
+        .await,
+        1
+    );
+}
+
+/// A tracker that never ends does not hold shutdown beyond the limit.
+#[tokio::test]
+async fn waiting_for_requests_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = open_ledger(&path, DEFAULT_QUEUE_CAPACITY).await;
+    let stuck = tracker::RequestTracker::new(ledger.sink(), "req_stuck".into(), "chat.completions");
+    assert!(!ledger.wait_for_requests(Duration::from_millis(20)).await);
+    std::mem::forget(stuck);
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_a_burst() {
     let dir = tempfile::tempdir().expect("tempdir");

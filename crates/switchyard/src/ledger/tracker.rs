@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
 use super::{AttemptRecord, LedgerSink, RequestRecord};
 use crate::config::Deployment;
 use crate::types::time::now_ms;
@@ -28,6 +30,9 @@ pub struct RequestTracker {
     log_content: bool,
     /// The latency, when the answer was complete before the row was finished.
     answered_us: Option<i64>,
+    /// Keeps the ledger's shutdown waiting until the row is handed over; a field,
+    /// so it is dropped after `Drop::drop` has queued the row.
+    _in_flight: Option<TaskTrackerToken>,
 }
 
 /// What admission reserved for a request (rate-limit windows, budget), to be replaced
@@ -47,6 +52,7 @@ impl RequestTracker {
             o.started();
         }
         RequestTracker {
+            _in_flight: sink.in_flight(),
             record: RequestRecord {
                 request_id,
                 started_at_ms: now_ms(),
