@@ -200,7 +200,7 @@ impl Gateway {
                 Some((
                     metrics_addr,
                     tokio::spawn(async move {
-                        axum::serve(listener, app)
+                        axum::serve(listener, app.into_make_service())
                             .with_graceful_shutdown(async move { stop.cancelled().await })
                             .await
                     }),
@@ -222,7 +222,7 @@ impl Gateway {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await
         });

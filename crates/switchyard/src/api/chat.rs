@@ -28,16 +28,19 @@ pub async fn chat_completions(
         begin(&state, &headers, Endpoint::ChatCompletions.label());
     let mut limit_headers = HeaderMap::new();
     let mut cache_status = None;
-    let outcome = chat(
+    // Boxed: the router's layers each move this handler's future into a box of
+    // their own, so a handler future that held the whole request's state inline
+    // was copied whole several times per request.
+    let outcome = Box::pin(chat(
         &state,
         &headers,
         body,
         &mut tracker,
         &mut limit_headers,
         &mut cache_status,
-    )
+    ))
     .await;
-    let mut res = answer(outcome, tracker, ApiError::into_response).await;
+    let mut res = Box::pin(answer(outcome, tracker, ApiError::into_response)).await;
     if let Some(status) = cache_status {
         res.headers_mut()
             .insert(super::cache::CACHE_HEADER, HeaderValue::from_static(status));

@@ -245,6 +245,9 @@ impl<E: Encoder> RelayState<E> {
     }
 
     /// The next frame for the client, or None when the stream is over.
+    /// The ends of a stream (completion, recovery, a cut) run once per stream and
+    /// hold large futures of their own; they are boxed so that the state every
+    /// open stream keeps between chunks stays small.
     async fn next_frame(&mut self) -> Option<Bytes> {
         self.tracker.as_ref()?;
         loop {
@@ -261,21 +264,21 @@ impl<E: Encoder> RelayState<E> {
                         .progress()
                         .is_some_and(|p| p.complete(self.choices)) =>
                 {
-                    return Some(self.complete().await)
+                    return Some(Box::pin(self.complete()).await)
                 }
                 Ok(None) => {
                     let why = "the upstream stream ended without [DONE]";
-                    if self.recover(why).await {
+                    if Box::pin(self.recover(why)).await {
                         continue;
                     }
-                    return Some(self.cut(why).await);
+                    return Some(Box::pin(self.cut(why)).await);
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    if self.recover(&why).await {
+                    if Box::pin(self.recover(&why)).await {
                         continue;
                     }
-                    return Some(self.cut(&why).await);
+                    return Some(Box::pin(self.cut(&why)).await);
                 }
             };
             match item {
@@ -319,15 +322,15 @@ impl<E: Encoder> RelayState<E> {
                 }
                 Translated::Error(data) => {
                     if crate::providers::stream_error(&data).retryable()
-                        && self.recover("the upstream sent an error event").await
+                        && Box::pin(self.recover("the upstream sent an error event")).await
                     {
                         continue;
                     }
                     // The upstream's own error event, passed on; nothing after it.
-                    self.finish(Some("upstream_stream_error")).await;
+                    Box::pin(self.finish(Some("upstream_stream_error"))).await;
                     return Some(self.encoder.upstream_error(&data));
                 }
-                Translated::Done => return Some(self.complete().await),
+                Translated::Done => return Some(Box::pin(self.complete()).await),
             }
         }
     }

@@ -292,6 +292,24 @@ pub struct Provider {
     /// openai, azure: `POST /v1/responses` may go to the provider's own Responses API
     /// (`responses_api`, default true); always false for other kinds.
     pub responses_api: bool,
+    /// An `openai` provider whose base URL is OpenAI's own API rather than a server
+    /// that speaks its protocol (see [`is_openai_itself`]); known at load, since the
+    /// request path asks on every call.
+    pub openai_itself: bool,
+}
+
+/// Whether a provider of this kind is OpenAI's own API.
+pub fn is_openai_itself(kind: &ProviderKind) -> bool {
+    let ProviderKind::OpenAi { base_url } = kind else {
+        return false;
+    };
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.eq_ignore_ascii_case("api.openai.com"))
+        })
+        .unwrap_or(false)
 }
 
 impl Provider {
@@ -1247,6 +1265,7 @@ fn validate(
             name.clone(),
             Arc::new(Provider {
                 name,
+                openai_itself: is_openai_itself(&kind),
                 kind,
                 api_key,
                 credentials,

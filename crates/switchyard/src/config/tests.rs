@@ -163,6 +163,39 @@ fn plain_http_off_this_machine_needs_allow_insecure_http_and_warns() {
 }
 
 #[test]
+fn whether_a_provider_is_openai_itself_is_known_at_load() {
+    let c = Config::parse(GOOD, env).expect("valid");
+    let provider = |d: &str| deployment(&c, d).provider.clone();
+    assert!(provider("oa-mini").openai_itself);
+    assert!(
+        !provider("az-mini").openai_itself,
+        "Azure is not OpenAI's own API"
+    );
+    for url in [
+        "http://127.0.0.1:8000/v1",
+        "https://API.OPENAI.COM.example/v1",
+    ] {
+        let src = GOOD.replace(
+            r#"base_url = "https://api.openai.com/v1/""#,
+            &format!("base_url = \"{url}\""),
+        );
+        let c = Config::parse(&src, env).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let p = deployment(&c, "oa-mini").provider.clone();
+        assert!(!p.openai_itself, "{url}");
+    }
+    let upper = GOOD.replace("https://api.openai.com/v1/", "https://API.OpenAI.com/v1/");
+    let c = Config::parse(&upper, env).expect("valid");
+    assert!(deployment(&c, "oa-mini").provider.openai_itself);
+}
+
+fn deployment<'c>(c: &'c Config, name: &str) -> &'c Arc<Deployment> {
+    c.deployments
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("no deployment {name}"))
+}
+
+#[test]
 fn secrets_never_print() {
     let c = Config::parse(GOOD, env).expect("valid");
     let dump = format!("{c:?}");

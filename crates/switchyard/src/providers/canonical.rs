@@ -368,6 +368,7 @@ pub mod golden {
             reasoning_issuer: crate::config::reasoning_issuer_of(&kind, model),
             provider: Arc::new(Provider {
                 name: "p".into(),
+                openai_itself: crate::config::is_openai_itself(&kind),
                 kind,
                 api_key: Some(Secret::new("k-123")),
                 credentials: None,

@@ -221,18 +221,6 @@ pub fn is_reasoning_model(name: &str) -> bool {
     o_series || name.starts_with("gpt-5")
 }
 
-/// Whether an `openai` provider is OpenAI's own API rather than a server that speaks
-/// its protocol.
-fn is_openai_itself(base_url: &str) -> bool {
-    reqwest::Url::parse(base_url)
-        .ok()
-        .and_then(|u| {
-            u.host_str()
-                .map(|h| h.eq_ignore_ascii_case("api.openai.com"))
-        })
-        .unwrap_or(false)
-}
-
 /// Puts the output limit (the client's, or the one a policy set) in the field this
 /// upstream takes: reasoning models only take `max_completion_tokens`; OpenAI-
 /// compatible servers know `max_tokens` (many ignore the newer field, leaving the
@@ -245,10 +233,8 @@ fn fit_output_limit(req: &mut ChatRequest, deployment: &Deployment) {
         }
         return;
     }
-    let compatible_server = match &deployment.provider.kind {
-        ProviderKind::OpenAi { base_url } => !is_openai_itself(base_url),
-        _ => false,
-    };
+    let compatible_server = matches!(deployment.provider.kind, ProviderKind::OpenAi { .. })
+        && !deployment.provider.openai_itself;
     if compatible_server {
         if let Some(n) = req.max_completion_tokens.take() {
             req.max_tokens = Some(n);
@@ -261,7 +247,7 @@ fn fit_output_limit(req: &mut ChatRequest, deployment: &Deployment) {
 /// reasoning model under any name, so it gets the field as sent).
 fn openai_refuses_effort(deployment: &Deployment) -> bool {
     match &deployment.provider.kind {
-        ProviderKind::OpenAi { base_url } => is_openai_itself(base_url),
+        ProviderKind::OpenAi { .. } => deployment.provider.openai_itself,
         ProviderKind::Azure { .. } => true,
         _ => false,
     }

@@ -14,6 +14,7 @@ fn provider() -> Arc<Provider> {
         api_key: None,
         credentials: None,
         responses_api: true,
+        openai_itself: false,
     })
 }
 
