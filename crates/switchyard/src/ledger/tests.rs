@@ -550,6 +550,18 @@ async fn locked_database_drops_then_recovers() {
     );
 }
 
+/// Waits (up to about a second) until the writer has taken every queued record, so
+/// that a writer that then meets a held lock is known to be inside its batch.
+async fn wait_until_taken(sink: &LedgerSink, capacity: usize) {
+    for _ in 0..1_000 {
+        if room(sink) == capacity {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the writer did not take the first record");
+}
+
 /// Block mode has a bound: a queue that stays full (the database locked by another
 /// process) costs the row after `max_wait`, counted as such.
 #[tokio::test(flavor = "current_thread")]
@@ -569,13 +581,7 @@ async fn block_mode_gives_up_after_max_wait_and_counts_it() {
     let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
     // The writer takes the first record and waits for the lock inside its batch.
     sink.record(rec("req_0", 1));
-    for _ in 0..1_000 {
-        if room(&sink) == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(room(&sink), 2, "the writer did not take the first record");
+    wait_until_taken(&sink, 2).await;
     sink.record(rec("req_1", 1));
     sink.record(rec("req_2", 1));
     sink.submit(rec("req_3", 1)).await;
@@ -838,13 +844,7 @@ async fn records_submitted_during_a_batch_are_written_after_it() {
     sink.record(rec("req_first", 1));
     // The writer has taken the first record when the queue is empty again: from then
     // on it is inside that batch, waiting for the lock.
-    for _ in 0..1_000 {
-        if room(&sink) == 64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(room(&sink), 64, "the writer did not take the first record");
+    wait_until_taken(&sink, 64).await;
     for i in 0..20 {
         sink.submit(rec(&format!("req_during_{i}"), 2)).await;
     }
