@@ -12,12 +12,21 @@ use super::*;
 use crate::storage::sqlite::MIGRATIONS;
 
 pub(super) async fn open_ledger(path: &Path, capacity: usize) -> Ledger {
-    Ledger::open(LedgerOptions {
+    open_with(path, |o| LedgerOptions {
         queue_capacity: capacity,
-        ..LedgerOptions::new(path)
+        ..o
     })
     .await
-    .expect("open ledger")
+}
+
+/// Opens a ledger at `path` with the defaults changed by `options`.
+pub(super) async fn open_with(
+    path: &Path,
+    options: impl FnOnce(LedgerOptions) -> LedgerOptions,
+) -> Ledger {
+    Ledger::open(options(LedgerOptions::new(path)))
+        .await
+        .expect("open ledger")
 }
 
 /// (written, dropped) of a ledger's stats.
@@ -424,13 +433,12 @@ async fn records_after_shutdown_are_dropped() {
 async fn full_queue_in_drop_mode_drops_and_counts_without_waiting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 4,
         on_overload: OnOverload::Drop,
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     let sink = ledger.sink();
     for i in 0..99 {
         sink.record(rec(&format!("req_{i}"), 1));
@@ -451,13 +459,12 @@ async fn full_queue_in_drop_mode_drops_and_counts_without_waiting() {
 async fn full_queue_in_block_mode_waits_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 4,
         max_wait: Duration::from_secs(60),
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     assert_eq!(LedgerOptions::new(&path).on_overload, OnOverload::Block);
     let sink = ledger.sink();
     for i in 0..4 {
@@ -482,13 +489,12 @@ async fn full_queue_in_block_mode_waits_and_loses_nothing() {
 async fn a_cancelled_wait_still_writes_the_row() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 2,
         max_wait: Duration::from_secs(60),
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     let sink = ledger.sink();
     sink.record(rec("req_0", 1));
     sink.record(rec("req_1", 1));
@@ -518,14 +524,13 @@ async fn locked_database_drops_then_recovers() {
     let path = dir.path().join("ledger.db");
     // Batches of at most 4: the writer lingers to fill a batch, so what it can hold
     // while stuck is one batch plus the queue.
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 4,
         batch_max: 4,
         on_overload: OnOverload::Drop,
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     let sink = ledger.sink();
 
     let mut locker = raw(&path).await;
@@ -568,14 +573,13 @@ async fn wait_until_taken(sink: &LedgerSink, capacity: usize) {
 async fn block_mode_gives_up_after_max_wait_and_counts_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 2,
         batch_max: 1,
         max_wait: Duration::from_millis(20),
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     let sink = ledger.sink();
     let mut locker = raw(&path).await;
     let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
@@ -681,13 +685,12 @@ async fn throughput() {
 async fn failing_database_counts_losses_and_shuts_down_promptly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 64,
         batch_max: 2,
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open");
+    .await;
     let mut c = raw(&path).await;
     sqlx::raw_sql("DROP TABLE attempts; DROP TABLE requests;")
         .execute(&mut c)
@@ -768,14 +771,13 @@ async fn migration_4_moves_spend_from_key_names_to_ids() {
 async fn concurrent_submissions_all_land_with_their_attempts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 8,
         batch_max: 16,
         max_wait: Duration::from_secs(60),
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     const TASKS: u32 = 8;
     const EACH: u32 = 250;
     let mut handles = Vec::new();
@@ -831,13 +833,12 @@ async fn concurrent_submissions_all_land_with_their_attempts() {
 async fn records_submitted_during_a_batch_are_written_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 64,
         batch_max: 1,
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     let sink = ledger.sink();
     let mut locker = raw(&path).await;
     let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
@@ -910,14 +911,13 @@ async fn another_connection_sees_committed_rows_while_running() {
 async fn drop_mode_under_concurrency_accounts_for_every_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
-    let ledger = Ledger::open(LedgerOptions {
+    let ledger = open_with(&path, |o| LedgerOptions {
         queue_capacity: 4,
         batch_max: 4,
         on_overload: OnOverload::Drop,
-        ..LedgerOptions::new(&path)
+        ..o
     })
-    .await
-    .expect("open ledger");
+    .await;
     // A held lock makes sure the queue does fill.
     let mut locker = raw(&path).await;
     let lock = locker.begin_with("BEGIN IMMEDIATE").await.expect("lock");
