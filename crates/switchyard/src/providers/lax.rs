@@ -181,18 +181,19 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
     }
 }
 
-/// An array whose items are read leniently as objects; `None` when it is not an array.
+/// An array whose items are read leniently (as `Obj`s, usually); `None` when it is
+/// not an array.
 #[derive(Debug)]
-struct Seq<T>(Option<Vec<Obj<T>>>);
+struct Seq<I>(Option<Vec<I>>);
 
-impl<T> Default for Seq<T> {
+impl<I> Default for Seq<I> {
     fn default() -> Self {
         Seq(None)
     }
 }
 
-impl<T> Seq<T> {
-    fn items(&self) -> impl Iterator<Item = &Obj<T>> {
+impl<I> Seq<I> {
+    fn items(&self) -> impl Iterator<Item = &I> {
         self.0.iter().flatten()
     }
 }
@@ -207,7 +208,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seq<T>, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Obj<T>>()? {
+        while let Some(item) = seq.next_element::<T>()? {
             items.push(item);
         }
         Ok(Seq(Some(items)))
@@ -248,6 +249,34 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
     }
 }
 
+/// A value and where it starts in the document it was read from (the address of its
+/// first byte; 0 when absent), so that the document's own bytes can be patched there
+/// instead of the whole document being parsed into a tree and written again. Only for
+/// documents read by `serde_json` from a borrowed buffer.
+#[derive(Debug, Default)]
+struct Placed<T> {
+    at: usize,
+    value: T,
+}
+
+impl<T> std::ops::Deref for Placed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Placed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'de serde_json::value::RawValue>::deserialize(d)?;
+        let value = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
+        Ok(Placed {
+            at: raw.get().as_ptr() as usize,
+            value,
+        })
+    }
+}
+
 /// Generated output in a message or a delta: text, refusal, reasoning (vLLM's
 /// `reasoning_content`, others' `reasoning`) and tool calls.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -263,7 +292,7 @@ struct Output<'a> {
     #[serde(default, borrow)]
     reasoning: Field<'a>,
     #[serde(default, borrow)]
-    tool_calls: Seq<ToolCall<'a>>,
+    tool_calls: Seq<Obj<ToolCall<'a>>>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -341,7 +370,7 @@ struct Answer<'a> {
     #[serde(default, borrow)]
     model: Field<'a>,
     #[serde(default, borrow)]
-    choices: Seq<AnswerChoice<'a>>,
+    choices: Seq<Placed<Obj<AnswerChoice<'a>>>>,
     #[serde(default)]
     usage: Option<super::openai::WireUsage>,
 }
@@ -355,7 +384,7 @@ struct AnswerChoice<'a> {
     #[serde(default, borrow)]
     logprobs: Field<'a>,
     #[serde(default, borrow)]
-    message: Obj<Output<'a>>,
+    message: Placed<Obj<Output<'a>>>,
 }
 
 /// A new completion id, in OpenAI's form.
@@ -441,31 +470,45 @@ pub fn complete_answer(
     let usage = answer.usage.filter(|u| !partial(u)).map(Usage::from);
     let call_lacks =
         |c: &Obj<ToolCall>| c.get().is_some_and(|c| c.id.missing() || c.kind.missing());
-    let choice_lacks = |c: &AnswerChoice| {
-        c.index.missing()
-            || c.finish_reason.missing()
-            || matches!(c.logprobs, Field::Absent)
-            || match &c.message {
-                Obj::Is(m) => {
-                    m.role.missing()
-                        || matches!(m.content, Field::Absent)
-                        || matches!(m.refusal, Field::Absent)
-                        || m.tool_calls.items().any(call_lacks)
-                }
-                Obj::Absent | Obj::NotObject => true,
-            }
+    // What only a null would fill (`logprobs`, `refusal`) is inserted into the
+    // upstream's bytes where its object opens; anything else missing needs the tree.
+    let mut nulls: Vec<(usize, &'static [u8])> = Vec::new();
+    let mut choice_needs_tree = |c: &Placed<Obj<AnswerChoice>>| {
+        let Some(choice) = c.get() else {
+            return false;
+        };
+        let Obj::Is(m) = &*choice.message else {
+            return true;
+        };
+        if choice.index.missing()
+            || choice.finish_reason.missing()
+            || m.role.missing()
+            || matches!(m.content, Field::Absent)
+            || m.tool_calls.items().any(call_lacks)
+        {
+            return true;
+        }
+        if matches!(choice.logprobs, Field::Absent) {
+            nulls.push((c.at, b"\"logprobs\":null,"));
+        }
+        if matches!(m.refusal, Field::Absent) {
+            nulls.push((choice.message.at, b"\"refusal\":null,"));
+        }
+        false
     };
-    let lacks = lacks_total
+    let needs_tree = lacks_total
         || answer.id.missing()
         || answer.object.missing()
         || answer.created.missing()
         || answer.model.missing()
-        || answer
-            .choices
-            .items()
-            .any(|c| c.get().is_some_and(choice_lacks));
-    if !lacks {
-        return Ok((body, usage));
+        || answer.choices.items().any(&mut choice_needs_tree);
+    if !needs_tree {
+        if nulls.is_empty() {
+            return Ok((body, usage));
+        }
+        if let Some(patched) = insert_after_braces(&body, &mut nulls) {
+            return Ok((patched, usage));
+        }
     }
     let mut doc: Value = serde_json::from_slice(&body)
         .map_err(|e| ProviderError::Protocol(format!("response is not JSON: {e}")))?;
@@ -511,6 +554,28 @@ pub fn complete_answer(
     Ok((Bytes::from(body), usage))
 }
 
+/// `body` with each `(address, text)`'s text inserted just after the `{` at that
+/// address (see [`Placed`]); `None` when an address is not an opening brace of `body`
+/// (then the caller takes the slow, safe way).
+fn insert_after_braces(body: &Bytes, inserts: &mut [(usize, &[u8])]) -> Option<Bytes> {
+    inserts.sort_unstable_by_key(|(at, _)| *at);
+    let base = body.as_ptr() as usize;
+    let extra: usize = inserts.iter().map(|(_, text)| text.len()).sum();
+    let mut out = Vec::with_capacity(body.len().checked_add(extra)?);
+    let mut copied = 0;
+    for (at, text) in inserts.iter() {
+        let brace = at.checked_sub(base)?;
+        if brace < copied || body.get(brace) != Some(&b'{') {
+            return None;
+        }
+        out.extend_from_slice(body.get(copied..=brace)?);
+        out.extend_from_slice(text);
+        copied = brace + 1;
+    }
+    out.extend_from_slice(body.get(copied..)?);
+    Some(Bytes::from(out))
+}
+
 /// Sets `key` when it is absent or null; a value the upstream sent stays.
 fn fill(o: &mut Map<String, Value>, key: &str, value: impl FnOnce() -> Value) {
     if o.get(key).is_none_or(Value::is_null) {
@@ -530,7 +595,7 @@ struct Chunk<'a> {
     #[serde(default, borrow)]
     model: Field<'a>,
     #[serde(default, borrow)]
-    choices: Seq<ChunkChoice<'a>>,
+    choices: Seq<Obj<ChunkChoice<'a>>>,
     #[serde(default)]
     usage: Option<super::openai::WireUsage>,
     #[serde(default, borrow)]
@@ -995,6 +1060,73 @@ mod tests {
         let (out, usage) = complete_answer(body.clone(), "up").expect("ok");
         assert_eq!(out, body);
         assert_eq!(usage.map(|u| u.completion_tokens), Some(1));
+    }
+
+    #[test]
+    fn missing_nulls_are_inserted_into_the_upstreams_own_bytes() {
+        // Pretty-printed, two choices, braces and escapes inside strings, non-ASCII
+        // text: only `logprobs` (both choices) and `refusal` (the second) are missing.
+        let body = Bytes::from(
+            concat!(
+                "{\n  \"id\": \"x\", \"object\": \"chat.completion\", \"created\": 1, \"model\": \"m\",\n",
+                "  \"choices\": [\n",
+                "    { \"index\": 0, \"finish_reason\": \"stop\",\n",
+                "      \"message\": {\"role\": \"assistant\", \"content\": \"{\\\"a\\\": \\\"}\\\"} \u{e9}\u{1f600}\", \"refusal\": null} },\n",
+                "    {\"index\":1,\"finish_reason\":\"length\",\"message\":  {\"role\":\"assistant\",\"content\":\"{\"}}\n",
+                "  ],\n",
+                "  \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 2, \"total_tokens\": 5}\n}"
+            )
+            .as_bytes()
+            .to_vec(),
+        );
+        let (out, usage) = complete_answer(body.clone(), "up").expect("ok");
+        assert_eq!(usage.map(|u| u.completion_tokens), Some(2));
+        // The upstream's bytes, in its order and spacing, with three insertions.
+        let expected = std::str::from_utf8(&body)
+            .expect("utf-8")
+            .replacen("{ \"index\": 0", "{\"logprobs\":null, \"index\": 0", 1)
+            .replacen("{\"index\":1", "{\"logprobs\":null,\"index\":1", 1)
+            .replacen(
+                "{\"role\":\"assistant\",\"content\":\"{\"}",
+                "{\"refusal\":null,\"role\":\"assistant\",\"content\":\"{\"}",
+                1,
+            );
+        assert_eq!(std::str::from_utf8(&out).expect("utf-8"), expected);
+        let a = v(&out);
+        assert_eq!(
+            a["choices"][0]["message"]["content"],
+            "{\"a\": \"}\"} \u{e9}\u{1f600}"
+        );
+        for c in 0..2 {
+            assert_eq!(a["choices"][c].get("logprobs"), Some(&Value::Null));
+            assert_eq!(
+                a["choices"][c]["message"].get("refusal"),
+                Some(&Value::Null)
+            );
+        }
+    }
+
+    #[test]
+    fn a_place_that_is_no_opening_brace_is_not_patched() {
+        let body = Bytes::from_static(br#"{"a":1}"#);
+        let base = body.as_ptr() as usize;
+        let text: &[u8] = br#""x":null,"#;
+        assert_eq!(
+            insert_after_braces(&body, &mut [(base, text)]).as_deref(),
+            Some(&br#"{"x":null,"a":1}"#[..])
+        );
+        // Inside the object, before the document, past its end.
+        assert_eq!(insert_after_braces(&body, &mut [(base + 1, text)]), None);
+        assert_eq!(
+            insert_after_braces(&body, &mut [(base.wrapping_sub(1), text)]),
+            None
+        );
+        assert_eq!(insert_after_braces(&body, &mut [(base + 100, text)]), None);
+        // The same place twice.
+        assert_eq!(
+            insert_after_braces(&body, &mut [(base, text), (base, text)]),
+            None
+        );
     }
 
     #[test]
