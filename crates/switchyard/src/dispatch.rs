@@ -13,12 +13,11 @@
 //! model's bound) and goes round again, up to `retry.max_attempts` calls in all.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use http::StatusCode;
 use tokio::time::{timeout_at, Instant as TokioInstant};
 
@@ -46,7 +45,7 @@ const QUOTA_PERIOD: Duration = Duration::from_secs(60);
 /// the state watcher re-checks Redis about this often.
 const STATE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+use crate::providers::upstream::{self, ByteStream};
 
 /// A request body rendered for one deployment.
 pub struct Rendered {
@@ -203,7 +202,7 @@ pub struct Job<'a> {
 /// across requests.
 pub struct Dispatcher {
     /// One pooled client per distinct connect timeout (usually one in all).
-    clients: HashMap<Duration, reqwest::Client>,
+    clients: HashMap<Duration, upstream::Client>,
     pub health: Health,
     limiter: Arc<dyn Limiter>,
     /// Run-time provider credentials (tokens renewed before they expire).
@@ -215,7 +214,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, limiter: Arc<dyn Limiter>) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, limiter: Arc<dyn Limiter>) -> Result<Self, upstream::ClientError> {
         Dispatcher::next(config, limiter, None)
     }
 
@@ -227,7 +226,7 @@ impl Dispatcher {
         config: &Config,
         limiter: Arc<dyn Limiter>,
         previous: Option<(&Config, &Dispatcher)>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, upstream::ClientError> {
         let reusable = previous.filter(|(old, _)| {
             old.upstream.pool_idle_timeout == config.upstream.pool_idle_timeout
                 && old.upstream.pool_max_idle_per_host == config.upstream.pool_max_idle_per_host
@@ -241,15 +240,12 @@ impl Dispatcher {
                 clients.insert(d.timeouts.connect, kept.clone());
                 continue;
             }
-            let client = reqwest::Client::builder()
-                .connect_timeout(d.timeouts.connect)
-                .pool_idle_timeout(config.upstream.pool_idle_timeout)
-                .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
-                .tcp_nodelay(true)
-                // A redirect would carry our provider credential to another host;
-                // providers do not redirect API calls, so none is followed.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?;
+            // No redirect is followed (see `providers::upstream`).
+            let client = upstream::Client::new(upstream::PoolSettings {
+                connect_timeout: d.timeouts.connect,
+                idle_timeout: config.upstream.pool_idle_timeout,
+                max_idle_per_host: config.upstream.pool_max_idle_per_host,
+            })?;
             clients.insert(d.timeouts.connect, client);
         }
         let health = match previous {
@@ -271,12 +267,11 @@ impl Dispatcher {
         })
     }
 
-    fn client(&self, d: &Deployment) -> reqwest::Client {
+    fn client(&self, d: &Deployment) -> Result<&upstream::Client, ProviderError> {
         // Every deployment's connect timeout got a client in `new`.
         self.clients
             .get(&d.timeouts.connect)
-            .cloned()
-            .unwrap_or_default()
+            .ok_or_else(|| ProviderError::Connect("no upstream client for this deployment".into()))
     }
 
     /// Routes one request. `make_body` renders the request for one deployment.
@@ -531,7 +526,7 @@ impl Dispatcher {
         let total = start + timeouts.total;
         let first_byte = (start + timeouts.first_byte).min(total);
         let request =
-            providers::anthropic::count_tokens_request(&self.client(d), d, Bytes::from(body))?;
+            providers::anthropic::count_tokens_request(self.client(d)?, d, Bytes::from(body))?;
         let response = match timeout_at(first_byte, request.send()).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {
@@ -544,7 +539,7 @@ impl Dispatcher {
         let status = response.status();
         let headers = response.headers().clone();
         // A count is a few bytes; an error body is read as far as any other's.
-        let body = read_limited(response.bytes_stream().boxed(), MAX_ERROR_BODY, total).await?;
+        let body = read_limited(response.bytes_stream(), MAX_ERROR_BODY, total).await?;
         if !status.is_success() {
             return Err(providers::anthropic::status_error(
                 StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -733,8 +728,12 @@ impl Dispatcher {
         body: Rendered,
         traceparent: Option<String>,
     ) -> AttemptResult {
+        let client = match self.client(&d) {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
         attempt(
-            &self.client(&d),
+            client,
             &d,
             self.credentials.of(&d),
             job.model.timeouts_for(&d),
@@ -1047,15 +1046,14 @@ fn route_header(why: &str, failures: &[String], skipped: &Skipped) -> String {
     out
 }
 
-fn send_error(e: reqwest::Error) -> ProviderError {
+fn send_error(e: upstream::SendError) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout {
             phase: "connection",
         }
     } else {
-        // reqwest's message includes the URL, which holds no secret (keys travel in
-        // headers); strip it anyway so upstream topology stays out of client errors.
-        ProviderError::Connect(e.without_url().to_string())
+        // The message names no URL: upstream topology stays out of client errors.
+        ProviderError::Connect(format!("error sending request: {e}"))
     }
 }
 
@@ -1131,7 +1129,7 @@ async fn credential(
 // taken apart again at the one call site.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
-    client: &reqwest::Client,
+    client: &upstream::Client,
     deployment: &Deployment,
     auth: Option<&providers::auth::ProviderAuth>,
     timeouts: Timeouts,
@@ -1216,7 +1214,7 @@ async fn attempt(
 async fn read_answer(
     deployment: &Deployment,
     endpoint: Endpoint,
-    response: reqwest::Response,
+    response: upstream::Response,
     stream: bool,
     first_byte: TokioInstant,
     total: TokioInstant,
@@ -1226,7 +1224,7 @@ async fn read_answer(
     let status = response.status();
     if !status.is_success() {
         let headers = response.headers().clone();
-        let body = read_limited(response.bytes_stream().boxed(), MAX_ERROR_BODY, total)
+        let body = read_limited(response.bytes_stream(), MAX_ERROR_BODY, total)
             .await
             .unwrap_or_default();
         return Err(adapter.error(
@@ -1242,7 +1240,7 @@ async fn read_answer(
             ));
         }
         let mut upstream = UpstreamStream {
-            body: response.bytes_stream().boxed(),
+            body: response.bytes_stream(),
             decoder: match native {
                 Some(n) => n.stream_decoder(),
                 None => adapter.stream_decoder(deployment),
@@ -1271,7 +1269,7 @@ async fn read_answer(
             first,
         });
     }
-    let body = read_limited(response.bytes_stream().boxed(), MAX_RESPONSE_BODY, total).await?;
+    let body = read_limited(response.bytes_stream(), MAX_RESPONSE_BODY, total).await?;
     let (body, usage) = match native {
         Some(n) => {
             let usage = n.usage(&body)?;
@@ -1299,7 +1297,7 @@ async fn read_limited(
             Ok(Some(Err(e))) => {
                 return Err(ProviderError::Connect(format!(
                     "the response body broke off: {}",
-                    e.without_url()
+                    upstream::describe(&e)
                 )))
             }
             Ok(Some(Ok(chunk))) => {
@@ -1336,7 +1334,7 @@ impl UpstreamStream {
                 Ok(Some(Err(e))) => {
                     return Err(ProviderError::Connect(format!(
                         "the stream broke off: {}",
-                        e.without_url()
+                        upstream::describe(&e)
                     )))
                 }
                 Ok(None) if self.decoder.has_partial() => {

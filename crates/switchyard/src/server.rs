@@ -27,7 +27,7 @@ pub enum StartError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::providers::upstream::ClientError),
     #[error(transparent)]
     Governance(#[from] crate::governance::GovernanceError),
     #[error(transparent)]

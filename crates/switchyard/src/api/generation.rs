@@ -97,7 +97,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Invalid(#[from] CheckError),
     #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::providers::upstream::ClientError),
     #[error("cannot read the key store: {0}")]
     Store(#[from] StoreError),
 }

@@ -481,22 +481,36 @@ pub struct Deployment {
     pub upstream: UpstreamCache,
 }
 
+/// An absolute `http`/`https` URL as a request target. Text that is not a valid
+/// request target as it stands (a space in a path, a non-ASCII host) is normalised
+/// as a browser would (percent-encoding, IDNA) and tried again.
+pub fn parse_url(text: &str) -> Result<http::Uri, String> {
+    let uri = http::Uri::try_from(text).or_else(|_| {
+        let normalised = reqwest::Url::parse(text).map_err(|e| format!("invalid URL: {e}"))?;
+        http::Uri::try_from(normalised.as_str()).map_err(|e| format!("invalid URL: {e}"))
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err("invalid URL: not an absolute http or https URL".to_owned()),
+    }
+}
+
 /// A deployment's upstream request parts that never change while its configuration
 /// runs: each endpoint's parsed URL and the static key's auth header. Built by the
 /// provider adapter on first use (it knows the formats) and reused by every call.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamCache {
-    urls: [std::sync::OnceLock<Option<reqwest::Url>>; 4],
+    urls: [std::sync::OnceLock<Option<http::Uri>>; 4],
     auth: std::sync::OnceLock<Option<(http::HeaderName, http::HeaderValue)>>,
 }
 
 impl UpstreamCache {
     /// The URL kept in `slot` (one per endpoint), made by `make` the first time; `None`
     /// when it does not parse (the caller then goes the slow way, which reports it).
-    pub fn url(&self, slot: usize, make: impl FnOnce() -> String) -> Option<reqwest::Url> {
+    pub fn url(&self, slot: usize, make: impl FnOnce() -> String) -> Option<http::Uri> {
         self.urls
             .get(slot)?
-            .get_or_init(|| reqwest::Url::parse(&make()).ok())
+            .get_or_init(|| parse_url(&make()).ok())
             .clone()
     }
 

@@ -808,10 +808,10 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Pro
 /// `POST /v1/messages/count_tokens` on an Anthropic deployment's provider, with
 /// `body` (a Messages body whose `model` is the deployment's) as it is.
 pub fn count_tokens_request(
-    client: &reqwest::Client,
+    client: &super::upstream::Client,
     deployment: &Deployment,
     body: Bytes,
-) -> Result<reqwest::RequestBuilder, ProviderError> {
+) -> Result<super::upstream::RequestBuilder, ProviderError> {
     post(client, deployment, "/v1/messages/count_tokens", body).ok_or_else(|| {
         ProviderError::Unsupported("token counting (not an Anthropic provider)".into())
     })
@@ -820,11 +820,11 @@ pub fn count_tokens_request(
 /// A JSON `POST` of `body` to `path` on the deployment's Anthropic API, with its version
 /// and key headers; `None` when the deployment's provider is not Anthropic.
 fn post(
-    client: &reqwest::Client,
+    client: &super::upstream::Client,
     deployment: &Deployment,
     path: &str,
     body: Bytes,
-) -> Option<reqwest::RequestBuilder> {
+) -> Option<super::upstream::RequestBuilder> {
     let ProviderKind::Anthropic { base_url, version } = &deployment.provider.kind else {
         return None;
     };
@@ -874,13 +874,13 @@ impl Adapter for AnthropicAdapter {
 
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &super::upstream::Client,
         deployment: &Deployment,
         _endpoint: Endpoint,
         _stream: bool,
         body: Bytes,
         _credential: Option<&super::auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<super::upstream::RequestBuilder, ProviderError> {
         post(client, deployment, "/v1/messages", body)
             .ok_or_else(|| ProviderError::Unsupported("not an Anthropic provider".into()))
     }
@@ -1016,7 +1016,7 @@ mod tests {
 
     #[test]
     fn request_carries_key_and_version_headers() {
-        let client = reqwest::Client::new();
+        let client = crate::providers::upstream::test_client();
         let req = AnthropicAdapter
             .request(
                 &client,
@@ -1029,7 +1029,7 @@ mod tests {
             .expect("request")
             .build()
             .expect("built");
-        assert_eq!(req.url().as_str(), "http://h/v1/messages");
+        assert_eq!(req.uri().to_string(), "http://h/v1/messages");
         assert_eq!(req.headers()["x-api-key"], "k-123");
         assert_eq!(req.headers()["anthropic-version"], "2023-06-01");
     }

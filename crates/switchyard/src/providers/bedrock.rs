@@ -953,13 +953,13 @@ impl Adapter for BedrockAdapter {
 
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &super::upstream::Client,
         deployment: &Deployment,
         _endpoint: Endpoint,
         stream: bool,
         body: Bytes,
         credential: Option<&super::auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<super::upstream::RequestBuilder, ProviderError> {
         let ProviderKind::Bedrock {
             base_url,
             region,
@@ -1184,7 +1184,7 @@ mod tests {
     fn a_bedrock_api_key_replaces_sigv4() {
         let mut d = deployment("m");
         std::sync::Arc::make_mut(&mut d.provider).api_key = None;
-        let client = reqwest::Client::new();
+        let client = crate::providers::upstream::test_client();
         let signed = BedrockAdapter
             .request(
                 &client,
@@ -1215,7 +1215,7 @@ mod tests {
             .build()
             .expect("built");
         assert_eq!(bearer.headers()["authorization"], "Bearer bedrock-key");
-        assert_eq!(bearer.url().path(), "/model/m/converse-stream");
+        assert_eq!(bearer.uri().path(), "/model/m/converse-stream");
     }
 
     #[test]

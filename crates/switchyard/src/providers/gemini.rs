@@ -861,13 +861,13 @@ impl Adapter for GeminiAdapter {
 
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &super::upstream::Client,
         deployment: &Deployment,
         _endpoint: Endpoint,
         stream: bool,
         body: Bytes,
         credential: Option<&super::auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<super::upstream::RequestBuilder, ProviderError> {
         let kind = &deployment.provider.kind;
         let Some(url) = url(kind, &deployment.upstream_model, stream) else {
             return Err(ProviderError::Unsupported(
@@ -989,7 +989,7 @@ mod tests {
             },
             "gemini-2.5-pro",
         );
-        let client = reqwest::Client::new();
+        let client = crate::providers::upstream::test_client();
         let req = GeminiAdapter
             .request(
                 &client,
@@ -1003,7 +1003,7 @@ mod tests {
             .build()
             .expect("built");
         assert_eq!(
-            req.url().as_str(),
+            req.uri().to_string(),
             "http://h/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
         assert_eq!(req.headers()["x-goog-api-key"], "k-123");
@@ -1021,7 +1021,7 @@ mod tests {
             .build()
             .expect("built");
         assert_eq!(
-            req.url().as_str(),
+            req.uri().to_string(),
             "http://v/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
         );
         assert_eq!(req.headers()["authorization"], "Bearer k-123");

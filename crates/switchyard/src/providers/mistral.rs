@@ -289,13 +289,13 @@ impl Adapter for MistralAdapter {
 
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &super::upstream::Client,
         deployment: &Deployment,
         endpoint: Endpoint,
         _stream: bool,
         body: Bytes,
         credential: Option<&super::auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<super::upstream::RequestBuilder, ProviderError> {
         Ok(openai::build(
             client, deployment, endpoint, body, credential,
         ))
@@ -470,7 +470,7 @@ mod tests {
         );
         let req = MistralAdapter
             .request(
-                &reqwest::Client::new(),
+                &crate::providers::upstream::test_client(),
                 &d,
                 Endpoint::ChatCompletions,
                 true,
@@ -480,7 +480,10 @@ mod tests {
             .expect("request")
             .build()
             .expect("built");
-        assert_eq!(req.url().as_str(), "http://h/mistral/v1/chat/completions");
+        assert_eq!(
+            req.uri().to_string(),
+            "http://h/mistral/v1/chat/completions"
+        );
         assert_eq!(req.headers()["authorization"], "Bearer k-123");
     }
 }

@@ -12,6 +12,7 @@ pub mod lax;
 pub mod mistral;
 pub mod openai;
 pub mod sse;
+pub mod upstream;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -44,13 +45,13 @@ pub trait Adapter: Send + Sync {
     /// credential of the provider ([`auth`]), when it has one instead of a static key.
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &upstream::Client,
         deployment: &Deployment,
         endpoint: Endpoint,
         stream: bool,
         body: Bytes,
         credential: Option<&auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError>;
+    ) -> Result<upstream::RequestBuilder, ProviderError>;
 
     /// Classifies an error answer (`body` is bounded).
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError;

@@ -54,12 +54,12 @@ pub fn url(deployment: &Deployment, endpoint: Endpoint) -> String {
 
 /// A ready-to-send request: URL, auth and body.
 pub fn build(
-    client: &reqwest::Client,
+    client: &super::upstream::Client,
     deployment: &Deployment,
     endpoint: Endpoint,
     body: Bytes,
     credential: Option<&super::auth::Credential>,
-) -> reqwest::RequestBuilder {
+) -> super::upstream::RequestBuilder {
     // The URL is parsed once per deployment and endpoint, not per call.
     let slot = endpoint as usize;
     let req = match deployment.upstream.url(slot, || url(deployment, endpoint)) {
@@ -345,13 +345,13 @@ impl Adapter for OpenAiAdapter {
 
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &super::upstream::Client,
         deployment: &Deployment,
         endpoint: Endpoint,
         _stream: bool,
         body: Bytes,
         credential: Option<&super::auth::Credential>,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<super::upstream::RequestBuilder, ProviderError> {
         Ok(build(client, deployment, endpoint, body, credential))
     }
 
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn auth_header_per_provider_kind() {
-        let client = reqwest::Client::new();
+        let client = crate::providers::upstream::test_client();
         let oa = deployment(
             ProviderKind::OpenAi {
                 base_url: "http://h/v1".into(),
