@@ -383,9 +383,12 @@ impl Dispatcher {
                             after,
                             skipped: &mut skipped,
                         };
-                        let (outcome, twin) = self
-                            .hedged(&job, tracker, &mut make_body, d, gate, hedge)
-                            .await;
+                        // Boxed: a hedge holds two calls' futures, which inline
+                        // would make every request's future (moved into a box per
+                        // request) twice as large for the few models that hedge.
+                        let (outcome, twin) =
+                            Box::pin(self.hedged(&job, tracker, &mut make_body, d, gate, hedge))
+                                .await;
                         // A twin that was started (or tried to start) is this round's
                         // turn of its deployment; one that never started leaves it to
                         // the loop, which moves on to it at once if the first failed.

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -1295,39 +1295,57 @@ pub fn upper_bound_cost(estimate: TokenEstimate, prices: &[Price]) -> i64 {
     prices.iter().map(|p| p.cost(&usage)).max().unwrap_or(0)
 }
 
+/// The `x-ratelimit-*` header names, per unit: limit, remaining, reset. Built once
+/// (every successful request sets them).
+static LIMIT_HEADERS: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
 fn set_limit_headers(h: &mut HeaderMap, unit: Unit, limit: u64, remaining: u64, reset: Duration) {
-    let (l, r, t) = match unit {
-        Unit::Requests => (
-            "x-ratelimit-limit-requests",
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
-        ),
-        Unit::Tokens => (
-            "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens",
-            "x-ratelimit-reset-tokens",
-        ),
+    let [l, r, t] = match unit {
+        Unit::Requests => &LIMIT_HEADERS[0],
+        Unit::Tokens => &LIMIT_HEADERS[1],
     };
-    h.insert(l, HeaderValue::from(limit));
-    h.insert(r, HeaderValue::from(remaining));
-    if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
-        h.insert(t, v);
+    h.insert(l.clone(), HeaderValue::from(limit));
+    h.insert(r.clone(), HeaderValue::from(remaining));
+    if let Ok(v) = HeaderValue::try_from(format_reset(reset)) {
+        h.insert(t.clone(), v);
     }
 }
 
-/// OpenAI's duration format: `20ms`, `1.5s`, `6m0s`.
+/// OpenAI's duration format: `20ms`, `1.5s`, `6m0s` (whole milliseconds; integer
+/// arithmetic, as every successful request formats two of these).
 pub fn format_reset(d: Duration) -> String {
+    use std::fmt::Write as _;
     let ms = d.as_millis();
+    let mut out = String::with_capacity(16);
+    // Writing to a String cannot fail.
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+    } else if ms < 60_000 {
+        let (secs, frac) = (ms / 1000, ms % 1000);
+        let _ = write!(out, "{secs}");
+        if frac != 0 {
+            let _ = write!(out, ".{frac:03}");
+            while out.ends_with('0') {
+                out.pop();
+            }
+        }
+        out.push('s');
+    } else {
+        let secs = d.as_secs();
+        let _ = write!(out, "{}m{}s", secs / 60, secs % 60);
     }
-    if ms < 60_000 {
-        let s = format!("{:.3}", d.as_secs_f64());
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        return format!("{s}s");
-    }
-    let secs = d.as_secs();
-    format!("{}m{}s", secs / 60, secs % 60)
+    out
 }
 
 /// Tool-call arguments are a JSON document in a string. Its values are guarded one by
@@ -1448,6 +1466,13 @@ mod tests {
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_reset(Duration::from_secs(1)), "1s");
         assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        assert_eq!(format_reset(Duration::from_millis(1050)), "1.05s");
+        assert_eq!(format_reset(Duration::from_millis(1001)), "1.001s");
+        assert_eq!(format_reset(Duration::from_millis(59_999)), "59.999s");
+        assert_eq!(format_reset(Duration::from_micros(1_999_900)), "1.999s");
+        assert_eq!(format_reset(Duration::from_millis(60_000)), "1m0s");
+        assert_eq!(format_reset(Duration::ZERO), "0ms");
+        assert_eq!(format_reset(Duration::MAX), "307445734561825860m15s");
     }
 
     #[test]
