@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyDataStream, Full};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 /// The chunks of an answer's body as the network delivers them.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
@@ -26,7 +26,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + S
 /// A pooled client for provider calls (cheap to clone: the pool is shared).
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<Bounded, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -51,19 +51,22 @@ impl Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = Bounded {
+            inner: https,
+            limit: settings.connect_timeout,
+        };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(connector);
         Ok(Client { inner })
     }
 
@@ -78,6 +81,46 @@ impl Client {
                 r
             }),
         }
+    }
+}
+
+/// The TLS connector with the connect timeout around the whole of making a
+/// connection: resolving, TCP and the TLS handshake (a provider that accepts and then
+/// stalls the handshake must not hold a call past it).
+#[derive(Clone)]
+struct Bounded {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+impl tower_service::Service<Uri> for Bounded {
+    type Response = Connection;
+    type Error = BoxError;
+    // Boxed: one per new connection, not per request.
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Connection, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timeout",
+                )) as BoxError),
+            }
+        })
     }
 }
 
@@ -303,6 +346,36 @@ mod tests {
         assert_eq!(good.headers()["authorization"], "Bearer t");
         assert!(good.headers()["authorization"].is_sensitive());
         assert_eq!(good.body().as_ref(), b"{}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_is_a_connect_timeout() {
+        // Accepts TCP connections and never answers the TLS client hello.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let client = Client::new(PoolSettings {
+            connect_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(1),
+            max_idle_per_host: 1,
+        })
+        .expect("client");
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.post(format!("https://{addr}/v1")).send(),
+        )
+        .await
+        .expect("the connect timeout ends the call");
+        let err = sent.expect_err("no TLS server");
+        assert!(err.is_timeout(), "{err}");
+        held.abort();
     }
 
     #[tokio::test]
