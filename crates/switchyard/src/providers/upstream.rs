@@ -292,6 +292,17 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A client for unit tests that only build requests.
+#[cfg(test)]
+pub fn test_client() -> Client {
+    Client::new(PoolSettings {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        max_idle_per_host: 1,
+    })
+    .expect("client")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,15 +409,4 @@ mod tests {
         let text = err.to_string();
         assert!(text.to_lowercase().contains("refused"), "{text}");
     }
-}
-
-/// A client for unit tests that only build requests.
-#[cfg(test)]
-pub fn test_client() -> Client {
-    Client::new(PoolSettings {
-        connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
-        max_idle_per_host: 1,
-    })
-    .expect("client")
 }
