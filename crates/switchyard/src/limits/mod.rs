@@ -216,16 +216,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The reservations of one slice of a window's period (see [`Window::push`]).
 #[derive(Debug)]
 struct Entry {
+    /// When the slice's latest reservation was made: the slice leaves the window one
+    /// period after it, so no reservation leaves before its own time.
     at: Duration,
+    /// When the slice's first reservation was made.
+    opened: Duration,
+    /// The first reservation's number; the slice holds the numbers from it up to the
+    /// next slice's first.
     seq: u64,
     amount: u64,
 }
 
+/// A window keeps at most about this many slices per period, whatever the rate: a
+/// log of one entry per reservation held 300,000 entries (9.6 MB) for a key sending
+/// 5,000 requests a second against a per-minute limit, and each doubling of its
+/// buffer stalled every request behind the lock for milliseconds.
+const SLICES_PER_PERIOD: u32 = 4096;
+
 #[derive(Debug, Default)]
 struct Window {
-    /// Oldest first; `at` and `seq` both increase along the deque.
+    /// Oldest first; `at`, `opened` and `seq` all increase along the deque.
     entries: VecDeque<Entry>,
     total: u64,
     next_seq: u64,
@@ -245,12 +258,46 @@ impl Window {
         }
     }
 
+    /// Adds a reservation made at `at` and gives its number. A reservation made
+    /// within 1/[`SLICES_PER_PERIOD`] of a period after the last slice opened joins that
+    /// slice, whose departure moves to one period after `at`: a reservation may stay
+    /// counted up to that long (0.025% of the period; 15 ms of a minute) after its
+    /// own time, never less.
     fn push(&mut self, at: Duration, amount: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.push_back(Entry { at, seq, amount });
         self.total += amount;
+        let slice = self.period / SLICES_PER_PERIOD;
+        match self.entries.back_mut() {
+            Some(last) if at < last.opened + slice => {
+                last.at = last.at.max(at);
+                last.amount += amount;
+            }
+            _ => self.entries.push_back(Entry {
+                at,
+                opened: at,
+                seq,
+                amount,
+            }),
+        }
         seq
+    }
+
+    /// Takes back reservation `seq` of `amount`, the newest of this window (a refused
+    /// call undoing what it added).
+    fn pop(&mut self, seq: u64, amount: u64) {
+        let Some(last) = self.entries.back_mut() else {
+            return;
+        };
+        if last.seq > seq {
+            return;
+        }
+        self.total = self.total.saturating_sub(amount);
+        last.amount = last.amount.saturating_sub(amount);
+        if last.seq == seq {
+            // The slice was opened by this reservation: nothing else is in it yet.
+            self.entries.pop_back();
+        }
     }
 
     /// How long until `needed` more units have fallen out of the window.
@@ -265,8 +312,13 @@ impl Window {
         period
     }
 
+    /// The slice that holds reservation `seq`, while it is in the window.
     fn find(&mut self, seq: u64) -> Option<&mut Entry> {
-        let i = self.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        let i = match self.entries.binary_search_by_key(&seq, |e| e.seq) {
+            Ok(i) => i,
+            Err(0) => return None,
+            Err(after) => after - 1,
+        };
         self.entries.get_mut(i)
     }
 }
@@ -337,13 +389,10 @@ impl InProcessLimiter {
                     retry_after,
                     state_unavailable: false,
                 };
-                // Undo what this call appended (newest last, so pop in reverse).
+                // Undo what this call added (newest last, so in reverse).
                 for slot in slots.iter().rev() {
                     if let Some(w) = state.windows.get_mut(&slot.key) {
-                        if w.entries.back().is_some_and(|e| e.seq == slot.seq) {
-                            w.entries.pop_back();
-                            w.total -= slot.amount;
-                        }
+                        w.pop(slot.seq, slot.amount);
                     }
                 }
                 return Err(refusal);
@@ -382,9 +431,11 @@ impl InProcessLimiter {
             window.prune(now, slot.period);
             match window.find(slot.seq) {
                 Some(entry) => {
+                    // The slice holds this reservation's amount among others'.
                     let old = entry.amount;
-                    entry.amount = actual;
-                    window.total = window.total - old + actual;
+                    let new = old.saturating_sub(slot.amount) + actual;
+                    entry.amount = new;
+                    window.total = window.total - old + new;
                 }
                 // The entry has already left the window (a request longer than the
                 // period): what was reserved was counted for a whole period; charge any

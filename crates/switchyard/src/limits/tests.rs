@@ -235,3 +235,54 @@ fn embedding_estimate() {
     assert_eq!(estimate_embedding_tokens(&json!(["abcd", "abcde"])), 3);
     assert_eq!(estimate_embedding_tokens(&json!([[1, 2, 3], [4]])), 4);
 }
+
+#[test]
+fn a_busy_window_keeps_slices_not_one_entry_per_request() {
+    let (clock, l) = setup();
+    // 5,000 requests a second for a whole minute, each settled with another amount.
+    let step = Duration::from_micros(200);
+    for i in 0..300_000u64 {
+        let r = now(l.try_reserve(&[claim("tpm", u64::MAX, 10)])).expect("fits");
+        now(l.settle(r, &[i % 7]));
+        clock.advance(step);
+    }
+    let state = lock(&l.state);
+    let w = state.windows.get("tpm").expect("window");
+    assert!(
+        w.entries.len() <= SLICES_PER_PERIOD as usize + 1,
+        "{}",
+        w.entries.len()
+    );
+    // The settled amounts, exactly: what is still in the window is every request of
+    // the last minute (all 300,000 of them, the first made exactly a minute ago).
+    let expected: u64 = (0..300_000u64).map(|i| i % 7).sum();
+    assert_eq!(w.total, expected);
+    assert_eq!(w.total, w.entries.iter().map(|e| e.amount).sum::<u64>());
+}
+
+#[test]
+fn a_reservation_in_a_shared_slice_leaves_no_earlier_than_its_own_time() {
+    let (clock, l) = setup();
+    now(l.try_reserve(&[claim("k", 2, 1)])).expect("fits");
+    // 10 ms later: the same slice of the minute (a slice is 60 s / 4096 = 14.6 ms).
+    clock.advance(Duration::from_millis(10));
+    now(l.try_reserve(&[claim("k", 2, 1)])).expect("fits");
+    // A minute after the first: a log would let it go, the slice keeps it until a
+    // minute after the second.
+    clock.advance(MIN - Duration::from_millis(5));
+    let refused = now(l.try_reserve(&[claim("k", 2, 1)])).expect_err("still full");
+    assert_eq!(refused.retry_after, Duration::from_millis(5));
+    clock.advance(Duration::from_millis(5));
+    now(l.try_reserve(&[claim("k", 2, 2)])).expect("both left");
+}
+
+#[test]
+fn a_refused_call_takes_back_what_it_added_to_a_shared_slice() {
+    let (_clock, l) = setup();
+    now(l.try_reserve(&[claim("a", 10, 3)])).expect("fits");
+    // Fits "a" (joining its slice), not "b": nothing of it may stay in "a".
+    now(l.try_reserve(&[claim("b", 1, 1)])).expect("fits");
+    now(l.try_reserve(&[claim("a", 10, 4), claim("b", 1, 1)])).expect_err("b is full");
+    assert_eq!(now(l.remaining("a", 10, MIN)).0, 7);
+    now(l.try_reserve(&[claim("a", 10, 7)])).expect("all of the rest fits");
+}
