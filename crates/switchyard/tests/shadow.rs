@@ -64,6 +64,22 @@ async fn ask_as(h: &Harness, key: &str, text: &str) -> reqwest::Response {
 /// requests (the mirrors run after the clients' answers, and the ledger writes in
 /// batches): bounded, never a fixed sleep.
 async fn report_with(h: &Harness, n: u64) -> Value {
+    report_when(h, |r| r["candidate"]["requests"].as_u64() == Some(n)).await
+}
+
+/// The report once it shows `n` mirrored requests and `calls` embeddings calls. Under
+/// load the embeddings rows were seen to lag their pairs' rows by one poll (2 runs in
+/// 12 with both cores busy): the wait tolerates that, and still fails if a call is
+/// never recorded.
+async fn report_with_calls(h: &Harness, n: u64, calls: u64) -> Value {
+    report_when(h, |r| {
+        r["candidate"]["requests"].as_u64() == Some(n)
+            && r["similarity_calls"].as_u64() == Some(calls)
+    })
+    .await
+}
+
+async fn report_when(h: &Harness, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
         last = h
@@ -76,12 +92,12 @@ async fn report_with(h: &Harness, n: u64) -> Value {
             .json()
             .await
             .expect("json");
-        if last["candidate"]["requests"].as_u64() == Some(n) {
+        if done(&last) {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the shadow report never showed {n} mirrored requests: {last}");
+    panic!("the shadow report never showed what was awaited: {last}");
 }
 
 #[tokio::test]
@@ -296,7 +312,7 @@ async fn text_answers_are_compared_by_the_cosine_of_their_embeddings_when_config
     }
     // The same upstream model answers the same prompt with the same text, whose two
     // embeddings are equal: cosine 1.
-    let report = report_with(&h, 3).await;
+    let report = report_with_calls(&h, 3, 3).await;
     assert_eq!(report["compared"], 3);
     assert_eq!(report["agreement_rate"], 1.0);
     assert_eq!(report["mean_agreement"], 1.0);
@@ -339,7 +355,7 @@ async fn a_failed_embeddings_call_falls_back_to_word_overlap_and_is_recorded() {
             200
         );
     }
-    let report = report_with(&h, 2).await;
+    let report = report_with_calls(&h, 2, 2).await;
     // Equal texts overlap entirely: still compared, by words.
     assert_eq!(report["compared"], 2);
     assert_eq!(report["agreement_rate"], 1.0);
