@@ -528,9 +528,9 @@ impl Dispatcher {
         let start = TokioInstant::now();
         let total = start + timeouts.total;
         let first_byte = (start + timeouts.first_byte).min(total);
-        let request =
-            providers::anthropic::count_tokens_request(self.client(d)?, d, Bytes::from(body))?;
-        let response = match timeout_at(first_byte, request.send()).await {
+        let client = self.client(d)?;
+        let request = providers::anthropic::count_tokens_request(client, d, Bytes::from(body))?;
+        let response = match timeout_at(first_byte, request.send(client)).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {
                     phase: "response headers",
@@ -1174,7 +1174,7 @@ async fn attempt(
             },
             Err(e) => return failed(e),
         };
-        let response = match timeout_at(first_byte, request.send()).await {
+        let response = match timeout_at(first_byte, request.send(client)).await {
             Err(_) => {
                 return failed(ProviderError::Timeout {
                     phase: "response headers",

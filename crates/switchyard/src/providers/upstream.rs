@@ -73,7 +73,6 @@ impl Client {
     /// A `POST` to `url`: a URL parsed once (see `config::UpstreamCache`), or text.
     pub fn post(&self, url: impl IntoUri) -> RequestBuilder {
         RequestBuilder {
-            client: self.clone(),
             request: url.into_uri().map(|uri| {
                 let mut r = Request::new(Bytes::new());
                 *r.method_mut() = Method::POST;
@@ -165,9 +164,12 @@ impl IntoUri for &str {
 
 pub use crate::config::parse_url;
 
-/// A request being built; a bad header or URL is reported when it is sent.
+/// A request being built; a bad header or URL is reported when it is sent. It holds
+/// no client (cloning one per request cost several reference counts): [`send`] is
+/// given the one to send it with.
+///
+/// [`send`]: RequestBuilder::send
 pub struct RequestBuilder {
-    client: Client,
     request: Result<Request<Bytes>, String>,
 }
 
@@ -218,11 +220,12 @@ impl RequestBuilder {
         self.request.map_err(SendError::Invalid)
     }
 
-    /// Sends the request; resolves when the answer's status and headers arrived.
-    pub async fn send(self) -> Result<Response, SendError> {
+    /// Sends the request through `client`; resolves when the answer's status and
+    /// headers arrived.
+    pub async fn send(self, client: &Client) -> Result<Response, SendError> {
         let request = self.request.map_err(SendError::Invalid)?;
         let request = request.map(Full::new);
-        match self.client.inner.request(request).await {
+        match client.inner.request(request).await {
             Ok(r) => Ok(Response(r)),
             Err(e) => Err(SendError::Failed(e)),
         }
@@ -380,7 +383,7 @@ mod tests {
         .expect("client");
         let sent = tokio::time::timeout(
             Duration::from_secs(30),
-            client.post(format!("https://{addr}/v1")).send(),
+            client.post(format!("https://{addr}/v1")).send(&client),
         )
         .await
         .expect("the connect timeout ends the call");
@@ -402,7 +405,7 @@ mod tests {
         .expect("client");
         let err = client
             .post(format!("http://{addr}/v1"))
-            .send()
+            .send(&client)
             .await
             .expect_err("nothing listens");
         assert!(!err.is_timeout());
