@@ -286,13 +286,68 @@ async fn windows_slide_and_expire_in_redis() {
     let left = l.remaining("long", 1000, period).await.0;
     // 200 charged now, unless the period already passed again on a slow machine.
     assert!(left == 800 || left == 1000, "{left}");
-    // Idle windows leave nothing in Redis but the sequence counter.
+    // Idle windows leave nothing in Redis.
     assert!(
         eventually(Duration::from_secs(10), async || key_count(&prefix).await
-            == 1)
+            == 0)
         .await,
         "window keys did not expire"
     );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_redis_window_keeps_slices_not_one_member_per_request() {
+    let prefix = random_prefix();
+    let l = Arc::new(RedisLimiter::new(connect(&prefix).await));
+    // An hour's window: a slice is 3600 s / 4096, about 879 ms, so 2,000 reservations
+    // made within a few seconds share a handful of slices.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..250u64 {
+                let claims = [claim("busy", 1_000_000, HOUR, 3)];
+                let r = l.try_reserve(&claims).await.expect("fits");
+                // Half settle lower, half higher than reserved: each slice moves by
+                // the difference, whoever else shares it.
+                let actual = if (t + i) % 2 == 0 { 1 } else { 5 };
+                l.settle(r, &[actual]).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        l.remaining("busy", 1_000_000, HOUR).await.0,
+        1_000_000 - (1_000 + 5 * 1_000),
+        "the total is exact"
+    );
+    let client = redis::Client::open(redis_url()).expect("url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let members: u64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}win:busy:log"))
+        .query_async(&mut con)
+        .await
+        .expect("ZCARD");
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(format!("{prefix}win:busy:amt"))
+        .query_async(&mut con)
+        .await
+        .expect("HLEN");
+    let slice_ms = 3_600_000 / 4096;
+    let most = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) / slice_ms + 2;
+    assert!(
+        (1..=most).contains(&members),
+        "{members} members for 2,000 reservations in {elapsed:?} (at most {most})"
+    );
+    assert_eq!(fields, members + 1, "one amount per slice, and the total");
     cleanup(&prefix).await;
 }
 

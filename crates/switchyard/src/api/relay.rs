@@ -467,7 +467,10 @@ impl<E: Encoder> Drop for RelayState<E> {
 }
 
 fn frames<E: Encoder>(state: RelayState<E>) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    futures_util::stream::unfold(state, |mut state| async move {
+    // Boxed: `unfold` moves its state into each frame's future and back out again,
+    // and the state (upstream stream, tracker, encoder) is large: a box makes each
+    // move a pointer's.
+    futures_util::stream::unfold(Box::new(state), |mut state| async move {
         let frame = state.next_frame().await?;
         Some((Ok(frame), state))
     })

@@ -37,10 +37,10 @@
 //! appends to all of its windows while holding it, so it is all-or-nothing and exact
 //! under any concurrency; the critical section is a few comparisons per claim and never
 //! awaits. A Redis implementation does the same inside one Lua script per call: a sorted
-//! set per window (score = time, member = sequence) plus a hash of amounts and a running
-//! total, trimmed with `ZREMRANGEBYSCORE`, checked and appended for every claim before
-//! the script returns; `settle` rewrites the members it reserved. That is
-//! [`redis::RedisLimiter`].
+//! set per window (member = slice, score = its latest reservation's time) plus a hash of
+//! the slices' amounts and a running total, trimmed with `ZREMRANGEBYSCORE`, checked and
+//! added to for every claim before the script returns; `settle` moves the slices it
+//! reserved in by the difference. That is [`redis::RedisLimiter`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -78,7 +78,8 @@ pub struct Reservation {
 struct Slot {
     key: Arc<str>,
     period: Duration,
-    /// Sequence number of the entry within its window.
+    /// Where the reservation sits in its window: its sequence number in process (the
+    /// slice holding it is found by it), the number of its slice in Redis.
     seq: u64,
     amount: u64,
     /// What the window had left right after this reservation (for `x-ratelimit-*`).
