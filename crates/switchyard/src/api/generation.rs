@@ -9,7 +9,7 @@
 //! atomically, so new requests see the new configuration and running ones finish on
 //! theirs.
 //!
-//! What lives longer than a generation is built once by `server.rs` and handed to
+//! What lives longer than a generation is built once by `server/mod.rs` and handed to
 //! every generation ([`Services`]); a deployment that keeps its name keeps its health
 //! (see [`crate::routing::Health::carried_over`]); pooled clients are reused while the
 //! pool settings are the same.

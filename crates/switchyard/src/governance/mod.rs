@@ -420,7 +420,7 @@ impl Governance {
     }
 
     /// Like [`Governance::open`], with budgets in Redis when `shared` is given (the
-    /// limiter is then the Redis one too: `server.rs` builds both from `[state]`).
+    /// limiter is then the Redis one too: `server/mod.rs` builds both from `[state]`).
     pub async fn open_shared(
         config: &Config,
         limiter: Arc<dyn Limiter>,

@@ -1,11 +1,12 @@
 //! The running gateway: listener, shared state, ledger, and graceful shutdown.
 
+mod http;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +68,7 @@ pub struct Gateway {
     addr: SocketAddr,
     state: Arc<AppState>,
     stop: CancellationToken,
-    serve: JoinHandle<std::io::Result<()>>,
+    serve: JoinHandle<()>,
     ledger: Option<Ledger>,
     /// Where `/metrics` is served when `telemetry.metrics_listen` is set.
     metrics_addr: Option<SocketAddr>,
@@ -197,14 +198,7 @@ impl Gateway {
                 tracing::info!(addr = %metrics_addr, "metrics listening");
                 let app = crate::admin::metrics_router(state.clone());
                 let stop = metrics_stop.clone();
-                Some((
-                    metrics_addr,
-                    tokio::spawn(async move {
-                        axum::serve(listener, app.into_make_service())
-                            .with_graceful_shutdown(async move { stop.cancelled().await })
-                            .await
-                    }),
-                ))
+                Some((metrics_addr, tokio::spawn(http::serve(listener, app, stop))))
             }
             _ => None,
         };
@@ -214,18 +208,7 @@ impl Gateway {
         );
         let stop = CancellationToken::new();
         let signal = stop.clone();
-        let serve = tokio::spawn(async move {
-            // Without TCP_NODELAY the first small write after the headers (a stream's
-            // first chunk) can wait on Nagle's algorithm for the client's ACK.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(async move { signal.cancelled().await })
-                .await
-        });
+        let serve = tokio::spawn(http::serve(listener, app, signal));
         tracing::info!(%addr, "gateway listening");
         Ok(Gateway {
             addr,
