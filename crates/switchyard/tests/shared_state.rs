@@ -42,13 +42,18 @@ async fn connect(prefix: &str) -> Arc<Redis> {
     r
 }
 
-/// Deletes every key under `prefix`.
-async fn cleanup(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut con = client
+/// A plain connection to the test Redis, to read and write keys as they are stored.
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("url")
         .get_multiplexed_async_connection()
         .await
-        .expect("redis for cleanup");
+        .expect("a connection to the test Redis")
+}
+
+/// Deletes every key under `prefix`.
+async fn cleanup(prefix: &str) {
+    let mut con = raw_connection().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut con)
@@ -64,11 +69,7 @@ async fn cleanup(prefix: &str) {
 }
 
 async fn key_count(prefix: &str) -> usize {
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut con = raw_connection().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut con)
@@ -326,11 +327,7 @@ async fn a_busy_redis_window_keeps_slices_not_one_member_per_request() {
         1_000_000 - (1_000 + 5 * 1_000),
         "the total is exact"
     );
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut con = raw_connection().await;
     let members: u64 = redis::cmd("ZCARD")
         .arg(format!("{prefix}win:busy:log"))
         .query_async(&mut con)
@@ -624,11 +621,7 @@ async fn exhaustion_and_open_breakers_reach_the_other_replicas() {
         "a late replica did not read the current facts"
     );
     // A hostile message is clamped to the maximum, and a malformed one ignored.
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut con = raw_connection().await;
     let channel = format!("{prefix}health");
     for msg in [
         "exhausted 1e300 someone second one",
@@ -911,11 +904,7 @@ const CAPPED_MODEL: &str = "\n[contracts.primary-cap]\ndeployments = [\"oa-mini\
 /// `(spent, reserved, list, tokens)` of a contract's shared counter for the period
 /// starting at `start`.
 async fn contract_counter(prefix: &str, name: &str, start: i64) -> Vec<Option<i64>> {
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut con = raw_connection().await;
     redis::cmd("HMGET")
         .arg(format!("{prefix}contract:{name}:{start}"))
         .arg("spent")

@@ -23,6 +23,12 @@ type Server = (
     tokio::task::JoinHandle<()>,
 );
 
+/// Stops the server and waits until `serve` has returned.
+async fn stop_and_wait(stop: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    task.await.expect("serve");
+}
+
 /// A server on a free port answering `GET /version` with the request's HTTP version,
 /// and `GET /wait` once the gate is released.
 async fn start(gate: Gate) -> Server {
@@ -66,9 +72,8 @@ async fn serves_http1_and_http2_with_prior_knowledge() {
     assert_eq!(res.version(), http::Version::HTTP_2);
     let body = res.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(&body[..], b"HTTP/2.0");
-    stop.cancel();
     drop(h2);
-    task.await.expect("serve");
+    stop_and_wait(stop, task).await;
 }
 
 /// The server's first HTTP/2 frame is its SETTINGS; an HTTP/1 server would answer 400.
@@ -83,8 +88,7 @@ async fn a_preface_sent_in_pieces_is_still_http2() {
     tcp.read_exact(&mut frame).await.expect("a frame");
     assert_eq!(frame[3], 0x4, "frame type SETTINGS, got {frame:?}");
     drop(tcp);
-    stop.cancel();
-    task.await.expect("serve");
+    stop_and_wait(stop, task).await;
 }
 
 #[tokio::test]
@@ -99,8 +103,7 @@ async fn an_http1_request_that_looks_like_the_preface_at_first_is_http1() {
     tcp.read_exact(&mut answer).await.expect("status line");
     assert_eq!(&answer[..], b"HTTP/1.1 405");
     drop(tcp);
-    stop.cancel();
-    task.await.expect("serve");
+    stop_and_wait(stop, task).await;
 }
 
 #[tokio::test]
@@ -115,8 +118,21 @@ async fn a_silent_connection_does_not_hold_up_shutdown() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
-        .expect("serve returned although a connection never spoke")
+        .expect("serve still waited on a connection that never spoke")
         .expect("serve");
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_it_speaks_costs_nothing() {
+    let (addr, stop, task) = start(Gate::default()).await;
+    for _ in 0..20 {
+        drop(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let ok = reqwest::get(format!("http://{addr}/version"))
+        .await
+        .expect("h1");
+    assert_eq!(ok.text().await.expect("body"), "HTTP/1.1");
+    stop_and_wait(stop, task).await;
 }
 
 #[tokio::test]
