@@ -931,26 +931,34 @@ async fn a_contract_cap_holds_across_two_gateways_sharing_redis() {
     );
     let a = Arc::new(Harness::start_with(&extra).await);
     let b = Arc::new(Harness::start_with(&extra).await);
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let h = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            let res = h
-                .chat(json!({"model": "capped", "messages": user(&format!("question {i}")), "max_tokens": 20}))
-                .await;
-            let status = res.status().as_u16();
-            let route = res
-                .headers()
-                .get("x-switchyard-route")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            (status, route)
-        }));
-    }
+    // Waves of ten requests at once, five on each gateway: the two race for the cap
+    // within a wave, and each wave starts after the last one's holds (sized by
+    // max_tokens) have settled to what was really spent. Fired all at once, the holds
+    // could fill the cap and then settle well below it, leaving room that no later
+    // request comes to use.
     let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.expect("task"));
+    for wave in 0..20 {
+        let mut tasks = Vec::new();
+        for j in 0..10 {
+            let i = wave * 10 + j;
+            let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let res = h
+                    .chat(json!({"model": "capped", "messages": user(&format!("question {i}")), "max_tokens": 20}))
+                    .await;
+                let status = res.status().as_u16();
+                let route = res
+                    .headers()
+                    .get("x-switchyard-route")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (status, route)
+            }));
+        }
+        for t in tasks {
+            answers.push(t.await.expect("task"));
+        }
     }
     assert!(
         answers.iter().all(|(s, _)| *s == 200),
