@@ -18,6 +18,7 @@
 //! [`spend_report`] and [`render_spend_table`] back the `switchyard spend` CLI.
 
 pub mod retention;
+mod rows;
 mod spend;
 mod sqlite_writer;
 pub mod stats;

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, params_from_iter, Connection};
 use tokio::sync::oneshot;
 
-use super::writer::{insert_sql, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
-use super::{to_sql_int, RequestRecord};
+use super::rows::{attempt_cells, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
+use super::writer::insert_sql;
+use super::RequestRecord;
 use crate::storage::sqlite::open_writer;
 
 /// One row per statement: with prepared statements there is no round trip to
@@ -29,7 +30,7 @@ use crate::storage::sqlite::open_writer;
 fn request_insert() -> String {
     insert_sql(
         "requests",
-        REQUEST_COLUMNS,
+        &REQUEST_COLUMNS,
         1,
         "ON CONFLICT (request_id) DO NOTHING",
     )
@@ -38,7 +39,7 @@ fn request_insert() -> String {
 fn attempt_insert() -> String {
     insert_sql(
         "attempts",
-        ATTEMPT_COLUMNS,
+        &ATTEMPT_COLUMNS,
         1,
         "ON CONFLICT (request_id, attempt) DO NOTHING",
     )
@@ -192,71 +193,13 @@ fn insert_rows(conn: &Connection, sql: &Sql, batch: &[RequestRecord]) -> rusqlit
     let mut attempts = conn.prepare_cached(&sql.attempt)?;
     let mut written = 0u64;
     for r in batch {
-        let replay = r.replay.as_ref();
-        let shadow = r.shadow.as_ref();
-        let inserted = requests.execute(params![
-            r.request_id,
-            r.started_at_ms,
-            r.key_id,
-            r.endpoint,
-            r.logical_model,
-            r.deployment,
-            r.provider,
-            r.upstream_model,
-            i64::from(r.status),
-            r.error_code,
-            i64::from(r.streamed),
-            i64::from(r.client_disconnected),
-            to_sql_int(r.usage.prompt_tokens),
-            to_sql_int(r.usage.completion_tokens),
-            to_sql_int(r.usage.cached_tokens),
-            i64::from(r.usage.estimated),
-            r.cost_nano_usd,
-            r.latency_us,
-            r.ttft_us,
-            to_sql_int(r.attempts.len() as u64),
-            r.team_id,
-            r.policy_decision,
-            r.redactions,
-            to_sql_int(r.usage.reasoning_tokens),
-            to_sql_int(r.usage.cache_write_tokens),
-            r.key_name,
-            r.channel,
-            i64::from(r.turn_start),
-            i64::from(r.cache_hit),
-            replay.map(|p| p.needs.as_str()),
-            replay.and_then(|p| p.max_tokens).map(to_sql_int),
-            replay.and_then(|p| p.allowed_regions.as_deref()),
-            replay.map(|p| p.required_tags.as_str()),
-            r.list_cost_nano_usd,
-            shadow.map(|_| "shadow"),
-            shadow.map(|s| s.of.as_str()),
-            shadow.and_then(|s| s.agreement),
-        ])?;
+        let inserted = requests.execute(params_from_iter(request_cells(r)))?;
         if inserted == 0 {
             continue; // a request id already written: its attempts are not ours
         }
         written += 1;
         for a in &r.attempts {
-            attempts.execute(params![
-                r.request_id,
-                i64::from(a.attempt),
-                a.started_at_ms,
-                a.deployment,
-                a.provider,
-                a.upstream_model,
-                a.status.map(i64::from),
-                a.error_class,
-                to_sql_int(a.usage.prompt_tokens),
-                to_sql_int(a.usage.completion_tokens),
-                to_sql_int(a.usage.cached_tokens),
-                i64::from(a.usage.estimated),
-                a.cost_nano_usd,
-                a.latency_us,
-                to_sql_int(a.usage.reasoning_tokens),
-                to_sql_int(a.usage.cache_write_tokens),
-                a.list_cost_nano_usd,
-            ])?;
+            attempts.execute(params_from_iter(attempt_cells(&r.request_id, a)))?;
         }
         if r.content_prompt.is_some() || r.content_response.is_some() {
             // Rare: only where a policy allows logging content.

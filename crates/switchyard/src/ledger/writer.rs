@@ -16,8 +16,9 @@ use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rows::{attempt_cells, bind_all, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
 use super::sqlite_writer::{SqliteThread, ThreadError};
-use super::{to_sql_int, AttemptRecord, DropReason, RequestRecord, Shared};
+use super::{AttemptRecord, DropReason, RequestRecord, Shared};
 
 /// The writer's way to the database: SQLite's writer thread with its one connection
 /// (SQLite has a single writer anyway), or the PostgreSQL pool, from which each batch
@@ -55,70 +56,10 @@ const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_m
 
 /// Rows per INSERT statement on PostgreSQL. Every statement is a round trip to the
 /// server, which costs more than the insert itself, so rows are sent in multi-row
-/// statements. 32 × 37 columns keeps well under the bind-parameter limit and bounds
-/// the distinct statement texts (one per chunk length, 1..=32 per table) so all stay
-/// in the prepared-statement cache.
+/// statements. 32 rows × 37 columns (`rows::REQUEST_COLUMNS`) keeps well under the
+/// bind-parameter limit and bounds the distinct statement texts (one per chunk length,
+/// 1..=32 per table) so all stay in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
-
-pub(super) const REQUEST_COLUMNS: &[&str] = &[
-    "request_id",
-    "started_at_ms",
-    "key_id",
-    "endpoint",
-    "logical_model",
-    "deployment",
-    "provider",
-    "upstream_model",
-    "status",
-    "error_code",
-    "streamed",
-    "client_disconnected",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "usage_estimated",
-    "cost_nano_usd",
-    "latency_us",
-    "ttft_us",
-    "attempt_count",
-    "team_id",
-    "policy_decision",
-    "redactions",
-    "reasoning_tokens",
-    "cache_write_tokens",
-    "key_name",
-    "channel",
-    "turn_start",
-    "cache_hit",
-    "needs",
-    "max_tokens",
-    "allowed_regions",
-    "required_tags",
-    "list_cost_nano_usd",
-    "kind",
-    "shadow_of",
-    "agreement",
-];
-
-pub(super) const ATTEMPT_COLUMNS: &[&str] = &[
-    "request_id",
-    "attempt",
-    "started_at_ms",
-    "deployment",
-    "provider",
-    "upstream_model",
-    "status",
-    "error_class",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "usage_estimated",
-    "cost_nano_usd",
-    "latency_us",
-    "reasoning_tokens",
-    "cache_write_tokens",
-    "list_cost_nano_usd",
-];
 
 /// `INSERT INTO table (cols) VALUES ($1, …), … <tail>` for `rows` rows. Numbered
 /// placeholders are the one syntax both engines take.
@@ -154,7 +95,7 @@ impl Statements {
             .map(|n| {
                 insert_sql(
                     "requests",
-                    REQUEST_COLUMNS,
+                    &REQUEST_COLUMNS,
                     n,
                     "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                 )
@@ -164,7 +105,7 @@ impl Statements {
             .map(|n| {
                 insert_sql(
                     "attempts",
-                    ATTEMPT_COLUMNS,
+                    &ATTEMPT_COLUMNS,
                     n,
                     "ON CONFLICT (request_id, attempt) DO NOTHING",
                 )
@@ -338,44 +279,7 @@ async fn insert_rows(
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::query(statement(&stmts.requests, chunk.len())?);
         for r in chunk {
-            q = q
-                .bind(&r.request_id)
-                .bind(r.started_at_ms)
-                .bind(r.key_id.as_deref())
-                .bind(r.endpoint)
-                .bind(r.logical_model.as_deref())
-                .bind(r.deployment.as_deref())
-                .bind(r.provider.as_deref())
-                .bind(r.upstream_model.as_deref())
-                .bind(i64::from(r.status))
-                .bind(r.error_code.as_deref())
-                .bind(i64::from(r.streamed))
-                .bind(i64::from(r.client_disconnected))
-                .bind(to_sql_int(r.usage.prompt_tokens))
-                .bind(to_sql_int(r.usage.completion_tokens))
-                .bind(to_sql_int(r.usage.cached_tokens))
-                .bind(i64::from(r.usage.estimated))
-                .bind(r.cost_nano_usd)
-                .bind(r.latency_us)
-                .bind(r.ttft_us)
-                .bind(to_sql_int(r.attempts.len() as u64))
-                .bind(r.team_id.as_deref())
-                .bind(r.policy_decision.as_deref())
-                .bind(r.redactions.as_deref())
-                .bind(to_sql_int(r.usage.reasoning_tokens))
-                .bind(to_sql_int(r.usage.cache_write_tokens))
-                .bind(r.key_name.as_deref())
-                .bind(r.channel.as_deref())
-                .bind(i64::from(r.turn_start))
-                .bind(i64::from(r.cache_hit))
-                .bind(r.replay.as_ref().map(|p| p.needs.as_str()))
-                .bind(r.replay.as_ref().and_then(|p| p.max_tokens).map(to_sql_int))
-                .bind(r.replay.as_ref().and_then(|p| p.allowed_regions.as_deref()))
-                .bind(r.replay.as_ref().map(|p| p.required_tags.as_str()))
-                .bind(r.list_cost_nano_usd)
-                .bind(r.shadow.as_ref().map(|_| "shadow"))
-                .bind(r.shadow.as_ref().map(|s| s.of.as_str()))
-                .bind(r.shadow.as_ref().and_then(|s| s.agreement));
+            q = bind_all(q, &request_cells(r));
         }
         let inserted = q.fetch_all(&mut *tx).await?;
         written += inserted.len() as u64;
@@ -400,24 +304,7 @@ async fn insert_rows(
     for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::query(statement(&stmts.attempts, chunk.len())?);
         for &(request_id, a) in chunk {
-            q = q
-                .bind(request_id)
-                .bind(i64::from(a.attempt))
-                .bind(a.started_at_ms)
-                .bind(&a.deployment)
-                .bind(&a.provider)
-                .bind(&a.upstream_model)
-                .bind(a.status.map(i64::from))
-                .bind(a.error_class.as_deref())
-                .bind(to_sql_int(a.usage.prompt_tokens))
-                .bind(to_sql_int(a.usage.completion_tokens))
-                .bind(to_sql_int(a.usage.cached_tokens))
-                .bind(i64::from(a.usage.estimated))
-                .bind(a.cost_nano_usd)
-                .bind(a.latency_us)
-                .bind(to_sql_int(a.usage.reasoning_tokens))
-                .bind(to_sql_int(a.usage.cache_write_tokens))
-                .bind(a.list_cost_nano_usd);
+            q = bind_all(q, &attempt_cells(request_id, a));
         }
         q.execute(&mut *tx).await?;
     }
