@@ -291,7 +291,12 @@ pub fn body_without_reasoning_state(
             }
         }
     }
-    let body = serde_json::to_vec(req).map_err(|e| ProviderError::Protocol(e.to_string()));
+    // Sized for the messages' own bytes at once: a buffer that doubles as it is
+    // written copied a 100 KB request about twice over.
+    let mut body = Vec::with_capacity(req.messages.raw_len() + 256);
+    let body = serde_json::to_writer(&mut body, req)
+        .map(|()| body)
+        .map_err(|e| ProviderError::Protocol(e.to_string()));
     for (i, key, v) in taken {
         if let Some(m) = req.messages.get_mut(i) {
             m.extra.insert(key.into(), v);

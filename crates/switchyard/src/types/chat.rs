@@ -80,6 +80,12 @@ impl Messages {
     pub fn is_raw(&self) -> bool {
         self.raw.is_some()
     }
+
+    /// The length of the client's bytes that will be sent (0 when re-encoded): most of
+    /// a long request's encoded length, known before it is written.
+    pub fn raw_len(&self) -> usize {
+        self.raw.as_ref().map_or(0, |r| r.get().len())
+    }
 }
 
 impl From<Vec<ChatMessage>> for Messages {
@@ -296,6 +302,7 @@ mod tests {
         let mut req: ChatRequest = serde_json::from_slice(&bytes).expect("request");
         req.messages.keep_raw_from(&bytes);
         assert!(req.messages.is_raw());
+        assert_eq!(req.messages.raw_len(), messages.len());
         req.model = "upstream-model".into();
         let out = String::from_utf8(serde_json::to_vec(&req).expect("json")).expect("utf-8");
         assert!(out.contains(&messages), "{out}");
@@ -333,6 +340,7 @@ mod tests {
         let mut req: ChatRequest = serde_json::from_slice(&bytes).expect("request");
         req.messages.keep_raw_from(&bytes);
         assert!(!req.messages.is_raw());
+        assert_eq!(req.messages.raw_len(), 0);
         let mut other = Messages::default();
         other.keep_raw_from(&[b' '; KEEP_RAW_MESSAGES_FROM]);
         assert!(!other.is_raw());
