@@ -142,6 +142,9 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
         .with_state(state)
 }
 
+/// The most of a request body's declared length reserved before its bytes arrive.
+const PRESIZE_MAX: usize = 1 << 20;
+
 /// Reads the body up to the configured limit.
 async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
     let declared = headers
@@ -156,7 +159,8 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
     };
     // A body in one frame is kept as it came. One in several goes into a buffer sized
     // once for the declared length: collecting into a buffer that doubles as it grows
-    // copied a 100 KB body about twice over.
+    // copied a 100 KB body about twice over. At most `PRESIZE_MAX` is taken on the
+    // client's word, so that a few bytes declaring a huge body do not hold the limit.
     let mut body = body;
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
@@ -174,7 +178,7 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
             earlier => {
                 if joined.is_empty() {
                     let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-                    joined.reserve(expected.clamp(total, limit));
+                    joined.reserve(expected.min(PRESIZE_MAX).clamp(total, limit));
                 }
                 if let Some(earlier) = earlier {
                     joined.extend_from_slice(&earlier);
