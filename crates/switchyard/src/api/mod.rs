@@ -30,9 +30,9 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
@@ -142,10 +142,9 @@ pub fn router(state: Arc<AppState>, more: Router<Arc<AppState>>) -> Router {
         .with_state(state)
 }
 
-/// The most of a request body's declared length reserved before its bytes arrive.
-const PRESIZE_MAX: usize = 1 << 20;
-
-/// Reads the body up to the configured limit.
+/// Reads the body up to the configured limit. A body that came in one frame is
+/// returned as it came; one in several is copied once, into a buffer of its total
+/// length (`Collected::to_bytes`).
 async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -154,43 +153,16 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    let unreadable = |e: axum::Error| {
-        ApiError::invalid_request(None, format!("The request body could not be read: {e}."))
-    };
-    // A body in one frame is kept as it came. One in several goes into a buffer sized
-    // once for the declared length: collecting into a buffer that doubles as it grows
-    // copied a 100 KB body about twice over. At most `PRESIZE_MAX` is taken on the
-    // client's word, so that a few bytes declaring a huge body do not hold the limit.
-    let mut body = body;
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
-            continue; // trailers: nothing of the request's JSON
-        };
-        total = total.saturating_add(data.len());
-        if total > limit {
-            return Err(ApiError::body_too_large(limit));
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(limit))
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            earlier => {
-                if joined.is_empty() {
-                    let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-                    joined.reserve(expected.min(PRESIZE_MAX).clamp(total, limit));
-                }
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
-                }
-                joined.extend_from_slice(&data);
-            }
-        }
+        Err(e) => Err(ApiError::invalid_request(
+            None,
+            format!("The request body could not be read: {e}."),
+        )),
     }
-    Ok(match first {
-        Some(only) => only,
-        None => joined.freeze(),
-    })
 }
 
 /// `req_` and 24 hex digits: the arrival time in unix milliseconds (48 bits), then 48

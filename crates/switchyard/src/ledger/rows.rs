@@ -1,6 +1,7 @@
-//! The ledger's rows as column values, in one place for both writers: PostgreSQL's
-//! (sqlx, multi-row statements) and SQLite's (rusqlite, on its own thread) bind the
-//! same cells in the same order, so a column added here reaches both.
+//! The ledger's rows as column values, and their insert statements, in one place for
+//! both writers: PostgreSQL's (sqlx, multi-row statements) and SQLite's (rusqlite, on
+//! its own thread) bind the same cells in the same order, so a column added here
+//! reaches both.
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use sqlx::postgres::{PgArguments, Postgres};
@@ -69,6 +70,24 @@ pub(super) const ATTEMPT_COLUMNS: [&str; 17] = [
     "cache_write_tokens",
     "list_cost_nano_usd",
 ];
+
+/// `INSERT INTO table (cols) VALUES ($1, …), … <tail>` for `rows` rows. Numbered
+/// placeholders are the one syntax both engines take.
+pub(super) fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|row| {
+            let params: Vec<String> = (1..=cols.len())
+                .map(|c| format!("${}", row * cols.len() + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES {} {tail}",
+        cols.join(", "),
+        tuples.join(", ")
+    )
+}
 
 /// One column's value, borrowed from its record; `None` is SQL NULL.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,8 +19,7 @@ use std::thread;
 use rusqlite::{params, params_from_iter, Connection};
 use tokio::sync::oneshot;
 
-use super::rows::{attempt_cells, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
-use super::writer::insert_sql;
+use super::rows::{attempt_cells, insert_sql, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
 use super::RequestRecord;
 use crate::storage::sqlite::open_writer;
 

@@ -16,7 +16,9 @@ use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::rows::{attempt_cells, bind_all, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS};
+use super::rows::{
+    attempt_cells, bind_all, insert_sql, request_cells, ATTEMPT_COLUMNS, REQUEST_COLUMNS,
+};
 use super::sqlite_writer::{SqliteThread, ThreadError};
 use super::{AttemptRecord, DropReason, RequestRecord, Shared};
 
@@ -60,24 +62,6 @@ const RETRY_BACKOFF: &[Duration] = &[Duration::from_millis(50), Duration::from_m
 /// bind-parameter limit and bounds the distinct statement texts (one per chunk length,
 /// 1..=32 per table) so all stay in the prepared-statement cache.
 const ROWS_PER_STATEMENT: usize = 32;
-
-/// `INSERT INTO table (cols) VALUES ($1, …), … <tail>` for `rows` rows. Numbered
-/// placeholders are the one syntax both engines take.
-pub(super) fn insert_sql(table: &str, cols: &[&str], rows: usize, tail: &str) -> String {
-    let tuples: Vec<String> = (0..rows)
-        .map(|row| {
-            let params: Vec<String> = (1..=cols.len())
-                .map(|c| format!("${}", row * cols.len() + c))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO {table} ({}) VALUES {} {tail}",
-        cols.join(", "),
-        tuples.join(", ")
-    )
-}
 
 /// Statement texts indexed by row count (index 0 unused), built once per writer.
 struct Statements {
