@@ -54,13 +54,7 @@ pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
                 ));
             }
             let param = if path == "." { None } else { Some(path) };
-            let detail = if raw.contains("untagged enum MessageContent") {
-                "expected a string or an array of content parts".to_owned()
-            } else if raw.contains("untagged enum Stop") {
-                "expected a string or an array of strings".to_owned()
-            } else {
-                strip_position(&raw).to_owned()
-            };
+            let detail = strip_position(&raw);
             let message = match &param {
                 Some(p) => format!("Invalid value for '{p}': {detail}."),
                 None => format!("Invalid request body: {detail}."),
@@ -237,5 +231,68 @@ impl EmbeddingsRequest {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: &str) -> ApiError {
+        match parse_body::<ChatRequest>(body.as_bytes()) {
+            Ok(_) => panic!("{body} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn content_and_stop_take_either_shape() {
+        let req: ChatRequest = parse_body(
+            br#"{"model":"m","stop":["a","b"],"messages":[
+                {"role":"user","content":"plain \u00e9"},
+                {"role":"user","content":[{"type":"text","text":"part"}]}]}"#,
+        )
+        .expect("request");
+        assert!(
+            matches!(&req.messages[0].content, Some(MessageContent::Text(t)) if t == "plain é")
+        );
+        assert!(
+            matches!(&req.messages[1].content, Some(MessageContent::Parts(p)) if p[0].text.as_deref() == Some("part"))
+        );
+        assert!(matches!(&req.stop, Some(Stop::Many(s)) if s.len() == 2));
+        let one: ChatRequest =
+            parse_body(br#"{"model":"m","stop":"x","messages":[{"role":"user","content":null}]}"#)
+                .expect("request");
+        assert!(matches!(&one.stop, Some(Stop::One(s)) if s == "x"));
+        assert!(one.messages[0].content.is_none());
+    }
+
+    #[test]
+    fn a_wrong_shape_names_what_was_expected_and_where() {
+        let e = refusal(r#"{"model":"m","messages":[{"role":"user","content":42}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        assert!(
+            e.message
+                .contains("expected a string or an array of content parts"),
+            "{}",
+            e.message
+        );
+        // Inside the parts, the path goes on to the part and its field.
+        let e = refusal(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
+        let e =
+            refusal(r#"{"model":"m","stop":{"a":1},"messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        assert!(
+            e.message
+                .contains("expected a string or an array of strings"),
+            "{}",
+            e.message
+        );
+        let e =
+            refusal(r#"{"model":"m","stop":["a",1],"messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("stop[1]"));
     }
 }

@@ -180,11 +180,49 @@ impl ChatMessage {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum first copies the whole
+/// value into serde's intermediate tree (every part of a multi-part message, a long
+/// text a second time) and then tries each variant on the copy; its error names
+/// neither what was expected nor, inside the parts, where.
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MessageContent, D::Error> {
+        d.deserialize_any(TextOrList {
+            expected: "a string or an array of content parts",
+            text: MessageContent::Text,
+            list: MessageContent::Parts,
+        })
+    }
+}
+
+/// Visits a string as `text` and an array as `list` of `T`s; anything else is an
+/// error saying `expected`.
+struct TextOrList<T, V> {
+    expected: &'static str,
+    text: fn(String) -> V,
+    list: fn(Vec<T>) -> V,
+}
+
+impl<'de, T: Deserialize<'de>, V> serde::de::Visitor<'de> for TextOrList<T, V> {
+    type Value = V;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expected)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<V, E> {
+        Ok((self.text)(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<V, E> {
+        Ok((self.text)(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<V, A::Error> {
+        Vec::<T>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(self.list)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,11 +303,21 @@ pub struct StreamOptions {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Stop, D::Error> {
+        d.deserialize_any(TextOrList {
+            expected: "a string or an array of strings",
+            text: Stop::One,
+            list: Stop::Many,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
