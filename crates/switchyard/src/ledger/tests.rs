@@ -642,6 +642,89 @@ async fn duplicate_request_id_keeps_first_and_rest_of_batch() {
     );
 }
 
+/// A batch long enough to go as several multi-row statements (32 + 8 + 4 + 1 request
+/// rows, attempts chunked likewise) lands whole: every row under its own id with its
+/// own attempts and content; a duplicate in it sends the batch the row-by-row way,
+/// which still keeps the first and the rest.
+#[tokio::test]
+async fn a_long_batch_lands_with_every_rows_attempts_and_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let record = |i: u32| {
+        let mut r = rec(&format!("req_{i:03}"), i % 4);
+        r.cost_nano_usd = i64::from(i);
+        if i.is_multiple_of(10) {
+            r.content_prompt = Some(format!("prompt {i}"));
+        }
+        r
+    };
+    let ledger = open_ledger(&path, 256).await;
+    let sink = ledger.sink();
+    for i in 0..45 {
+        sink.record(record(i));
+    }
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (45, 0));
+    let mut c = raw(&path).await;
+    assert_eq!(scalar(&mut c, "SELECT COUNT(*) FROM requests").await, 45);
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        (0..45).sum::<i64>()
+    );
+    // Each request's attempts carry its id: i % 4 of them for req_i.
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM requests r WHERE (SELECT COUNT(*) FROM attempts a \
+             WHERE a.request_id = r.request_id) != CAST(substr(r.request_id, 5) AS INTEGER) % 4"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM attempts").await,
+        (0..45).map(|i| i % 4).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM request_content").await,
+        5
+    );
+    c.close().await.expect("close");
+
+    // The same again with a duplicate of an earlier row inside the batch.
+    let ledger = open_ledger(&path, 256).await;
+    let sink = ledger.sink();
+    for i in 45..80 {
+        sink.record(record(i));
+        if i == 70 {
+            let mut dup = record(3);
+            dup.cost_nano_usd = 1_000_000;
+            sink.record(dup);
+        }
+    }
+    let stats = ledger.shutdown().await.expect("shutdown");
+    assert_eq!(totals(stats), (35, 1));
+    assert_eq!(stats.dropped_duplicate, 1);
+    let mut c = raw(&path).await;
+    assert_eq!(
+        scalar(&mut c, "SELECT SUM(cost_nano_usd) FROM requests").await,
+        (0..80).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM attempts WHERE request_id = 'req_003'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM attempts").await,
+        (0..80).map(|i| i % 4).sum::<i64>()
+    );
+    c.close().await.expect("close");
+}
+
 #[test]
 fn disabled_sink_discards_and_counts_nothing() {
     let sink = LedgerSink::disabled();
