@@ -14,6 +14,7 @@ use super::wire::{parse_body, ChatRequest, EmbeddingsRequest};
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
 use crate::config::{Constraints, Deployment, LogicalModel, StreamRecovery};
 use crate::dispatch::{Job, Opened, Rendered};
+use crate::governance::LimitHeaders;
 use crate::ledger::tracker::RequestTracker;
 use crate::providers::{adapter, Endpoint};
 use crate::routing::Needs;
@@ -26,7 +27,7 @@ pub async fn chat_completions(
 ) -> Response {
     let (state, request_id, mut tracker) =
         begin(&state, &headers, Endpoint::ChatCompletions.label());
-    let mut limit_headers = HeaderMap::new();
+    let mut limit_headers = LimitHeaders::default();
     let mut cache_status = None;
     // Boxed: the router's layers each move this handler's future into a box of
     // their own, so a handler future that held the whole request's state inline
@@ -123,8 +124,8 @@ pub(super) fn traceparent(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Adds the caller's `x-ratelimit-*` headers (set by admission) to any response.
-pub(super) fn with_limit_headers(mut res: Response, limit_headers: HeaderMap) -> Response {
-    res.headers_mut().extend(limit_headers);
+pub(super) fn with_limit_headers(mut res: Response, limit_headers: LimitHeaders) -> Response {
+    limit_headers.write_into(res.headers_mut());
     res
 }
 
@@ -164,7 +165,7 @@ async fn chat(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
     cache_status: &mut Option<&'static str>,
 ) -> Result<Reply<OpenAiFrames>, ApiError> {
     // A bad key is answered only after the body was read: a response sent while a
@@ -277,7 +278,7 @@ pub(super) async fn serve_chat(
     headers: &HeaderMap,
     req: ChatRequest,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
     native: impl FnMut(&ChatRequest, &Deployment) -> Option<Rendered>,
 ) -> Result<ChatServed, ApiError> {
     match serve(
@@ -314,7 +315,7 @@ async fn serve(
     headers: &HeaderMap,
     mut req: ChatRequest,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
     mut native: impl FnMut(&ChatRequest, &Deployment) -> Option<Rendered>,
     cached: bool,
 ) -> Result<Served, ApiError> {
@@ -624,7 +625,7 @@ pub async fn embeddings(
     body: Body,
 ) -> Response {
     let (state, request_id, mut tracker) = begin(&state, &headers, Endpoint::Embeddings.label());
-    let mut limit_headers = HeaderMap::new();
+    let mut limit_headers = LimitHeaders::default();
     let outcome = embed(&state, &headers, body, &mut tracker, &mut limit_headers)
         .await
         .map(Reply::<OpenAiFrames>::Full);
@@ -637,7 +638,7 @@ async fn embed(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
 ) -> Result<Response, ApiError> {
     // Read first, for the same reason as in `chat`.
     let key = authenticate(state, headers, tracker);

@@ -792,7 +792,7 @@ impl Governance {
         req: &mut ChatRequest,
         prices: &[Price],
         tracker: &mut RequestTracker,
-        out_headers: &mut HeaderMap,
+        out_headers: &mut LimitHeaders,
     ) -> Result<Admission, Refusal> {
         let model = req.model.clone();
         self.check_model(p, &model, tracker)?;
@@ -842,7 +842,7 @@ impl Governance {
         req: &mut EmbeddingsRequest,
         prices: &[Price],
         tracker: &mut RequestTracker,
-        out_headers: &mut HeaderMap,
+        out_headers: &mut LimitHeaders,
     ) -> Result<Admission, Refusal> {
         let model = req.model.clone();
         self.check_model(p, &model, tracker)?;
@@ -963,7 +963,7 @@ impl Governance {
         estimate: TokenEstimate,
         prices: &[Price],
         tracker: &mut RequestTracker,
-        out_headers: &mut HeaderMap,
+        out_headers: &mut LimitHeaders,
     ) -> Result<Admission, Refusal> {
         if self.shared.as_ref().is_some_and(|r| r.refuses()) {
             tracker.set_policy_decision("denied:state_unavailable");
@@ -983,13 +983,7 @@ impl Governance {
                     .and_then(|i| meta.get(i));
                 let (unit, what) = m.map_or((Unit::Requests, "rate"), |m| (m.unit, &*m.label));
                 tracker.set_policy_decision(&format!("denied:rate_limited:{what}"));
-                set_limit_headers(
-                    out_headers,
-                    unit,
-                    refusal.limit,
-                    refusal.remaining,
-                    refusal.retry_after,
-                );
+                out_headers.set(unit, refusal.limit, refusal.remaining, refusal.retry_after);
                 return Err(Refusal::RateLimited {
                     unit: unit.as_str(),
                     what: what.to_owned(),
@@ -1051,7 +1045,7 @@ impl Governance {
 /// `x-ratelimit-*` for the tightest request window and the tightest token window, as
 /// the reservation left them (no second look at the windows: with shared state that
 /// would be a round trip to Redis per window).
-fn success_headers(reservation: &Reservation, meta: &[ClaimMeta], out: &mut HeaderMap) {
+fn success_headers(reservation: &Reservation, meta: &[ClaimMeta], out: &mut LimitHeaders) {
     for unit in [Unit::Requests, Unit::Tokens] {
         let mut best: Option<(u64, u64, Duration)> = None;
         for (i, m) in meta.iter().enumerate() {
@@ -1066,7 +1060,7 @@ fn success_headers(reservation: &Reservation, meta: &[ClaimMeta], out: &mut Head
             }
         }
         if let Some((limit, remaining, reset)) = best {
-            set_limit_headers(out, unit, limit, remaining, reset);
+            out.set(unit, limit, remaining, reset);
         }
     }
 }
@@ -1310,15 +1304,43 @@ static LIMIT_HEADERS: [[HeaderName; 3]; 2] = [
     ],
 ];
 
-fn set_limit_headers(h: &mut HeaderMap, unit: Unit, limit: u64, remaining: u64, reset: Duration) {
-    let [l, r, t] = match unit {
-        Unit::Requests => &LIMIT_HEADERS[0],
-        Unit::Tokens => &LIMIT_HEADERS[1],
-    };
-    h.insert(l.clone(), HeaderValue::from(limit));
-    h.insert(r.clone(), HeaderValue::from(remaining));
-    if let Ok(v) = HeaderValue::try_from(format_reset(reset)) {
-        h.insert(t.clone(), v);
+/// The `x-ratelimit-*` values admission found, per unit (limit, remaining, reset),
+/// written into the response once it exists: kept as numbers until then rather than
+/// as a header map of their own that would be hashed into and then merged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitHeaders {
+    /// Indexed like [`LIMIT_HEADERS`]: requests, then tokens.
+    windows: [Option<(u64, u64, Duration)>; 2],
+}
+
+impl LimitHeaders {
+    fn set(&mut self, unit: Unit, limit: u64, remaining: u64, reset: Duration) {
+        let [requests, tokens] = &mut self.windows;
+        let slot = match unit {
+            Unit::Requests => requests,
+            Unit::Tokens => tokens,
+        };
+        *slot = Some((limit, remaining, reset));
+    }
+
+    /// Sets the headers on a response's `h`.
+    pub fn write_into(&self, h: &mut HeaderMap) {
+        let count = self.windows.iter().flatten().count();
+        if count == 0 {
+            return;
+        }
+        h.reserve(3 * count);
+        for (window, names) in self.windows.iter().zip(&LIMIT_HEADERS) {
+            let Some((limit, remaining, reset)) = *window else {
+                continue;
+            };
+            let [l, r, t] = names;
+            h.insert(l.clone(), HeaderValue::from(limit));
+            h.insert(r.clone(), HeaderValue::from(remaining));
+            if let Ok(v) = HeaderValue::try_from(format_reset(reset)) {
+                h.insert(t.clone(), v);
+            }
+        }
     }
 }
 
@@ -1458,6 +1480,33 @@ mod tests {
             .expect("the config key's budget");
         book.reserve(&virtual_key.budgets, 1_000, now)
             .expect("the virtual key's own budget, untouched by the other");
+    }
+
+    #[test]
+    fn limit_headers_are_written_per_unit_set() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        LimitHeaders::default().write_into(&mut h);
+        assert_eq!(h.len(), 1, "nothing set, nothing written");
+        let mut limits = LimitHeaders::default();
+        limits.set(Unit::Tokens, 1_000, 990, Duration::from_millis(1500));
+        limits.write_into(&mut h);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "990");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "1.5s");
+        assert!(!h.contains_key("x-ratelimit-limit-requests"));
+        // A later window of a unit replaces the earlier one.
+        limits.set(Unit::Requests, 10, 9, Duration::from_millis(20));
+        limits.set(Unit::Requests, 10, 3, Duration::from_millis(40));
+        limits.write_into(&mut h);
+        assert_eq!(h.len(), 7);
+        assert_eq!(h["x-ratelimit-remaining-requests"], "3");
+        assert_eq!(h["x-ratelimit-reset-requests"], "40ms");
+        assert_eq!(h["content-type"], "application/json");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use super::error::ApiError;
 use super::relay::Encoder;
 use super::wire::parse_body;
 use super::{read_body, with_request_id, AppState, Generation};
+use crate::governance::LimitHeaders;
 use crate::ledger::tracker::RequestTracker;
 use crate::types::ProviderError;
 use crate::types::Usage;
@@ -52,7 +53,7 @@ pub async fn messages(
     body: Body,
 ) -> Response {
     let (state, request_id, mut tracker) = begin(&state, &headers, ENDPOINT);
-    let mut limit_headers = HeaderMap::new();
+    let mut limit_headers = LimitHeaders::default();
     let outcome = run(
         &state,
         &headers,
@@ -112,7 +113,7 @@ async fn run(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
     request_id: &str,
 ) -> Result<Reply<Events>, ApiError> {
     // The body is read before the key is checked, as in `chat`: answering while a

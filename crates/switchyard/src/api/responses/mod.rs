@@ -48,6 +48,7 @@ use super::error::ApiError;
 use super::relay::Encoder;
 use super::wire::parse_body;
 use super::{new_request_id, read_body, with_request_id, AppState, Generation};
+use crate::governance::LimitHeaders;
 use crate::ledger::tracker::RequestTracker;
 use crate::types::{ProviderError, Usage};
 use bytes::Bytes;
@@ -65,7 +66,7 @@ pub async fn create(
     body: Body,
 ) -> Response {
     let (state, request_id, mut tracker) = begin(&state, &headers, ENDPOINT);
-    let mut limit_headers = HeaderMap::new();
+    let mut limit_headers = LimitHeaders::default();
     let outcome = run(
         &state,
         &headers,
@@ -84,7 +85,7 @@ async fn run(
     headers: &HeaderMap,
     body: Body,
     tracker: &mut RequestTracker,
-    limit_headers: &mut HeaderMap,
+    limit_headers: &mut LimitHeaders,
     request_id: &str,
 ) -> Result<Reply<Events>, ApiError> {
     // Read before the key is answered, as in `chat`: answering while a body is unread
