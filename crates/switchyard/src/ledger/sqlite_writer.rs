@@ -48,6 +48,12 @@ impl Inserts {
         }
     }
 
+    /// Every statement text, one-row insert included.
+    fn all(&self) -> impl Iterator<Item = &str> {
+        let many = self.many.iter().map(|(_, sql)| sql.as_str());
+        many.chain(std::iter::once(self.one.as_str()))
+    }
+
     /// The longest insert of at most `n` rows, and its length (`None` for no rows).
     fn longest(&self, n: usize) -> Option<(usize, &str)> {
         if n == 0 {
@@ -181,6 +187,13 @@ fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
     let sql = Sql::new();
     // Every statement above, BEGIN, COMMIT and the content insert stay prepared.
     conn.set_prepared_statement_cache_capacity(2 * (MULTI_ROW_LENGTHS.len() + 1) + 8);
+    // Prepared before the first batch, not when a batch first needs a length: preparing
+    // a 32-row insert costs SQLite millions of instructions, which would otherwise
+    // delay whichever batch first met it. A statement that fails here fails again,
+    // and is reported, when a batch uses it.
+    for insert in sql.requests.all().chain(sql.attempts.all()) {
+        let _ = conn.prepare_cached(insert);
+    }
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Write { batch, done } => {
