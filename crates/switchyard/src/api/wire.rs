@@ -294,5 +294,17 @@ mod tests {
         let e =
             refusal(r#"{"model":"m","stop":["a",1],"messages":[{"role":"user","content":"x"}]}"#);
         assert_eq!(e.param.as_deref(), Some("stop[1]"));
+        // Other JSON types, a number too large for any integer among them.
+        for content in ["true", "1e300", "-1", "{}"] {
+            let e = refusal(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":{content}}}]}}"#
+            ));
+            assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{content}");
+            assert!(
+                e.message.contains("expected a string or an array"),
+                "{}",
+                e.message
+            );
+        }
     }
 }

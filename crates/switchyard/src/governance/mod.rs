@@ -1507,6 +1507,11 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining-requests"], "3");
         assert_eq!(h["x-ratelimit-reset-requests"], "40ms");
         assert_eq!(h["content-type"], "application/json");
+        // The largest values still make valid headers.
+        limits.set(Unit::Tokens, u64::MAX, u64::MAX, Duration::MAX);
+        limits.write_into(&mut h);
+        assert_eq!(h["x-ratelimit-limit-tokens"], u64::MAX.to_string().as_str());
+        assert_eq!(h["x-ratelimit-reset-tokens"], "307445734561825860m15s");
     }
 
     #[test]

@@ -240,7 +240,7 @@ fn write_batch(conn: &mut Connection, sql: &Sql, batch: &[RequestRecord]) -> rus
 
 /// The batch in multi-row statements: every request row, then every attempt row, then
 /// the content. `None` (with rows inserted, for the caller to roll back) when a
-/// request id was already in the table.
+/// request id was already in the table or came twice in the batch.
 fn insert_chunks(
     conn: &Connection,
     sql: &Sql,

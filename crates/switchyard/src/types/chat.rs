@@ -188,9 +188,9 @@ pub enum MessageContent {
 }
 
 /// By hand rather than `#[serde(untagged)]`: an untagged enum first copies the whole
-/// value into serde's intermediate tree (every part of a multi-part message, a long
-/// text a second time) and then tries each variant on the copy; its error names
-/// neither what was expected nor, inside the parts, where.
+/// value into serde's intermediate tree (every part of a multi-part message, a text
+/// with escapes) and then tries each variant on the copy; its error names neither
+/// what was expected nor, inside the parts, where.
 impl<'de> Deserialize<'de> for MessageContent {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MessageContent, D::Error> {
         d.deserialize_any(TextOrList {
